@@ -1,0 +1,48 @@
+# neonproxy: `make run` serves with config.yaml, `make test` runs every test.
+# Both install what is missing first (PostgreSQL 15 via apt-get).
+
+GO       ?= go
+export GOTOOLCHAIN ?= local
+CONFIG   ?= config.yaml
+BIN      := bin/neonproxy
+TESTFLAGS ?= -count=1 -timeout 25m
+
+.PHONY: all deps build run test test-short vet fuzz bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build:
+	$(GO) build -o $(BIN) ./cmd/neonproxy
+
+run: deps build
+	./$(BIN) serve --config $(CONFIG)
+
+vet:
+	$(GO) vet ./...
+
+# Unit tests, fuzz-corpus replays and integration tests against real
+# PostgreSQL 15 computes with real clients (pgx, psql, pgbench).
+test: deps vet
+	$(GO) test $(TESTFLAGS) ./...
+
+test-short: vet
+	$(GO) test -short $(TESTFLAGS) ./...
+
+# Grow the fuzz corpora (FUZZTIME per target); found inputs land in testdata/.
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test ./internal/pgwire -run '^$$' -fuzz '^FuzzReadStartup$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/pgwire -run '^$$' -fuzz '^FuzzFramer$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./router -run '^$$' -fuzz '^FuzzStripEndpoint$$' -fuzztime $(FUZZTIME)
+
+# Latency and throughput against direct PostgreSQL and PgBouncer; prints a
+# report. Not part of `make test` (timings are not pass/fail here).
+bench: build
+	@scripts/install-deps.sh --bench
+	$(GO) run ./bench -neonproxy ./$(BIN)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,127 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// Client calls the admin API; the CLI's branch and compute commands use it.
+type Client struct {
+	// BaseURL is the admin API's address: "http://127.0.0.1:8432", or a
+	// bare host:port (admin_listen), which means http://host:port.
+	BaseURL string
+	// HTTP is the client to use; nil means http.DefaultClient.
+	HTTP *http.Client
+}
+
+// CreateBranch creates branch name from parent's current state (parent ""
+// means the server's default branch).
+func (c *Client) CreateBranch(ctx context.Context, name, parent string) (BranchJSON, error) {
+	return c.Create(ctx, CreateBranchRequest{Name: name, Parent: parent})
+}
+
+// Create sends a full create request (including lsn or at).
+func (c *Client) Create(ctx context.Context, req CreateBranchRequest) (BranchJSON, error) {
+	var out BranchJSON
+	err := c.do(ctx, http.MethodPost, "/v1/branches", req, http.StatusCreated, &out)
+	return out, err
+}
+
+// ListBranches returns all branches.
+func (c *Client) ListBranches(ctx context.Context) ([]BranchJSON, error) {
+	var out []BranchJSON
+	err := c.do(ctx, http.MethodGet, "/v1/branches", nil, http.StatusOK, &out)
+	return out, err
+}
+
+// GetBranch returns one branch.
+func (c *Client) GetBranch(ctx context.Context, name string) (BranchJSON, error) {
+	var out BranchJSON
+	err := c.do(ctx, http.MethodGet, "/v1/branches/"+url.PathEscape(name), nil, http.StatusOK, &out)
+	return out, err
+}
+
+// DeleteBranch deletes a branch and its compute's data.
+func (c *Client) DeleteBranch(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/branches/"+url.PathEscape(name), nil, http.StatusNoContent, nil)
+}
+
+// Suspend stops the branch's compute and returns the branch.
+func (c *Client) Suspend(ctx context.Context, name string) (BranchJSON, error) {
+	var out BranchJSON
+	err := c.do(ctx, http.MethodPost, "/v1/branches/"+url.PathEscape(name)+"/suspend", nil, http.StatusOK, &out)
+	return out, err
+}
+
+func (c *Client) baseURL() string {
+	base := strings.TrimRight(strings.TrimSpace(c.BaseURL), "/")
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return base
+}
+
+// do sends the request; a response other than want becomes an *APIError.
+func (c *Client) do(ctx context.Context, method, path string, body any, want int, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	u := c.baseURL() + path
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return fmt.Errorf("admin API %s %s: %w", method, path, err)
+	}
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin API %s %s: %w (is neonproxy serving its admin API at %s? see admin_listen)", method, path, err, c.baseURL())
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("admin API %s %s: read response: %w", method, path, err)
+	}
+	if resp.StatusCode != want {
+		return apiError(resp.StatusCode, data)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("admin API %s %s: decode response: %w", method, path, err)
+	}
+	return nil
+}
+
+func apiError(status int, body []byte) *APIError {
+	var e ErrorJSON
+	if err := json.Unmarshal(body, &e); err == nil && e.Error != "" {
+		return &APIError{Status: status, Message: e.Error}
+	}
+	msg := strings.TrimSpace(string(body))
+	if len(msg) > 512 {
+		msg = msg[:512] + "…"
+	}
+	if msg == "" {
+		msg = http.StatusText(status)
+	}
+	return &APIError{Status: status, Message: msg}
+}

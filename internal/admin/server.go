@@ -1,0 +1,518 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/neonproxy/neonproxy/internal/metrics"
+	"github.com/neonproxy/neonproxy/router"
+)
+
+// maxBodyBytes bounds request bodies.
+const maxBodyBytes = 1 << 20
+
+// msgPointInTimeUnsupported answers lsn/at until the pagestore lands.
+const msgPointInTimeUnsupported = "branching at an LSN or time needs the pagestore (not yet available); omit lsn/at to branch from the parent's current state"
+
+// HandlerOptions tunes NewHandlerWithOptions.
+type HandlerOptions struct {
+	// DefaultBranch (config default_branch) cannot be deleted and is the
+	// parent of a new branch when the request names none. Empty: "main".
+	DefaultBranch string
+}
+
+// Handler serves the admin API. Create it with NewHandler.
+type Handler struct {
+	reg  router.Registry
+	comp Computes
+	m    *metrics.Metrics
+	log  *zap.Logger
+	opts HandlerOptions
+	mux  *http.ServeMux
+
+	// mu guards busy: branch names taking part in a create or delete that
+	// is in flight (as the new branch, the parent or the deleted branch),
+	// with a reference count. A delete refuses a busy branch, and a create
+	// refuses a busy name, so a branch cannot be deleted while it is being
+	// cloned and a name cannot be created and deleted at once. mu is never
+	// held across calls to the registry or the compute manager.
+	mu   sync.Mutex
+	busy map[string]int
+}
+
+// NewHandler returns the admin API handler with the default options
+// (default branch "main").
+func NewHandler(reg router.Registry, comp Computes, m *metrics.Metrics, log *zap.Logger) http.Handler {
+	return NewHandlerWithOptions(reg, comp, m, log, HandlerOptions{})
+}
+
+// NewHandlerWithOptions returns the admin API handler. It sets
+// m.BranchesTotal from the registry once, then keeps it current on create
+// and delete.
+func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metrics, log *zap.Logger, opts HandlerOptions) http.Handler {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if opts.DefaultBranch == "" {
+		opts.DefaultBranch = "main"
+	}
+	h := &Handler{reg: reg, comp: comp, m: m, log: log, opts: opts, busy: map[string]int{}}
+	h.refreshBranchCount(context.Background())
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok")
+	})
+	if m != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("GET /v1/branches", h.listBranches)
+	mux.HandleFunc("POST /v1/branches", h.createBranch)
+	mux.HandleFunc("GET /v1/branches/{name}", h.getBranch)
+	mux.HandleFunc("DELETE /v1/branches/{name}", h.deleteBranch)
+	mux.HandleFunc("POST /v1/branches/{name}/suspend", h.suspendBranch)
+	// The same paths without a method: any other method is a JSON 405
+	// (ServeMux's own 405 is plain text).
+	for path, allow := range map[string]string{
+		"/healthz":                    "GET, HEAD",
+		"/metrics":                    "GET, HEAD",
+		"/v1/branches":                "GET, HEAD, POST",
+		"/v1/branches/{name}":         "GET, HEAD, DELETE",
+		"/v1/branches/{name}/suspend": "POST",
+	} {
+		if path == "/metrics" && m == nil {
+			continue
+		}
+		allow := allow
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			writeError(w, r, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, allow))
+		})
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (see GET /v1/branches)", r.Method, r.URL.Path))
+	})
+	h.mux = mux
+	return h
+}
+
+// ServeHTTP implements http.Handler: it routes and logs the request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
+	h.mux.ServeHTTP(rec, r)
+	fields := []zap.Field{
+		zap.String("method", r.Method),
+		zap.String("path", r.URL.Path),
+		zap.Int("status", rec.status),
+		zap.Duration("duration", time.Since(start)),
+		zap.String("remote", r.RemoteAddr),
+	}
+	if rec.errMsg != "" {
+		fields = append(fields, zap.String("error", rec.errMsg))
+	}
+	if rec.status >= 500 {
+		h.log.Warn("admin request failed", fields...)
+	} else {
+		h.log.Debug("admin request", fields...)
+	}
+}
+
+// recorder remembers the status and error message for the request log.
+type recorder struct {
+	http.ResponseWriter
+	status      int
+	errMsg      string
+	wroteHeader bool
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if !r.wroteHeader {
+		r.status = code
+		r.wroteHeader = true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	r.wroteHeader = true
+	return r.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b, _ = json.Marshal(ErrorJSON{Error: "encode response: " + err.Error()})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func writeError(w http.ResponseWriter, _ *http.Request, status int, msg string) {
+	if rec, ok := w.(*recorder); ok {
+		rec.errMsg = msg
+	}
+	writeJSON(w, status, ErrorJSON{Error: msg})
+}
+
+// errorStatus maps errors from the registry and compute manager.
+func errorStatus(err error) int {
+	switch {
+	case errors.Is(err, router.ErrInvalidName):
+		return http.StatusBadRequest
+	case errors.Is(err, router.ErrBranchNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, router.ErrBranchExists):
+		return http.StatusConflict
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+func (h *Handler) refreshBranchCount(ctx context.Context) {
+	if h.m == nil || h.reg == nil {
+		return
+	}
+	bs, err := h.reg.List(ctx)
+	if err != nil {
+		h.log.Warn("count branches for metrics", zap.Error(err))
+		return
+	}
+	h.m.BranchesTotal.Set(float64(len(bs)))
+}
+
+// branchJSON combines the registry entry with the compute's state.
+func (h *Handler) branchJSON(b router.Branch) BranchJSON {
+	out := BranchJSON{
+		Name:      b.Name,
+		Parent:    b.Parent,
+		ParentLSN: b.ParentLSN,
+		CreatedAt: b.CreatedAt,
+		Compute:   ComputeJSON{State: "stopped"},
+	}
+	if h.comp == nil {
+		return out
+	}
+	st := h.comp.Status(b.Name)
+	if st.State != "" {
+		out.Compute.State = st.State
+	}
+	out.Compute.Clients = st.Clients
+	out.Compute.PID = st.PID
+	out.Compute.StartedAt = st.StartedAt
+	out.Compute.LastUsed = st.LastUsed
+	out.Compute.LastError = st.LastError
+	// Each branch is a full copy of its data until the copy-on-write
+	// pagestore (issue 4) lands, so its logical size is also what it alone
+	// occupies.
+	size, err := h.comp.Size(b.Name)
+	if err != nil {
+		h.log.Debug("branch size", zap.String("branch", b.Name), zap.Error(err))
+	} else {
+		out.LogicalSizeBytes = size
+		out.UniqueBytes = size
+	}
+	return out
+}
+
+func (h *Handler) listBranches(w http.ResponseWriter, r *http.Request) {
+	bs, err := h.reg.List(r.Context())
+	if err != nil {
+		writeError(w, r, errorStatus(err), "list branches: "+err.Error())
+		return
+	}
+	out := make([]BranchJSON, 0, len(bs))
+	for _, b := range bs {
+		out = append(out, h.branchJSON(b))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// pathName returns the {name} path value, or writes a 400 and returns false.
+func pathName(w http.ResponseWriter, r *http.Request) (string, bool) {
+	name := r.PathValue("name")
+	if err := router.ValidateName(name); err != nil {
+		writeError(w, r, http.StatusBadRequest, err.Error())
+		return "", false
+	}
+	return name, true
+}
+
+func (h *Handler) getBranch(w http.ResponseWriter, r *http.Request) {
+	name, ok := pathName(w, r)
+	if !ok {
+		return
+	}
+	b, err := h.reg.Get(r.Context(), name)
+	if err != nil {
+		writeError(w, r, errorStatus(err), branchErr(name, err))
+		return
+	}
+	writeJSON(w, http.StatusOK, h.branchJSON(b))
+}
+
+// branchErr phrases a registry lookup error for the client.
+func branchErr(name string, err error) string {
+	if errors.Is(err, router.ErrBranchNotFound) {
+		return fmt.Sprintf("branch %s does not exist", name)
+	}
+	return err.Error()
+}
+
+var lsnRE = regexp.MustCompile(`^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$`)
+
+func (h *Handler) createBranch(w http.ResponseWriter, r *http.Request) {
+	var req CreateBranchRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		msg := "request body must be a JSON object {\"name\", \"parent\", \"lsn\" | \"at\"}: " + err.Error()
+		if errors.Is(err, io.EOF) {
+			msg = "request body is empty: send a JSON object {\"name\", \"parent\", \"lsn\" | \"at\"}"
+		}
+		writeError(w, r, http.StatusBadRequest, msg)
+		return
+	}
+	if dec.More() {
+		writeError(w, r, http.StatusBadRequest, "request body must hold exactly one JSON object")
+		return
+	}
+	if err := router.ValidateName(req.Name); err != nil {
+		writeError(w, r, http.StatusBadRequest, "name: "+err.Error())
+		return
+	}
+	if req.Parent == "" {
+		req.Parent = h.opts.DefaultBranch
+	}
+	if err := router.ValidateName(req.Parent); err != nil {
+		writeError(w, r, http.StatusBadRequest, "parent: "+err.Error())
+		return
+	}
+	if req.LSN != "" && req.At != "" {
+		writeError(w, r, http.StatusBadRequest, "give lsn or at, not both")
+		return
+	}
+	if req.LSN != "" && !lsnRE.MatchString(req.LSN) {
+		writeError(w, r, http.StatusBadRequest, fmt.Sprintf("lsn %q: want the form X/X in hexadecimal, e.g. 0/16B3748", req.LSN))
+		return
+	}
+	if req.At != "" {
+		if _, err := time.Parse(time.RFC3339, req.At); err != nil {
+			writeError(w, r, http.StatusBadRequest, fmt.Sprintf("at %q: want an RFC 3339 time, e.g. 2024-05-01T12:00:00Z", req.At))
+			return
+		}
+	}
+	if req.LSN != "" || req.At != "" {
+		writeError(w, r, http.StatusBadRequest, msgPointInTimeUnsupported)
+		return
+	}
+
+	ctx := r.Context()
+	if !h.acquire(req.Name, req.Parent) {
+		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is being created or deleted by another request; retry", req.Name))
+		return
+	}
+	defer h.release(req.Name, req.Parent)
+
+	if _, err := h.reg.Get(ctx, req.Parent); err != nil {
+		if errors.Is(err, router.ErrBranchNotFound) {
+			writeError(w, r, http.StatusNotFound, fmt.Sprintf("parent branch %s does not exist", req.Parent))
+		} else {
+			writeError(w, r, errorStatus(err), err.Error())
+		}
+		return
+	}
+	if _, err := h.reg.Get(ctx, req.Name); err == nil {
+		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s already exists", req.Name))
+		return
+	} else if !errors.Is(err, router.ErrBranchNotFound) {
+		writeError(w, r, errorStatus(err), err.Error())
+		return
+	}
+
+	if err := h.comp.Clone(ctx, req.Parent, req.Name); err != nil {
+		h.cleanup(req.Name, "clone failed")
+		writeError(w, r, cloneStatus(err), fmt.Sprintf("create branch %s from %s: %v", req.Name, req.Parent, err))
+		return
+	}
+	b := router.Branch{Name: req.Name, Parent: req.Parent, CreatedAt: time.Now().UTC()}
+	if err := h.reg.Create(ctx, b); err != nil {
+		// Another node (or a racing request that slipped past the checks)
+		// registered the name, or the registry failed: our copy must go.
+		h.cleanup(req.Name, "register failed")
+		if errors.Is(err, router.ErrBranchExists) {
+			writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s already exists", req.Name))
+		} else {
+			writeError(w, r, errorStatus(err), err.Error())
+		}
+		return
+	}
+	h.log.Info("branch created", zap.String("branch", b.Name), zap.String("parent", b.Parent))
+	h.refreshBranchCount(ctx)
+	if got, err := h.reg.Get(ctx, b.Name); err == nil {
+		b = got
+	}
+	writeJSON(w, http.StatusCreated, h.branchJSON(b))
+}
+
+// cloneStatus maps a Clone error: a missing parent is a 404, everything
+// else is the server's problem.
+func cloneStatus(err error) int {
+	if errors.Is(err, router.ErrBranchNotFound) {
+		return http.StatusNotFound
+	}
+	if s := errorStatus(err); s != http.StatusBadRequest && s != http.StatusConflict {
+		return s
+	}
+	return http.StatusInternalServerError
+}
+
+// cleanup removes the compute data of a branch whose creation failed. It
+// uses its own context so that a client that went away does not leave a
+// half-created copy behind.
+func (h *Handler) cleanup(name, why string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := h.comp.Delete(ctx, name); err != nil {
+		h.log.Warn("remove data of branch that was not created", zap.String("branch", name), zap.String("reason", why), zap.Error(err))
+	}
+}
+
+func (h *Handler) deleteBranch(w http.ResponseWriter, r *http.Request) {
+	name, ok := pathName(w, r)
+	if !ok {
+		return
+	}
+	ctx := r.Context()
+	if !h.acquireExclusive(name) {
+		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is busy: a branch is being created from it or it is being deleted; retry", name))
+		return
+	}
+	defer h.release(name)
+
+	bs, err := h.reg.List(ctx)
+	if err != nil {
+		writeError(w, r, errorStatus(err), "list branches: "+err.Error())
+		return
+	}
+	found := false
+	var children []string
+	for _, b := range bs {
+		if b.Name == name {
+			found = true
+		}
+		if b.Parent == name {
+			children = append(children, b.Name)
+		}
+	}
+	if !found {
+		writeError(w, r, http.StatusNotFound, fmt.Sprintf("branch %s does not exist", name))
+		return
+	}
+	if name == h.opts.DefaultBranch {
+		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is the default branch (default_branch); it cannot be deleted", name))
+		return
+	}
+	if len(children) > 0 {
+		sort.Strings(children)
+		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is the parent of %s; delete %s first", name, strings.Join(children, ", "), pronoun(len(children))))
+		return
+	}
+	if err := h.comp.Delete(ctx, name); err != nil {
+		writeError(w, r, errorStatus(err), fmt.Sprintf("delete compute of branch %s: %v", name, err))
+		return
+	}
+	if err := h.reg.Delete(ctx, name); err != nil {
+		msg := err.Error()
+		if errors.Is(err, router.ErrBranchNotFound) {
+			msg = fmt.Sprintf("branch %s does not exist", name)
+		}
+		writeError(w, r, errorStatus(err), msg)
+		return
+	}
+	h.log.Info("branch deleted", zap.String("branch", name))
+	h.refreshBranchCount(ctx)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func pronoun(n int) string {
+	if n == 1 {
+		return "it"
+	}
+	return "them"
+}
+
+func (h *Handler) suspendBranch(w http.ResponseWriter, r *http.Request) {
+	name, ok := pathName(w, r)
+	if !ok {
+		return
+	}
+	ctx := r.Context()
+	b, err := h.reg.Get(ctx, name)
+	if err != nil {
+		writeError(w, r, errorStatus(err), branchErr(name, err))
+		return
+	}
+	if err := h.comp.Suspend(ctx, name); err != nil {
+		writeError(w, r, errorStatus(err), fmt.Sprintf("suspend compute of branch %s: %v", name, err))
+		return
+	}
+	h.log.Info("compute suspended by admin request", zap.String("branch", name))
+	writeJSON(w, http.StatusOK, h.branchJSON(b))
+}
+
+// acquire marks name (being created) and parent (being cloned) busy. It
+// fails when name is already busy.
+func (h *Handler) acquire(name, parent string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.busy[name] > 0 {
+		return false
+	}
+	h.busy[name]++
+	h.busy[parent]++
+	return true
+}
+
+// acquireExclusive marks name busy for a delete; it fails when a create or
+// delete involving name is in flight.
+func (h *Handler) acquireExclusive(name string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.busy[name] > 0 {
+		return false
+	}
+	h.busy[name]++
+	return true
+}
+
+func (h *Handler) release(names ...string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, n := range names {
+		if h.busy[n]--; h.busy[n] <= 0 {
+			delete(h.busy, n)
+		}
+	}
+}

@@ -1,0 +1,92 @@
+// Package admin is neonproxy's admin HTTP API (admin_listen): health,
+// Prometheus metrics and branch management, plus the Client the CLI uses to
+// call it. The wire format is the public contract in ARCHITECTURE.md.
+package admin
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// ComputeStatus is what the admin API needs to know about a branch's
+// compute. The server wiring adapts wake.Manager's status to it.
+type ComputeStatus struct {
+	// State is stopped|starting|running|stopping; empty means stopped.
+	State     string
+	Clients   int
+	PID       int
+	StartedAt time.Time
+	LastUsed  time.Time
+	LastError string
+}
+
+// Computes is the part of the compute manager (wake.Manager) the admin API
+// drives.
+type Computes interface {
+	Status(branch string) ComputeStatus
+	// Clone creates branch's data as a copy of parent's.
+	Clone(ctx context.Context, parent, branch string) error
+	// Suspend stops branch's compute (no-op when it is stopped).
+	Suspend(ctx context.Context, branch string) error
+	// Delete stops branch's compute and removes its data.
+	Delete(ctx context.Context, branch string) error
+	// Size returns the bytes branch's data occupies.
+	Size(branch string) (int64, error)
+}
+
+// BranchJSON is a branch as the admin API shows it.
+type BranchJSON struct {
+	Name string `json:"name"`
+	// Parent is empty for a root branch. It is always present in the JSON
+	// (as "") so that clients can rely on the key.
+	Parent string `json:"parent"`
+	// ParentLSN is the parent's LSN the branch was created at; empty until
+	// the pagestore (issue 4) records it.
+	ParentLSN string      `json:"parent_lsn"`
+	CreatedAt time.Time   `json:"created_at"`
+	Compute   ComputeJSON `json:"compute"`
+	// LogicalSizeBytes is the size of the branch's database files.
+	LogicalSizeBytes int64 `json:"logical_size_bytes"`
+	// UniqueBytes is the storage only this branch uses. Until the
+	// copy-on-write pagestore lands every branch is a full copy of its
+	// parent, so it equals LogicalSizeBytes.
+	UniqueBytes int64 `json:"unique_bytes"`
+}
+
+// ComputeJSON is the compute part of BranchJSON.
+type ComputeJSON struct {
+	State     string    `json:"state"`
+	Clients   int       `json:"clients"`
+	PID       int       `json:"pid,omitempty"`
+	StartedAt time.Time `json:"started_at,omitzero"`
+	LastUsed  time.Time `json:"last_used,omitzero"`
+	LastError string    `json:"last_error,omitempty"`
+}
+
+// CreateBranchRequest is the body of POST /v1/branches.
+type CreateBranchRequest struct {
+	Name string `json:"name"`
+	// Parent defaults to the default branch ("main").
+	Parent string `json:"parent,omitempty"`
+	// LSN (e.g. 0/16B3748) or At (RFC 3339) select a point in the parent's
+	// history; at most one may be given. Not supported before the pagestore.
+	LSN string `json:"lsn,omitempty"`
+	At  string `json:"at,omitempty"`
+}
+
+// ErrorJSON is the body of every error response.
+type ErrorJSON struct {
+	Error string `json:"error"`
+}
+
+// APIError is an error response from the admin API.
+type APIError struct {
+	Status  int    // HTTP status code
+	Message string // the server's "error" message
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%s (HTTP %d %s)", e.Message, e.Status, http.StatusText(e.Status))
+}

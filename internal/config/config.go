@@ -1,0 +1,314 @@
+// Package config loads neonproxy's YAML configuration, applies documented
+// defaults and NEONPROXY_<KEY> environment overrides (dots become
+// underscores), and validates the result. config.yaml at the repository root
+// is the annotated reference; Default() must agree with it.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Duration is a time.Duration that reads "300s", "5m" or a bare number of
+// seconds from YAML and the environment.
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := parseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = v
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+func parseDuration(s string) (Duration, error) {
+	s = strings.TrimSpace(s)
+	if n, err := strconv.ParseFloat(s, 64); err == nil {
+		return Duration(n * float64(time.Second)), nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q (use e.g. 300s, 5m)", s)
+	}
+	return Duration(v), nil
+}
+
+// TLS configures TLS termination at the front door.
+type TLS struct {
+	// CertFile and KeyFile: PEM files. Both empty: a self-signed development
+	// certificate for *.<SNISuffix> and localhost is generated into
+	// <data_dir>/tls/ at first start.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// SNISuffix: a TLS server name BRANCH.<SNISuffix> routes to BRANCH.
+	SNISuffix string `yaml:"sni_suffix"`
+	// Require refuses plaintext clients with a clear error.
+	Require bool `yaml:"require"`
+}
+
+// Compute configures the PostgreSQL computes.
+type Compute struct {
+	PostgresBinDir string   `yaml:"postgres_bin_dir"`
+	SuspendTimeout Duration `yaml:"suspend_timeout"`
+	WakeTimeout    Duration `yaml:"wake_timeout"`
+	// MaxRunning caps running computes; 0 means no cap.
+	MaxRunning int `yaml:"max_running"`
+	// SharedBuffers is passed to PostgreSQL as shared_buffers.
+	SharedBuffers string `yaml:"shared_buffers"`
+	// MaxConnections is passed to PostgreSQL as max_connections.
+	MaxConnections int `yaml:"max_connections"`
+	// OSUser runs the computes when neonproxy runs as root (PostgreSQL
+	// refuses root).
+	OSUser string `yaml:"os_user"`
+	// BreakerFailures consecutive start failures open a branch's breaker
+	// for BreakerOpen.
+	BreakerFailures int      `yaml:"breaker_failures"`
+	BreakerOpen     Duration `yaml:"breaker_open"`
+}
+
+// Pool configures server-connection pooling.
+type Pool struct {
+	Mode            string `yaml:"mode"`
+	DefaultPoolSize int    `yaml:"default_pool_size"`
+	MaxClientConn   int    `yaml:"max_client_conn"`
+}
+
+// Walkeeper configures the WAL keepers (issue 5).
+type Walkeeper struct {
+	Peers  []string `yaml:"peers"`
+	Quorum int      `yaml:"quorum"`
+}
+
+// Consul configures the distributed registry (issue 6).
+type Consul struct {
+	Address string `yaml:"address"`
+}
+
+// Bootstrap configures the first start.
+type Bootstrap struct {
+	// Password of the superuser postgres in a new main branch; empty:
+	// generate one and keep it in <data_dir>/credentials (mode 0600).
+	Password string `yaml:"password"`
+}
+
+// Log configures zap.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"` // json | console
+}
+
+// Proxy holds front-door limits.
+type Proxy struct {
+	// StartupTimeout bounds the time from accept to authenticated
+	// (TLS handshake, startup packet and SCRAM exchange; not the wake).
+	StartupTimeout Duration `yaml:"startup_timeout"`
+	// MaxStartupPacket bounds the startup packet size in bytes.
+	MaxStartupPacket int `yaml:"max_startup_packet"`
+	// MaxStartupParams bounds the number of startup parameters.
+	MaxStartupParams int `yaml:"max_startup_params"`
+}
+
+// Config is the whole configuration.
+type Config struct {
+	Listen        string    `yaml:"listen"`
+	AdminListen   string    `yaml:"admin_listen"`
+	HTTPListen    string    `yaml:"http_listen"`
+	DataDir       string    `yaml:"data_dir"`
+	DefaultBranch string    `yaml:"default_branch"`
+	TLS           TLS       `yaml:"tls"`
+	Proxy         Proxy     `yaml:"proxy"`
+	Compute       Compute   `yaml:"compute"`
+	Pool          Pool      `yaml:"pool"`
+	Walkeeper     Walkeeper `yaml:"walkeeper"`
+	Consul        Consul    `yaml:"consul"`
+	Bootstrap     Bootstrap `yaml:"bootstrap"`
+	Log           Log       `yaml:"log"`
+}
+
+// Default returns the documented defaults (see config.yaml).
+func Default() Config {
+	return Config{
+		Listen:        "127.0.0.1:5432",
+		AdminListen:   "127.0.0.1:8432",
+		DataDir:       "./data",
+		DefaultBranch: "main",
+		TLS:           TLS{SNISuffix: "localtest.me"},
+		Proxy: Proxy{
+			StartupTimeout:   Duration(15 * time.Second),
+			MaxStartupPacket: 10000,
+			MaxStartupParams: 64,
+		},
+		Compute: Compute{
+			PostgresBinDir:  "/usr/lib/postgresql/15/bin",
+			SuspendTimeout:  Duration(300 * time.Second),
+			WakeTimeout:     Duration(30 * time.Second),
+			SharedBuffers:   "16MB",
+			MaxConnections:  100,
+			OSUser:          "postgres",
+			BreakerFailures: 3,
+			BreakerOpen:     Duration(30 * time.Second),
+		},
+		Pool:      Pool{Mode: "session", DefaultPoolSize: 20, MaxClientConn: 10000},
+		Walkeeper: Walkeeper{Quorum: 1},
+		Log:       Log{Level: "info", Format: "json"},
+	}
+}
+
+// Load reads path (empty: defaults only), then applies environment
+// overrides from environ (normally os.Environ()), then validates.
+func Load(path string, environ []string) (Config, error) {
+	cfg := Default()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("read config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		// An empty file decodes as io.EOF: it means "no keys", not an error.
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			return cfg, fmt.Errorf("parse %s: %w", path, err)
+		}
+	}
+	if err := applyEnv(&cfg, environ); err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// Validate checks values that would otherwise fail late and obscurely.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Listen == "" {
+		errs = append(errs, errors.New("listen must not be empty"))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir must not be empty"))
+	}
+	switch c.Pool.Mode {
+	case "session", "transaction":
+	default:
+		errs = append(errs, fmt.Errorf("pool.mode %q: want session or transaction", c.Pool.Mode))
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		errs = append(errs, errors.New("tls.cert_file and tls.key_file must be set together"))
+	}
+	if c.Compute.SuspendTimeout <= 0 {
+		errs = append(errs, errors.New("compute.suspend_timeout must be > 0"))
+	}
+	if c.Compute.WakeTimeout <= 0 {
+		errs = append(errs, errors.New("compute.wake_timeout must be > 0"))
+	}
+	if c.Compute.MaxRunning < 0 || c.Pool.MaxClientConn < 0 {
+		errs = append(errs, errors.New("compute.max_running and pool.max_client_conn must be >= 0"))
+	}
+	if c.Proxy.MaxStartupPacket < 64 || c.Proxy.MaxStartupParams < 1 {
+		errs = append(errs, errors.New("proxy.max_startup_packet must be >= 64 and proxy.max_startup_params >= 1"))
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		errs = append(errs, fmt.Errorf("log.format %q: want json or console", c.Log.Format))
+	}
+	return errors.Join(errs...)
+}
+
+// applyEnv sets every leaf field whose NEONPROXY_<PATH> variable is present.
+// The path is the field's yaml keys joined by "_" and upper-cased, so
+// compute.suspend_timeout is NEONPROXY_COMPUTE_SUSPEND_TIMEOUT.
+func applyEnv(cfg *Config, environ []string) error {
+	env := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "NEONPROXY_") {
+			env[k] = v
+		}
+	}
+	if len(env) == 0 {
+		return nil
+	}
+	return walkEnv(reflect.ValueOf(cfg).Elem(), "NEONPROXY", env)
+}
+
+var durationType = reflect.TypeOf(Duration(0))
+
+func walkEnv(v reflect.Value, prefix string, env map[string]string) error {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		name := prefix + "_" + strings.ToUpper(tag)
+		fv := v.Field(i)
+		if f.Type.Kind() == reflect.Struct {
+			if err := walkEnv(fv, name, env); err != nil {
+				return err
+			}
+			continue
+		}
+		raw, ok := env[name]
+		if !ok {
+			continue
+		}
+		if err := setFromString(fv, raw); err != nil {
+			return fmt.Errorf("env %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func setFromString(fv reflect.Value, raw string) error {
+	switch {
+	case fv.Type() == durationType:
+		d, err := parseDuration(raw)
+		if err != nil {
+			return err
+		}
+		fv.Set(reflect.ValueOf(d))
+	case fv.Kind() == reflect.String:
+		fv.SetString(raw)
+	case fv.Kind() == reflect.Int:
+		n, err := strconv.Atoi(strings.TrimSpace(raw))
+		if err != nil {
+			return fmt.Errorf("invalid integer %q", raw)
+		}
+		fv.SetInt(int64(n))
+	case fv.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(strings.TrimSpace(raw))
+		if err != nil {
+			return fmt.Errorf("invalid boolean %q", raw)
+		}
+		fv.SetBool(b)
+	case fv.Kind() == reflect.Slice && fv.Type().Elem().Kind() == reflect.String:
+		var parts []string
+		for _, p := range strings.Split(raw, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				parts = append(parts, p)
+			}
+		}
+		fv.Set(reflect.ValueOf(parts))
+	default:
+		return fmt.Errorf("unsupported field type %s", fv.Type())
+	}
+	return nil
+}

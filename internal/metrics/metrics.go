@@ -1,0 +1,103 @@
+// Package metrics defines neonproxy's Prometheus collectors (prefix
+// neonproxy_) in one place so that names and labels match the public
+// contract in ARCHITECTURE.md. Each server instance owns its own registry, so
+// tests can run several instances in one process.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics holds every collector. A nil *Metrics is not allowed; use New.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	ClientConnections prometheus.Gauge
+	// ConnectionsTotal counts finished client connections by result:
+	// ok, auth_failed, unknown_branch, bad_route, wake_failed, too_many,
+	// protocol_error, cancel, closed_early.
+	ConnectionsTotal *prometheus.CounterVec
+	// WakeDuration observes how long a client was held for its compute:
+	// kind="cold" when a start was needed, "warm" when it was running.
+	WakeDuration *prometheus.HistogramVec
+	// Computes is the number of computes per state
+	// (stopped|starting|running|stopping).
+	Computes            *prometheus.GaugeVec
+	ComputeStarts       *prometheus.CounterVec // result=ok|error
+	AuthFailures        prometheus.Counter
+	CancelRequests      *prometheus.CounterVec // result=forwarded|unknown
+	PoolServerConns     *prometheus.GaugeVec   // state=active|idle
+	PoolWait            prometheus.Histogram
+	PagestoreBytes      prometheus.Gauge
+	WalkeeperFlushLag   *prometheus.GaugeVec // branch
+	BranchesTotal       prometheus.Gauge
+	ComputeStopsTotal   *prometheus.CounterVec // reason=idle|evicted|admin|shutdown|delete|exited
+	ProxyBytesForwarded *prometheus.CounterVec // direction=client_to_server|server_to_client
+}
+
+// New creates and registers all collectors on a fresh registry, together
+// with the Go runtime and process collectors.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: r,
+		ClientConnections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "neonproxy_client_connections", Help: "Client connections currently open at the front door.",
+		}),
+		ConnectionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "neonproxy_connections_total", Help: "Finished client connections by result.",
+		}, []string{"result"}),
+		WakeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "neonproxy_wake_duration_seconds",
+			Help:    "Time a client was held until its compute was ready (cold: a start was needed; warm: already running).",
+			Buckets: []float64{.0005, .001, .005, .01, .025, .05, .1, .25, .5, 1, 2, 5, 10, 30},
+		}, []string{"kind"}),
+		Computes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "neonproxy_computes", Help: "Computes by lifecycle state.",
+		}, []string{"state"}),
+		ComputeStarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "neonproxy_compute_starts_total", Help: "Compute start attempts by result.",
+		}, []string{"result"}),
+		AuthFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "neonproxy_auth_failures_total", Help: "Failed client authentications.",
+		}),
+		CancelRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "neonproxy_cancel_requests_total", Help: "CancelRequests by result.",
+		}, []string{"result"}),
+		PoolServerConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "neonproxy_pool_server_connections", Help: "Server connections by state.",
+		}, []string{"state"}),
+		PoolWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "neonproxy_pool_wait_seconds", Help: "Time a client waited for a server connection.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}),
+		PagestoreBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "neonproxy_pagestore_bytes", Help: "Bytes held by branch storage.",
+		}),
+		WalkeeperFlushLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "neonproxy_walkeeper_flush_lag_bytes", Help: "WAL written by a compute but not yet flushed by its keepers' quorum.",
+		}, []string{"branch"}),
+		BranchesTotal: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "neonproxy_branches", Help: "Branches in the registry.",
+		}),
+		ComputeStopsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "neonproxy_compute_stops_total", Help: "Compute stops by reason.",
+		}, []string{"reason"}),
+		ProxyBytesForwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "neonproxy_proxy_bytes_total", Help: "Bytes forwarded between clients and computes.",
+		}, []string{"direction"}),
+	}
+	r.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.ClientConnections, m.ConnectionsTotal, m.WakeDuration, m.Computes,
+		m.ComputeStarts, m.AuthFailures, m.CancelRequests, m.PoolServerConns,
+		m.PoolWait, m.PagestoreBytes, m.WalkeeperFlushLag, m.BranchesTotal,
+		m.ComputeStopsTotal, m.ProxyBytesForwarded,
+	)
+	for _, s := range []string{"stopped", "starting", "running", "stopping"} {
+		m.Computes.WithLabelValues(s).Set(0)
+	}
+	return m
+}

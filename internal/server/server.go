@@ -1,0 +1,301 @@
+// Package server wires neonproxy's parts together from a config.Config: the
+// branch registry, the compute driver and manager, the front door and the
+// admin API. cmd/neonproxy calls it for `serve`; integration tests start it
+// in-process the same way.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/neonproxy/neonproxy/internal/admin"
+	"github.com/neonproxy/neonproxy/internal/config"
+	"github.com/neonproxy/neonproxy/internal/metrics"
+	"github.com/neonproxy/neonproxy/internal/pgwire"
+	"github.com/neonproxy/neonproxy/proxy"
+	"github.com/neonproxy/neonproxy/router"
+	"github.com/neonproxy/neonproxy/wake"
+)
+
+// BootstrapBranch is the root branch created at first start.
+const BootstrapBranch = "main"
+
+// Options are knobs that are not part of the configuration file.
+type Options struct {
+	// NoSync makes initdb and pg_basebackup skip fsync (tests only).
+	NoSync bool
+}
+
+// Server is a running neonproxy.
+type Server struct {
+	cfg      config.Config
+	log      *zap.Logger
+	Metrics  *metrics.Metrics
+	Registry *router.EmbeddedRegistry
+	Computes *wake.Manager
+	Proxy    *proxy.Server
+	password string
+
+	pgLn    net.Listener
+	adminLn net.Listener
+	admin   *http.Server
+	serveCh chan error
+}
+
+// New prepares a server: data directory, registry, bootstrap branch, TLS
+// material, and adoption of computes a previous process left running. It
+// does not listen yet; call Start.
+func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (*Server, error) {
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.DataDir = dataDir
+	if err := os.MkdirAll(dataDir, 0o711); err != nil {
+		return nil, fmt.Errorf("create data_dir: %w", err)
+	}
+	s := &Server{cfg: cfg, log: log, Metrics: metrics.New(), serveCh: make(chan error, 2)}
+	s.Registry, err = router.OpenEmbedded(filepath.Join(dataDir, "branches.json"))
+	if err != nil {
+		return nil, err
+	}
+	drv, err := wake.NewPostgresDriver(wake.DriverOptions{
+		DataDir:        filepath.Join(dataDir, "computes"),
+		BinDir:         cfg.Compute.PostgresBinDir,
+		OSUser:         cfg.Compute.OSUser,
+		SharedBuffers:  cfg.Compute.SharedBuffers,
+		MaxConnections: cfg.Compute.MaxConnections,
+		NoSync:         opt.NoSync,
+		Logger:         log.Named("compute"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.Computes = wake.NewManager(drv, wake.Options{
+		SuspendTimeout:  cfg.Compute.SuspendTimeout.D(),
+		WakeTimeout:     cfg.Compute.WakeTimeout.D(),
+		MaxRunning:      cfg.Compute.MaxRunning,
+		BreakerFailures: cfg.Compute.BreakerFailures,
+		BreakerOpen:     cfg.Compute.BreakerOpen.D(),
+		Logger:          log.Named("wake"),
+		Metrics:         s.Metrics,
+	})
+	if err := s.bootstrap(ctx); err != nil {
+		_ = s.Computes.Close(ctx)
+		return nil, err
+	}
+	branches, err := s.Registry.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(branches))
+	for _, b := range branches {
+		names = append(names, b.Name)
+	}
+	s.Computes.Recover(ctx, names)
+
+	var tlsCfg = (*proxyTLS)(nil)
+	if tlsCfg, err = loadTLS(cfg); err != nil {
+		_ = s.Computes.Close(ctx)
+		return nil, err
+	}
+	s.Proxy, err = proxy.New(proxy.Options{
+		Resolver: router.Resolver{
+			SNISuffix:     cfg.TLS.SNISuffix,
+			DefaultBranch: cfg.DefaultBranch,
+			Exists: func(name string) bool {
+				_, err := s.Registry.Get(context.Background(), name)
+				return err == nil
+			},
+		},
+		Branches:       s.Registry,
+		Waker:          s.Computes,
+		TLS:            tlsCfg.config,
+		RequireTLS:     cfg.TLS.Require,
+		Limits:         pgwire.Limits{MaxPacket: cfg.Proxy.MaxStartupPacket, MaxParams: cfg.Proxy.MaxStartupParams},
+		StartupTimeout: cfg.Proxy.StartupTimeout.D(),
+		MaxClientConn:  cfg.Pool.MaxClientConn,
+		Logger:         log.Named("proxy"),
+		Metrics:        s.Metrics,
+	})
+	if err != nil {
+		_ = s.Computes.Close(ctx)
+		return nil, err
+	}
+	return s, nil
+}
+
+// bootstrap creates the main branch at first start, with the superuser
+// password from bootstrap.password, else from <data_dir>/credentials, else
+// a generated one that is then kept there (mode 0600).
+func (s *Server) bootstrap(ctx context.Context) error {
+	credPath := filepath.Join(s.cfg.DataDir, "credentials")
+	pw := s.cfg.Bootstrap.Password
+	if pw == "" {
+		if b, err := os.ReadFile(credPath); err == nil {
+			pw = parseCredentials(string(b))
+		}
+	}
+	if _, err := s.Registry.Get(ctx, BootstrapBranch); err == nil {
+		s.password = pw
+		return nil
+	} else if !errors.Is(err, router.ErrBranchNotFound) {
+		return err
+	}
+	if pw == "" {
+		var err error
+		if pw, err = generatePassword(24); err != nil {
+			return err
+		}
+		content := "# superuser of branch main, generated at first start\npostgres:" + pw + "\n"
+		if err := os.WriteFile(credPath, []byte(content), 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", credPath, err)
+		}
+	}
+	s.log.Info("bootstrapping branch", zap.String("branch", BootstrapBranch))
+	if err := s.Computes.Bootstrap(ctx, BootstrapBranch, pw); err != nil {
+		return fmt.Errorf("bootstrap branch %s: %w", BootstrapBranch, err)
+	}
+	if err := s.Registry.Create(ctx, router.Branch{Name: BootstrapBranch, CreatedAt: time.Now().UTC()}); err != nil && !errors.Is(err, router.ErrBranchExists) {
+		return err
+	}
+	s.password = pw
+	return nil
+}
+
+func parseCredentials(s string) string {
+	for _, line := range strings.Split(s, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "postgres:"); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func generatePassword(n int) (string, error) {
+	const alphabet = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+	b := make([]byte, n)
+	for i := range b {
+		k, err := rand.Int(rand.Reader, big.NewInt(int64(len(alphabet))))
+		if err != nil {
+			return "", err
+		}
+		b[i] = alphabet[k.Int64()]
+	}
+	return string(b), nil
+}
+
+// Start listens on listen and admin_listen and serves in the background.
+func (s *Server) Start() error {
+	var err error
+	if s.pgLn, err = net.Listen("tcp", s.cfg.Listen); err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	if s.adminLn, err = net.Listen("tcp", s.cfg.AdminListen); err != nil {
+		s.pgLn.Close()
+		return fmt.Errorf("admin_listen %s: %w", s.cfg.AdminListen, err)
+	}
+	h := admin.NewHandlerWithOptions(s.Registry, computesAdapter{s}, s.Metrics, s.log.Named("admin"),
+		admin.HandlerOptions{DefaultBranch: s.cfg.DefaultBranch})
+	s.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() { s.serveCh <- s.Proxy.Serve(s.pgLn) }()
+	go func() {
+		err := s.admin.Serve(s.adminLn)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		s.serveCh <- err
+	}()
+	s.log.Info("neonproxy ready",
+		zap.String("listen", s.pgLn.Addr().String()),
+		zap.String("admin_listen", s.adminLn.Addr().String()),
+		zap.String("data_dir", s.cfg.DataDir))
+	return nil
+}
+
+// Errors delivers a listener's fatal error.
+func (s *Server) Errors() <-chan error { return s.serveCh }
+
+// Addr is the front door's address.
+func (s *Server) Addr() net.Addr { return s.pgLn.Addr() }
+
+// AdminAddr is the admin API's address.
+func (s *Server) AdminAddr() net.Addr { return s.adminLn.Addr() }
+
+// Password is the bootstrap superuser password (empty when unknown: set
+// in an earlier run through bootstrap.password and no longer configured).
+func (s *Server) Password() string { return s.password }
+
+// ConnString is a ready-to-paste URL for the superuser on branch main.
+func (s *Server) ConnString() string {
+	u := url.URL{Scheme: "postgres", Host: s.pgLn.Addr().String(), Path: "/" + BootstrapBranch}
+	if s.password != "" {
+		u.User = url.UserPassword("postgres", s.password)
+	} else {
+		u.User = url.User("postgres")
+	}
+	return u.String()
+}
+
+// Close ends client sessions, stops the admin API and stops every compute
+// cleanly.
+func (s *Server) Close(ctx context.Context) error {
+	errs := []error{s.Proxy.Close(ctx)}
+	if s.admin != nil {
+		errs = append(errs, s.admin.Shutdown(ctx))
+	}
+	errs = append(errs, s.Computes.Close(ctx), s.Registry.Close())
+	return errors.Join(errs...)
+}
+
+// Abandon simulates a crash for tests: it stops serving but leaves the
+// computes running, as a killed neonproxy process would.
+func (s *Server) Abandon(ctx context.Context) error {
+	s.Computes.Detach()
+	errs := []error{s.Proxy.Close(ctx)}
+	if s.admin != nil {
+		errs = append(errs, s.admin.Close())
+	}
+	return errors.Join(append(errs, s.Registry.Close())...)
+}
+
+// computesAdapter presents wake.Manager to the admin API.
+type computesAdapter struct{ s *Server }
+
+var _ admin.Computes = computesAdapter{}
+
+func (a computesAdapter) Status(branch string) admin.ComputeStatus {
+	st := a.s.Computes.Status(branch)
+	return admin.ComputeStatus{
+		State: string(st.State), Clients: st.Clients, PID: st.PID,
+		StartedAt: st.StartedAt, LastUsed: st.LastUsed, LastError: st.LastError,
+	}
+}
+
+func (a computesAdapter) Clone(ctx context.Context, parent, branch string) error {
+	return a.s.Computes.Clone(ctx, parent, branch)
+}
+
+func (a computesAdapter) Suspend(ctx context.Context, branch string) error {
+	return a.s.Computes.Suspend(ctx, branch)
+}
+
+func (a computesAdapter) Delete(ctx context.Context, branch string) error {
+	err := a.s.Computes.Delete(ctx, branch)
+	a.s.Proxy.ForgetBranch(branch)
+	return err
+}
+
+func (a computesAdapter) Size(branch string) (int64, error) { return a.s.Computes.Size(branch) }

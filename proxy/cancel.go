@@ -1,0 +1,111 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// cancelTarget is the real backend behind a key the proxy handed out.
+type cancelTarget struct {
+	secret    [4]byte // the proxy's secret, compared in constant time
+	socket    string  // compute's unix socket
+	pid       uint32  // real backend pid
+	realKey   []byte  // real backend secret
+	branch    string
+	createdAt time.Time
+}
+
+// cancelKeys maps the BackendKeyData the proxy gives clients to the real
+// backends. Clients never learn a compute's pid or secret, and a
+// CancelRequest is forwarded only to the backend its key was issued for.
+type cancelKeys struct {
+	mu struct {
+		sync.Mutex
+		byPID map[uint32]*cancelTarget
+	}
+}
+
+func newCancelKeys() *cancelKeys {
+	c := &cancelKeys{}
+	c.mu.byPID = map[uint32]*cancelTarget{}
+	return c
+}
+
+// issue registers t under a fresh random key and returns that key.
+func (c *cancelKeys) issue(t *cancelTarget) (*pgproto3.BackendKeyData, error) {
+	var b [8]byte
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("cancel key: %w", err)
+		}
+		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff // positive, as a real pid
+		if pid == 0 {
+			continue
+		}
+		copy(t.secret[:], b[4:])
+		c.mu.Lock()
+		_, taken := c.mu.byPID[pid]
+		if !taken {
+			c.mu.byPID[pid] = t
+		}
+		c.mu.Unlock()
+		if !taken {
+			return &pgproto3.BackendKeyData{ProcessID: pid, SecretKey: append([]byte(nil), t.secret[:]...)}, nil
+		}
+	}
+}
+
+func (c *cancelKeys) revoke(pid uint32) {
+	c.mu.Lock()
+	delete(c.mu.byPID, pid)
+	c.mu.Unlock()
+}
+
+func (c *cancelKeys) lookup(pid uint32, secret []byte) *cancelTarget {
+	c.mu.Lock()
+	t := c.mu.byPID[pid]
+	c.mu.Unlock()
+	if t == nil || len(secret) != len(t.secret) || subtle.ConstantTimeCompare(secret, t.secret[:]) != 1 {
+		return nil
+	}
+	return t
+}
+
+func (c *cancelKeys) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.mu.byPID)
+}
+
+// forward sends a CancelRequest for t's real backend to its compute.
+func (t *cancelTarget) forward(ctx context.Context) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", t.socket)
+	if err != nil {
+		return fmt.Errorf("cancel on branch %s: %w", t.branch, err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	msg, err := (&pgproto3.CancelRequest{ProcessID: t.pid, SecretKey: t.realKey}).Encode(nil)
+	if err != nil {
+		return err
+	}
+	if _, err := conn.Write(msg); err != nil {
+		return fmt.Errorf("cancel on branch %s: %w", t.branch, err)
+	}
+	// PostgreSQL closes the connection once it has handled the request;
+	// waiting for that keeps cancel-then-query orderings intuitive.
+	var one [1]byte
+	_, _ = conn.Read(one[:])
+	return nil
+}

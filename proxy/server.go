@@ -1,0 +1,533 @@
+// Package proxy is neonproxy's front door: it accepts PostgreSQL clients,
+// negotiates TLS (recording SNI), reads the startup packet under hard limits,
+// routes the connection to a branch (router), holds the client while the
+// branch's compute wakes (wake), authenticates it with SCRAM-SHA-256 against
+// the role's verifier in the branch's own pg_authid, and then forwards the
+// session to a backend on the compute's unix socket.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/xdg-go/scram"
+	"go.uber.org/zap"
+
+	"github.com/neonproxy/neonproxy/internal/metrics"
+	"github.com/neonproxy/neonproxy/internal/pgwire"
+	"github.com/neonproxy/neonproxy/router"
+	"github.com/neonproxy/neonproxy/wake"
+)
+
+// Waker makes sure a branch's compute runs and counts the client on it.
+type Waker interface {
+	Acquire(ctx context.Context, branch string) (*wake.Lease, error)
+}
+
+var _ Waker = (*wake.Manager)(nil)
+
+// Branches is the part of the registry the front door reads.
+type Branches interface {
+	Get(ctx context.Context, name string) (router.Branch, error)
+}
+
+// Options configures a Server. Zero values take the documented defaults.
+type Options struct {
+	Resolver router.Resolver
+	Branches Branches
+	Waker    Waker
+	// TLS enables SSLRequest; nil answers 'N'.
+	TLS *tls.Config
+	// RequireTLS refuses clients that did not negotiate TLS.
+	RequireTLS bool
+	// Limits on the startup packet (default 10000 bytes, 64 parameters).
+	Limits pgwire.Limits
+	// StartupTimeout bounds TLS handshake, startup packet and SCRAM
+	// exchange together, not the wake (default 15s).
+	StartupTimeout time.Duration
+	// MaxClientConn caps concurrent client connections; 0: no cap.
+	MaxClientConn int
+	Logger        *zap.Logger
+	Metrics       *metrics.Metrics
+}
+
+// Server is the front door. Serve it on one or more listeners; Close ends
+// every client session.
+type Server struct {
+	opt    Options
+	log    *zap.Logger
+	m      *metrics.Metrics
+	auth   *authenticator
+	cancel *cancelKeys
+	bufs   sync.Pool
+	active atomic.Int64
+
+	mu struct {
+		sync.Mutex
+		closed    bool
+		listeners map[net.Listener]struct{}
+		conns     map[net.Conn]struct{}
+	}
+	wg sync.WaitGroup
+}
+
+// New builds a Server.
+func New(opt Options) (*Server, error) {
+	if opt.Branches == nil || opt.Waker == nil {
+		return nil, errors.New("proxy: Branches and Waker are required")
+	}
+	if opt.Limits.MaxPacket == 0 {
+		opt.Limits.MaxPacket = 10000
+	}
+	if opt.Limits.MaxParams == 0 {
+		opt.Limits.MaxParams = 64
+	}
+	if opt.StartupTimeout == 0 {
+		opt.StartupTimeout = 15 * time.Second
+	}
+	if opt.Logger == nil {
+		opt.Logger = zap.NewNop()
+	}
+	if opt.Metrics == nil {
+		opt.Metrics = metrics.New()
+	}
+	a, err := newAuthenticator()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{opt: opt, log: opt.Logger, m: opt.Metrics, auth: a, cancel: newCancelKeys()}
+	s.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
+	s.mu.listeners = map[net.Listener]struct{}{}
+	s.mu.conns = map[net.Conn]struct{}{}
+	return s, nil
+}
+
+// Serve accepts connections on ln until Close or a permanent accept error.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	s.mu.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.mu.closed
+			s.mu.Unlock()
+			if closed {
+				return nil
+			}
+			// Out of file descriptors and friends: back off and keep serving
+			// the clients that are already connected.
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; backing off", zap.Error(err), zap.Duration("delay", delay))
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		}
+		delay = 0
+		if !s.track(c) {
+			c.Close()
+			return nil
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(c)
+			s.handle(c)
+		}()
+	}
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return false
+	}
+	s.mu.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.mu.conns, c)
+	s.mu.Unlock()
+}
+
+// Close stops the listeners, closes every client connection and waits for
+// their goroutines to end (or ctx).
+func (s *Server) Close(ctx context.Context) error {
+	s.mu.Lock()
+	s.mu.closed = true
+	var closers []io.Closer
+	for ln := range s.mu.listeners {
+		closers = append(closers, ln)
+	}
+	for c := range s.mu.conns {
+		closers = append(closers, c)
+	}
+	s.mu.Unlock()
+	for _, c := range closers {
+		_ = c.Close()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.auth.close()
+	return nil
+}
+
+// ForgetBranch drops cached state about a branch's compute (called when a
+// branch is deleted).
+func (s *Server) ForgetBranch(branch string) { s.auth.forget(branch) }
+
+// session is one client connection's state, for the log line.
+type session struct {
+	conn     net.Conn // the client, TLS-wrapped once negotiated
+	raw      net.Conn
+	tls      bool
+	sni      string
+	route    router.Route
+	wakeKind wake.WakeKind
+	waited   time.Duration
+	result   string
+	bytesIn  int64
+	bytesOut int64
+}
+
+func (s *Server) handle(raw net.Conn) {
+	start := time.Now()
+	s.m.ClientConnections.Inc()
+	n := s.active.Add(1)
+	defer func() {
+		s.active.Add(-1)
+		s.m.ClientConnections.Dec()
+	}()
+	ss := &session{conn: raw, raw: raw, result: "ok"}
+	err := s.serve(ss, n)
+	if err != nil && ss.result == "ok" {
+		ss.result = "error"
+	}
+	s.m.ConnectionsTotal.WithLabelValues(ss.result).Inc()
+	if ss.result == "cancel" {
+		return // cancels are logged by handleCancel
+	}
+	fields := []zap.Field{
+		zap.String("client", raw.RemoteAddr().String()),
+		zap.String("branch", ss.route.Branch),
+		zap.String("database", ss.route.Database),
+		zap.String("user", ss.route.User),
+		zap.String("route", string(ss.route.Kind)),
+		zap.Bool("tls", ss.tls),
+		zap.String("sni", ss.sni),
+		zap.String("wake", string(ss.wakeKind)),
+		zap.Duration("wake_wait", ss.waited),
+		zap.Duration("duration", time.Since(start)),
+		zap.Int64("bytes_in", ss.bytesIn),
+		zap.Int64("bytes_out", ss.bytesOut),
+		zap.String("result", ss.result),
+	}
+	if err != nil {
+		fields = append(fields, zap.Error(err))
+	}
+	s.log.Info("connection", fields...)
+}
+
+// fail sends err to the client as a FATAL ErrorResponse (best effort) and
+// records result.
+func (s *Server) fail(ss *session, result string, err error) error {
+	ss.result = result
+	ce := pgwire.AsClientError(err)
+	buf, encErr := ce.Fatal().Encode(nil)
+	if encErr == nil {
+		_ = ss.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_, _ = ss.conn.Write(buf)
+	}
+	return err
+}
+
+func (s *Server) serve(ss *session, active int64) error {
+	deadline := time.Now().Add(s.opt.StartupTimeout)
+	_ = ss.raw.SetDeadline(deadline)
+	params, minor, err := s.startup(ss)
+	if err != nil || params == nil {
+		return err
+	}
+	if s.opt.RequireTLS && !ss.tls {
+		return s.fail(ss, "tls_required", &pgwire.Error{
+			Code:    pgwire.CodeInvalidAuthSpec,
+			Message: "this server accepts only TLS connections",
+			Hint:    "Connect with sslmode=require.",
+		})
+	}
+	if _, ok := params["replication"]; ok {
+		return s.fail(ss, "protocol_error", &pgwire.Error{
+			Code:    pgwire.CodeFeatureNotSupported,
+			Message: "replication connections are not supported through neonproxy",
+		})
+	}
+	if s.opt.MaxClientConn > 0 && active > int64(s.opt.MaxClientConn) {
+		return s.fail(ss, "too_many", &pgwire.Error{
+			Code:    pgwire.CodeTooManyConnections,
+			Message: fmt.Sprintf("too many client connections (max_client_conn = %d)", s.opt.MaxClientConn),
+			Hint:    "Retry later, or close idle connections.",
+		})
+	}
+	ss.route.User = params["user"]
+	route, err := s.opt.Resolver.Resolve(ss.sni, params)
+	ss.route = route
+	if err != nil {
+		var re *router.RouteError
+		if errors.As(err, &re) {
+			return s.fail(ss, "bad_route", &pgwire.Error{Code: pgwire.CodeBadRoute, Message: re.Message, Hint: re.Hint})
+		}
+		return s.fail(ss, "bad_route", err)
+	}
+	ctx := context.Background()
+	if _, err := s.opt.Branches.Get(ctx, route.Branch); err != nil {
+		if errors.Is(err, router.ErrBranchNotFound) {
+			return s.fail(ss, "unknown_branch", &pgwire.Error{
+				Code:    pgwire.CodeUnknownBranch,
+				Message: fmt.Sprintf("branch %q does not exist", route.Branch),
+				Hint:    fmt.Sprintf("Create it with `neonproxy branch create %s`, or list branches with `neonproxy branch list`.", route.Branch),
+			})
+		}
+		return s.fail(ss, "error", fmt.Errorf("look up branch %s: %w", route.Branch, err))
+	}
+	if minor > 0 {
+		// We speak 3.0; tell a newer client so instead of failing it.
+		if err := s.send(ss, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0}); err != nil {
+			return err
+		}
+	}
+
+	// Hold the client while the compute wakes: wake_timeout (inside
+	// Acquire) bounds this, not the startup timeout.
+	_ = ss.raw.SetDeadline(time.Time{})
+	lease, err := s.opt.Waker.Acquire(ctx, route.Branch)
+	if err != nil {
+		return s.fail(ss, "wake_failed", wakeError(route.Branch, err))
+	}
+	defer lease.Release()
+	ss.wakeKind, ss.waited = lease.Kind, lease.Waited
+	s.m.WakeDuration.WithLabelValues(string(lease.Kind)).Observe(lease.Waited.Seconds())
+
+	_ = ss.raw.SetDeadline(time.Now().Add(s.opt.StartupTimeout))
+	if err := s.authenticate(ctx, ss, lease.Endpoint); err != nil {
+		return err
+	}
+	be, err := s.dialBackend(ctx, lease.Endpoint, route, params)
+	if err != nil {
+		return s.fail(ss, "backend_error", err)
+	}
+	defer be.Conn.Close()
+	key, err := s.cancel.issue(&cancelTarget{socket: lease.Endpoint.SocketPath(), pid: be.PID, realKey: be.SecretKey, branch: route.Branch})
+	if err != nil {
+		return s.fail(ss, "error", err)
+	}
+	defer s.cancel.revoke(key.ProcessID)
+
+	// Finish the client's startup: the real server's parameters, the
+	// proxy's cancel key, the real transaction status.
+	var out []byte
+	out, _ = (&pgproto3.AuthenticationOk{}).Encode(out)
+	for k, v := range be.ParameterStatuses {
+		out, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(out)
+	}
+	out, _ = key.Encode(out)
+	out, _ = (&pgproto3.ReadyForQuery{TxStatus: be.TxStatus}).Encode(out)
+	if _, err := ss.conn.Write(out); err != nil {
+		ss.result = "closed_early"
+		return err
+	}
+	_ = ss.raw.SetDeadline(time.Time{})
+	return s.forward(ss, be.Conn)
+}
+
+func (s *Server) send(ss *session, msg pgproto3.BackendMessage) error {
+	b, err := msg.Encode(nil)
+	if err != nil {
+		return err
+	}
+	_, err = ss.conn.Write(b)
+	return err
+}
+
+// startup runs the untyped startup phase: SSLRequest / GSSENCRequest
+// negotiation, CancelRequest, and the StartupMessage. It returns nil params
+// (and nil error) after handling a CancelRequest.
+func (s *Server) startup(ss *session) (map[string]string, uint32, error) {
+	for i := 0; i < 3; i++ { // at most SSL, GSS and the startup message
+		st, err := pgwire.ReadStartup(ss.conn, s.opt.Limits)
+		if err != nil {
+			var se *pgwire.StartupError
+			if errors.As(err, &se) {
+				return nil, 0, s.fail(ss, "protocol_error", err)
+			}
+			ss.result = "closed_early"
+			return nil, 0, err
+		}
+		switch {
+		case st.SSL != nil:
+			if ss.tls || s.opt.TLS == nil {
+				if ss.tls {
+					return nil, 0, s.fail(ss, "protocol_error", &pgwire.Error{Code: pgwire.CodeProtocolViolation, Message: "SSLRequest after TLS was negotiated"})
+				}
+				if _, err := ss.conn.Write([]byte{'N'}); err != nil {
+					return nil, 0, err
+				}
+				continue
+			}
+			if _, err := ss.raw.Write([]byte{'S'}); err != nil {
+				return nil, 0, err
+			}
+			tc := tls.Server(ss.raw, s.opt.TLS)
+			if err := tc.Handshake(); err != nil {
+				ss.result = "tls_error"
+				return nil, 0, fmt.Errorf("TLS handshake: %w", err)
+			}
+			ss.conn, ss.tls = tc, true
+			ss.sni = tc.ConnectionState().ServerName
+		case st.GSSEnc != nil:
+			if _, err := ss.conn.Write([]byte{'N'}); err != nil {
+				return nil, 0, err
+			}
+		case st.Cancel != nil:
+			ss.result = "cancel"
+			s.handleCancel(ss, st.Cancel)
+			return nil, 0, nil
+		case st.Message != nil:
+			return st.Message.Parameters, st.MinorVersion, nil
+		}
+	}
+	return nil, 0, s.fail(ss, "protocol_error", &pgwire.Error{Code: pgwire.CodeProtocolViolation, Message: "too many negotiation requests before the startup packet"})
+}
+
+func (s *Server) handleCancel(ss *session, req *pgproto3.CancelRequest) {
+	t := s.cancel.lookup(req.ProcessID, req.SecretKey)
+	if t == nil {
+		// Unknown keys are ignored silently, as PostgreSQL does.
+		s.m.CancelRequests.WithLabelValues("unknown").Inc()
+		s.log.Debug("cancel request with unknown key", zap.String("client", ss.raw.RemoteAddr().String()))
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := t.forward(ctx); err != nil {
+		s.log.Warn("cancel forward failed", zap.String("branch", t.branch), zap.Error(err))
+		return
+	}
+	s.m.CancelRequests.WithLabelValues("forwarded").Inc()
+	s.log.Info("cancel forwarded", zap.String("branch", t.branch), zap.String("client", ss.raw.RemoteAddr().String()))
+}
+
+func (s *Server) authenticate(ctx context.Context, ss *session, ep wake.Endpoint) error {
+	user := ss.route.User
+	creds, _, err := s.auth.lookup(ctx, ss.route.Branch, ep, user)
+	if err != nil {
+		return s.fail(ss, "error", err)
+	}
+	var cb scram.ChannelBinding
+	plus := false
+	if ss.tls {
+		cb, plus = serverEndpointBinding(s.opt.TLS)
+	}
+	be := pgproto3.NewBackend(ss.conn, ss.conn)
+	if err := scramExchange(be, user, creds, cb, plus); err != nil {
+		var ce *pgwire.Error
+		if errors.As(err, &ce) && ce.Code == pgwire.CodeInvalidPassword {
+			s.m.AuthFailures.Inc()
+			return s.fail(ss, "auth_failed", err)
+		}
+		if errors.As(err, &ce) {
+			return s.fail(ss, "protocol_error", err)
+		}
+		ss.result = "closed_early"
+		return err
+	}
+	return be.Flush()
+}
+
+// dialBackend logs in to the compute as the client's role over its unix
+// socket (trust: only neonproxy can reach the socket), passing the client's
+// startup parameters on, and takes over the raw connection.
+func (s *Server) dialBackend(ctx context.Context, ep wake.Endpoint, rt router.Route, params map[string]string) (*pgconn.HijackedConn, error) {
+	cfg, err := pgconn.ParseConfig("sslmode=disable")
+	if err != nil {
+		return nil, err
+	}
+	cfg.Host, cfg.Port = ep.SocketDir, uint16(ep.Port)
+	cfg.User, cfg.Database = rt.User, rt.Database
+	cfg.Fallbacks = nil
+	cfg.RuntimeParams = make(map[string]string, len(params))
+	for k, v := range params {
+		switch k {
+		case "user", "database", "options":
+		default:
+			cfg.RuntimeParams[k] = v
+		}
+	}
+	if rt.Options != "" {
+		cfg.RuntimeParams["options"] = rt.Options
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	pc, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) {
+			return nil, pe // the compute's own words (3D000 database, 28000 role, 53300 ...)
+		}
+		return nil, fmt.Errorf("connect to compute of branch %s: %w", rt.Branch, err)
+	}
+	if err := pc.SyncConn(ctx); err != nil {
+		pc.Close(ctx)
+		return nil, err
+	}
+	return pc.Hijack()
+}
+
+// wakeError maps a wake failure to what the client sees.
+func wakeError(branch string, err error) *pgwire.Error {
+	var se *wake.StartError
+	if errors.As(err, &se) {
+		hint := "Retry in a few seconds; if it keeps failing, see the neonproxy log for the compute's own error."
+		if se.RetryAfter > 0 {
+			hint = fmt.Sprintf("Retry in %s; the neonproxy log has the compute's own error.", se.RetryAfter.Round(time.Second))
+		}
+		msg := fmt.Sprintf("compute for branch %q could not be started", branch)
+		if se.BreakerOpen {
+			msg = fmt.Sprintf("compute for branch %q is failing to start; not retrying for %s", branch, se.RetryAfter.Round(time.Second))
+		}
+		return &pgwire.Error{Code: pgwire.CodeCannotConnectNow, Message: msg, Hint: hint, Err: err}
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return &pgwire.Error{Code: pgwire.CodeCannotConnectNow, Message: fmt.Sprintf("compute for branch %q did not start within the wake timeout", branch), Hint: "Retry in a few seconds.", Err: err}
+	}
+	if errors.Is(err, wake.ErrClosed) {
+		return &pgwire.Error{Code: pgwire.CodeAdminShutdown, Message: "neonproxy is shutting down", Hint: "Reconnect in a moment.", Err: err}
+	}
+	return &pgwire.Error{Code: pgwire.CodeCannotConnectNow, Message: fmt.Sprintf("compute for branch %q is not available", branch), Hint: "Retry in a few seconds.", Err: err}
+}

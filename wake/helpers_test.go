@@ -1,0 +1,267 @@
+package wake
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
+
+	"github.com/neonproxy/neonproxy/internal/metrics"
+)
+
+// tmpl is a driver holding one bootstrapped branch "tmpl" (password
+// "secret") that tests copy instead of running initdb each time.
+var tmpl *PostgresDriver
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "wake-tmpl-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o711); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	d, err := NewPostgresDriver(DriverOptions{DataDir: dir, NoSync: true, Logger: testLogger()})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := d.Bootstrap(ctx, "tmpl", "secret"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	tmpl = d
+	return m.Run()
+}
+
+func testLogger() *zap.Logger {
+	if os.Getenv("WAKE_TEST_LOG") != "" {
+		l, _ := zap.NewDevelopment()
+		return l
+	}
+	return zap.NewNop()
+}
+
+// mkTemp makes a directory the compute user can traverse, removed at the
+// end of the test.
+func mkTemp(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "wake-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// countingDriver is the real PostgresDriver, counting starts and optionally
+// holding stops until a gate opens.
+type countingDriver struct {
+	*PostgresDriver
+	starts   atomic.Int32
+	stopGate atomic.Pointer[chan struct{}]
+}
+
+func (c *countingDriver) Start(ctx context.Context, branch string, gen uint64) (Process, error) {
+	c.starts.Add(1)
+	p, err := c.PostgresDriver.Start(ctx, branch, gen)
+	if err != nil {
+		return nil, err
+	}
+	return &gatedProcess{Process: p, c: c}, nil
+}
+
+type gatedProcess struct {
+	Process
+	c *countingDriver
+}
+
+func (g *gatedProcess) Stop(ctx context.Context) error {
+	if ch := g.c.stopGate.Load(); ch != nil {
+		select {
+		case <-*ch:
+		case <-ctx.Done():
+		}
+	}
+	return g.Process.Stop(ctx)
+}
+
+type env struct {
+	t   *testing.T
+	dir string
+	drv *PostgresDriver
+	cd  *countingDriver
+	m   *Manager
+	met *metrics.Metrics
+}
+
+// newEnv makes a fresh data dir with copies of the template branch named
+// branches and a Manager over it, stopped and checked at the end.
+func newEnv(t *testing.T, o Options, branches ...string) *env {
+	t.Helper()
+	dir := mkTemp(t)
+	drv, err := NewPostgresDriver(DriverOptions{DataDir: dir, NoSync: true, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, dir: dir, drv: drv, cd: &countingDriver{PostgresDriver: drv}, met: metrics.New()}
+	for _, b := range branches {
+		e.addBranch(b)
+	}
+	o.Metrics = e.met
+	o.Logger = testLogger()
+	e.m = NewManager(e.cd, o)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := e.m.Close(ctx); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		assertNoPostgres(t, dir)
+	})
+	return e
+}
+
+// addBranch copies the template's data into branch.
+func (e *env) addBranch(name string) {
+	e.t.Helper()
+	if err := e.drv.mkdirOwned(e.drv.branchDir(name), 0o700); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.drv.copyTree(context.Background(), tmpl.pgdata("tmpl"), e.drv.pgdata(name)); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (e *env) waitState(branch string, s State) {
+	e.t.Helper()
+	waitFor(e.t, 10*time.Second, fmt.Sprintf("%s to be %s", branch, s), func() bool { return e.m.Status(branch).State == s })
+}
+
+// postgresUnder lists live processes whose command line or working
+// directory is under dir.
+func postgresUnder(dir string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, de := range ents {
+		pid, err := strconv.Atoi(de.Name())
+		if err != nil {
+			continue
+		}
+		if st, _, ok := procStat(pid); !ok || st == "Z" || st == "X" {
+			continue
+		}
+		cmd, _ := os.ReadFile(filepath.Join("/proc", de.Name(), "cmdline"))
+		cwd, _ := os.Readlink(filepath.Join("/proc", de.Name(), "cwd"))
+		if strings.Contains(string(cmd), dir) || strings.HasPrefix(cwd, dir) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func assertNoPostgres(t *testing.T, dir string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		pids := postgresUnder(dir)
+		if len(pids) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("processes left running under %s: %v", dir, pids)
+			for _, p := range pids {
+				_ = syscall.Kill(p, syscall.SIGKILL)
+			}
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func connect(t *testing.T, ep Endpoint) *pgconn.PgConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgconn.Connect(ctx, fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres sslmode=disable", ep.SocketDir, ep.Port))
+	if err != nil {
+		t.Fatalf("connect to %s: %v", ep.SocketPath(), err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
+// query runs sql and returns the first column of the last result's rows.
+func query(t *testing.T, c *pgconn.PgConn, sql string) []string {
+	t.Helper()
+	res, err := c.Exec(context.Background(), sql).ReadAll()
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	var out []string
+	if len(res) > 0 {
+		for _, r := range res[len(res)-1].Rows {
+			out = append(out, string(r[0]))
+		}
+	}
+	return out
+}
+
+func gauge(t *testing.T, v *prometheus.GaugeVec, label string) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := v.WithLabelValues(label).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetGauge().GetValue()
+}
+
+func counter(t *testing.T, v *prometheus.CounterVec, label string) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := v.WithLabelValues(label).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}

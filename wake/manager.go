@@ -1,0 +1,839 @@
+package wake
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker"
+	"go.uber.org/zap"
+
+	"github.com/neonproxy/neonproxy/internal/metrics"
+)
+
+// ErrClosed is returned by Manager methods after Close (or Detach).
+var ErrClosed = errors.New("wake: compute manager is shut down")
+
+// LogTailer is implemented by drivers that can show the end of a compute's
+// server log; the Manager adds it to the log line of an unexpected exit.
+type LogTailer interface {
+	LogTail(branch string, lines int) string
+}
+
+// Stop reasons (label of neonproxy_compute_stops_total).
+const (
+	StopIdle     = "idle"
+	StopEvicted  = "evicted"
+	StopAdmin    = "admin"
+	StopShutdown = "shutdown"
+	StopDelete   = "delete"
+	StopExited   = "exited"
+)
+
+// Options configure a Manager.
+type Options struct {
+	// SuspendTimeout stops a compute after it has had no client (lease) for
+	// this long (default 300s).
+	SuspendTimeout time.Duration
+	// WakeTimeout bounds how long Acquire waits for a start (default 30s).
+	WakeTimeout time.Duration
+	// MaxRunning caps running computes; 0 means no cap.
+	MaxRunning int
+	// BreakerFailures consecutive start failures open a branch's breaker
+	// (default 3).
+	BreakerFailures int
+	// BreakerOpen is how long an open breaker refuses starts (default 30s).
+	BreakerOpen time.Duration
+	// StopTimeout bounds a fast shutdown before it is escalated to an
+	// immediate one (default 60s).
+	StopTimeout time.Duration
+	Logger      *zap.Logger
+	Metrics     *metrics.Metrics // may be nil
+}
+
+// Status describes a branch's compute.
+type Status struct {
+	State      State
+	Clients    int // leases held
+	Generation uint64
+	StartedAt  time.Time
+	LastUsed   time.Time
+	PID        int
+	LastError  string
+}
+
+// Manager runs one lifecycle state machine per branch.
+type Manager struct {
+	drv      Driver
+	o        Options
+	log      *zap.Logger
+	met      *metrics.Metrics
+	baseCtx  context.Context // cancelled by Close/Detach: aborts starts
+	cancel   context.CancelFunc
+	detachCh chan struct{}
+
+	mu       sync.Mutex
+	branches map[string]*branch
+	closed   bool
+	detached bool
+}
+
+// branch is the state machine of one branch's compute. All fields but cb
+// and openedAt are guarded by Manager.mu.
+type branch struct {
+	name      string
+	state     State
+	proc      Process
+	gen       uint64
+	leases    int
+	pins      int    // online clones reading from the running compute
+	op        string // bootstrap, clone, clone-source or delete in progress (state stopped)
+	startedAt time.Time
+	lastUsed  time.Time
+	lastErr   error
+	changed   chan struct{} // closed and replaced on every change
+	flight    *flight       // the current (or last) start
+	stopDone  chan struct{} // closed when the current stop finishes
+	idle      *time.Timer
+	idleSeq   uint64
+
+	cb       *gobreaker.CircuitBreaker
+	openedAt atomic.Int64 // unix nanos when the breaker last opened
+}
+
+type flight struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// NewManager returns a Manager for drv's computes.
+func NewManager(drv Driver, o Options) *Manager {
+	if o.SuspendTimeout <= 0 {
+		o.SuspendTimeout = 300 * time.Second
+	}
+	if o.WakeTimeout <= 0 {
+		o.WakeTimeout = 30 * time.Second
+	}
+	if o.BreakerFailures <= 0 {
+		o.BreakerFailures = 3
+	}
+	if o.BreakerOpen <= 0 {
+		o.BreakerOpen = 30 * time.Second
+	}
+	if o.StopTimeout <= 0 {
+		o.StopTimeout = 60 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{
+		drv:      drv,
+		o:        o,
+		log:      o.Logger,
+		met:      o.Metrics,
+		baseCtx:  ctx,
+		cancel:   cancel,
+		detachCh: make(chan struct{}),
+		branches: make(map[string]*branch),
+	}
+}
+
+// Lease is a client's hold on a running compute: while a branch has leases
+// its compute is not suspended for idleness or evicted.
+type Lease struct {
+	Endpoint Endpoint
+	Kind     WakeKind
+	// Waited is how long Acquire took.
+	Waited time.Duration
+
+	m    *Manager
+	b    *branch
+	gen  uint64
+	once sync.Once
+}
+
+// Release gives the lease back; it is idempotent. When the branch's last
+// lease is released, its idle timer starts.
+func (l *Lease) Release() {
+	if l == nil || l.m == nil {
+		return
+	}
+	l.once.Do(func() { l.m.release(l) })
+}
+
+func (m *Manager) release(l *Lease) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b := l.b
+	if m.branches[b.name] != b || b.gen != l.gen || b.state != StateRunning {
+		return // that compute is gone; its leases were dropped with it
+	}
+	if b.leases > 0 {
+		b.leases--
+	}
+	b.lastUsed = time.Now()
+	if b.leases == 0 && b.pins == 0 && !m.closed {
+		m.armLocked(b)
+	}
+}
+
+// getLocked returns branch name's state machine, creating it (stopped).
+func (m *Manager) getLocked(name string) *branch {
+	if b, ok := m.branches[name]; ok {
+		return b
+	}
+	b := &branch{name: name, state: StateStopped, changed: make(chan struct{})}
+	b.cb = gobreaker.NewCircuitBreaker(gobreaker.Settings{
+		Name:        name,
+		MaxRequests: 1,
+		Timeout:     m.o.BreakerOpen,
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			return c.ConsecutiveFailures >= uint32(m.o.BreakerFailures)
+		},
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			if to == gobreaker.StateOpen {
+				b.openedAt.Store(time.Now().UnixNano())
+			}
+			m.log.Info("compute start breaker", zap.String("branch", name), zap.String("from", from.String()), zap.String("to", to.String()))
+		},
+	})
+	m.branches[name] = b
+	if m.met != nil {
+		m.met.Computes.WithLabelValues(string(StateStopped)).Inc()
+	}
+	return b
+}
+
+// removeLocked forgets b (after Delete).
+func (m *Manager) removeLocked(b *branch) {
+	if m.branches[b.name] != b {
+		return
+	}
+	m.disarmLocked(b)
+	if m.met != nil {
+		m.met.Computes.WithLabelValues(string(b.state)).Dec()
+	}
+	delete(m.branches, b.name)
+	m.broadcastLocked(b)
+}
+
+func (m *Manager) broadcastLocked(b *branch) {
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+func (m *Manager) setStateLocked(b *branch, s State) {
+	if m.met != nil && m.branches[b.name] == b && b.state != s {
+		m.met.Computes.WithLabelValues(string(b.state)).Dec()
+		m.met.Computes.WithLabelValues(string(s)).Inc()
+	}
+	b.state = s
+	m.broadcastLocked(b)
+}
+
+// waitLocked releases mu until ch is closed or ctx ends.
+func (m *Manager) waitLocked(ctx context.Context, ch <-chan struct{}) error {
+	m.mu.Unlock()
+	defer m.mu.Lock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// armLocked (re)starts b's idle timer.
+func (m *Manager) armLocked(b *branch) {
+	m.disarmLocked(b)
+	seq := b.idleSeq
+	b.idle = time.AfterFunc(m.o.SuspendTimeout, func() { m.idleFire(b, seq) })
+}
+
+func (m *Manager) disarmLocked(b *branch) {
+	b.idleSeq++
+	if b.idle != nil {
+		b.idle.Stop()
+		b.idle = nil
+	}
+}
+
+func (m *Manager) idleFire(b *branch, seq uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || m.branches[b.name] != b || seq != b.idleSeq || b.state != StateRunning || b.leases > 0 || b.pins > 0 {
+		return // an Acquire (or something else) got there first
+	}
+	m.log.Info("suspending idle compute", zap.String("branch", b.name), zap.Duration("idle", time.Since(b.lastUsed)))
+	m.beginStopLocked(b, StopIdle)
+}
+
+// Acquire makes sure branch's compute runs and returns a lease on it. It
+// waits at most WakeTimeout (and ctx) for a start. Start failures and an
+// open breaker are returned as *StartError.
+func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
+	t0 := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, m.o.WakeTimeout)
+	defer cancel()
+	kind := WakeWarm
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for {
+		if m.closed {
+			return nil, ErrClosed
+		}
+		b := m.getLocked(name)
+		var wait <-chan struct{}
+		switch b.state {
+		case StateRunning:
+			b.leases++
+			b.lastUsed = time.Now()
+			m.disarmLocked(b)
+			return &Lease{Endpoint: b.proc.Endpoint(), Kind: kind, Waited: time.Since(t0), m: m, b: b, gen: b.gen}, nil
+		case StateStarting:
+			f := b.flight
+			kind = WakeCold
+			if err := m.waitLocked(wctx, f.done); err != nil {
+				return nil, m.waitErr(ctx, name, err)
+			}
+			if f.err != nil {
+				return nil, f.err
+			}
+			continue
+		case StateStopping:
+			wait = b.stopDone
+		case StateStopped:
+			if b.op != "" {
+				wait = b.changed
+				break
+			}
+			if err := m.breakerOpenLocked(b); err != nil {
+				return nil, err
+			}
+			room, err := m.makeRoomLocked(b)
+			if err != nil {
+				return nil, err
+			}
+			m.startLocked(b, room)
+			continue
+		}
+		kind = WakeCold
+		if err := m.waitLocked(wctx, wait); err != nil {
+			return nil, m.waitErr(ctx, name, err)
+		}
+	}
+}
+
+// waitErr turns the end of an Acquire wait into the caller's error: its own
+// context's, or a StartError for wake_timeout.
+func (m *Manager) waitErr(ctx context.Context, name string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return &StartError{Branch: name, Err: fmt.Errorf("compute not ready within wake_timeout (%s): %w", m.o.WakeTimeout, err)}
+}
+
+// breakerOpenLocked returns a StartError when b's breaker refuses starts.
+func (m *Manager) breakerOpenLocked(b *branch) error {
+	if b.cb.State() != gobreaker.StateOpen {
+		return nil
+	}
+	left := time.Until(time.Unix(0, b.openedAt.Load()).Add(m.o.BreakerOpen))
+	if left < 0 {
+		left = 0
+	}
+	cause := b.lastErr
+	if cause == nil {
+		cause = gobreaker.ErrOpenState
+	}
+	return &StartError{Branch: b.name, BreakerOpen: true, RetryAfter: left, Err: cause}
+}
+
+// makeRoomLocked enforces MaxRunning before b starts: it stops the least
+// recently used idle compute and returns a channel closed when it is gone.
+func (m *Manager) makeRoomLocked(b *branch) (<-chan struct{}, error) {
+	if m.o.MaxRunning <= 0 {
+		return nil, nil
+	}
+	n := 0
+	var victim *branch
+	for _, o := range m.branches {
+		if o.state != StateRunning && o.state != StateStarting {
+			continue
+		}
+		n++
+		if o != b && o.state == StateRunning && o.leases == 0 && o.pins == 0 &&
+			(victim == nil || o.lastUsed.Before(victim.lastUsed)) {
+			victim = o
+		}
+	}
+	if n < m.o.MaxRunning {
+		return nil, nil
+	}
+	if victim == nil {
+		return nil, &StartError{Branch: b.name, RetryAfter: time.Second,
+			Err: fmt.Errorf("the maximum number of running computes (%d) is reached and none is idle", m.o.MaxRunning)}
+	}
+	m.log.Info("evicting idle compute", zap.String("branch", victim.name), zap.String("for", b.name))
+	return m.beginStopLocked(victim, StopEvicted), nil
+}
+
+// startLocked moves b to starting and starts its compute in the background
+// (after waitFor, if set, is closed).
+func (m *Manager) startLocked(b *branch, waitFor <-chan struct{}) {
+	b.gen++
+	f := &flight{done: make(chan struct{})}
+	b.flight = f
+	m.setStateLocked(b, StateStarting)
+	go m.runStart(b, f, b.gen, waitFor)
+}
+
+func (m *Manager) runStart(b *branch, f *flight, gen uint64, waitFor <-chan struct{}) {
+	ctx, cancel := context.WithTimeout(m.baseCtx, m.o.WakeTimeout)
+	defer cancel()
+	t0 := time.Now()
+	var err error
+	if waitFor != nil {
+		select {
+		case <-waitFor:
+		case <-ctx.Done():
+			err = fmt.Errorf("waiting for an evicted compute to stop: %w", ctx.Err())
+		}
+	}
+	var proc Process
+	if err == nil {
+		if !m.drv.Exists(b.name) {
+			err = fmt.Errorf("branch %s has no data", b.name)
+		} else {
+			_, err = b.cb.Execute(func() (any, error) {
+				p, err := m.drv.Start(ctx, b.name, gen)
+				proc = p
+				return nil, err
+			})
+		}
+	}
+	took := time.Since(t0)
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	defer close(f.done)
+	if err != nil {
+		se := &StartError{Branch: b.name, Err: err}
+		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+			if e := m.breakerOpenLocked(b); e != nil {
+				se = e.(*StartError)
+			} else {
+				se.BreakerOpen = true
+			}
+		} else {
+			b.lastErr = err
+		}
+		f.err = se
+		if m.met != nil {
+			m.met.ComputeStarts.WithLabelValues("error").Inc()
+		}
+		m.log.Error("compute start failed", zap.String("branch", b.name), zap.Uint64("generation", gen),
+			zap.Duration("took", took), zap.Error(err))
+		m.setStateLocked(b, StateStopped)
+		return
+	}
+	if m.met != nil {
+		m.met.ComputeStarts.WithLabelValues("ok").Inc()
+	}
+	if m.detached || m.branches[b.name] != b {
+		f.err = ErrClosed
+		return // forgotten (Detach): leave it running, as a crash would
+	}
+	now := time.Now()
+	b.proc, b.startedAt, b.lastUsed, b.lastErr, b.leases = proc, now, now, nil, 0
+	m.setStateLocked(b, StateRunning)
+	go m.watch(b, proc)
+	m.log.Info("compute started", zap.String("branch", b.name), zap.Uint64("generation", gen),
+		zap.Int("pid", proc.PID()), zap.Duration("took", took))
+	if m.closed {
+		f.err = ErrClosed
+		m.beginStopLocked(b, StopShutdown)
+		return
+	}
+	m.armLocked(b) // waiters take their leases (and disarm it) right away
+}
+
+// watch notices a postmaster that exits while it should be running.
+func (m *Manager) watch(b *branch, proc Process) {
+	select {
+	case <-proc.Done():
+	case <-m.detachCh:
+		return
+	}
+	var tail string
+	if lt, ok := m.drv.(LogTailer); ok {
+		tail = lt.LogTail(b.name, 15)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.branches[b.name] != b || b.proc != proc || b.state != StateRunning {
+		return // a stop we asked for
+	}
+	m.log.Error("compute exited unexpectedly", zap.String("branch", b.name), zap.Int("pid", proc.PID()),
+		zap.Uint64("generation", b.gen), zap.String("log_tail", tail))
+	m.disarmLocked(b)
+	b.proc, b.leases = nil, 0
+	b.lastErr = fmt.Errorf("postmaster %d exited unexpectedly", proc.PID())
+	if m.met != nil {
+		m.met.ComputeStopsTotal.WithLabelValues(StopExited).Inc()
+	}
+	m.setStateLocked(b, StateStopped)
+}
+
+// beginStopLocked moves a running b to stopping and shuts its compute down
+// in the background; the returned channel is closed when it is stopped.
+func (m *Manager) beginStopLocked(b *branch, reason string) <-chan struct{} {
+	m.disarmLocked(b)
+	proc := b.proc
+	done := make(chan struct{})
+	b.stopDone = done
+	b.leases = 0
+	m.setStateLocked(b, StateStopping)
+	go func() {
+		t0 := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), m.o.StopTimeout)
+		err := proc.Stop(ctx)
+		cancel()
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if err != nil {
+			m.log.Warn("compute stop", zap.String("branch", b.name), zap.Error(err))
+		}
+		b.proc = nil
+		if m.met != nil {
+			m.met.ComputeStopsTotal.WithLabelValues(reason).Inc()
+		}
+		m.setStateLocked(b, StateStopped)
+		close(done)
+		m.log.Info("compute stopped", zap.String("branch", b.name), zap.String("reason", reason),
+			zap.Int("pid", proc.PID()), zap.Duration("took", time.Since(t0)))
+	}()
+	return done
+}
+
+// Recover adopts computes left running by an earlier neonproxy process.
+// Adopted computes run with no clients, so their idle timer starts.
+func (m *Manager) Recover(ctx context.Context, branches []string) {
+	for _, name := range branches {
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			return
+		}
+		b := m.getLocked(name)
+		if b.state != StateStopped || b.op != "" {
+			m.mu.Unlock()
+			continue
+		}
+		b.gen++
+		gen := b.gen
+		f := &flight{done: make(chan struct{})}
+		b.flight = f
+		m.setStateLocked(b, StateStarting)
+		m.mu.Unlock()
+
+		proc, ok, err := m.drv.Adopt(ctx, name, gen)
+
+		m.mu.Lock()
+		if err != nil {
+			m.log.Warn("adopt compute", zap.String("branch", name), zap.Error(err))
+		}
+		switch {
+		case m.detached || m.branches[name] != b:
+		case ok && err == nil:
+			now := time.Now()
+			b.proc, b.startedAt, b.lastUsed, b.leases = proc, now, now, 0
+			m.setStateLocked(b, StateRunning)
+			go m.watch(b, proc)
+			m.log.Info("compute adopted", zap.String("branch", name), zap.Int("pid", proc.PID()), zap.Uint64("generation", gen))
+			if m.closed {
+				m.beginStopLocked(b, StopShutdown)
+			} else {
+				m.armLocked(b)
+			}
+		default:
+			m.setStateLocked(b, StateStopped)
+		}
+		close(f.done)
+		m.mu.Unlock()
+	}
+}
+
+// Bootstrap creates branch's data (initdb) unless it exists.
+func (m *Manager) Bootstrap(ctx context.Context, name, password string) error {
+	m.mu.Lock()
+	for {
+		if m.closed {
+			m.mu.Unlock()
+			return ErrClosed
+		}
+		b := m.getLocked(name)
+		if b.state != StateStopped {
+			m.mu.Unlock()
+			return nil // it runs, so it exists
+		}
+		if b.op == "" {
+			b.op = "bootstrap"
+			m.mu.Unlock()
+			var err error
+			if !m.drv.Exists(name) {
+				err = m.drv.Bootstrap(ctx, name, password)
+			}
+			m.mu.Lock()
+			b.op = ""
+			m.broadcastLocked(b)
+			m.mu.Unlock()
+			return err
+		}
+		if err := m.waitLocked(ctx, b.changed); err != nil {
+			m.mu.Unlock()
+			return err
+		}
+	}
+}
+
+// Clone creates branch as a copy of parent: online (pg_basebackup) when the
+// parent runs, otherwise from its stopped data directory. The parent cannot
+// start or stop while it is copied.
+func (m *Manager) Clone(ctx context.Context, parent, name string) error {
+	if parent == name {
+		return fmt.Errorf("wake: cannot clone branch %s from itself", name)
+	}
+	m.mu.Lock()
+	var p, c *branch
+	for {
+		if m.closed {
+			m.mu.Unlock()
+			return ErrClosed
+		}
+		p, c = m.getLocked(parent), m.getLocked(name)
+		var wait <-chan struct{}
+		switch {
+		case c.state != StateStopped:
+			m.mu.Unlock()
+			return fmt.Errorf("wake: branch %s already exists (its compute is %s)", name, c.state)
+		case c.op != "":
+			wait = c.changed
+		case p.op != "":
+			wait = p.changed
+		case p.state == StateStarting:
+			wait = p.flight.done
+		case p.state == StateStopping:
+			wait = p.stopDone
+		}
+		if wait == nil {
+			break
+		}
+		if err := m.waitLocked(ctx, wait); err != nil {
+			m.mu.Unlock()
+			return err
+		}
+	}
+	var from *Endpoint
+	if p.state == StateRunning {
+		ep := p.proc.Endpoint()
+		from = &ep
+		p.pins++
+		m.disarmLocked(p)
+	} else {
+		p.op = "clone-source"
+	}
+	c.op = "clone"
+	m.mu.Unlock()
+
+	var err error
+	switch {
+	case m.drv.Exists(name):
+		err = fmt.Errorf("wake: branch %s already has data", name)
+	case !m.drv.Exists(parent):
+		err = fmt.Errorf("wake: parent branch %s has no data", parent)
+	default:
+		err = m.drv.Clone(ctx, parent, name, from)
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if from != nil {
+		p.pins--
+		if p.pins == 0 && p.leases == 0 && p.state == StateRunning && !m.closed && m.branches[parent] == p {
+			m.armLocked(p)
+		}
+	} else {
+		p.op = ""
+	}
+	c.op = ""
+	m.broadcastLocked(p)
+	m.broadcastLocked(c)
+	if err != nil {
+		return err
+	}
+	m.log.Info("branch cloned", zap.String("parent", parent), zap.String("branch", name), zap.Bool("online", from != nil))
+	return nil
+}
+
+// Suspend stops branch's compute now (PostgreSQL's fast shutdown cuts its
+// clients). It is not an error if it is already stopped.
+func (m *Manager) Suspend(ctx context.Context, name string) error {
+	return m.stop(ctx, name, StopAdmin)
+}
+
+func (m *Manager) stop(ctx context.Context, name, reason string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for {
+		b, ok := m.branches[name]
+		if !ok {
+			return nil
+		}
+		var wait <-chan struct{}
+		switch b.state {
+		case StateStopped:
+			return nil
+		case StateStarting:
+			wait = b.flight.done
+		case StateStopping:
+			wait = b.stopDone
+		case StateRunning:
+			if b.pins > 0 {
+				wait = b.changed // an online clone is reading from it
+			} else {
+				wait = m.beginStopLocked(b, reason)
+			}
+		}
+		if err := m.waitLocked(ctx, wait); err != nil {
+			return err
+		}
+	}
+}
+
+// Delete stops branch's compute and destroys its data.
+func (m *Manager) Delete(ctx context.Context, name string) error {
+	m.mu.Lock()
+	for {
+		if m.closed {
+			m.mu.Unlock()
+			return ErrClosed
+		}
+		b := m.getLocked(name)
+		var wait <-chan struct{}
+		switch {
+		case b.op != "":
+			wait = b.changed
+		case b.state == StateStarting:
+			wait = b.flight.done
+		case b.state == StateStopping:
+			wait = b.stopDone
+		case b.state == StateRunning && b.pins > 0:
+			wait = b.changed
+		case b.state == StateRunning:
+			wait = m.beginStopLocked(b, StopDelete)
+		}
+		if wait != nil {
+			if err := m.waitLocked(ctx, wait); err != nil {
+				m.mu.Unlock()
+				return err
+			}
+			continue
+		}
+		b.op = "delete"
+		m.broadcastLocked(b)
+		m.mu.Unlock()
+		err := m.drv.Destroy(ctx, name)
+		m.mu.Lock()
+		b.op = ""
+		if err == nil {
+			m.removeLocked(b)
+		} else {
+			m.broadcastLocked(b)
+		}
+		m.mu.Unlock()
+		return err
+	}
+}
+
+// Status reports branch's compute.
+func (m *Manager) Status(name string) Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.branches[name]
+	if !ok {
+		return Status{State: StateStopped}
+	}
+	s := Status{State: b.state, Clients: b.leases, Generation: b.gen, StartedAt: b.startedAt, LastUsed: b.lastUsed}
+	if b.proc != nil {
+		s.PID = b.proc.PID()
+	}
+	if b.lastErr != nil {
+		s.LastError = b.lastErr.Error()
+	}
+	return s
+}
+
+// Size returns the bytes branch's data occupies.
+func (m *Manager) Size(name string) (int64, error) {
+	return m.drv.Size(name)
+}
+
+// Close stops every compute (fast shutdown, in parallel) and refuses new
+// Acquires. It returns when all are stopped or ctx ends.
+func (m *Manager) Close(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.closed {
+		m.log.Info("stopping all computes")
+	}
+	m.closed = true
+	m.cancel() // abort starts in progress
+	for {
+		var waits []<-chan struct{}
+		for _, b := range m.branches {
+			m.disarmLocked(b)
+			switch b.state {
+			case StateRunning:
+				waits = append(waits, m.beginStopLocked(b, StopShutdown))
+			case StateStarting:
+				waits = append(waits, b.flight.done)
+			case StateStopping:
+				waits = append(waits, b.stopDone)
+			}
+		}
+		if len(waits) == 0 {
+			return nil
+		}
+		for _, w := range waits {
+			if err := m.waitLocked(ctx, w); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// Detach forgets every compute without stopping it and stops all timers,
+// as a crash of neonproxy would (a test aid for Recover). The Manager is
+// unusable afterwards.
+func (m *Manager) Detach() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.detached {
+		return
+	}
+	m.closed, m.detached = true, true
+	close(m.detachCh)
+	for _, b := range m.branches {
+		m.disarmLocked(b)
+		if m.met != nil {
+			m.met.Computes.WithLabelValues(string(b.state)).Dec()
+		}
+		m.broadcastLocked(b)
+	}
+	m.branches = make(map[string]*branch)
+}

@@ -1,0 +1,823 @@
+package wake
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Port is the port number of every compute. Computes never listen on TCP;
+// the number only names the unix socket file (.s.PGSQL.5432).
+const Port = 5432
+
+// maxSocketPath is the longest unix socket path PostgreSQL accepts
+// (sizeof(sun_path) - 1).
+const maxSocketPath = 107
+
+// hbaConf is the only client authentication a compute accepts: local (unix
+// socket) connections, whose directory only neonproxy can reach. The proxy
+// authenticates clients itself against pg_authid.
+const hbaConf = `# Written by neonproxy: computes accept only unix-socket connections.
+# TYPE  DATABASE        USER            METHOD
+local   all             all             trust
+local   replication     all             trust
+`
+
+// DriverOptions configure a PostgresDriver.
+type DriverOptions struct {
+	// DataDir is the root; branch data lives in
+	// <DataDir>/branches/<name>/pgdata, its log in
+	// <DataDir>/branches/<name>/postgres.log.
+	DataDir string
+	// BinDir holds the PostgreSQL 15 binaries (default
+	// /usr/lib/postgresql/15/bin).
+	BinDir string
+	// OSUser runs the computes when neonproxy runs as root (default
+	// "postgres"). Ignored otherwise: computes run as the current user.
+	OSUser string
+	// SharedBuffers is PostgreSQL's shared_buffers (default "16MB").
+	SharedBuffers string
+	// MaxConnections is PostgreSQL's max_connections (default 100).
+	MaxConnections int
+	// NoSync skips fsync in initdb and pg_basebackup (tests only).
+	NoSync bool
+	Logger *zap.Logger
+}
+
+// PostgresDriver runs stock PostgreSQL 15 computes from local data
+// directories.
+type PostgresDriver struct {
+	o       DriverOptions
+	dataDir string // absolute
+	log     *zap.Logger
+
+	asRoot bool   // computes run as another user
+	uid    uint32 // compute user (when asRoot)
+	gid    uint32
+	groups []uint32
+}
+
+var (
+	_ Driver    = (*PostgresDriver)(nil)
+	_ LogTailer = (*PostgresDriver)(nil)
+)
+
+// NewPostgresDriver checks the PostgreSQL installation and the data
+// directory and returns a driver.
+func NewPostgresDriver(o DriverOptions) (*PostgresDriver, error) {
+	if o.DataDir == "" {
+		return nil, errors.New("wake: DataDir is required")
+	}
+	if o.BinDir == "" {
+		o.BinDir = "/usr/lib/postgresql/15/bin"
+	}
+	if o.OSUser == "" {
+		o.OSUser = "postgres"
+	}
+	if o.SharedBuffers == "" {
+		o.SharedBuffers = "16MB"
+	}
+	if o.MaxConnections <= 0 {
+		o.MaxConnections = 100
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	abs, err := filepath.Abs(o.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("wake: data dir: %w", err)
+	}
+	d := &PostgresDriver{o: o, dataDir: abs, log: o.Logger}
+
+	if fi, err := os.Stat(filepath.Join(o.BinDir, "postgres")); err != nil || fi.IsDir() {
+		return nil, fmt.Errorf("wake: PostgreSQL 15 not found: %s/postgres is missing (set compute.postgres_bin_dir; `make run` installs postgresql-15)", o.BinDir)
+	}
+
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup(o.OSUser)
+		if err != nil {
+			return nil, fmt.Errorf("wake: neonproxy runs as root and PostgreSQL refuses root, but compute user %q does not exist: %w", o.OSUser, err)
+		}
+		uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+		gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+		if err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("wake: compute user %q has a non-numeric uid/gid", o.OSUser)
+		}
+		if uid == 0 {
+			return nil, fmt.Errorf("wake: compute user %q is root; PostgreSQL refuses to run as root", o.OSUser)
+		}
+		d.asRoot, d.uid, d.gid = true, uint32(uid), uint32(gid)
+		d.groups = []uint32{uint32(gid)}
+		if ids, err := u.GroupIds(); err == nil {
+			for _, s := range ids {
+				if g, err := strconv.ParseUint(s, 10, 32); err == nil && !slices.Contains(d.groups, uint32(g)) {
+					d.groups = append(d.groups, uint32(g))
+				}
+			}
+		}
+	}
+
+	if _, err := os.Stat(abs); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(abs, 0o711); err != nil {
+			return nil, fmt.Errorf("wake: create data dir: %w", err)
+		}
+		if err := os.Chmod(abs, 0o711); err != nil {
+			return nil, fmt.Errorf("wake: data dir: %w", err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("wake: data dir: %w", err)
+	}
+	if d.asRoot {
+		if err := d.checkSearchable(abs); err != nil {
+			return nil, err
+		}
+	}
+	for _, sub := range []string{"branches", "run"} {
+		p := filepath.Join(abs, sub)
+		if err := os.Mkdir(p, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("wake: %w", err)
+		}
+		if err := os.Chmod(p, 0o711); err != nil {
+			return nil, fmt.Errorf("wake: %w", err)
+		}
+	}
+	return d, nil
+}
+
+// checkSearchable verifies that the compute user can traverse dir and every
+// directory above it.
+func (d *PostgresDriver) checkSearchable(dir string) error {
+	for p := dir; ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("wake: data dir: %w", err)
+		}
+		if !d.searchable(fi) {
+			return fmt.Errorf("wake: data_dir %s is not usable: directory %s (mode %04o) is not searchable by the compute user %q (uid %d), "+
+				"which PostgreSQL runs as because neonproxy runs as root; choose a data_dir under a world-searchable directory (e.g. /var/lib/neonproxy) "+
+				"or allow traversal of %s (chmod o+x)", dir, p, fi.Mode().Perm(), d.o.OSUser, d.uid, p)
+		}
+		if p == filepath.Dir(p) {
+			return nil
+		}
+	}
+}
+
+func (d *PostgresDriver) searchable(fi fs.FileInfo) bool {
+	perm := fi.Mode().Perm()
+	if perm&0o001 != 0 {
+		return true
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return false
+	}
+	if st.Uid == d.uid {
+		return perm&0o100 != 0
+	}
+	if slices.Contains(d.groups, st.Gid) {
+		return perm&0o010 != 0
+	}
+	return false
+}
+
+// DataDir returns the absolute root directory of the driver.
+func (d *PostgresDriver) DataDir() string { return d.dataDir }
+
+func (d *PostgresDriver) branchDir(b string) string { return filepath.Join(d.dataDir, "branches", b) }
+func (d *PostgresDriver) pgdata(b string) string    { return filepath.Join(d.branchDir(b), "pgdata") }
+func (d *PostgresDriver) logPath(b string) string {
+	return filepath.Join(d.branchDir(b), "postgres.log")
+}
+
+// SocketDir is the directory of branch's unix socket: <DataDir>/run/<name>,
+// or a short directory under os.TempDir() when that path would exceed the
+// unix socket path limit.
+func (d *PostgresDriver) SocketDir(branch string) string {
+	dir := filepath.Join(d.dataDir, "run", branch)
+	if len(dir)+len("/.s.PGSQL.")+len(strconv.Itoa(Port)) <= maxSocketPath {
+		return dir
+	}
+	sum := sha256.Sum256([]byte(d.dataDir + branch))
+	return filepath.Join(os.TempDir(), "npx-"+hex.EncodeToString(sum[:])[:12])
+}
+
+func validBranch(b string) error {
+	if b == "" || b == "." || b == ".." || strings.ContainsAny(b, "/\\\x00") || len(b) > 63 {
+		return fmt.Errorf("wake: invalid branch name %q", b)
+	}
+	return nil
+}
+
+// Exists reports whether branch has a data directory.
+func (d *PostgresDriver) Exists(branch string) bool {
+	if validBranch(branch) != nil {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(d.pgdata(branch), "PG_VERSION"))
+	return err == nil
+}
+
+// chown gives path to the compute user (no-op unless running as root).
+func (d *PostgresDriver) chown(path string) error {
+	if !d.asRoot {
+		return nil
+	}
+	return os.Lchown(path, int(d.uid), int(d.gid))
+}
+
+// mkdirOwned creates dir (if needed) with mode perm, owned by the compute user.
+func (d *PostgresDriver) mkdirOwned(dir string, perm fs.FileMode) error {
+	if err := os.Mkdir(dir, perm); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	if err := os.Chmod(dir, perm); err != nil {
+		return err
+	}
+	return d.chown(dir)
+}
+
+// command prepares a PostgreSQL binary to run as the compute user in its
+// own process group.
+func (d *PostgresDriver) command(ctx context.Context, dir, bin string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, filepath.Join(d.o.BinDir, bin), args...)
+	cmd.Dir = dir
+	env := make([]string, 0, len(os.Environ())+2)
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "LC_") || strings.HasPrefix(kv, "LANG=") || strings.HasPrefix(kv, "HOME=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	env = append(env, "LANG=C.UTF-8", "HOME="+dir)
+	cmd.Env = env
+	attr := &syscall.SysProcAttr{Setpgid: true}
+	if d.asRoot {
+		attr.Credential = &syscall.Credential{Uid: d.uid, Gid: d.gid, Groups: d.groups}
+	}
+	cmd.SysProcAttr = attr
+	return cmd
+}
+
+// run runs a PostgreSQL tool to completion (killing its whole process
+// group when ctx ends) and returns its combined output.
+func (d *PostgresDriver) run(ctx context.Context, dir, bin string, args ...string) ([]byte, error) {
+	cmd := d.command(ctx, dir, bin, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	if ctx.Err() != nil && err != nil {
+		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	return out.Bytes(), err
+}
+
+func (d *PostgresDriver) writeHBA(pgdata string) error {
+	p := filepath.Join(pgdata, "pg_hba.conf")
+	if err := os.WriteFile(p, []byte(hbaConf), 0o600); err != nil {
+		return fmt.Errorf("write pg_hba.conf: %w", err)
+	}
+	if err := os.Chmod(p, 0o600); err != nil {
+		return err
+	}
+	return d.chown(p)
+}
+
+// Bootstrap runs initdb for a root branch whose superuser "postgres" gets
+// password (stored as a SCRAM-SHA-256 verifier; empty: no password).
+func (d *PostgresDriver) Bootstrap(ctx context.Context, branch, password string) (err error) {
+	if err := validBranch(branch); err != nil {
+		return err
+	}
+	if d.Exists(branch) {
+		return fmt.Errorf("wake: branch %s already has data", branch)
+	}
+	t0 := time.Now()
+	bdir := d.branchDir(branch)
+	if err := os.RemoveAll(bdir); err != nil { // leftovers of a failed attempt
+		return fmt.Errorf("wake: bootstrap %s: %w", branch, err)
+	}
+	if err := d.mkdirOwned(bdir, 0o700); err != nil {
+		return fmt.Errorf("wake: bootstrap %s: %w", branch, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = os.RemoveAll(bdir)
+		}
+	}()
+	pgdata := d.pgdata(branch)
+	args := []string{"-D", pgdata, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions"}
+	if password != "" {
+		pw := filepath.Join(bdir, ".pwfile")
+		if err := os.WriteFile(pw, []byte(password+"\n"), 0o600); err != nil {
+			return fmt.Errorf("wake: bootstrap %s: %w", branch, err)
+		}
+		defer os.Remove(pw)
+		if err := d.chown(pw); err != nil {
+			return fmt.Errorf("wake: bootstrap %s: %w", branch, err)
+		}
+		args = append(args, "--pwfile="+pw)
+	}
+	if d.o.NoSync {
+		args = append(args, "-N")
+	}
+	out, err := d.run(ctx, bdir, "initdb", args...)
+	if err != nil {
+		return fmt.Errorf("wake: initdb for branch %s failed: %w\n%s", branch, err, tailLines(out, 15))
+	}
+	if err := d.writeHBA(pgdata); err != nil {
+		return fmt.Errorf("wake: bootstrap %s: %w", branch, err)
+	}
+	d.log.Debug("branch bootstrapped", zap.String("branch", branch), zap.Duration("initdb", time.Since(t0)))
+	return nil
+}
+
+// Clone creates branch as a copy of parent: online with pg_basebackup when
+// from is set, else by copying the stopped parent's data directory.
+func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, from *Endpoint) (err error) {
+	if err := validBranch(parent); err != nil {
+		return err
+	}
+	if err := validBranch(branch); err != nil {
+		return err
+	}
+	if !d.Exists(parent) {
+		return fmt.Errorf("wake: parent branch %s has no data", parent)
+	}
+	if d.Exists(branch) {
+		return fmt.Errorf("wake: branch %s already has data", branch)
+	}
+	t0 := time.Now()
+	bdir := d.branchDir(branch)
+	if err := os.RemoveAll(bdir); err != nil {
+		return fmt.Errorf("wake: clone %s: %w", branch, err)
+	}
+	if err := d.mkdirOwned(bdir, 0o700); err != nil {
+		return fmt.Errorf("wake: clone %s: %w", branch, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = os.RemoveAll(bdir)
+		}
+	}()
+	pgdata := d.pgdata(branch)
+	mode := "offline"
+	if from != nil {
+		mode = "online"
+		args := []string{"-h", from.SocketDir, "-p", strconv.Itoa(from.Port), "-U", "postgres", "-D", pgdata, "-X", "stream", "-c", "fast", "-w"}
+		if d.o.NoSync {
+			args = append(args, "--no-sync")
+		}
+		out, err := d.run(ctx, bdir, "pg_basebackup", args...)
+		if err != nil {
+			return fmt.Errorf("wake: pg_basebackup of branch %s into %s failed: %w\n%s", parent, branch, err, tailLines(out, 15))
+		}
+	} else {
+		if err := d.copyTree(ctx, d.pgdata(parent), pgdata); err != nil {
+			return fmt.Errorf("wake: copy branch %s into %s: %w", parent, branch, err)
+		}
+	}
+	if err := d.writeHBA(pgdata); err != nil {
+		return fmt.Errorf("wake: clone %s: %w", branch, err)
+	}
+	d.log.Debug("branch cloned", zap.String("parent", parent), zap.String("branch", branch),
+		zap.String("mode", mode), zap.Duration("took", time.Since(t0)))
+	return nil
+}
+
+// copyTree copies a stopped data directory, preserving modes, skipping the
+// postmaster's pid and opts files, giving everything to the compute user.
+func (d *PostgresDriver) copyTree(ctx context.Context, src, dst string) error {
+	return filepath.WalkDir(src, func(path string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		if rel == "postmaster.pid" || rel == "postmaster.opts" {
+			return nil
+		}
+		target := filepath.Join(dst, rel)
+		fi, err := de.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case de.IsDir():
+			if err := os.Mkdir(target, fi.Mode().Perm()); err != nil {
+				return err
+			}
+			if err := os.Chmod(target, fi.Mode().Perm()); err != nil {
+				return err
+			}
+		case fi.Mode()&fs.ModeSymlink != 0:
+			link, err := os.Readlink(path)
+			if err != nil {
+				return err
+			}
+			if err := os.Symlink(link, target); err != nil {
+				return err
+			}
+		case fi.Mode().IsRegular():
+			if err := copyFile(path, target, fi.Mode().Perm()); err != nil {
+				return err
+			}
+		default:
+			return nil // sockets, fifos: not part of a data directory
+		}
+		return d.chown(target)
+	})
+}
+
+func copyFile(src, dst string, perm fs.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Chmod(dst, perm)
+}
+
+// Destroy removes branch's data directory and socket directory.
+func (d *PostgresDriver) Destroy(ctx context.Context, branch string) error {
+	if err := validBranch(branch); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(d.branchDir(branch)); err != nil {
+		return fmt.Errorf("wake: destroy %s: %w", branch, err)
+	}
+	if err := os.RemoveAll(d.SocketDir(branch)); err != nil {
+		return fmt.Errorf("wake: destroy %s: %w", branch, err)
+	}
+	return nil
+}
+
+// Size returns the bytes of branch's directory (data and log).
+func (d *PostgresDriver) Size(branch string) (int64, error) {
+	if err := validBranch(branch); err != nil {
+		return 0, err
+	}
+	var n int64
+	err := filepath.WalkDir(d.branchDir(branch), func(path string, de fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) && path != d.branchDir(branch) {
+				return nil // removed by the running server meanwhile
+			}
+			return err
+		}
+		if de.Type().IsRegular() {
+			if fi, err := de.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("wake: size of %s: %w", branch, err)
+	}
+	return n, nil
+}
+
+// LogTail returns the last n lines of branch's postgres.log.
+func (d *PostgresDriver) LogTail(branch string, n int) string {
+	if validBranch(branch) != nil {
+		return ""
+	}
+	return fileTail(d.logPath(branch), 0, n)
+}
+
+// fileTail returns the last n lines of path written at or after offset.
+func fileTail(path string, offset int64, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	start := max(offset, fi.Size()-64<<10, 0)
+	buf := make([]byte, fi.Size()-start)
+	if _, err := f.ReadAt(buf, start); err != nil && !errors.Is(err, io.EOF) {
+		return ""
+	}
+	return tailLines(buf, n)
+}
+
+func tailLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Start launches the postmaster of branch and returns once postmaster.pid
+// says "ready" (accepting connections).
+func (d *PostgresDriver) Start(ctx context.Context, branch string, generation uint64) (Process, error) {
+	if err := validBranch(branch); err != nil {
+		return nil, err
+	}
+	if !d.Exists(branch) {
+		return nil, fmt.Errorf("wake: branch %s has no data", branch)
+	}
+	t0 := time.Now()
+	pgdata := d.pgdata(branch)
+	sock := d.SocketDir(branch)
+	if err := d.mkdirOwned(sock, 0o700); err != nil {
+		return nil, fmt.Errorf("wake: socket dir for %s: %w", branch, err)
+	}
+	logPath := d.logPath(branch)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("wake: open %s: %w", logPath, err)
+	}
+	var logStart int64
+	if fi, err := logf.Stat(); err == nil {
+		logStart = fi.Size()
+	}
+	_ = d.chown(logPath)
+	cmd := d.command(context.Background(), d.branchDir(branch), "postgres",
+		"-D", pgdata,
+		"-c", "listen_addresses=",
+		"-c", "unix_socket_directories="+sock,
+		"-c", "unix_socket_permissions=0700",
+		"-c", "port="+strconv.Itoa(Port),
+		"-c", "shared_buffers="+d.o.SharedBuffers,
+		"-c", "max_connections="+strconv.Itoa(d.o.MaxConnections),
+	)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	err = cmd.Start()
+	logf.Close()
+	if err != nil {
+		return nil, fmt.Errorf("wake: start postgres for branch %s: %w", branch, err)
+	}
+	tSpawn := time.Since(t0)
+	pid := cmd.Process.Pid
+	p := &pgProcess{
+		ep:     Endpoint{SocketDir: sock, Port: Port, Generation: generation},
+		pid:    pid,
+		done:   make(chan struct{}),
+		signal: func(s syscall.Signal) error { return cmd.Process.Signal(s) },
+	}
+	go func() {
+		p.exitErr = cmd.Wait()
+		// A postmaster killed with SIGKILL leaves its children behind for a
+		// moment; they hold the shared memory a restart needs.
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		close(p.done)
+	}()
+
+	fail := func(why string) (Process, error) {
+		_ = p.kill()
+		return nil, fmt.Errorf("wake: postgres for branch %s %s; last lines of %s:\n%s", branch, why, logPath, fileTail(logPath, logStart, 15))
+	}
+	pidFile := filepath.Join(pgdata, "postmaster.pid")
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if lines, err := readPidFile(pidFile); err == nil && len(lines) >= 8 {
+			if lp, _ := strconv.Atoi(lines[0]); lp == pid && strings.TrimSpace(lines[7]) == "ready" {
+				break
+			}
+		}
+		select {
+		case <-p.done:
+			return fail(fmt.Sprintf("exited during start (%v)", p.exitErr))
+		case <-ctx.Done():
+			return fail(fmt.Sprintf("was not ready in time (%v)", ctx.Err()))
+		case <-tick.C:
+		}
+	}
+	tReady := time.Since(t0)
+	d.log.Debug("postgres started", zap.String("branch", branch), zap.Uint64("generation", generation),
+		zap.Int("pid", pid), zap.Duration("spawn", tSpawn), zap.Duration("ready", tReady-tSpawn), zap.Duration("total", tReady))
+	return p, nil
+}
+
+// readPidFile returns the lines of postmaster.pid.
+func readPidFile(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(string(b), "\n"), nil
+}
+
+// Adopt finds a ready postmaster left running on branch's data directory
+// by an earlier neonproxy process.
+func (d *PostgresDriver) Adopt(ctx context.Context, branch string, generation uint64) (Process, bool, error) {
+	if err := validBranch(branch); err != nil {
+		return nil, false, err
+	}
+	pgdata := d.pgdata(branch)
+	pidFile := filepath.Join(pgdata, "postmaster.pid")
+	lines, err := readPidFile(pidFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil
+	} else if err != nil {
+		return nil, false, fmt.Errorf("wake: adopt %s: %w", branch, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(lines[0]))
+	if err != nil || pid <= 0 {
+		return nil, false, nil
+	}
+	start, ok := procStartTime(pid)
+	if !ok || !isPostmasterOf(pid, pgdata) {
+		return nil, false, nil // stale pid file; PostgreSQL handles it at start
+	}
+	// Wait for it to finish starting (or to go away).
+	for len(lines) < 8 || strings.TrimSpace(lines[7]) != "ready" {
+		if !procAlive(pid, start) {
+			return nil, false, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false, fmt.Errorf("wake: adopt %s: postmaster %d not ready: %w", branch, pid, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if lines, err = readPidFile(pidFile); err != nil {
+			return nil, false, nil
+		}
+	}
+	ep := Endpoint{SocketDir: d.SocketDir(branch), Port: Port, Generation: generation}
+	if len(lines) >= 5 && strings.TrimSpace(lines[4]) != "" {
+		ep.SocketDir = strings.TrimSpace(lines[4])
+	}
+	if port, err := strconv.Atoi(strings.TrimSpace(lines[3])); err == nil && port > 0 {
+		ep.Port = port
+	}
+	p := &pgProcess{
+		ep:   ep,
+		pid:  pid,
+		done: make(chan struct{}),
+		signal: func(s syscall.Signal) error {
+			if !procAlive(pid, start) {
+				return os.ErrProcessDone
+			}
+			return syscall.Kill(pid, s)
+		},
+	}
+	go func() {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for range t.C {
+			if !procAlive(pid, start) {
+				_ = syscall.Kill(-pid, syscall.SIGKILL) // leftover children
+				close(p.done)
+				return
+			}
+		}
+	}()
+	d.log.Debug("postgres adopted", zap.String("branch", branch), zap.Int("pid", pid), zap.Uint64("generation", generation))
+	return p, true, nil
+}
+
+// procStat returns the state and start time fields of /proc/<pid>/stat.
+func procStat(pid int) (state string, start string, ok bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return "", "", false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return "", "", false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return "", "", false
+	}
+	return f[0], f[19], true
+}
+
+func procStartTime(pid int) (string, bool) {
+	st, start, ok := procStat(pid)
+	if !ok || st == "Z" || st == "X" {
+		return "", false
+	}
+	return start, true
+}
+
+// procAlive reports whether pid is still the (non-zombie) process that
+// started at start.
+func procAlive(pid int, start string) bool {
+	s, ok := procStartTime(pid)
+	return ok && s == start
+}
+
+// isPostmasterOf reports whether pid is a postgres postmaster serving pgdata.
+func isPostmasterOf(pid int, pgdata string) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil || len(b) == 0 {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	if base := filepath.Base(args[0]); base != "postgres" && base != "postmaster" {
+		return false
+	}
+	want, err := filepath.EvalSymlinks(pgdata)
+	if err != nil {
+		want = pgdata
+	}
+	if cwd, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/cwd"); err == nil && cwd == want {
+		return true
+	}
+	for i, a := range args {
+		if a == "-D" && i+1 < len(args) && (args[i+1] == pgdata || args[i+1] == want) {
+			return true
+		}
+	}
+	return false
+}
+
+// pgProcess is a running postmaster, our child or adopted.
+type pgProcess struct {
+	ep      Endpoint
+	pid     int
+	done    chan struct{}
+	exitErr error // set before done is closed (children only)
+	signal  func(syscall.Signal) error
+}
+
+func (p *pgProcess) Endpoint() Endpoint    { return p.ep }
+func (p *pgProcess) PID() int              { return p.pid }
+func (p *pgProcess) Done() <-chan struct{} { return p.done }
+
+// Stop performs a fast shutdown, escalating to immediate shutdown and
+// SIGKILL when ctx ends first.
+func (p *pgProcess) Stop(ctx context.Context) error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	if err := p.signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("wake: stop postgres %d: %w", p.pid, err)
+	}
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+	}
+	if err := p.kill(); err != nil {
+		return err
+	}
+	return fmt.Errorf("wake: fast shutdown of postgres %d did not finish (%w); shut down immediately", p.pid, ctx.Err())
+}
+
+// kill shuts the postmaster down immediately (SIGQUIT), then kills its
+// process group, and waits for it to exit.
+func (p *pgProcess) kill() error {
+	_ = p.signal(syscall.SIGQUIT)
+	t := time.NewTimer(2 * time.Second)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return nil
+	case <-t.C:
+	}
+	_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+	_ = p.signal(syscall.SIGKILL)
+	t.Reset(5 * time.Second)
+	select {
+	case <-p.done:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("wake: postgres %d did not exit after SIGKILL", p.pid)
+	}
+}

@@ -1,0 +1,111 @@
+// Package wake owns the lifecycle of branch computes: one state machine per
+// branch (stopped → starting → running → stopping → stopped), single-flight
+// starts, a circuit breaker around starts, idle suspend, the max_running cap,
+// and the PostgreSQL process driver behind the Driver interface (so the
+// pagestore-backed driver of issue 4 can replace the local-directory one).
+package wake
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// State is a compute's lifecycle state, as shown in the branch JSON.
+type State string
+
+// The lifecycle states.
+const (
+	StateStopped  State = "stopped"
+	StateStarting State = "starting"
+	StateRunning  State = "running"
+	StateStopping State = "stopping"
+)
+
+// AllStates lists the states in lifecycle order (for metrics).
+var AllStates = []State{StateStopped, StateStarting, StateRunning, StateStopping}
+
+// Endpoint says how to reach a running compute: a unix socket
+// <SocketDir>/.s.PGSQL.<Port>. Computes never listen on TCP.
+type Endpoint struct {
+	SocketDir string
+	Port      int
+	// Generation increases with every start of the branch's compute; it
+	// lets callers tell a restarted compute from the one they knew.
+	Generation uint64
+}
+
+// SocketPath is the unix socket file of the endpoint.
+func (e Endpoint) SocketPath() string {
+	return filepath.Join(e.SocketDir, ".s.PGSQL."+strconv.Itoa(e.Port))
+}
+
+// Process is one running PostgreSQL server (postmaster).
+type Process interface {
+	Endpoint() Endpoint
+	// PID of the postmaster.
+	PID() int
+	// Stop performs a fast shutdown (SIGINT: a shutdown checkpoint) and
+	// waits for the postmaster to exit or ctx to end; on ctx end it sends
+	// SIGQUIT (immediate) and then SIGKILL.
+	Stop(ctx context.Context) error
+	// Done is closed when the postmaster has exited, for whatever reason.
+	Done() <-chan struct{}
+}
+
+// Driver creates, starts and destroys the PostgreSQL data of branches. The
+// Manager serialises calls per branch: a Driver never sees two concurrent
+// calls for the same branch.
+type Driver interface {
+	// Exists reports whether branch has data.
+	Exists(branch string) bool
+	// Bootstrap creates the data of a root branch (initdb) whose superuser
+	// "postgres" has the given password (stored as a SCRAM-SHA-256 verifier).
+	Bootstrap(ctx context.Context, branch, password string) error
+	// Clone creates branch's data as a copy of parent's. When the parent runs,
+	// from is its endpoint and the copy is taken online (pg_basebackup);
+	// otherwise from is nil and the stopped data directory is copied.
+	Clone(ctx context.Context, parent, branch string, from *Endpoint) error
+	// Start launches the compute and returns once it accepts connections.
+	Start(ctx context.Context, branch string, generation uint64) (Process, error)
+	// Adopt returns a compute left running by an earlier neonproxy process
+	// (found through postmaster.pid), or ok=false when there is none.
+	Adopt(ctx context.Context, branch string, generation uint64) (p Process, ok bool, err error)
+	// Destroy removes branch's data. The compute must be stopped.
+	Destroy(ctx context.Context, branch string) error
+	// Size returns the bytes branch's data occupies.
+	Size(branch string) (int64, error)
+}
+
+// WakeKind says whether a client had to wait for a start.
+type WakeKind string
+
+// Wake kinds, used as the metric label and in the connection log line.
+const (
+	WakeCold WakeKind = "cold" // the compute was started (or being started) for this client
+	WakeWarm WakeKind = "warm" // the compute was already running
+)
+
+// StartError is returned by Manager.Acquire when the compute could not be
+// started or its breaker is open. The proxy maps it to SQLSTATE 57P03.
+type StartError struct {
+	Branch string
+	// RetryAfter is how long until a retry can succeed (breaker open time
+	// left), or 0 when an immediate retry may work.
+	RetryAfter time.Duration
+	// BreakerOpen is set when no start was attempted because the breaker
+	// was open.
+	BreakerOpen bool
+	Err         error
+}
+
+func (e *StartError) Error() string {
+	if e.BreakerOpen {
+		return fmt.Sprintf("compute for branch %s is not starting after repeated failures (retry in %s): %v", e.Branch, e.RetryAfter.Round(time.Second), e.Err)
+	}
+	return fmt.Sprintf("start compute for branch %s: %v", e.Branch, e.Err)
+}
+
+func (e *StartError) Unwrap() error { return e.Err }

@@ -1,0 +1,649 @@
+package wake
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestNewPostgresDriverChecks(t *testing.T) {
+	t.Run("missing binaries", func(t *testing.T) {
+		_, err := NewPostgresDriver(DriverOptions{DataDir: mkTemp(t), BinDir: "/nonexistent/bin"})
+		if err == nil || !strings.Contains(err.Error(), "postgresql-15") {
+			t.Fatalf("want a missing-binaries error naming postgresql-15, got %v", err)
+		}
+	})
+	t.Run("ancestor not searchable", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("only checked when running as root")
+		}
+		parent, err := os.MkdirTemp("", "wake-private-") // 0700
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(parent)
+		_, err = NewPostgresDriver(DriverOptions{DataDir: filepath.Join(parent, "data")})
+		if err == nil {
+			t.Fatal("want an error for a data dir under a 0700 directory")
+		}
+		for _, want := range []string{parent, "0700", "/var/lib/neonproxy"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not mention %q", err, want)
+			}
+		}
+		if fi, _ := os.Stat(parent); fi.Mode().Perm() != 0o700 {
+			t.Errorf("ancestor mode changed to %o", fi.Mode().Perm())
+		}
+	})
+}
+
+func TestSocketDir(t *testing.T) {
+	dir := mkTemp(t)
+	long := filepath.Join(dir, strings.Repeat("d", 90))
+	tests := []struct {
+		name, dataDir string
+		short         bool
+	}{
+		{"short path", dir, false},
+		{"too long for sun_path", long, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := NewPostgresDriver(DriverOptions{DataDir: tc.dataDir, NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := d.SocketDir("main")
+			if !tc.short {
+				if want := filepath.Join(tc.dataDir, "run", "main"); got != want {
+					t.Fatalf("socket dir %s, want %s", got, want)
+				}
+				return
+			}
+			if !strings.HasPrefix(got, filepath.Join(os.TempDir(), "npx-")) || len(filepath.Base(got)) != len("npx-")+12 {
+				t.Fatalf("socket dir %s, want %s/npx-<12 hex>", got, os.TempDir())
+			}
+			if len(Endpoint{SocketDir: got, Port: Port}.SocketPath()) > maxSocketPath {
+				t.Fatalf("socket path still too long")
+			}
+			if d.SocketDir("other") == got {
+				t.Fatal("two branches share a socket dir")
+			}
+			// A compute really starts there.
+			e := &env{t: t, drv: d}
+			e.addBranch("main")
+			p, err := d.Start(ctxT(t), "main", 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			query(t, connect(t, p.Endpoint()), "select 1")
+			if err := p.Stop(ctxT(t)); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Destroy(ctxT(t), "main"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(got); !os.IsNotExist(err) {
+				t.Fatalf("socket dir %s not removed: %v", got, err)
+			}
+			assertNoPostgres(t, tc.dataDir)
+		})
+	}
+}
+
+func TestBootstrapStartConnect(t *testing.T) {
+	e := newEnv(t, Options{})
+	ctx := ctxT(t)
+	t0 := time.Now()
+	if err := e.m.Bootstrap(ctx, "main", "s3cret"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("bootstrap took %s", time.Since(t0))
+	if !e.drv.Exists("main") {
+		t.Fatal("no data after Bootstrap")
+	}
+	pgdata := e.drv.pgdata("main")
+	hba, err := os.ReadFile(filepath.Join(pgdata, "pg_hba.conf"))
+	if err != nil || string(hba) != hbaConf {
+		t.Fatalf("pg_hba.conf = %q, %v", hba, err)
+	}
+	fi, err := os.Stat(pgdata)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o700 {
+		t.Errorf("pgdata mode %o, want 700", fi.Mode().Perm())
+	}
+	if os.Geteuid() == 0 {
+		u, _ := user.Lookup("postgres")
+		if st := fi.Sys().(*syscall.Stat_t); strconv.Itoa(int(st.Uid)) != u.Uid {
+			t.Errorf("pgdata owned by uid %d, want postgres (%s)", st.Uid, u.Uid)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(e.drv.branchDir("main"), ".pwfile")); !os.IsNotExist(err) {
+		t.Errorf("password file left behind: %v", err)
+	}
+	// Bootstrap of an existing branch is a no-op.
+	if err := e.m.Bootstrap(ctx, "main", "other"); err != nil {
+		t.Fatal(err)
+	}
+
+	l, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	if l.Kind != WakeCold || l.Endpoint.Port != 5432 || l.Endpoint.SocketDir != e.drv.SocketDir("main") || l.Endpoint.Generation != 1 {
+		t.Fatalf("lease %+v", l)
+	}
+	t.Logf("cold wake took %s", l.Waited)
+	if fi, err := os.Stat(l.Endpoint.SocketDir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("socket dir: %v %v", fi, err)
+	}
+	c := connect(t, l.Endpoint)
+	if pw := query(t, c, "select rolpassword from pg_authid where rolname = 'postgres'"); len(pw) != 1 || !strings.HasPrefix(pw[0], "SCRAM-SHA-256$") {
+		t.Fatalf("stored password %q is not a SCRAM verifier", pw)
+	}
+	if got := query(t, c, "show listen_addresses"); len(got) != 1 || got[0] != "" {
+		t.Fatalf("listen_addresses = %q", got)
+	}
+	if got := query(t, c, "show shared_buffers"); got[0] != "16MB" {
+		t.Fatalf("shared_buffers = %q", got)
+	}
+
+	l2, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l2.Kind != WakeWarm || l2.Endpoint != l.Endpoint {
+		t.Fatalf("second lease %+v", l2)
+	}
+	st := e.m.Status("main")
+	if st.State != StateRunning || st.Clients != 2 || st.PID == 0 || st.Generation != 1 || st.StartedAt.IsZero() {
+		t.Fatalf("status %+v", st)
+	}
+	if g := gauge(t, e.met.Computes, "running"); g != 1 {
+		t.Fatalf("computes{running} = %v", g)
+	}
+	l2.Release()
+	l2.Release()
+	if st := e.m.Status("main"); st.Clients != 1 {
+		t.Fatalf("clients after double release = %d", st.Clients)
+	}
+	if n, err := e.m.Size("main"); err != nil || n < 1<<20 {
+		t.Fatalf("size %d, %v", n, err)
+	}
+}
+
+func TestSingleFlight(t *testing.T) {
+	e := newEnv(t, Options{}, "main")
+	ctx := ctxT(t)
+	const n = 20
+	var (
+		wg     sync.WaitGroup
+		leases = make([]*Lease, n)
+		errs   = make([]error, n)
+	)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			leases[i], errs[i] = e.m.Acquire(ctx, "main")
+		}()
+	}
+	wg.Wait()
+	if got := e.cd.starts.Load(); got != 1 {
+		t.Fatalf("%d starts for %d concurrent Acquires, want 1", got, n)
+	}
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("acquire %d: %v", i, errs[i])
+		}
+		if leases[i].Endpoint != leases[0].Endpoint {
+			t.Fatalf("endpoints differ: %+v vs %+v", leases[i].Endpoint, leases[0].Endpoint)
+		}
+		if leases[i].Kind != WakeCold {
+			t.Errorf("acquire %d kind %s, want cold", i, leases[i].Kind)
+		}
+	}
+	if st := e.m.Status("main"); st.Clients != n || st.State != StateRunning {
+		t.Fatalf("status %+v", st)
+	}
+	for _, l := range leases {
+		l.Release()
+	}
+	if st := e.m.Status("main"); st.Clients != 0 {
+		t.Fatalf("clients after release: %d", st.Clients)
+	}
+	l, err := e.m.Acquire(ctx, "main")
+	if err != nil || l.Kind != WakeWarm {
+		t.Fatalf("warm acquire: %+v %v", l, err)
+	}
+	l.Release()
+	if g := counter(t, e.met.ComputeStarts, "ok"); g != 1 {
+		t.Fatalf("compute_starts_total{ok} = %v", g)
+	}
+
+	// Close stops everything and refuses new work.
+	if err := e.m.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Acquire(ctx, "main"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("acquire after close: %v", err)
+	}
+	if st := e.m.Status("main"); st.State != StateStopped {
+		t.Fatalf("after close: %+v", st)
+	}
+	if g := gauge(t, e.met.Computes, "stopped"); g != 1 || gauge(t, e.met.Computes, "running") != 0 {
+		t.Fatalf("computes gauges after close: stopped=%v running=%v", g, gauge(t, e.met.Computes, "running"))
+	}
+	if c := counter(t, e.met.ComputeStopsTotal, StopShutdown); c != 1 {
+		t.Fatalf("stops{shutdown} = %v", c)
+	}
+	assertNoPostgres(t, e.dir)
+}
+
+func TestIdleSuspend(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	e := newEnv(t, Options{SuspendTimeout: idle}, "main")
+	ctx := ctxT(t)
+	l, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen := l.Endpoint.Generation
+
+	// While a lease is held, no idle stop; racing Acquire/Release pairs
+	// always win against the timer.
+	for range 20 {
+		l2, err := e.m.Acquire(ctx, "main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l2.Release()
+	}
+	released := time.Now()
+	l.Release()
+	e.waitState("main", StateStopped)
+	if el := time.Since(released); el < idle {
+		t.Fatalf("suspended after %s, before suspend_timeout %s", el, idle)
+	}
+	if c := counter(t, e.met.ComputeStopsTotal, StopIdle); c != 1 {
+		t.Fatalf("stops{idle} = %v", c)
+	}
+	l, err = e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Kind != WakeCold || l.Endpoint.Generation != gen+1 {
+		t.Fatalf("re-wake lease %+v, want cold generation %d", l, gen+1)
+	}
+	query(t, connect(t, l.Endpoint), "select 1")
+	l.Release()
+	e.waitState("main", StateStopped)
+}
+
+func TestAcquireDuringStopping(t *testing.T) {
+	e := newEnv(t, Options{}, "main")
+	ctx := ctxT(t)
+	l, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Release()
+	gate := make(chan struct{})
+	e.cd.stopGate.Store(&gate)
+	suspended := make(chan error, 1)
+	go func() { suspended <- e.m.Suspend(ctx, "main") }()
+	e.waitState("main", StateStopping)
+
+	type res struct {
+		l   *Lease
+		err error
+	}
+	acquired := make(chan res, 1)
+	go func() {
+		l, err := e.m.Acquire(ctx, "main")
+		acquired <- res{l, err}
+	}()
+	select {
+	case r := <-acquired:
+		t.Fatalf("Acquire returned while the compute was stopping: %+v", r)
+	default:
+	}
+	e.cd.stopGate.Store(nil)
+	close(gate)
+	if err := <-suspended; err != nil {
+		t.Fatal(err)
+	}
+	r := <-acquired
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer r.l.Release()
+	if r.l.Kind != WakeCold || r.l.Endpoint.Generation != 2 || e.cd.starts.Load() != 2 {
+		t.Fatalf("lease %+v after %d starts", r.l, e.cd.starts.Load())
+	}
+	query(t, connect(t, r.l.Endpoint), "select 1")
+	if c := counter(t, e.met.ComputeStopsTotal, StopAdmin); c != 1 {
+		t.Fatalf("stops{admin} = %v", c)
+	}
+	// Suspend of a stopped branch is fine.
+	if err := e.m.Suspend(ctx, "nosuch"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBreaker(t *testing.T) {
+	e := newEnv(t, Options{BreakerFailures: 3, BreakerOpen: 700 * time.Millisecond}, "broken")
+	ctx := ctxT(t)
+	conf := filepath.Join(e.drv.pgdata("broken"), "postgresql.conf")
+	good, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte("this is ((( not a config\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		_, err := e.m.Acquire(ctx, "broken")
+		var se *StartError
+		if !errors.As(err, &se) || se.BreakerOpen {
+			t.Fatalf("attempt %d: want a start failure, got %v", i, err)
+		}
+		if !strings.Contains(err.Error(), "postgresql.conf") || !strings.Contains(err.Error(), "syntax error") {
+			t.Fatalf("attempt %d: error lacks the postgres log tail: %v", i, err)
+		}
+		if st := e.m.Status("broken"); st.State != StateStopped || st.LastError == "" {
+			t.Fatalf("status after failure: %+v", st)
+		}
+	}
+	t0 := time.Now()
+	_, err = e.m.Acquire(ctx, "broken")
+	var se *StartError
+	if !errors.As(err, &se) || !se.BreakerOpen {
+		t.Fatalf("4th attempt: want breaker open, got %v", err)
+	}
+	if el := time.Since(t0); el > 100*time.Millisecond {
+		t.Fatalf("open breaker took %s to answer", el)
+	}
+	if se.RetryAfter <= 0 || se.RetryAfter > 700*time.Millisecond {
+		t.Fatalf("RetryAfter %s", se.RetryAfter)
+	}
+	if !strings.Contains(se.Error(), "syntax error") {
+		t.Fatalf("breaker error lacks the cause: %v", se)
+	}
+	if n := e.cd.starts.Load(); n != 3 {
+		t.Fatalf("%d starts, want 3", n)
+	}
+	if c := counter(t, e.met.ComputeStarts, "error"); c != 3 {
+		t.Fatalf("compute_starts_total{error} = %v", c)
+	}
+	assertNoPostgres(t, e.dir)
+
+	// Fixed: once the breaker half-opens, a start goes through.
+	if err := os.WriteFile(conf, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var l *Lease
+	waitFor(t, 10*time.Second, "the breaker to let a start through", func() bool {
+		var err error
+		l, err = e.m.Acquire(ctx, "broken")
+		if err != nil && !errors.As(err, &se) {
+			t.Fatal(err)
+		}
+		return err == nil
+	})
+	l.Release()
+}
+
+func TestMaxRunningEviction(t *testing.T) {
+	e := newEnv(t, Options{MaxRunning: 2}, "a", "b", "c")
+	ctx := ctxT(t)
+	acquire := func(b string) *Lease {
+		t.Helper()
+		l, err := e.m.Acquire(ctx, b)
+		if err != nil {
+			t.Fatalf("acquire %s: %v", b, err)
+		}
+		return l
+	}
+	acquire("a").Release()
+	acquire("b").Release() // b is more recently used than a
+	lc := acquire("c")
+	defer lc.Release()
+	if st := e.m.Status("a"); st.State != StateStopped {
+		t.Fatalf("LRU idle compute a not evicted: %+v", st)
+	}
+	if st := e.m.Status("b"); st.State != StateRunning {
+		t.Fatalf("b: %+v", st)
+	}
+	if c := counter(t, e.met.ComputeStopsTotal, StopEvicted); c != 1 {
+		t.Fatalf("stops{evicted} = %v", c)
+	}
+	if g := gauge(t, e.met.Computes, "running"); g != 2 {
+		t.Fatalf("computes{running} = %v", g)
+	}
+	lb := acquire("b")
+	defer lb.Release()
+	_, err := e.m.Acquire(ctx, "a")
+	var se *StartError
+	if !errors.As(err, &se) || se.BreakerOpen || se.RetryAfter != time.Second || !strings.Contains(err.Error(), "maximum number of running computes") {
+		t.Fatalf("want max-running StartError, got %v", err)
+	}
+	if len(postgresUnder(e.dir)) == 0 {
+		t.Fatal("no postgres found under the data dir (process scan broken?)")
+	}
+}
+
+func TestClone(t *testing.T) {
+	e := newEnv(t, Options{}, "main")
+	ctx := ctxT(t)
+	l, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, l.Endpoint)
+	query(t, c, "create table t(x int); insert into t values (1)")
+	c.Close(ctx)
+	l.Release()
+
+	tests := []struct {
+		name, branch string
+		online       bool
+		rows         string
+	}{
+		{"offline", "off", false, "1"},
+		{"online", "on", true, "2"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var pid int
+			if tc.online {
+				l, err := e.m.Acquire(ctx, "main")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer l.Release()
+				query(t, connect(t, l.Endpoint), "insert into t values (2)")
+				pid = e.m.Status("main").PID
+			} else if err := e.m.Suspend(ctx, "main"); err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Now()
+			if err := e.m.Clone(ctx, "main", tc.branch); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s clone took %s", tc.name, time.Since(t0))
+			if st := e.m.Status("main"); tc.online && (st.State != StateRunning || st.PID != pid) {
+				t.Fatalf("parent disturbed by online clone: %+v (pid was %d)", st, pid)
+			}
+			hba, _ := os.ReadFile(filepath.Join(e.drv.pgdata(tc.branch), "pg_hba.conf"))
+			if string(hba) != hbaConf {
+				t.Fatalf("clone pg_hba.conf = %q", hba)
+			}
+			lc, err := e.m.Acquire(ctx, tc.branch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lc.Release()
+			if got := query(t, connect(t, lc.Endpoint), "select count(*) from t"); got[0] != tc.rows {
+				t.Fatalf("clone sees %v rows, want %s", got, tc.rows)
+			}
+			if err := e.m.Clone(ctx, "main", tc.branch); err == nil {
+				t.Fatal("clone onto an existing branch succeeded")
+			}
+		})
+	}
+
+	// A failed clone leaves nothing behind.
+	if err := e.m.Clone(ctx, "nosuch", "x"); err == nil {
+		t.Fatal("clone of a missing parent succeeded")
+	}
+	if _, err := os.Stat(e.drv.branchDir("x")); !os.IsNotExist(err) {
+		t.Fatalf("partial branch left: %v", err)
+	}
+
+	// Delete stops the compute and removes the data.
+	if err := e.m.Delete(ctx, "off"); err != nil {
+		t.Fatal(err)
+	}
+	if e.drv.Exists("off") || e.m.Status("off").State != StateStopped {
+		t.Fatal("branch off still exists after Delete")
+	}
+	if _, err := os.Stat(e.drv.branchDir("off")); !os.IsNotExist(err) {
+		t.Fatalf("branch dir left after Delete: %v", err)
+	}
+	if c := counter(t, e.met.ComputeStopsTotal, StopDelete); c != 1 {
+		t.Fatalf("stops{delete} = %v", c)
+	}
+	var se *StartError
+	if _, err := e.m.Acquire(ctx, "off"); !errors.As(err, &se) {
+		t.Fatalf("acquire of a deleted branch: %v", err)
+	}
+}
+
+func TestDetachRecover(t *testing.T) {
+	e := newEnv(t, Options{SuspendTimeout: time.Minute}, "main")
+	ctx := ctxT(t)
+	l, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := e.m.Status("main").PID
+	l.Release()
+	e.m.Detach()
+	if _, err := e.m.Acquire(ctx, "main"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("acquire after detach: %v", err)
+	}
+	if _, ok := procStartTime(pid); !ok {
+		t.Fatal("Detach stopped the compute")
+	}
+
+	m2 := NewManager(e.cd, Options{SuspendTimeout: time.Minute, Logger: testLogger()})
+	t.Cleanup(func() { _ = m2.Close(context.Background()) })
+	m2.Recover(ctx, []string{"main", "nodata"})
+	st := m2.Status("main")
+	if st.State != StateRunning || st.PID != pid || st.Clients != 0 || st.Generation != 1 {
+		t.Fatalf("adopted status %+v, want running pid %d", st, pid)
+	}
+	if st := m2.Status("nodata"); st.State != StateStopped {
+		t.Fatalf("nodata: %+v", st)
+	}
+	l2, err := m2.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l2.Kind != WakeWarm || e.cd.starts.Load() != 1 {
+		t.Fatalf("lease %+v after %d starts", l2, e.cd.starts.Load())
+	}
+	query(t, connect(t, l2.Endpoint), "select 1")
+	l2.Release()
+	if err := m2.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the adopted postmaster to exit", func() bool {
+		_, ok := procStartTime(pid)
+		return !ok
+	})
+	// Nothing to adopt any more.
+	if _, ok, err := e.drv.Adopt(ctx, "main", 3); ok || err != nil {
+		t.Fatalf("adopt after stop: ok=%v err=%v", ok, err)
+	}
+}
+
+func TestUnexpectedExit(t *testing.T) {
+	e := newEnv(t, Options{}, "main")
+	ctx := ctxT(t)
+	l, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, l.Endpoint)
+	query(t, c, "create table t(x int); insert into t values (1)")
+	pid := e.m.Status("main").PID
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState("main", StateStopped)
+	st := e.m.Status("main")
+	if st.Clients != 0 || !strings.Contains(st.LastError, "exited") {
+		t.Fatalf("status after crash %+v", st)
+	}
+	if c := counter(t, e.met.ComputeStopsTotal, StopExited); c != 1 {
+		t.Fatalf("stops{exited} = %v", c)
+	}
+	l.Release() // a lease of the dead compute: harmless
+	l2, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Release()
+	if l2.Kind != WakeCold || l2.Endpoint.Generation != 2 || e.m.Status("main").PID == pid {
+		t.Fatalf("restart lease %+v", l2)
+	}
+	if got := query(t, connect(t, l2.Endpoint), "select count(*) from t"); got[0] != "1" {
+		t.Fatalf("after crash recovery: %v rows", got)
+	}
+}
+
+func TestDriverAdoptStale(t *testing.T) {
+	e := newEnv(t, Options{}, "main")
+	ctx := ctxT(t)
+	pidFile := filepath.Join(e.drv.pgdata("main"), "postmaster.pid")
+	tests := []struct {
+		name, content string
+	}{
+		{"no pid file", ""},
+		{"dead pid", "999999\n" + e.drv.pgdata("main") + "\n1\n5432\n/tmp\n\n0 0\nready   \n"},
+		{"live non-postgres pid", strconv.Itoa(os.Getpid()) + "\n" + e.drv.pgdata("main") + "\n1\n5432\n/tmp\n\n0 0\nready   \n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			os.Remove(pidFile)
+			if tc.content != "" {
+				if err := os.WriteFile(pidFile, []byte(tc.content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				_ = e.drv.chown(pidFile)
+			}
+			if p, ok, err := e.drv.Adopt(ctx, "main", 1); ok || err != nil || p != nil {
+				t.Fatalf("adopt: %v %v %v", p, ok, err)
+			}
+		})
+	}
+	// PostgreSQL copes with the stale pid file itself.
+	l, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Release()
+}
