@@ -227,6 +227,8 @@ func (s *Server) handle(raw net.Conn) {
 	}()
 	ss := &session{conn: raw, raw: raw, result: "ok"}
 	err := s.serve(ss, n)
+	_ = ss.conn.Close() // the TLS conn when negotiated; closes raw too
+	_ = raw.Close()
 	if err != nil && ss.result == "ok" {
 		ss.result = "error"
 	}

@@ -198,7 +198,8 @@ func (m *Manager) getLocked(name string) *branch {
 			if to == gobreaker.StateOpen {
 				b.openedAt.Store(time.Now().UnixNano())
 			}
-			m.log.Info("compute start breaker", zap.String("branch", name), zap.String("from", from.String()), zap.String("to", to.String()))
+			// May run under m.mu (from State()): log without blocking.
+			go m.log.Info("compute start breaker", zap.String("branch", name), zap.String("from", from.String()), zap.String("to", to.String()))
 		},
 	})
 	m.branches[name] = b
@@ -264,12 +265,14 @@ func (m *Manager) disarmLocked(b *branch) {
 
 func (m *Manager) idleFire(b *branch, seq uint64) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.closed || m.branches[b.name] != b || seq != b.idleSeq || b.state != StateRunning || b.leases > 0 || b.pins > 0 {
+		m.mu.Unlock()
 		return // an Acquire (or something else) got there first
 	}
-	m.log.Info("suspending idle compute", zap.String("branch", b.name), zap.Duration("idle", time.Since(b.lastUsed)))
+	idle := time.Since(b.lastUsed)
 	m.beginStopLocked(b, StopIdle)
+	m.mu.Unlock()
+	m.log.Info("suspending idle compute", zap.String("branch", b.name), zap.Duration("idle", idle))
 }
 
 // Acquire makes sure branch's compute runs and returns a lease on it. It
@@ -378,7 +381,7 @@ func (m *Manager) makeRoomLocked(b *branch) (<-chan struct{}, error) {
 		return nil, &StartError{Branch: b.name, RetryAfter: time.Second,
 			Err: fmt.Errorf("the maximum number of running computes (%d) is reached and none is idle", m.o.MaxRunning)}
 	}
-	m.log.Info("evicting idle compute", zap.String("branch", victim.name), zap.String("for", b.name))
+	go m.log.Info("evicting idle compute", zap.String("branch", victim.name), zap.String("for", b.name))
 	return m.beginStopLocked(victim, StopEvicted), nil
 }
 
@@ -418,6 +421,12 @@ func (m *Manager) runStart(b *branch, f *flight, gen uint64, waitFor <-chan stru
 	}
 	took := time.Since(t0)
 
+	var logf func()
+	defer func() {
+		if logf != nil {
+			logf()
+		}
+	}()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	defer close(f.done)
@@ -436,8 +445,10 @@ func (m *Manager) runStart(b *branch, f *flight, gen uint64, waitFor <-chan stru
 		if m.met != nil {
 			m.met.ComputeStarts.WithLabelValues("error").Inc()
 		}
-		m.log.Error("compute start failed", zap.String("branch", b.name), zap.Uint64("generation", gen),
-			zap.Duration("took", took), zap.Error(err))
+		logf = func() {
+			m.log.Error("compute start failed", zap.String("branch", b.name), zap.Uint64("generation", gen),
+				zap.Duration("took", took), zap.Error(err))
+		}
 		m.setStateLocked(b, StateStopped)
 		return
 	}
@@ -452,8 +463,10 @@ func (m *Manager) runStart(b *branch, f *flight, gen uint64, waitFor <-chan stru
 	b.proc, b.startedAt, b.lastUsed, b.lastErr, b.leases = proc, now, now, nil, 0
 	m.setStateLocked(b, StateRunning)
 	go m.watch(b, proc)
-	m.log.Info("compute started", zap.String("branch", b.name), zap.Uint64("generation", gen),
-		zap.Int("pid", proc.PID()), zap.Duration("took", took))
+	logf = func() {
+		m.log.Info("compute started", zap.String("branch", b.name), zap.Uint64("generation", gen),
+			zap.Int("pid", proc.PID()), zap.Duration("took", took))
+	}
 	if m.closed {
 		f.err = ErrClosed
 		m.beginStopLocked(b, StopShutdown)
@@ -474,12 +487,13 @@ func (m *Manager) watch(b *branch, proc Process) {
 		tail = lt.LogTail(b.name, 15)
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.branches[b.name] != b || b.proc != proc || b.state != StateRunning {
+		m.mu.Unlock()
 		return // a stop we asked for
 	}
-	m.log.Error("compute exited unexpectedly", zap.String("branch", b.name), zap.Int("pid", proc.PID()),
+	defer m.log.Error("compute exited unexpectedly", zap.String("branch", b.name), zap.Int("pid", proc.PID()),
 		zap.Uint64("generation", b.gen), zap.String("log_tail", tail))
+	defer m.mu.Unlock()
 	m.disarmLocked(b)
 	b.proc, b.leases = nil, 0
 	b.lastErr = fmt.Errorf("postmaster %d exited unexpectedly", proc.PID())
@@ -503,17 +517,17 @@ func (m *Manager) beginStopLocked(b *branch, reason string) <-chan struct{} {
 		ctx, cancel := context.WithTimeout(context.Background(), m.o.StopTimeout)
 		err := proc.Stop(ctx)
 		cancel()
-		m.mu.Lock()
-		defer m.mu.Unlock()
 		if err != nil {
 			m.log.Warn("compute stop", zap.String("branch", b.name), zap.Error(err))
 		}
+		m.mu.Lock()
 		b.proc = nil
 		if m.met != nil {
 			m.met.ComputeStopsTotal.WithLabelValues(reason).Inc()
 		}
 		m.setStateLocked(b, StateStopped)
 		close(done)
+		m.mu.Unlock()
 		m.log.Info("compute stopped", zap.String("branch", b.name), zap.String("reason", reason),
 			zap.Int("pid", proc.PID()), zap.Duration("took", time.Since(t0)))
 	}()
@@ -544,9 +558,7 @@ func (m *Manager) Recover(ctx context.Context, branches []string) {
 		proc, ok, err := m.drv.Adopt(ctx, name, gen)
 
 		m.mu.Lock()
-		if err != nil {
-			m.log.Warn("adopt compute", zap.String("branch", name), zap.Error(err))
-		}
+		adopted := false
 		switch {
 		case m.detached || m.branches[name] != b:
 		case ok && err == nil:
@@ -554,7 +566,7 @@ func (m *Manager) Recover(ctx context.Context, branches []string) {
 			b.proc, b.startedAt, b.lastUsed, b.leases = proc, now, now, 0
 			m.setStateLocked(b, StateRunning)
 			go m.watch(b, proc)
-			m.log.Info("compute adopted", zap.String("branch", name), zap.Int("pid", proc.PID()), zap.Uint64("generation", gen))
+			adopted = true
 			if m.closed {
 				m.beginStopLocked(b, StopShutdown)
 			} else {
@@ -565,6 +577,11 @@ func (m *Manager) Recover(ctx context.Context, branches []string) {
 		}
 		close(f.done)
 		m.mu.Unlock()
+		if err != nil {
+			m.log.Warn("adopt compute", zap.String("branch", name), zap.Error(err))
+		} else if adopted {
+			m.log.Info("compute adopted", zap.String("branch", name), zap.Int("pid", proc.PID()), zap.Uint64("generation", gen))
+		}
 	}
 }
 
@@ -661,7 +678,6 @@ func (m *Manager) Clone(ctx context.Context, parent, name string) error {
 	}
 
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if from != nil {
 		p.pins--
 		if p.pins == 0 && p.leases == 0 && p.state == StateRunning && !m.closed && m.branches[parent] == p {
@@ -673,6 +689,7 @@ func (m *Manager) Clone(ctx context.Context, parent, name string) error {
 	c.op = ""
 	m.broadcastLocked(p)
 	m.broadcastLocked(c)
+	m.mu.Unlock()
 	if err != nil {
 		return err
 	}
@@ -695,69 +712,76 @@ func (m *Manager) stop(ctx context.Context, name, reason string) error {
 			return nil
 		}
 		var wait <-chan struct{}
+		final := false // the stop we wait for is the one asked for
 		switch b.state {
 		case StateStopped:
 			return nil
 		case StateStarting:
 			wait = b.flight.done
 		case StateStopping:
-			wait = b.stopDone
+			wait, final = b.stopDone, true
 		case StateRunning:
 			if b.pins > 0 {
 				wait = b.changed // an online clone is reading from it
 			} else {
-				wait = m.beginStopLocked(b, reason)
+				wait, final = m.beginStopLocked(b, reason), true
 			}
 		}
-		if err := m.waitLocked(ctx, wait); err != nil {
-			return err
+		if err := m.waitLocked(ctx, wait); err != nil || final {
+			return err // a start after our stop is a new life: leave it
 		}
 	}
 }
 
-// Delete stops branch's compute and destroys its data.
+// Delete stops branch's compute and destroys its data. No new start can
+// begin once Delete has begun.
 func (m *Manager) Delete(ctx context.Context, name string) error {
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	var b *branch
 	for {
 		if m.closed {
-			m.mu.Unlock()
 			return ErrClosed
 		}
-		b := m.getLocked(name)
-		var wait <-chan struct{}
-		switch {
-		case b.op != "":
-			wait = b.changed
-		case b.state == StateStarting:
-			wait = b.flight.done
-		case b.state == StateStopping:
-			wait = b.stopDone
-		case b.state == StateRunning && b.pins > 0:
-			wait = b.changed
-		case b.state == StateRunning:
-			wait = m.beginStopLocked(b, StopDelete)
+		b = m.getLocked(name)
+		if b.op == "" {
+			break
 		}
-		if wait != nil {
-			if err := m.waitLocked(ctx, wait); err != nil {
-				m.mu.Unlock()
-				return err
-			}
-			continue
+		if err := m.waitLocked(ctx, b.changed); err != nil {
+			return err
 		}
-		b.op = "delete"
-		m.broadcastLocked(b)
-		m.mu.Unlock()
-		err := m.drv.Destroy(ctx, name)
-		m.mu.Lock()
+	}
+	b.op = "delete" // Acquires now wait for the outcome
+	m.broadcastLocked(b)
+	done := func(err error) error {
 		b.op = ""
 		if err == nil {
 			m.removeLocked(b)
 		} else {
 			m.broadcastLocked(b)
 		}
-		m.mu.Unlock()
 		return err
 	}
+	for b.state != StateStopped {
+		var wait <-chan struct{}
+		switch {
+		case b.state == StateStarting:
+			wait = b.flight.done
+		case b.state == StateStopping:
+			wait = b.stopDone
+		case b.pins > 0:
+			wait = b.changed // an online clone is reading from it
+		default:
+			wait = m.beginStopLocked(b, StopDelete)
+		}
+		if err := m.waitLocked(ctx, wait); err != nil {
+			return done(err)
+		}
+	}
+	m.mu.Unlock()
+	err := m.drv.Destroy(ctx, name)
+	m.mu.Lock()
+	return done(err)
 }
 
 // Status reports branch's compute.
@@ -786,11 +810,9 @@ func (m *Manager) Size(name string) (int64, error) {
 // Close stops every compute (fast shutdown, in parallel) and refuses new
 // Acquires. It returns when all are stopped or ctx ends.
 func (m *Manager) Close(ctx context.Context) error {
+	m.log.Info("stopping all computes")
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if !m.closed {
-		m.log.Info("stopping all computes")
-	}
 	m.closed = true
 	m.cancel() // abort starts in progress
 	for {

@@ -647,3 +647,39 @@ func TestDriverAdoptStale(t *testing.T) {
 	}
 	l.Release()
 }
+
+func TestWakeTimeout(t *testing.T) {
+	e := newEnv(t, Options{WakeTimeout: 300 * time.Millisecond}, "main")
+	ctx := ctxT(t)
+	l, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Release()
+	gate := make(chan struct{})
+	e.cd.stopGate.Store(&gate)
+	suspended := make(chan error, 1)
+	go func() { suspended <- e.m.Suspend(ctx, "main") }()
+	e.waitState("main", StateStopping)
+
+	t0 := time.Now()
+	_, err = e.m.Acquire(ctx, "main")
+	var se *StartError
+	if !errors.As(err, &se) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "wake_timeout") {
+		t.Fatalf("want a wake_timeout StartError, got %v", err)
+	}
+	if el := time.Since(t0); el < 300*time.Millisecond || el > 5*time.Second {
+		t.Fatalf("gave up after %s", el)
+	}
+	// The caller's own context wins over wake_timeout.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := e.m.Acquire(cctx, "main"); !errors.Is(err, context.Canceled) || errors.As(err, &se) {
+		t.Fatalf("cancelled acquire: %v", err)
+	}
+	e.cd.stopGate.Store(nil)
+	close(gate)
+	if err := <-suspended; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const (
+	branch           = "main"
+	proxyStartLimit  = 60 * time.Second
+	proxyStopLimit   = 30 * time.Second
+	adminCallTimeout = 60 * time.Second
+)
+
+// proxy is a running neonproxy serve subprocess.
+type proxy struct {
+	cmd      *exec.Cmd
+	exited   chan struct{} // closed when cmd.Wait returns
+	dataDir  string
+	logPath  string
+	port     int
+	admin    string // http://127.0.0.1:PORT
+	password string // of postgres on branch main
+	http     *http.Client
+}
+
+var readyLine = regexp.MustCompile(`psql '(postgres://[^']+)'`)
+
+// startProxy writes a config into e and starts neonproxy, returning once it
+// has printed its connection string.
+func startProxy(ctx context.Context, bin string, e *env) (*proxy, error) {
+	bin, err := filepath.Abs(bin)
+	if err != nil {
+		return nil, fmt.Errorf("neonproxy path: %w", err)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("neonproxy binary (build it with make build): %w", err)
+	}
+	p := &proxy{dataDir: e.path("data"), logPath: e.path("neonproxy.log"), exited: make(chan struct{}),
+		http: &http.Client{Timeout: adminCallTimeout}}
+	cfgPath, err := p.writeConfig(e)
+	if err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(p.logPath)
+	if err != nil {
+		return nil, fmt.Errorf("create neonproxy log: %w", err)
+	}
+	defer logf.Close() // the child keeps its own descriptor
+	p.cmd = exec.Command(bin, "serve", "--config", cfgPath)
+	p.cmd.Stderr = logf
+	p.cmd.Env = cleanEnv()
+	// Own process group: a terminal Ctrl-C reaches only the bench, which then
+	// stops neonproxy in order.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("neonproxy stdout: %w", err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start neonproxy: %w", err)
+	}
+	go func() { p.cmd.Wait(); close(p.exited) }()
+	if err := p.awaitReady(ctx, stdout); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("neonproxy did not become ready: %w\n--- last lines of %s ---\n%s", err, p.logPath, tail(p.logPath, 20))
+	}
+	return p, nil
+}
+
+func (p *proxy) writeConfig(e *env) (string, error) {
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	adminPort, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	p.port, p.admin = port, fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
+admin_listen: 127.0.0.1:%d
+data_dir: %s
+default_branch: %s
+compute:
+  suspend_timeout: 1h
+log:
+  level: warn
+`, port, adminPort, p.dataDir, branch)
+	path := e.path("neonproxy.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		return "", fmt.Errorf("write neonproxy config: %w", err)
+	}
+	return path, nil
+}
+
+// awaitReady reads stdout until the connection string appears. It keeps
+// copying stdout to neonproxy.stdout so the child never blocks on a full
+// pipe.
+func (p *proxy) awaitReady(ctx context.Context, stdout io.Reader) error {
+	found := make(chan string, 1)
+	out, err := os.Create(strings.TrimSuffix(p.logPath, ".log") + ".stdout")
+	if err != nil {
+		return fmt.Errorf("create neonproxy stdout file: %w", err)
+	}
+	go func() {
+		defer out.Close()
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			fmt.Fprintln(out, sc.Text())
+			if m := readyLine.FindStringSubmatch(sc.Text()); m != nil {
+				select {
+				case found <- m[1]:
+				default:
+				}
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, proxyStartLimit)
+	defer cancel()
+	select {
+	case s := <-found:
+		u, err := url.Parse(s)
+		if err != nil {
+			return fmt.Errorf("parse connection string: %w", err)
+		}
+		pw, ok := u.User.Password()
+		if !ok {
+			return errors.New("connection string has no password")
+		}
+		p.password = pw
+		return nil
+	case <-p.exited:
+		return fmt.Errorf("neonproxy exited: %v", p.cmd.ProcessState)
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the connection string on stdout: %w", context.Cause(ctx))
+	}
+}
+
+// stop sends SIGTERM and waits; SIGKILL after proxyStopLimit.
+func (p *proxy) stop() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(proxyStopLimit):
+		fmt.Fprintf(os.Stderr, "bench: neonproxy did not stop within %s; killing it\n", proxyStopLimit)
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// url is the client connection string through the proxy.
+func (p *proxy) url(sslmode string) string {
+	return fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/%s?sslmode=%s",
+		url.QueryEscape(p.password), p.port, branch, sslmode)
+}
+
+// computeStatus is the part of GET /v1/branches/NAME the bench reads.
+type computeStatus struct {
+	State string `json:"state"`
+	PID   int    `json:"pid"`
+}
+
+func (p *proxy) status(ctx context.Context) (computeStatus, error) {
+	var b struct {
+		Compute computeStatus `json:"compute"`
+	}
+	err := p.call(ctx, http.MethodGet, "/v1/branches/"+branch, &b)
+	return b.Compute, err
+}
+
+func (p *proxy) suspend(ctx context.Context) error {
+	return p.call(ctx, http.MethodPost, "/v1/branches/"+branch+"/suspend", nil)
+}
+
+// waitState polls the admin API until the compute is in state want.
+func (p *proxy) waitState(ctx context.Context, want string, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	last := ""
+	for {
+		st, err := p.status(ctx)
+		if err != nil {
+			return err
+		}
+		if st.State == want {
+			return nil
+		}
+		last = st.State
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("compute of %s still %q, want %q: %w", branch, last, want, context.Cause(ctx))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (p *proxy) call(ctx context.Context, method, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, p.admin+path, nil)
+	if err != nil {
+		return fmt.Errorf("admin %s %s: %w", method, path, err)
+	}
+	resp, err := p.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin %s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("admin %s %s: read body: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("admin %s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(body)))
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("admin %s %s: decode: %w", method, path, err)
+	}
+	return nil
+}
+
+// computeSocketDir reads the running compute's socket directory and port
+// from its postmaster.pid (line 5: socket dir, line 4: port).
+func (p *proxy) computeSocketDir() (dir string, port int, err error) {
+	path := filepath.Join(p.dataDir, "computes", "branches", branch, "pgdata", "postmaster.pid")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", 0, fmt.Errorf("read compute's postmaster.pid: %w", err)
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 5 || lines[4] == "" {
+		return "", 0, fmt.Errorf("%s: no socket directory on line 5", path)
+	}
+	port, err = strconv.Atoi(strings.TrimSpace(lines[3]))
+	if err != nil {
+		return "", 0, fmt.Errorf("%s: port on line 4: %w", path, err)
+	}
+	return strings.TrimSpace(lines[4]), port, nil
+}

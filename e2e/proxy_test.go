@@ -1,0 +1,582 @@
+package e2e
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/neonproxy/neonproxy/internal/config"
+	"github.com/neonproxy/neonproxy/wake"
+)
+
+// TestRoutingAndAuth covers every routing key, SNI over TLS, and the errors
+// a client sees, against one server with branches main and dev.
+func TestRoutingAndAuth(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := e.srv.Computes.Clone(ctx, "main", "dev"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.srv.Registry.Create(ctx, branch("dev", "main")); err != nil {
+		t.Fatal(err)
+	}
+	// Tell the branches apart by a marker table.
+	for _, b := range []string{"main", "dev"} {
+		c, err := pgx.Connect(ctx, e.url("postgres", testPassword, b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, fmt.Sprintf("CREATE TABLE marker AS SELECT '%s'::text AS b", b)); err != nil {
+			t.Fatal(err)
+		}
+		c.Close(ctx)
+	}
+	whichBranch := func(t *testing.T, cfg *pgconn.Config) string {
+		t.Helper()
+		conn, err := pgconn.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		defer conn.Close(ctx)
+		res := conn.ExecParams(ctx, "SELECT b || '/' || current_database() FROM marker", nil, nil, nil, nil).Read()
+		if res.Err != nil {
+			t.Fatal(res.Err)
+		}
+		return string(res.Rows[0][0])
+	}
+	parse := func(t *testing.T, s string) *pgconn.Config {
+		cfg, err := pgconn.ParseConfig(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+
+	t.Run("keys", func(t *testing.T) {
+		tests := []struct {
+			name string
+			cfg  func() *pgconn.Config
+			want string
+		}{
+			{"dbname branch", func() *pgconn.Config { return parse(t, e.url("postgres", testPassword, "dev")) }, "dev/postgres"},
+			{"dbname branch.db", func() *pgconn.Config { return parse(t, e.url("postgres", testPassword, "dev.postgres")) }, "dev/postgres"},
+			{"options endpoint", func() *pgconn.Config {
+				return parse(t, e.url("postgres", testPassword, "postgres", "options", "endpoint=dev -c application_name=x"))
+			}, "dev/postgres"},
+			{"default branch", func() *pgconn.Config { return parse(t, e.url("postgres", testPassword, "postgres")) }, "main/postgres"},
+			{"sni over tls", func() *pgconn.Config {
+				c := parse(t, e.url("postgres", testPassword, "postgres"))
+				c.TLSConfig = tlsConfig("dev.localtest.me")
+				return c
+			}, "dev/postgres"},
+			{"sni pooler suffix", func() *pgconn.Config {
+				c := parse(t, e.url("postgres", testPassword, "postgres"))
+				c.TLSConfig = tlsConfig("dev-pooler.localtest.me")
+				return c
+			}, "dev/postgres"},
+			{"tls without sni key", func() *pgconn.Config {
+				c := parse(t, e.url("postgres", testPassword, "main"))
+				c.TLSConfig = tlsConfig("localhost")
+				return c
+			}, "main/postgres"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				if got := whichBranch(t, tt.cfg()); got != tt.want {
+					t.Fatalf("routed to %s, want %s", got, tt.want)
+				}
+			})
+		}
+	})
+
+	t.Run("options other settings reach postgres", func(t *testing.T) {
+		c, err := pgx.Connect(ctx, e.url("postgres", testPassword, "postgres", "options", "endpoint=dev -c statement_timeout=1234"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		var v string
+		if err := c.QueryRow(ctx, "SHOW statement_timeout").Scan(&v); err != nil || v != "1234ms" {
+			t.Fatalf("statement_timeout %q, %v", v, err)
+		}
+		// The client sees the real server's version.
+		if sv := c.PgConn().ParameterStatus("server_version"); !strings.HasPrefix(sv, "15.") {
+			t.Fatalf("server_version %q", sv)
+		}
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		tlsSNI := func(s string, sni string) *pgconn.Config {
+			c := parse(t, s)
+			c.TLSConfig = tlsConfig(sni)
+			return c
+		}
+		tests := []struct {
+			name string
+			cfg  *pgconn.Config
+			code string
+			msg  string
+		}{
+			{"wrong password", parse(t, e.url("postgres", "nope", "main")), "28P01", `password authentication failed for user "postgres"`},
+			{"unknown role", parse(t, e.url("ghost", "nope", "main")), "28P01", `password authentication failed for user "ghost"`},
+			{"unknown branch dbname", parse(t, e.url("postgres", testPassword, "nosuch.postgres")), "3D000", `branch "nosuch" does not exist`},
+			{"unknown branch options", parse(t, e.url("postgres", testPassword, "postgres", "options", "endpoint=nosuch")), "3D000", `branch "nosuch" does not exist`},
+			{"unknown branch sni", tlsSNI(e.url("postgres", testPassword, "postgres"), "nosuch.localtest.me"), "3D000", `branch "nosuch" does not exist`},
+			{"conflicting sni and options", tlsSNI(e.url("postgres", testPassword, "postgres", "options", "endpoint=main"), "dev.localtest.me"), "08004", "inconsistent branch names"},
+			{"conflicting options and dbname", parse(t, e.url("postgres", testPassword, "main.postgres", "options", "endpoint=dev")), "08004", "inconsistent branch names"},
+			{"invalid branch name", parse(t, e.url("postgres", testPassword, "postgres", "options", "endpoint=Not_Valid")), "08004", "invalid branch name"},
+			{"missing database on compute", parse(t, e.url("postgres", testPassword, "dev.nodb")), "3D000", `database "nodb" does not exist`},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				conn, err := pgconn.ConnectConfig(ctx, tt.cfg)
+				if err == nil {
+					conn.Close(ctx)
+					t.Fatal("connected")
+				}
+				wantPgError(t, err, tt.code, tt.msg)
+			})
+		}
+	})
+
+	t.Run("unknown role looks like wrong password", func(t *testing.T) {
+		// Same message, and the SCRAM exchange runs to the end for both (the
+		// client gets a server-first message with a salt either way).
+		_, err1 := pgx.Connect(ctx, e.url("postgres", "bad", "main"))
+		_, err2 := pgx.Connect(ctx, e.url("nobody", "bad", "main"))
+		p1, p2 := wantPgError(t, err1, "28P01", "password authentication failed"), wantPgError(t, err2, "28P01", "password authentication failed")
+		if p1.Hint != p2.Hint || p1.Detail != p2.Detail || p1.Severity != p2.Severity {
+			t.Fatalf("responses differ: %+v vs %+v", p1, p2)
+		}
+	})
+
+	t.Run("alter role password takes effect for the next connection", func(t *testing.T) {
+		c, err := pgx.Connect(ctx, e.url("postgres", testPassword, "dev"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, "CREATE ROLE app LOGIN PASSWORD 'first'"); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.mustQueryInt(e.url("app", "first", "dev"), "SELECT 1"); got != 1 {
+			t.Fatal(got)
+		}
+		if _, err := c.Exec(ctx, "ALTER ROLE app PASSWORD 'second'"); err != nil {
+			t.Fatal(err)
+		}
+		c.Close(ctx)
+		if got := e.mustQueryInt(e.url("app", "second", "dev"), "SELECT 2"); got != 2 {
+			t.Fatal(got)
+		}
+		_, err = pgx.Connect(ctx, e.url("app", "first", "dev"))
+		wantPgError(t, err, "28P01", `user "app"`)
+		// A role on dev does not exist on main: branches have their own roles.
+		_, err = pgx.Connect(ctx, e.url("app", "second", "main"))
+		wantPgError(t, err, "28P01", `user "app"`)
+	})
+
+	t.Run("psql", func(t *testing.T) {
+		out, err := runCmd(t, []string{"PGPASSWORD=" + testPassword, "PGCONNECT_TIMEOUT=30"}, "psql",
+			"-X", "-At", "-h", "127.0.0.1", "-p", fmt.Sprint(e.port()), "-U", "postgres", "-d", "dev",
+			"-c", "SELECT b FROM marker", "-c", "SELECT current_setting('server_version_num')")
+		if err != nil || !strings.HasPrefix(out, "dev\n15") {
+			t.Fatalf("psql: %v\n%s", err, out)
+		}
+		// SNI through libpq: host names the branch, hostaddr avoids DNS.
+		out, err = runCmd(t, []string{"PGPASSWORD=" + testPassword},
+			"psql", "-X", "-At", fmt.Sprintf("host=dev.localtest.me hostaddr=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=require", e.port()),
+			"-c", "SELECT b FROM marker")
+		if err != nil || strings.TrimSpace(out) != "dev" {
+			t.Fatalf("psql sni: %v\n%s", err, out)
+		}
+		// Channel binding (SCRAM-SHA-256-PLUS) over TLS.
+		out, err = runCmd(t, []string{"PGPASSWORD=" + testPassword},
+			"psql", "-X", "-At", fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=main sslmode=require channel_binding=require", e.port()),
+			"-c", "SELECT b FROM marker")
+		if err != nil || strings.TrimSpace(out) != "main" {
+			t.Fatalf("psql channel_binding=require: %v\n%s", err, out)
+		}
+		out, err = runCmd(t, []string{"PGPASSWORD=wrong"}, "psql", "-X", "-At", "-h", "127.0.0.1", "-p", fmt.Sprint(e.port()), "-U", "postgres", "-d", "main", "-c", "SELECT 1")
+		if err == nil || !strings.Contains(out, `password authentication failed for user "postgres"`) {
+			t.Fatalf("psql wrong password: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("pgbench", func(t *testing.T) {
+		pe := []string{"PGPASSWORD=" + testPassword, "PGHOST=127.0.0.1", fmt.Sprintf("PGPORT=%d", e.port()), "PGUSER=postgres", "PGDATABASE=dev"}
+		if out, err := runCmd(t, pe, "pgbench", "-i", "-s", "1", "-q"); err != nil {
+			t.Fatalf("pgbench -i: %v\n%s", err, out)
+		}
+		out, err := runCmd(t, pe, "pgbench", "-n", "-c", "4", "-j", "2", "-t", "100", "-M", "extended")
+		if err != nil || !strings.Contains(out, "number of transactions actually processed: 400/400") {
+			t.Fatalf("pgbench: %v\n%s", err, out)
+		}
+		out, err = runCmd(t, pe, "pgbench", "-n", "-S", "-C", "-c", "4", "-j", "2", "-t", "25")
+		if err != nil || !strings.Contains(out, "number of transactions actually processed: 100/100") {
+			t.Fatalf("pgbench -C: %v\n%s", err, out)
+		}
+	})
+}
+
+// TestColdStartSingleFlight: 20 clients arriving at a stopped branch cause
+// exactly one start, and all of them get through.
+func TestColdStartSingleFlight(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	e.waitState("main", wake.StateStopped)
+	before := e.srv.Computes.Status("main").Generation
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			<-start
+			c, err := pgx.Connect(ctx, e.url("postgres", testPassword, "main"))
+			if err != nil {
+				errs <- fmt.Errorf("client %d: %w", i, err)
+				return
+			}
+			defer c.Close(ctx)
+			var got int
+			if err := c.QueryRow(ctx, "SELECT $1::int", i).Scan(&got); err != nil || got != i {
+				errs <- fmt.Errorf("client %d: %d, %v", i, got, err)
+			}
+		}(i)
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if starts := e.srv.Computes.Status("main").Generation - before; starts != 1 {
+		t.Fatalf("%d starts, want 1", starts)
+	}
+	if got := counterValue(t, e, "neonproxy_wake_duration_seconds", "kind", "cold"); got < 1 {
+		t.Fatalf("cold wake histogram count %v", got)
+	}
+}
+
+// TestCancel: a CancelRequest with the proxy's key reaches the backend that
+// runs pg_sleep; garbage keys are ignored.
+func TestCancel(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := pgx.Connect(ctx, e.url("postgres", testPassword, "main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	var realPID uint32
+	if err := c.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&realPID); err != nil {
+		t.Fatal(err)
+	}
+	if c.PgConn().PID() == realPID {
+		t.Fatal("client was given the compute's real backend pid")
+	}
+	// An unknown key is ignored: the query is not cancelled by it.
+	sendCancel(t, e, c.PgConn().PID()+1, []byte{1, 2, 3, 4})
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(ctx, "SELECT pg_sleep(60)")
+		done <- err
+	}()
+	// Cancel once the backend is really sleeping.
+	waitFor(t, func() bool {
+		return e.mustQueryInt(e.url("postgres", testPassword, "main"),
+			"SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'") == 1
+	})
+	if err := c.PgConn().CancelRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		wantPgError(t, err, "57014", "canceling statement due to user request")
+	case <-ctx.Done():
+		t.Fatal("pg_sleep was not cancelled")
+	}
+	// The session survives a cancel.
+	var one int
+	if err := c.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sendCancel(t *testing.T, e *env, pid uint32, key []byte) {
+	t.Helper()
+	conn, err := net.Dial("tcp", e.srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	b, _ := (&pgproto3.CancelRequest{ProcessID: pid, SecretKey: key}).Encode(nil)
+	if _, err := conn.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := conn.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("cancel connection: want close, got %d bytes, %v", n, err)
+	}
+}
+
+// TestIdleSuspendAndRewake: a compute stops after suspend_timeout without
+// clients and the next client wakes it again; a connected client keeps it
+// running.
+func TestIdleSuspendAndRewake(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) { c.Compute.SuspendTimeout = config.Duration(time.Second) })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := pgx.Connect(ctx, e.url("postgres", testPassword, "main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "CREATE TABLE t AS SELECT 42 AS v"); err != nil {
+		t.Fatal(err)
+	}
+	gen := e.srv.Computes.Status("main").Generation
+	// Held open for three suspend timeouts: must stay running.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if st := e.srv.Computes.Status("main"); st.State != wake.StateRunning || st.Generation != gen {
+			t.Fatalf("compute left running while a client was connected: %+v", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.Close(ctx)
+	e.waitState("main", wake.StateStopped)
+	if v := e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT v FROM t"); v != 42 {
+		t.Fatalf("after re-wake: %d", v)
+	}
+	if st := e.srv.Computes.Status("main"); st.Generation != gen+1 {
+		t.Fatalf("generation %d, want %d", st.Generation, gen+1)
+	}
+}
+
+// TestSuspendDisconnectsClearly: an admin suspend ends connected sessions
+// with PostgreSQL's own 57P01, and the next connection wakes the compute.
+func TestSuspendDisconnectsClearly(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := pgx.Connect(ctx, e.url("postgres", testPassword, "main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if err := e.srv.Computes.Suspend(ctx, "main"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Exec(ctx, "SELECT 1")
+	if err == nil {
+		t.Fatal("query on a suspended compute succeeded")
+	}
+	if code := pgCode(err); code != "" && code != "57P01" {
+		t.Fatalf("want 57P01 or a closed connection, got %v", err)
+	}
+	if v := e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT 7"); v != 7 {
+		t.Fatal(v)
+	}
+}
+
+// TestRestartAdoptsRunningCompute: a neonproxy that dies leaves its computes
+// running; the next one adopts them (same postmaster) and stops them on
+// shutdown.
+func TestRestartAdoptsRunningCompute(t *testing.T) {
+	e := newEnv(t, nil)
+	if v := e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT pg_backend_pid()"); v == 0 {
+		t.Fatal(v)
+	}
+	pid := e.srv.Computes.Status("main").PID
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.srv.Abandon(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.srv = nil
+	if len(postgresProcesses(e.dir)) == 0 {
+		t.Fatal("the abandoned compute is not running")
+	}
+	e.start()
+	st := e.srv.Computes.Status("main")
+	if st.State != wake.StateRunning || st.PID != pid {
+		t.Fatalf("after restart: %+v, want running pid %d", st, pid)
+	}
+	if v := e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT 5"); v != 5 {
+		t.Fatal(v)
+	}
+	if got := e.srv.Computes.Status("main").PID; got != pid {
+		t.Fatalf("compute restarted instead of adopted: pid %d, was %d", got, pid)
+	}
+}
+
+// TestBrokenComputeGets57P03: a branch whose PostgreSQL cannot start gives
+// clients 57P03; after breaker_failures attempts the breaker answers at
+// once with the retry delay.
+func TestBrokenComputeGets57P03(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		c.Compute.BreakerFailures = 2
+		c.Compute.BreakerOpen = config.Duration(time.Minute)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := e.srv.Computes.Clone(ctx, "main", "broken"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.srv.Registry.Create(ctx, branch("broken", "main")); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(e.cfg.DataDir, "computes", "branches", "broken", "pgdata", "postgresql.conf")
+	if err := os.WriteFile(conf, []byte("this is not a setting\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		_, err := pgx.Connect(ctx, e.url("postgres", testPassword, "broken"))
+		wantPgError(t, err, "57P03", `compute for branch "broken"`)
+	}
+	_, err := pgx.Connect(ctx, e.url("postgres", testPassword, "broken"))
+	pe := wantPgError(t, err, "57P03", "not retrying")
+	if !strings.Contains(pe.Hint, "Retry in") {
+		t.Fatalf("hint %q", pe.Hint)
+	}
+	// Other branches are unaffected.
+	if v := e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT 3"); v != 3 {
+		t.Fatal(v)
+	}
+}
+
+// TestTLSRequire refuses plaintext with a clear message and accepts TLS.
+func TestTLSRequireAndLimits(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		c.TLS.Require = true
+		c.Pool.MaxClientConn = 2
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, err := pgx.Connect(ctx, e.url("postgres", testPassword, "main"))
+	wantPgError(t, err, "28000", "only TLS connections")
+	tlsURL := strings.Replace(e.url("postgres", testPassword, "main"), "sslmode=disable", "sslmode=require", 1)
+	c1, err := pgx.Connect(ctx, tlsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close(ctx)
+	c2, err := pgx.Connect(ctx, tlsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close(ctx)
+	_, err = pgx.Connect(ctx, tlsURL)
+	wantPgError(t, err, "53300", "max_client_conn = 2")
+}
+
+// TestHostileInput: garbage, protocol 2, oversized and truncated startup
+// packets get an ErrorResponse or a closed socket, and the proxy keeps
+// serving others.
+func TestHostileInput(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) { c.Proxy.StartupTimeout = config.Duration(2 * time.Second) })
+	startup := func(version uint32, kv ...string) []byte {
+		body := binary.BigEndian.AppendUint32(nil, version)
+		for _, s := range kv {
+			body = append(append(body, s...), 0)
+		}
+		body = append(body, 0)
+		return append(binary.BigEndian.AppendUint32(nil, uint32(len(body)+4)), body...)
+	}
+	tests := []struct {
+		name string
+		in   []byte
+		code string // "" means: closed without an ErrorResponse is fine
+	}{
+		{"http", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "08P01"},
+		{"protocol 2", startup(2<<16, "user", "postgres"), "0A000"},
+		{"huge length", []byte{0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0}, "08P01"},
+		{"negative length", []byte{0xff, 0xff, 0xff, 0xff}, "08P01"},
+		{"no user", startup(3<<16, "database", "main"), "28000"},
+		{"invalid utf8", startup(3<<16, "user", "\xff\xfe"), "22021"},
+		{"replication", startup(3<<16, "user", "postgres", "replication", "true"), "0A000"},
+		{"truncated then silent", []byte{0, 0, 0, 40, 0, 3, 0, 0}, ""},
+		{"nothing", nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", e.srv.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if _, err := conn.Write(tt.in); err != nil {
+				t.Fatal(err)
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+			fe := pgproto3.NewFrontend(conn, conn)
+			msg, err := fe.Receive()
+			if tt.code == "" {
+				if err == nil {
+					t.Fatalf("got %T, want close", msg)
+				}
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Fatal("connection left hanging past the startup timeout")
+				}
+				return
+			}
+			er, ok := msg.(*pgproto3.ErrorResponse)
+			if err != nil || !ok || er.Code != tt.code || er.Severity != "FATAL" {
+				t.Fatalf("got %#v, %v; want FATAL %s", msg, err, tt.code)
+			}
+		})
+	}
+	// A client that sends an SSLRequest and then plaintext instead of a TLS
+	// handshake (the CVE-2021-23214 shape) is cut off.
+	t.Run("plaintext after SSLRequest", func(t *testing.T) {
+		conn, err := net.Dial("tcp", e.srv.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ssl := []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
+		if _, err := conn.Write(append(ssl, startup(3<<16, "user", "postgres")...)); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		b, _ := io.ReadAll(conn)
+		if len(b) == 0 || b[0] != 'S' || strings.Contains(string(b), "SCRAM") {
+			t.Fatalf("got %q", b)
+		}
+	})
+	if v := e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT 9"); v != 9 {
+		t.Fatal(v)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("condition not met within a minute")
+}
