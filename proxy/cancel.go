@@ -8,19 +8,17 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // cancelTarget is the real backend behind a key the proxy handed out.
 type cancelTarget struct {
-	secret    [4]byte // the proxy's secret, compared in constant time
-	socket    string  // compute's unix socket
-	pid       uint32  // real backend pid
-	realKey   []byte  // real backend secret
-	branch    string
-	createdAt time.Time
+	secret  [4]byte // the proxy's secret, compared in constant time
+	socket  string  // compute's unix socket
+	pid     uint32  // real backend pid
+	realKey []byte  // real backend secret
+	branch  string
 }
 
 // cancelKeys maps the BackendKeyData the proxy gives clients to the real

@@ -599,7 +599,7 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 		p.exitErr = cmd.Wait()
 		// A postmaster killed with SIGKILL leaves its children behind for a
 		// moment; they hold the shared memory a restart needs.
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		killGroup(pid)
 		close(p.done)
 	}()
 
@@ -698,7 +698,7 @@ func (d *PostgresDriver) Adopt(ctx context.Context, branch string, generation ui
 		defer t.Stop()
 		for range t.C {
 			if !procAlive(pid, start) {
-				_ = syscall.Kill(-pid, syscall.SIGKILL) // leftover children
+				killGroup(pid) // leftover children
 				close(p.done)
 				return
 			}
@@ -820,4 +820,46 @@ func (p *pgProcess) kill() error {
 	case <-t.C:
 		return fmt.Errorf("wake: postgres %d did not exit after SIGKILL", p.pid)
 	}
+}
+
+// killGroup SIGKILLs the process group pgid and waits (up to 10 s) until
+// none of its processes is alive: a backend that outlives its postmaster
+// keeps the shared memory segment attached, and PostgreSQL refuses to start
+// again on that data directory until it is gone ("pre-existing shared
+// memory block is still in use"). Zombies count as gone.
+func killGroup(pgid int) {
+	if err := syscall.Kill(-pgid, syscall.SIGKILL); errors.Is(err, syscall.ESRCH) {
+		return
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for groupAlive(pgid) && time.Now().Before(deadline) {
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// groupAlive reports whether a non-zombie process of group pgid exists.
+func groupAlive(pgid int) bool {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		// After "(comm)": state ppid pgrp ...
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) >= 3 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
+			return true
+		}
+	}
+	return false
 }

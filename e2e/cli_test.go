@@ -1,0 +1,229 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/neonproxy/neonproxy/internal/admin"
+	"github.com/neonproxy/neonproxy/internal/cli"
+)
+
+// runCLI runs the neonproxy command tree in-process against e's admin API.
+func runCLI(t *testing.T, e *env, args ...string) (string, error) {
+	t.Helper()
+	root := cli.Root()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(append([]string{"--admin", e.srv.AdminAddr().String()}, args...))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	err := root.ExecuteContext(ctx)
+	return out.String(), err
+}
+
+// TestCLIAndAdminAPI drives branches through the CLI and the HTTP API and
+// checks that the data and compute states follow.
+func TestCLIAndAdminAPI(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := pgx.Connect(ctx, e.url("postgres", testPassword, "main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "CREATE TABLE items AS SELECT g AS id FROM generate_series(1, 1000) g"); err != nil {
+		t.Fatal(err)
+	}
+	// main keeps running with a client while dev is cloned from it online.
+	out, err := runCLI(t, e, "branch", "create", "dev")
+	if err != nil || !strings.Contains(out, "created branch dev (parent main)") {
+		t.Fatalf("branch create: %v\n%s", err, out)
+	}
+	if _, err := c.Exec(ctx, "INSERT INTO items VALUES (1001)"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(ctx)
+	if n := e.mustQueryInt(e.url("postgres", testPassword, "dev"), "SELECT count(*) FROM items"); n != 1000 {
+		t.Fatalf("dev sees %d rows, want the 1000 of the branch point", n)
+	}
+	if n := e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT count(*) FROM items"); n != 1001 {
+		t.Fatalf("main sees %d rows", n)
+	}
+
+	out, err = runCLI(t, e, "branch", "list")
+	if err != nil || !regexp.MustCompile(`(?m)^dev\s+main\s+running`).MatchString(out) {
+		t.Fatalf("branch list: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, e, "branch", "show", "dev")
+	var bj admin.BranchJSON
+	if err != nil || json.Unmarshal([]byte(out), &bj) != nil {
+		t.Fatalf("branch show: %v\n%s", err, out)
+	}
+	if bj.Name != "dev" || bj.Parent != "main" || bj.Compute.State != "running" || bj.LogicalSizeBytes <= 0 || bj.CreatedAt.IsZero() {
+		t.Fatalf("branch JSON %+v", bj)
+	}
+	out, err = runCLI(t, e, "compute", "suspend", "dev")
+	if err != nil || !strings.Contains(out, "branch dev: compute stopped") {
+		t.Fatalf("compute suspend: %v\n%s", err, out)
+	}
+
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"branch", "create", "dev"}, "409"},
+		{[]string{"branch", "create", "Bad_Name"}, "400"},
+		{[]string{"branch", "create", "x", "--parent", "nosuch"}, "404"},
+		{[]string{"branch", "create", "x", "--lsn", "0/16B3748"}, "400"},
+		{[]string{"branch", "show", "nosuch"}, "404"},
+		{[]string{"branch", "delete", "main"}, "409"},
+		{[]string{"compute", "suspend", "nosuch"}, "404"},
+	} {
+		if out, err := runCLI(t, e, tt.args...); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: want HTTP %s error, got %v\n%s", tt.args, tt.want, err, out)
+		}
+	}
+
+	out, err = runCLI(t, e, "branch", "delete", "dev")
+	if err != nil || !strings.Contains(out, "deleted branch dev") {
+		t.Fatalf("branch delete: %v\n%s", err, out)
+	}
+	_, err = pgx.Connect(ctx, e.url("postgres", testPassword, "dev.postgres"))
+	wantPgError(t, err, "3D000", `branch "dev" does not exist`)
+	if _, err := os.Stat(filepath.Join(e.cfg.DataDir, "computes", "branches", "dev")); !os.IsNotExist(err) {
+		t.Fatalf("dev's data is still there: %v", err)
+	}
+
+	// Health and metrics are served next to the API.
+	for path, want := range map[string]string{
+		"/healthz": "ok",
+		"/metrics": "neonproxy_connections_total{result=\"ok\"}",
+	} {
+		resp, err := http.Get("http://" + e.srv.AdminAddr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Fatalf("GET %s: %d\n%s", path, resp.StatusCode, body)
+		}
+	}
+}
+
+// TestServeBinary builds neonproxy, runs `serve` as a newcomer would, uses
+// the printed connection string with psql, and checks that SIGTERM stops
+// every compute.
+func TestServeBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	dir, err := os.MkdirTemp("", "np-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "neonproxy")
+	build := exec.Command("go", "build", "-o", bin, "../cmd/neonproxy")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cfgPath := filepath.Join(dir, "config.yaml")
+	cfg := fmt.Sprintf("listen: 127.0.0.1:%d\nadmin_listen: 127.0.0.1:%d\ndata_dir: %s\nlog:\n  level: info\n",
+		freePort(t), freePort(t), filepath.Join(dir, "data"))
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "serve", "--config", cfgPath)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+	})
+
+	connRE := regexp.MustCompile(`psql '(postgres://postgres:[^@']+@127\.0\.0\.1:\d+/main)'`)
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var connString string
+	timeout := time.After(2 * time.Minute)
+	for connString == "" {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("serve ended before printing a connection string:\n%s", stderr.String())
+			}
+			if m := connRE.FindStringSubmatch(l); m != nil {
+				connString = m[1]
+			}
+		case <-timeout:
+			t.Fatalf("no connection string printed:\n%s", stderr.String())
+		}
+	}
+	go func() {
+		for range lines {
+		}
+	}()
+	out, err := runCmd(t, nil, "psql", "-X", "-At", connString, "-c", "SELECT 'hello from ' || current_database()")
+	if err != nil || strings.TrimSpace(out) != "hello from postgres" {
+		t.Fatalf("psql with the printed connection string: %v\n%s", err, out)
+	}
+	// The generated password is kept for the next start, readable only by
+	// its owner.
+	fi, err := os.Stat(filepath.Join(dir, "data", "credentials"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("credentials file: %v %v", fi, err)
+	}
+	if len(postgresProcesses(dir)) == 0 {
+		t.Fatal("no compute running while a client was served")
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("serve exited with %v:\n%s", err, stderr.String())
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("serve did not exit on SIGTERM")
+	}
+	if left := postgresProcesses(dir); len(left) > 0 {
+		t.Fatalf("computes left running after SIGTERM: %v", left)
+	}
+}

@@ -1,0 +1,278 @@
+// Package cli is neonproxy's command line (cobra): `serve` runs the front
+// door, compute manager and admin API; the other subcommands call the admin
+// API of a running server. cmd/neonproxy only executes Root.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/neonproxy/neonproxy/internal/admin"
+	"github.com/neonproxy/neonproxy/internal/config"
+	"github.com/neonproxy/neonproxy/internal/server"
+)
+
+type globals struct {
+	configPath string
+	adminAddr  string
+}
+
+// Root returns the neonproxy command tree.
+func Root() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "neonproxy",
+		Short: "Serverless PostgreSQL: a front door that routes to branches and wakes their computes",
+		Long: `neonproxy accepts ordinary PostgreSQL connections, routes each to a branch
+(TLS SNI BRANCH.<tls.sni_suffix>, options=endpoint=BRANCH, or database BRANCH.DB),
+starts that branch's PostgreSQL 15 compute if it is asleep while holding the client,
+and stops computes that have been idle for compute.suspend_timeout.
+
+Configuration: --config FILE (YAML, see config.yaml); every key can be overridden by
+NEONPROXY_<KEY> with dots as underscores, e.g. NEONPROXY_COMPUTE_SUSPEND_TIMEOUT=5s.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.configPath, "config", "config.yaml", "configuration file (YAML); missing file = built-in defaults")
+	root.PersistentFlags().StringVar(&g.adminAddr, "admin", "", "admin API address for client commands (default: admin_listen from the configuration)")
+	root.AddCommand(serveCmd(g), branchCmd(g), computeCmd(g))
+	return root
+}
+
+func loadConfig(path string) (config.Config, error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && path == "config.yaml" {
+		path = "" // the default file name is optional
+	}
+	return config.Load(path, os.Environ())
+}
+
+func newLogger(c config.Log) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	zc := zap.NewProductionConfig()
+	if c.Format == "console" {
+		zc = zap.NewDevelopmentConfig()
+		zc.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
+	}
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.Sampling = nil
+	zc.EncoderConfig.TimeKey = "ts"
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	return zc.Build()
+}
+
+func serveCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "serve",
+		Short: "Run the front door, the compute manager and the admin API",
+		Long: `Run neonproxy. At first start it creates the branch "main" (initdb) with the
+superuser "postgres"; its password is bootstrap.password, or generated and kept in
+<data_dir>/credentials. The ready-to-paste connection string is printed on stdout.
+SIGINT/SIGTERM stop every compute cleanly before exiting.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(g.configPath)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(cfg.Log)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = log.Sync() }()
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			srv, err := server.New(ctx, cfg, log, server.Options{})
+			if err != nil {
+				return err
+			}
+			if err := srv.Start(); err != nil {
+				_ = srv.Close(context.Background())
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "neonproxy is ready. Connect with:\n\n  psql '%s'\n\n", srv.ConnString())
+			if srv.Password() == "" {
+				fmt.Fprintln(cmd.OutOrStdout(), "(the superuser password was set through bootstrap.password at first start)")
+			}
+			var serveErr error
+			select {
+			case <-ctx.Done():
+				log.Info("shutting down: stopping computes")
+			case serveErr = <-srv.Errors():
+				log.Error("listener failed; shutting down", zap.Error(serveErr))
+			}
+			shutdownCtx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			defer cancel()
+			return errors.Join(serveErr, srv.Close(shutdownCtx))
+		},
+	}
+}
+
+func (g *globals) client() (*admin.Client, error) {
+	addr := g.adminAddr
+	if addr == "" {
+		cfg, err := loadConfig(g.configPath)
+		if err != nil {
+			return nil, err
+		}
+		addr = cfg.AdminListen
+	}
+	return &admin.Client{BaseURL: addr}, nil
+}
+
+func branchCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "branch", Short: "Create, list, show and delete branches (calls the admin API)"}
+	var parent, lsn, at string
+	var asJSON bool
+	create := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create a branch from its parent's current state",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			b, err := c.Create(cmd.Context(), admin.CreateBranchRequest{Name: args[0], Parent: parent, LSN: lsn, At: at})
+			if err != nil {
+				return err
+			}
+			return printBranch(cmd, b, asJSON)
+		},
+	}
+	create.Flags().StringVar(&parent, "parent", "", "parent branch (default: the default branch, main)")
+	create.Flags().StringVar(&lsn, "lsn", "", "branch at this LSN of the parent (needs the pagestore)")
+	create.Flags().StringVar(&at, "at", "", "branch at this RFC 3339 time of the parent (needs the pagestore)")
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List branches with their compute state",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			bs, err := c.ListBranches(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd, bs)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NAME\tPARENT\tCOMPUTE\tCLIENTS\tSIZE\tCREATED")
+			for _, b := range bs {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", b.Name, dash(b.Parent), b.Compute.State, b.Compute.Clients,
+					humanBytes(b.LogicalSizeBytes), b.CreatedAt.Format(time.RFC3339))
+			}
+			return w.Flush()
+		},
+	}
+	show := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show one branch as JSON",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			b, err := c.GetBranch(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return writeJSON(cmd, b)
+		},
+	}
+	del := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Stop a branch's compute and delete the branch and its data",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if err := c.DeleteBranch(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "deleted branch %s\n", args[0])
+			return nil
+		},
+	}
+	for _, c := range []*cobra.Command{create, list} {
+		c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	}
+	cmd.AddCommand(create, list, show, del)
+	return cmd
+}
+
+func computeCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "compute", Short: "Control branch computes (calls the admin API)"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "suspend BRANCH",
+		Short: "Stop a branch's compute now (fast shutdown); the next client wakes it again",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			b, err := c.Suspend(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "branch %s: compute %s\n", b.Name, b.Compute.State)
+			return nil
+		},
+	})
+	return cmd
+}
+
+func printBranch(cmd *cobra.Command, b admin.BranchJSON, asJSON bool) error {
+	if asJSON {
+		return writeJSON(cmd, b)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "created branch %s (parent %s)\n", b.Name, dash(b.Parent))
+	return nil
+}
+
+func writeJSON(cmd *cobra.Command, v any) error {
+	enc := json.NewEncoder(cmd.OutOrStdout())
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func dash(s string) string {
+	if strings.TrimSpace(s) == "" {
+		return "-"
+	}
+	return s
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,41 @@
+package proxy
+
+import "testing"
+
+func TestCancelKeys(t *testing.T) {
+	c := newCancelKeys()
+	k1, err := c.issue(&cancelTarget{pid: 11, branch: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, err := c.issue(&cancelTarget{pid: 22, branch: "dev"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k1.ProcessID == k2.ProcessID || k1.ProcessID == 0 || int32(k1.ProcessID) < 0 {
+		t.Fatalf("keys %d %d", k1.ProcessID, k2.ProcessID)
+	}
+	if got := c.lookup(k1.ProcessID, k1.SecretKey); got == nil || got.pid != 11 {
+		t.Fatalf("lookup k1: %+v", got)
+	}
+	wrong := append([]byte(nil), k1.SecretKey...)
+	wrong[0] ^= 1
+	for _, tt := range []struct {
+		name   string
+		pid    uint32
+		secret []byte
+	}{
+		{"wrong secret", k1.ProcessID, wrong},
+		{"short secret", k1.ProcessID, k1.SecretKey[:3]},
+		{"other key's secret", k1.ProcessID, k2.SecretKey},
+		{"unknown pid", k1.ProcessID + k2.ProcessID, k1.SecretKey},
+	} {
+		if c.lookup(tt.pid, tt.secret) != nil {
+			t.Errorf("%s: accepted", tt.name)
+		}
+	}
+	c.revoke(k1.ProcessID)
+	if c.lookup(k1.ProcessID, k1.SecretKey) != nil || c.len() != 1 {
+		t.Fatal("revoked key still valid")
+	}
+}
