@@ -5,7 +5,7 @@ GO       ?= go
 export GOTOOLCHAIN ?= local
 CONFIG   ?= config.yaml
 BIN      := bin/neonproxy
-TESTFLAGS ?= -count=1 -timeout 25m
+TESTFLAGS ?= -race -count=1 -timeout 25m
 
 .PHONY: all deps build run test test-short vet fuzz bench clean
 
