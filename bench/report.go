@@ -59,6 +59,7 @@ func machineInfo() []kv {
 		{"cpu", cpuModel()},
 		{"kernel", readTrim("/proc/sys/kernel/osrelease")},
 		{"go", runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH},
+		{"load", loadAvg() + " (1/5/15 min, at start)"},
 	}
 }
 
@@ -75,6 +76,16 @@ func cpuModel() string {
 		}
 	}
 	return "unknown"
+}
+
+// loadAvg is the first three fields of /proc/loadavg: a busy machine makes
+// every number noisier.
+func loadAvg() string {
+	f := strings.Fields(readTrim("/proc/loadavg"))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func readTrim(path string) string {
@@ -137,6 +148,7 @@ func (r *report) printMachine(p printer) {
 	if r.pgbouncerNote != "" {
 		p("- pgbouncer: %s", r.pgbouncerNote)
 	}
+	p("- load:     %s (at end)", loadAvg())
 }
 
 func statsHeader(p printer, first string) {

@@ -72,6 +72,7 @@ func newLogger(c config.Log) (*zap.Logger, error) {
 	zc.Sampling = nil
 	zc.EncoderConfig.TimeKey = "ts"
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	zc.EncoderConfig.EncodeDuration = zapcore.StringDurationEncoder
 	return zc.Build()
 }
 
