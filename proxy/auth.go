@@ -226,10 +226,14 @@ func serverEndpointBinding(cfg *tls.Config) (scram.ChannelBinding, bool) {
 	return scram.ChannelBinding{Type: scram.ChannelBindingTLSServerEndpoint, Data: sum}, true
 }
 
+// credsFunc supplies the role's credentials once the client's first SCRAM
+// message has arrived, so the lookup can overlap that round trip.
+type credsFunc func() (scram.StoredCredentials, error)
+
 // scramExchange runs SASL SCRAM-SHA-256 with the client over be, checking
-// the proof against creds. It returns nil when the client proved the
-// password.
-func scramExchange(be *pgproto3.Backend, user string, creds scram.StoredCredentials, cb scram.ChannelBinding, plus bool) error {
+// the proof against the credentials creds returns. It returns nil when the
+// client proved the password; an error from creds is returned as it is.
+func scramExchange(be *pgproto3.Backend, user string, creds credsFunc, cb scram.ChannelBinding, plus bool) error {
 	mechs := []string{mechSCRAM}
 	if plus {
 		mechs = []string{mechSCRAMPlus, mechSCRAM}
@@ -249,7 +253,12 @@ func scramExchange(be *pgproto3.Backend, user string, creds scram.StoredCredenti
 	if !ok {
 		return &pgwire.Error{Code: pgwire.CodeProtocolViolation, Message: fmt.Sprintf("expected SASL response, got %T", msg)}
 	}
-	srv, err := scram.SHA256.NewServer(func(string) (scram.StoredCredentials, error) { return creds, nil })
+	var lookupErr error
+	srv, err := scram.SHA256.NewServer(func(string) (scram.StoredCredentials, error) {
+		c, err := creds()
+		lookupErr = err
+		return c, err
+	})
 	if err != nil {
 		return err
 	}
@@ -265,6 +274,9 @@ func scramExchange(be *pgproto3.Backend, user string, creds scram.StoredCredenti
 		return &pgwire.Error{Code: pgwire.CodeProtocolViolation, Message: fmt.Sprintf("unsupported SASL mechanism %q", init.AuthMechanism)}
 	}
 	serverFirst, err := conv.Step(string(init.Data))
+	if lookupErr != nil {
+		return lookupErr
+	}
 	if err != nil {
 		return errAuthFailed(user, fmt.Errorf("scram client-first: %w", err))
 	}

@@ -72,7 +72,7 @@ func TestSCRAMExchange(t *testing.T) {
 			errc := make(chan error, 1)
 			go func() {
 				be := pgproto3.NewBackend(srvConn, srvConn)
-				err := scramExchange(be, "alice", creds, scram.ChannelBinding{}, false)
+				err := scramExchange(be, "alice", func() (scram.StoredCredentials, error) { return creds, nil }, scram.ChannelBinding{}, false)
 				if err == nil {
 					err = be.Flush()
 				}

@@ -337,13 +337,31 @@ func (s *Server) serve(ss *session, active int64) error {
 	s.m.WakeDuration.WithLabelValues(string(lease.Kind)).Observe(lease.Waited.Seconds())
 
 	_ = ss.raw.SetDeadline(time.Now().Add(s.opt.StartupTimeout))
+	// Log in to the compute while the client does its share of SCRAM (its
+	// PBKDF2 takes milliseconds): the backend start is hidden behind it.
+	// PostgreSQL itself starts a backend before authentication too, so an
+	// unauthenticated client costs a compute no more than it would directly.
+	// The backend's answer (say, database does not exist) is reported only
+	// after the client has authenticated.
+	dialCtx, cancelDial := context.WithCancel(ctx)
+	defer cancelDial()
+	dialed := make(chan dialResult, 1)
+	go func() {
+		be, err := s.dialBackend(dialCtx, lease.Endpoint, route, params)
+		dialed <- dialResult{be, err}
+	}()
 	if err := s.authenticate(ctx, ss, lease.Endpoint); err != nil {
+		cancelDial()
+		if r := <-dialed; r.be != nil {
+			terminate(r.be.Conn)
+		}
 		return err
 	}
-	be, err := s.dialBackend(ctx, lease.Endpoint, route, params)
-	if err != nil {
-		return s.fail(ss, "backend_error", err)
+	r := <-dialed
+	if r.err != nil {
+		return s.fail(ss, "backend_error", r.err)
 	}
+	be := r.be
 	defer be.Conn.Close()
 	key, err := s.cancel.issue(&cancelTarget{socket: lease.Endpoint.SocketPath(), pid: be.PID, realKey: be.SecretKey, branch: route.Branch})
 	if err != nil {
@@ -445,11 +463,37 @@ func (s *Server) handleCancel(ss *session, req *pgproto3.CancelRequest) {
 	s.log.Info("cancel forwarded", zap.String("branch", t.branch), zap.String("client", ss.raw.RemoteAddr().String()))
 }
 
+type dialResult struct {
+	be  *pgconn.HijackedConn
+	err error
+}
+
+// terminate ends a backend session politely (Terminate, then close), so the
+// compute logs nothing about a vanished client.
+func terminate(c net.Conn) {
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.Write([]byte{'X', 0, 0, 0, 4})
+	_ = c.Close()
+}
+
 func (s *Server) authenticate(ctx context.Context, ss *session, ep wake.Endpoint) error {
 	user := ss.route.User
-	creds, _, err := s.auth.lookup(ctx, ss.route.Branch, ep, user)
-	if err != nil {
-		return s.fail(ss, "error", err)
+	// The verifier lookup runs while the mechanism list goes to the client
+	// and its first message comes back.
+	type lookupResult struct {
+		creds scram.StoredCredentials
+		err   error
+	}
+	looked := make(chan lookupResult, 1)
+	go func() {
+		c, _, err := s.auth.lookup(ctx, ss.route.Branch, ep, user)
+		looked <- lookupResult{c, err}
+	}()
+	var lookupErr error
+	creds := func() (scram.StoredCredentials, error) {
+		r := <-looked
+		lookupErr = r.err
+		return r.creds, r.err
 	}
 	var cb scram.ChannelBinding
 	plus := false
@@ -458,6 +502,9 @@ func (s *Server) authenticate(ctx context.Context, ss *session, ep wake.Endpoint
 	}
 	be := pgproto3.NewBackend(ss.conn, ss.conn)
 	if err := scramExchange(be, user, creds, cb, plus); err != nil {
+		if lookupErr != nil {
+			return s.fail(ss, "error", lookupErr)
+		}
 		var ce *pgwire.Error
 		if errors.As(err, &ce) && ce.Code == pgwire.CodeInvalidPassword {
 			s.m.AuthFailures.Inc()

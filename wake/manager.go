@@ -52,6 +52,10 @@ type Options struct {
 	StopTimeout time.Duration
 	Logger      *zap.Logger
 	Metrics     *metrics.Metrics // may be nil
+	// BeforeStop, if set, is called (without locks held) just before a
+	// compute is shut down, so its users can close their own connections
+	// first instead of having PostgreSQL terminate them.
+	BeforeStop func(branch string)
 }
 
 // Status describes a branch's compute.
@@ -514,6 +518,9 @@ func (m *Manager) beginStopLocked(b *branch, reason string) <-chan struct{} {
 	m.setStateLocked(b, StateStopping)
 	go func() {
 		t0 := time.Now()
+		if m.o.BeforeStop != nil {
+			m.o.BeforeStop(b.name)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), m.o.StopTimeout)
 		err := proc.Stop(ctx)
 		cancel()

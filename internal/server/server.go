@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -47,6 +48,9 @@ type Server struct {
 	Computes *wake.Manager
 	Proxy    *proxy.Server
 	password string
+	// proxyRef publishes Proxy to compute-stop callbacks, which can run
+	// (for adopted computes) before Proxy is set.
+	proxyRef atomic.Pointer[proxy.Server]
 
 	pgLn    net.Listener
 	adminLn net.Listener
@@ -91,6 +95,13 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		BreakerOpen:     cfg.Compute.BreakerOpen.D(),
 		Logger:          log.Named("wake"),
 		Metrics:         s.Metrics,
+		// The proxy's verifier-lookup connections go first, so a suspend
+		// leaves no "terminating connection" noise in the compute's log.
+		BeforeStop: func(branch string) {
+			if p := s.proxyRef.Load(); p != nil {
+				p.ForgetBranch(branch)
+			}
+		},
 	})
 	if err := s.bootstrap(ctx); err != nil {
 		_ = s.Computes.Close(ctx)
@@ -134,6 +145,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		_ = s.Computes.Close(ctx)
 		return nil, err
 	}
+	s.proxyRef.Store(s.Proxy)
 	return s, nil
 }
 
