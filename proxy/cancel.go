@@ -12,14 +12,29 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
-// cancelTarget is the real backend behind a key the proxy handed out.
+// cancelTarget is the real backend behind a key the proxy handed out. In
+// transaction pooling the backend changes from transaction to transaction,
+// so the fields are guarded; a client between transactions has none.
 type cancelTarget struct {
-	secret  [4]byte // the proxy's secret, compared in constant time
-	socket  string  // compute's unix socket
-	pid     uint32  // real backend pid
-	realKey []byte  // real backend secret
-	branch  string
+	secret [4]byte // the proxy's secret, compared in constant time
+	branch string
+	mu     struct {
+		sync.Mutex
+		socket  string // compute's unix socket
+		pid     uint32 // real backend pid
+		realKey []byte // real backend secret
+	}
 }
+
+// set points the key at a backend.
+func (t *cancelTarget) set(socket string, pid uint32, key []byte) {
+	t.mu.Lock()
+	t.mu.socket, t.mu.pid, t.mu.realKey = socket, pid, key
+	t.mu.Unlock()
+}
+
+// clear leaves the key pointing nowhere (no backend attached).
+func (t *cancelTarget) clear() { t.set("", 0, nil) }
 
 // cancelKeys maps the BackendKeyData the proxy gives clients to the real
 // backends. Clients never learn a compute's pid or secret, and a
@@ -83,10 +98,17 @@ func (c *cancelKeys) len() int {
 	return len(c.mu.byPID)
 }
 
-// forward sends a CancelRequest for t's real backend to its compute.
+// forward sends a CancelRequest for t's real backend to its compute; with
+// no backend attached there is nothing to cancel.
 func (t *cancelTarget) forward(ctx context.Context) error {
+	t.mu.Lock()
+	socket, pid, realKey := t.mu.socket, t.mu.pid, t.mu.realKey
+	t.mu.Unlock()
+	if socket == "" {
+		return nil
+	}
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", t.socket)
+	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
 		return fmt.Errorf("cancel on branch %s: %w", t.branch, err)
 	}
@@ -94,7 +116,7 @@ func (t *cancelTarget) forward(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
-	msg, err := (&pgproto3.CancelRequest{ProcessID: t.pid, SecretKey: t.realKey}).Encode(nil)
+	msg, err := (&pgproto3.CancelRequest{ProcessID: pid, SecretKey: realKey}).Encode(nil)
 	if err != nil {
 		return err
 	}

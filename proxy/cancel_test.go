@@ -4,18 +4,21 @@ import "testing"
 
 func TestCancelKeys(t *testing.T) {
 	c := newCancelKeys()
-	k1, err := c.issue(&cancelTarget{pid: 11, branch: "main"})
+	t1, t2 := &cancelTarget{branch: "main"}, &cancelTarget{branch: "dev"}
+	t1.set("/sock", 11, nil)
+	t2.set("/sock", 22, nil)
+	k1, err := c.issue(t1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k2, err := c.issue(&cancelTarget{pid: 22, branch: "dev"})
+	k2, err := c.issue(t2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if k1.ProcessID == k2.ProcessID || k1.ProcessID == 0 || int32(k1.ProcessID) < 0 {
 		t.Fatalf("keys %d %d", k1.ProcessID, k2.ProcessID)
 	}
-	if got := c.lookup(k1.ProcessID, k1.SecretKey); got == nil || got.pid != 11 {
+	if got := c.lookup(k1.ProcessID, k1.SecretKey); got != t1 {
 		t.Fatalf("lookup k1: %+v", got)
 	}
 	wrong := append([]byte(nil), k1.SecretKey...)

@@ -42,7 +42,7 @@ func dataRows(n int) []byte {
 // TestPumpRelaysAndFollowsFrames checks that pump forwards bytes unchanged
 // and that its framer sees every message.
 func TestPumpRelaysAndFollowsFrames(t *testing.T) {
-	s, err := New(Options{Branches: nopBranches{}, Waker: nopWaker{}})
+	s, err := New(Options{Branches: nopBranches{}, Waker: nopWaker{}, Pool: testPool(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func TestPumpRelaysAndFollowsFrames(t *testing.T) {
 // BenchmarkPump measures the relay loop over loopback TCP; it must not
 // allocate per chunk.
 func BenchmarkPump(b *testing.B) {
-	s, err := New(Options{Branches: nopBranches{}, Waker: nopWaker{}})
+	s, err := New(Options{Branches: nopBranches{}, Waker: nopWaker{}, Pool: testPool(b)})
 	if err != nil {
 		b.Fatal(err)
 	}

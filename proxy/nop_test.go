@@ -3,6 +3,9 @@ package proxy
 import (
 	"context"
 	"errors"
+	"testing"
+
+	"github.com/neonproxy/neonproxy/pool"
 
 	"github.com/neonproxy/neonproxy/router"
 	"github.com/neonproxy/neonproxy/wake"
@@ -18,4 +21,10 @@ type nopWaker struct{}
 
 func (nopWaker) Acquire(context.Context, string) (*wake.Lease, error) {
 	return nil, errors.New("no computes in unit tests")
+}
+
+func testPool(tb testing.TB) *pool.Pool {
+	p := pool.New(pool.Options{})
+	tb.Cleanup(p.Close)
+	return p
 }

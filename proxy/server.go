@@ -25,6 +25,7 @@ import (
 
 	"github.com/neonproxy/neonproxy/internal/metrics"
 	"github.com/neonproxy/neonproxy/internal/pgwire"
+	"github.com/neonproxy/neonproxy/pool"
 	"github.com/neonproxy/neonproxy/router"
 	"github.com/neonproxy/neonproxy/wake"
 )
@@ -57,8 +58,13 @@ type Options struct {
 	StartupTimeout time.Duration
 	// MaxClientConn caps concurrent client connections; 0: no cap.
 	MaxClientConn int
-	Logger        *zap.Logger
-	Metrics       *metrics.Metrics
+	// Pool lends server connections; required.
+	Pool *pool.Pool
+	// TransactionPooling makes transaction pooling the default; a -pooler
+	// route selects it either way.
+	TransactionPooling bool
+	Logger             *zap.Logger
+	Metrics            *metrics.Metrics
 }
 
 // Server is the front door. Serve it on one or more listeners; Close ends
@@ -83,8 +89,8 @@ type Server struct {
 
 // New builds a Server.
 func New(opt Options) (*Server, error) {
-	if opt.Branches == nil || opt.Waker == nil {
-		return nil, errors.New("proxy: Branches and Waker are required")
+	if opt.Branches == nil || opt.Waker == nil || opt.Pool == nil {
+		return nil, errors.New("proxy: Branches, Waker and Pool are required")
 	}
 	if opt.Limits.MaxPacket == 0 {
 		opt.Limits.MaxPacket = 10000
@@ -337,53 +343,92 @@ func (s *Server) serve(ss *session, active int64) error {
 	s.m.WakeDuration.WithLabelValues(string(lease.Kind)).Observe(lease.Waited.Seconds())
 
 	_ = ss.raw.SetDeadline(time.Now().Add(s.opt.StartupTimeout))
-	// Log in to the compute while the client does its share of SCRAM (its
-	// PBKDF2 takes milliseconds): the backend start is hidden behind it.
-	// PostgreSQL itself starts a backend before authentication too, so an
-	// unauthenticated client costs a compute no more than it would directly.
-	// The backend's answer (say, database does not exist) is reported only
-	// after the client has authenticated.
-	dialCtx, cancelDial := context.WithCancel(ctx)
-	defer cancelDial()
-	dialed := make(chan dialResult, 1)
+	key, tracked, dialParams := splitStartup(route, params)
+	ep := lease.Endpoint
+	dial := func(ctx context.Context) (*pool.Conn, error) { return s.dialBackend(ctx, ep, route, dialParams) }
+	// Get a server connection while the client does its share of SCRAM
+	// (its PBKDF2 takes milliseconds), so a backend start hides behind it.
+	// PostgreSQL starts a backend before authentication too, so an
+	// unauthenticated client costs a compute no more than it would
+	// directly. What the backend says (say, the database does not exist) is
+	// reported only once the client has authenticated.
+	acqCtx, cancelAcq := context.WithCancel(ctx)
+	defer cancelAcq()
+	acquired := make(chan acquireResult, 1)
 	go func() {
-		be, err := s.dialBackend(dialCtx, lease.Endpoint, route, params)
-		dialed <- dialResult{be, err}
+		c, waited, err := s.opt.Pool.Acquire(acqCtx, key, ep.Generation, dial)
+		acquired <- acquireResult{c, waited, err}
 	}()
-	if err := s.authenticate(ctx, ss, lease.Endpoint); err != nil {
-		cancelDial()
-		if r := <-dialed; r.be != nil {
-			terminate(r.be.Conn)
+	if err := s.authenticate(ctx, ss, ep); err != nil {
+		cancelAcq()
+		if r := <-acquired; r.c != nil {
+			s.opt.Pool.Release(r.c, true)
 		}
 		return err
 	}
-	r := <-dialed
-	if r.err != nil {
-		return s.fail(ss, "backend_error", r.err)
+	r := <-acquired
+	if r.waited > 0 {
+		s.m.PoolWait.Observe(r.waited.Seconds())
 	}
-	be := r.be
-	defer be.Conn.Close()
-	key, err := s.cancel.issue(&cancelTarget{socket: lease.Endpoint.SocketPath(), pid: be.PID, realKey: be.SecretKey, branch: route.Branch})
+	if r.err != nil {
+		return s.fail(ss, "pool_error", poolError(key, r.err))
+	}
+	c := r.c
+	if stmts := setStatements(tracked, c.Params); stmts != "" {
+		// The client's own startup settings (application_name, DateStyle, ...).
+		if st, err := c.Exec(ctx, stmts); err != nil || st != 'I' {
+			s.opt.Pool.Release(c, st == 'I')
+			if err == nil {
+				err = fmt.Errorf("transaction status %q after applying startup settings", st)
+			}
+			return s.fail(ss, "backend_error", err)
+		}
+	}
+	target := &cancelTarget{branch: route.Branch}
+	target.set(ep.SocketPath(), c.PID, c.SecretKey)
+	key2, err := s.cancel.issue(target)
 	if err != nil {
+		s.opt.Pool.Release(c, true)
 		return s.fail(ss, "error", err)
 	}
-	defer s.cancel.revoke(key.ProcessID)
+	defer s.cancel.revoke(key2.ProcessID)
 
-	// Finish the client's startup: the real server's parameters, the
-	// proxy's cancel key, the real transaction status.
+	// Finish the client's startup: the server's parameters, the proxy's
+	// cancel key, ReadyForQuery.
 	var out []byte
 	out, _ = (&pgproto3.AuthenticationOk{}).Encode(out)
-	for k, v := range be.ParameterStatuses {
+	for k, v := range c.Params {
 		out, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(out)
 	}
-	out, _ = key.Encode(out)
-	out, _ = (&pgproto3.ReadyForQuery{TxStatus: be.TxStatus}).Encode(out)
+	out, _ = key2.Encode(out)
+	out, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(out)
 	if _, err := ss.conn.Write(out); err != nil {
+		s.opt.Pool.Release(c, true)
 		ss.result = "closed_early"
 		return err
 	}
 	_ = ss.raw.SetDeadline(time.Time{})
-	return s.forward(ss, be.Conn)
+	if !route.Pooler && !s.opt.TransactionPooling {
+		return s.sessionPooled(ss, c, target)
+	}
+	desired := make(map[string]string, len(trackedParams))
+	for _, canon := range trackedParams {
+		if v, ok := c.Params[canon]; ok {
+			desired[canon] = v
+		}
+	}
+	target.clear()
+	s.opt.Pool.Release(c, true)
+	return s.sessionTransaction(ss, &txnSession{
+		s: s, ss: ss, key: key, epoch: ep.Generation, dial: dial,
+		target: target, socket: ep.SocketPath(), desired: desired,
+	})
+}
+
+type acquireResult struct {
+	c      *pool.Conn
+	waited time.Duration
+	err    error
 }
 
 func (s *Server) send(ss *session, msg pgproto3.BackendMessage) error {
@@ -463,19 +508,6 @@ func (s *Server) handleCancel(ss *session, req *pgproto3.CancelRequest) {
 	s.log.Info("cancel forwarded", zap.String("branch", t.branch), zap.String("client", ss.raw.RemoteAddr().String()))
 }
 
-type dialResult struct {
-	be  *pgconn.HijackedConn
-	err error
-}
-
-// terminate ends a backend session politely (Terminate, then close), so the
-// compute logs nothing about a vanished client.
-func terminate(c net.Conn) {
-	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = c.Write([]byte{'X', 0, 0, 0, 4})
-	_ = c.Close()
-}
-
 func (s *Server) authenticate(ctx context.Context, ss *session, ep wake.Endpoint) error {
 	user := ss.route.User
 	// The verifier lookup runs while the mechanism list goes to the client
@@ -522,7 +554,7 @@ func (s *Server) authenticate(ctx context.Context, ss *session, ep wake.Endpoint
 // dialBackend logs in to the compute as the client's role over its unix
 // socket (trust: only neonproxy can reach the socket), passing the client's
 // startup parameters on, and takes over the raw connection.
-func (s *Server) dialBackend(ctx context.Context, ep wake.Endpoint, rt router.Route, params map[string]string) (*pgconn.HijackedConn, error) {
+func (s *Server) dialBackend(ctx context.Context, ep wake.Endpoint, rt router.Route, params map[string]string) (*pool.Conn, error) {
 	cfg, err := pgconn.ParseConfig("sslmode=disable")
 	if err != nil {
 		return nil, err
@@ -530,13 +562,9 @@ func (s *Server) dialBackend(ctx context.Context, ep wake.Endpoint, rt router.Ro
 	cfg.Host, cfg.Port = ep.SocketDir, uint16(ep.Port)
 	cfg.User, cfg.Database = rt.User, rt.Database
 	cfg.Fallbacks = nil
-	cfg.RuntimeParams = make(map[string]string, len(params))
+	cfg.RuntimeParams = make(map[string]string, len(params)+1)
 	for k, v := range params {
-		switch k {
-		case "user", "database", "options":
-		default:
-			cfg.RuntimeParams[k] = v
-		}
+		cfg.RuntimeParams[k] = v
 	}
 	if rt.Options != "" {
 		cfg.RuntimeParams["options"] = rt.Options
@@ -555,7 +583,11 @@ func (s *Server) dialBackend(ctx context.Context, ep wake.Endpoint, rt router.Ro
 		pc.Close(ctx)
 		return nil, err
 	}
-	return pc.Hijack()
+	hc, err := pc.Hijack()
+	if err != nil {
+		return nil, err
+	}
+	return &pool.Conn{Net: hc.Conn, PID: hc.PID, SecretKey: hc.SecretKey, Params: hc.ParameterStatuses}, nil
 }
 
 // wakeError maps a wake failure to what the client sees.

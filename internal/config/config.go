@@ -87,9 +87,21 @@ type Compute struct {
 
 // Pool configures server-connection pooling.
 type Pool struct {
-	Mode            string `yaml:"mode"`
-	DefaultPoolSize int    `yaml:"default_pool_size"`
-	MaxClientConn   int    `yaml:"max_client_conn"`
+	// Mode is the default pooling mode: session or transaction. A -pooler
+	// suffix on the routed branch selects transaction mode either way.
+	Mode string `yaml:"mode"`
+	// DefaultPoolSize caps server connections per (branch, database, user).
+	DefaultPoolSize int `yaml:"default_pool_size"`
+	// MaxClientConn caps client connections overall.
+	MaxClientConn int `yaml:"max_client_conn"`
+	// MaxBranchConns caps server connections per branch; 0: no cap.
+	MaxBranchConns int `yaml:"max_branch_conns"`
+	// QueryWaitTimeout bounds a client's wait for a server connection.
+	QueryWaitTimeout Duration `yaml:"query_wait_timeout"`
+	// ServerIdleTimeout closes server connections idle this long.
+	ServerIdleTimeout Duration `yaml:"server_idle_timeout"`
+	// ServerLifetime closes server connections this old when next idle.
+	ServerLifetime Duration `yaml:"server_lifetime"`
 }
 
 // Walkeeper configures the WAL keepers (issue 5).
@@ -167,7 +179,12 @@ func Default() Config {
 			BreakerFailures: 3,
 			BreakerOpen:     Duration(30 * time.Second),
 		},
-		Pool:      Pool{Mode: "session", DefaultPoolSize: 20, MaxClientConn: 10000},
+		Pool: Pool{
+			Mode: "session", DefaultPoolSize: 20, MaxClientConn: 10000,
+			QueryWaitTimeout:  Duration(120 * time.Second),
+			ServerIdleTimeout: Duration(600 * time.Second),
+			ServerLifetime:    Duration(3600 * time.Second),
+		},
 		Walkeeper: Walkeeper{Quorum: 1},
 		Log:       Log{Level: "info", Format: "json"},
 	}
@@ -218,8 +235,14 @@ func (c *Config) Validate() error {
 	if c.Compute.WakeTimeout <= 0 {
 		errs = append(errs, errors.New("compute.wake_timeout must be > 0"))
 	}
-	if c.Compute.MaxRunning < 0 || c.Pool.MaxClientConn < 0 {
-		errs = append(errs, errors.New("compute.max_running and pool.max_client_conn must be >= 0"))
+	if c.Compute.MaxRunning < 0 || c.Pool.MaxClientConn < 0 || c.Pool.MaxBranchConns < 0 {
+		errs = append(errs, errors.New("compute.max_running, pool.max_client_conn and pool.max_branch_conns must be >= 0"))
+	}
+	if c.Pool.DefaultPoolSize < 1 {
+		errs = append(errs, errors.New("pool.default_pool_size must be >= 1"))
+	}
+	if c.Pool.QueryWaitTimeout <= 0 || c.Pool.ServerIdleTimeout <= 0 || c.Pool.ServerLifetime <= 0 {
+		errs = append(errs, errors.New("pool.query_wait_timeout, pool.server_idle_timeout and pool.server_lifetime must be > 0"))
 	}
 	if c.Proxy.MaxStartupPacket < 64 || c.Proxy.MaxStartupParams < 1 {
 		errs = append(errs, errors.New("proxy.max_startup_packet must be >= 64 and proxy.max_startup_params >= 1"))

@@ -34,6 +34,10 @@ type Metrics struct {
 	BranchesTotal       prometheus.Gauge
 	ComputeStopsTotal   *prometheus.CounterVec // reason=idle|evicted|admin|shutdown|delete|exited
 	ProxyBytesForwarded *prometheus.CounterVec // direction=client_to_server|server_to_client
+	// PoolPinned counts clients pinned to a server connection in
+	// transaction pooling, by reason (set, listen, prepare, cursor,
+	// temp_table, advisory_lock).
+	PoolPinned *prometheus.CounterVec
 }
 
 // New creates and registers all collectors on a fresh registry, together
@@ -65,9 +69,6 @@ func New() *Metrics {
 		CancelRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "neonproxy_cancel_requests_total", Help: "CancelRequests by result.",
 		}, []string{"result"}),
-		PoolServerConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "neonproxy_pool_server_connections", Help: "Server connections by state.",
-		}, []string{"state"}),
 		PoolWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "neonproxy_pool_wait_seconds", Help: "Time a client waited for a server connection.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
@@ -87,17 +88,51 @@ func New() *Metrics {
 		ProxyBytesForwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "neonproxy_proxy_bytes_total", Help: "Bytes forwarded between clients and computes.",
 		}, []string{"direction"}),
+		PoolPinned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "neonproxy_pool_pinned_total", Help: "Transaction-pooled clients pinned to their server connection, by reason.",
+		}, []string{"reason"}),
 	}
 	r.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.ClientConnections, m.ConnectionsTotal, m.WakeDuration, m.Computes,
-		m.ComputeStarts, m.AuthFailures, m.CancelRequests, m.PoolServerConns,
+		m.ComputeStarts, m.AuthFailures, m.CancelRequests,
 		m.PoolWait, m.PagestoreBytes, m.WalkeeperFlushLag, m.BranchesTotal,
-		m.ComputeStopsTotal, m.ProxyBytesForwarded,
+		m.ComputeStopsTotal, m.ProxyBytesForwarded, m.PoolPinned,
 	)
 	for _, s := range []string{"stopped", "starting", "running", "stopping"} {
 		m.Computes.WithLabelValues(s).Set(0)
 	}
 	return m
+}
+
+// PoolCounts are the pool's current totals.
+type PoolCounts struct{ Active, Idle, Waiting int }
+
+// RegisterPool exports neonproxy_pool_server_connections{state} and
+// neonproxy_pool_clients_waiting, read from counts at scrape time so the
+// pool's hot path does no metric work.
+func (m *Metrics) RegisterPool(counts func() PoolCounts) {
+	m.Registry.MustRegister(&poolCollector{counts: counts})
+}
+
+var (
+	poolConnsDesc = prometheus.NewDesc("neonproxy_pool_server_connections",
+		"Server connections by state (active: lent to a client; idle: in the pool).", []string{"state"}, nil)
+	poolWaitingDesc = prometheus.NewDesc("neonproxy_pool_clients_waiting",
+		"Clients waiting for a server connection.", nil, nil)
+)
+
+type poolCollector struct{ counts func() PoolCounts }
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- poolConnsDesc
+	ch <- poolWaitingDesc
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	pc := c.counts()
+	ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(pc.Active), "active")
+	ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(pc.Idle), "idle")
+	ch <- prometheus.MustNewConstMetric(poolWaitingDesc, prometheus.GaugeValue, float64(pc.Waiting))
 }

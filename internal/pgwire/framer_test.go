@@ -106,3 +106,59 @@ func FuzzFramer(f *testing.F) {
 		}
 	})
 }
+
+func TestFramerCapture(t *testing.T) {
+	var stream []byte
+	stream = append(stream, msg('S', "TimeZone\x00UTC\x00")...)
+	stream = append(stream, msg('D', "row")...)
+	stream = append(stream, msg('C', "SET\x00")...)
+	stream = append(stream, msg('C', "")...)
+	stream = append(stream, msg('C', "SELECT 123456789\x00")...)
+	for _, size := range []int{1, 3, 7, len(stream)} {
+		var got []string
+		var headers int
+		f := Framer{CaptureMax: 8}
+		f.Capture['S'], f.Capture['C'] = true, true
+		f.OnHeader = func(byte, int) { headers++ }
+		f.OnMessage = func(typ byte, body []byte, trunc bool) {
+			s := string(typ) + ":" + string(body)
+			if trunc {
+				s += "…"
+			}
+			got = append(got, s)
+		}
+		for i := 0; i < len(stream); i += size {
+			if err := f.Feed(stream[i:min(i+size, len(stream))]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := []string{"S:TimeZone…", "C:SET\x00", "C:", "C:SELECT 1…"}
+		if headers != 5 || len(got) != len(want) {
+			t.Fatalf("chunk %d: headers %d, got %q", size, headers, got)
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("chunk %d: got %q, want %q", size, got, want)
+			}
+		}
+	}
+}
+
+func BenchmarkFramerCapture(b *testing.B) {
+	var chunk []byte
+	for len(chunk) < 8192-64 {
+		chunk = append(chunk, msg('D', "0123456789abcdef0123456789")...)
+		chunk = append(chunk, msg('C', "SELECT 1\x00")...)
+	}
+	b.SetBytes(int64(len(chunk)))
+	b.ReportAllocs()
+	f := Framer{}
+	f.Capture['C'] = true
+	n := 0
+	f.OnMessage = func(byte, []byte, bool) { n++ }
+	for i := 0; i < b.N; i++ {
+		if err := f.Feed(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

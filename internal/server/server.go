@@ -25,6 +25,7 @@ import (
 	"github.com/neonproxy/neonproxy/internal/config"
 	"github.com/neonproxy/neonproxy/internal/metrics"
 	"github.com/neonproxy/neonproxy/internal/pgwire"
+	"github.com/neonproxy/neonproxy/pool"
 	"github.com/neonproxy/neonproxy/proxy"
 	"github.com/neonproxy/neonproxy/router"
 	"github.com/neonproxy/neonproxy/wake"
@@ -47,6 +48,7 @@ type Server struct {
 	Registry *router.EmbeddedRegistry
 	Computes *wake.Manager
 	Proxy    *proxy.Server
+	Pool     *pool.Pool
 	password string
 	// proxyRef publishes Proxy to compute-stop callbacks, which can run
 	// (for adopted computes) before Proxy is set.
@@ -87,6 +89,17 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	if err != nil {
 		return nil, err
 	}
+	s.Pool = pool.New(pool.Options{
+		PoolSize:          cfg.Pool.DefaultPoolSize,
+		MaxBranchConns:    cfg.Pool.MaxBranchConns,
+		QueryWaitTimeout:  cfg.Pool.QueryWaitTimeout.D(),
+		ServerIdleTimeout: cfg.Pool.ServerIdleTimeout.D(),
+		ServerLifetime:    cfg.Pool.ServerLifetime.D(),
+	})
+	s.Metrics.RegisterPool(func() metrics.PoolCounts {
+		st := s.Pool.Stats()
+		return metrics.PoolCounts{Active: st.Active, Idle: st.Idle, Waiting: st.Waiting}
+	})
 	s.Computes = wake.NewManager(drv, wake.Options{
 		SuspendTimeout:  cfg.Compute.SuspendTimeout.D(),
 		WakeTimeout:     cfg.Compute.WakeTimeout.D(),
@@ -101,6 +114,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 			if p := s.proxyRef.Load(); p != nil {
 				p.ForgetBranch(branch)
 			}
+			s.Pool.CloseBranch(branch)
 		},
 	})
 	if err := s.bootstrap(ctx); err != nil {
@@ -131,15 +145,17 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 				return err == nil
 			},
 		},
-		Branches:       s.Registry,
-		Waker:          s.Computes,
-		TLS:            tlsCfg.config,
-		RequireTLS:     cfg.TLS.Require,
-		Limits:         pgwire.Limits{MaxPacket: cfg.Proxy.MaxStartupPacket, MaxParams: cfg.Proxy.MaxStartupParams},
-		StartupTimeout: cfg.Proxy.StartupTimeout.D(),
-		MaxClientConn:  cfg.Pool.MaxClientConn,
-		Logger:         log.Named("proxy"),
-		Metrics:        s.Metrics,
+		Branches:           s.Registry,
+		Waker:              s.Computes,
+		TLS:                tlsCfg.config,
+		RequireTLS:         cfg.TLS.Require,
+		Limits:             pgwire.Limits{MaxPacket: cfg.Proxy.MaxStartupPacket, MaxParams: cfg.Proxy.MaxStartupParams},
+		StartupTimeout:     cfg.Proxy.StartupTimeout.D(),
+		MaxClientConn:      cfg.Pool.MaxClientConn,
+		Pool:               s.Pool,
+		TransactionPooling: cfg.Pool.Mode == "transaction",
+		Logger:             log.Named("proxy"),
+		Metrics:            s.Metrics,
 	})
 	if err != nil {
 		_ = s.Computes.Close(ctx)
@@ -268,6 +284,7 @@ func (s *Server) Close(ctx context.Context) error {
 	if s.admin != nil {
 		errs = append(errs, s.admin.Shutdown(ctx))
 	}
+	s.Pool.Close()
 	errs = append(errs, s.Computes.Close(ctx), s.Registry.Close())
 	return errors.Join(errs...)
 }
@@ -277,6 +294,7 @@ func (s *Server) Close(ctx context.Context) error {
 func (s *Server) Abandon(ctx context.Context) error {
 	s.Computes.Detach()
 	errs := []error{s.Proxy.Close(ctx)}
+	s.Pool.Close()
 	if s.admin != nil {
 		errs = append(errs, s.admin.Close())
 	}

@@ -1,0 +1,379 @@
+package pool
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Stats are the pool's counts, in total and per key.
+type Stats struct {
+	Active  int // lent to sessions
+	Idle    int
+	Waiting int // sessions waiting for a connection
+	Keys    []KeyStats
+}
+
+// KeyStats are one key's counts (PgBouncer's SHOW POOLS).
+type KeyStats struct {
+	Key     Key
+	Active  int
+	Idle    int
+	Dialing int
+	Waiting int
+	// MaxWait is how long the oldest waiting session has waited.
+	MaxWait time.Duration
+}
+
+// Pool lends server connections. It is safe for concurrent use.
+type Pool struct {
+	o    Options
+	stop chan struct{}
+	wg   sync.WaitGroup
+	mu   struct {
+		sync.Mutex
+		closed   bool
+		keys     map[Key]*keyPool
+		byBranch map[string]int // open connections per branch
+	}
+}
+
+type keyPool struct {
+	idle    []*Conn // most recently used last
+	open    int     // idle + lent + being dialled
+	active  int
+	dialing int
+	waiters []*waiter // FIFO
+}
+
+// waiter is a session blocked in Acquire. It is handed either a
+// connection, or (conn nil, slot true) the right to dial one.
+type waiter struct {
+	since time.Time
+	ch    chan grant
+}
+
+type grant struct {
+	conn *Conn
+	slot bool
+}
+
+// New starts a pool and its idle reaper.
+func New(o Options) *Pool {
+	o.defaults()
+	p := &Pool{o: o, stop: make(chan struct{})}
+	p.mu.keys = map[Key]*keyPool{}
+	p.mu.byBranch = map[string]int{}
+	p.wg.Add(1)
+	go p.reaper()
+	return p
+}
+
+// Options returns the effective options.
+func (p *Pool) Options() Options { return p.o }
+
+func (p *Pool) keyLocked(k Key) *keyPool {
+	kp := p.mu.keys[k]
+	if kp == nil {
+		kp = &keyPool{}
+		p.mu.keys[k] = kp
+	}
+	return kp
+}
+
+func (p *Pool) roomLocked(k Key, kp *keyPool) bool {
+	if kp.open >= p.o.PoolSize {
+		return false
+	}
+	return p.o.MaxBranchConns <= 0 || p.mu.byBranch[k.Branch] < p.o.MaxBranchConns
+}
+
+// usableLocked reports whether an idle connection may be lent for epoch.
+func (p *Pool) usableLocked(c *Conn, epoch uint64, now time.Time) bool {
+	return c.Epoch == epoch && (p.o.ServerLifetime < 0 || now.Sub(c.created) < p.o.ServerLifetime)
+}
+
+// Acquire lends a connection for key on a compute of the given epoch:
+// an idle one, a new one from dial while the key is under PoolSize, or the
+// next one released, in FIFO order, waiting at most QueryWaitTimeout (then
+// ErrWaitTimeout) or until ctx ends.
+func (p *Pool) Acquire(ctx context.Context, k Key, epoch uint64, dial DialFunc) (*Conn, time.Duration, error) {
+	t0 := time.Now()
+	var discard []*Conn
+	p.mu.Lock()
+	if p.mu.closed {
+		p.mu.Unlock()
+		return nil, 0, ErrClosed
+	}
+	kp := p.keyLocked(k)
+	for len(kp.idle) > 0 {
+		c := kp.idle[len(kp.idle)-1]
+		kp.idle = kp.idle[:len(kp.idle)-1]
+		if p.usableLocked(c, epoch, t0) {
+			kp.active++
+			p.mu.Unlock()
+			closeAll(discard)
+			return c, 0, nil
+		}
+		p.forgetLocked(kp, c)
+		discard = append(discard, c)
+	}
+	if p.roomLocked(k, kp) {
+		p.reserveLocked(k, kp)
+		p.mu.Unlock()
+		closeAll(discard)
+		c, err := p.dial(ctx, k, kp, epoch, dial)
+		return c, time.Since(t0), err
+	}
+	w := &waiter{since: t0, ch: make(chan grant, 1)}
+	kp.waiters = append(kp.waiters, w)
+	p.mu.Unlock()
+	closeAll(discard)
+
+	timer := time.NewTimer(p.o.QueryWaitTimeout)
+	defer timer.Stop()
+	var g grant
+	select {
+	case g = <-w.ch:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	if g.conn == nil && !g.slot {
+		// Timed out or cancelled: leave the queue, unless a grant raced in.
+		p.mu.Lock()
+		if i := indexOf(kp.waiters, w); i >= 0 {
+			kp.waiters = append(kp.waiters[:i], kp.waiters[i+1:]...)
+			p.mu.Unlock()
+			if ctx.Err() != nil {
+				return nil, time.Since(t0), ctx.Err()
+			}
+			return nil, time.Since(t0), ErrWaitTimeout
+		}
+		p.mu.Unlock()
+		g = <-w.ch
+		if g.conn == nil && !g.slot {
+			return nil, time.Since(t0), ErrClosed
+		}
+	}
+	if g.slot {
+		c, err := p.dial(ctx, k, kp, epoch, dial)
+		return c, time.Since(t0), err
+	}
+	if g.conn.Epoch != epoch {
+		// Handed a connection to an older compute: replace it in its slot.
+		g.conn.Net.Close()
+		p.mu.Lock()
+		kp.active--
+		kp.dialing++
+		p.mu.Unlock()
+		c, err := p.dial(ctx, k, kp, epoch, dial)
+		return c, time.Since(t0), err
+	}
+	return g.conn, time.Since(t0), nil
+}
+
+func (p *Pool) reserveLocked(k Key, kp *keyPool) {
+	kp.open++
+	kp.dialing++
+	p.mu.byBranch[k.Branch]++
+}
+
+// dial fills a reserved slot.
+func (p *Pool) dial(ctx context.Context, k Key, kp *keyPool, epoch uint64, dial DialFunc) (*Conn, error) {
+	c, err := dial(ctx)
+	p.mu.Lock()
+	kp.dialing--
+	if err != nil {
+		kp.open--
+		p.mu.byBranch[k.Branch]--
+		// The slot is free again: let the first waiter try.
+		p.grantSlotLocked(k, kp)
+		p.mu.Unlock()
+		return nil, err
+	}
+	now := time.Now()
+	c.key, c.created, c.lastUsed, c.Epoch = k, now, now, epoch
+	if c.Prepared == nil {
+		c.Prepared = NewStatementLRU(p.o.MaxPrepared)
+	}
+	kp.active++
+	p.mu.Unlock()
+	return c, nil
+}
+
+// grantSlotLocked gives the right to dial to the first waiter, if the key
+// has room.
+func (p *Pool) grantSlotLocked(k Key, kp *keyPool) {
+	if len(kp.waiters) == 0 || !p.roomLocked(k, kp) {
+		return
+	}
+	w := kp.waiters[0]
+	kp.waiters = kp.waiters[1:]
+	p.reserveLocked(k, kp)
+	w.ch <- grant{slot: true}
+}
+
+// Release gives a connection back. reusable=false closes it (it errored,
+// its session ended mid-transaction, or its compute is going away).
+func (p *Pool) Release(c *Conn, reusable bool) {
+	p.mu.Lock()
+	kp := p.mu.keys[c.key]
+	kp.active--
+	if !reusable || p.mu.closed {
+		p.forgetLocked(kp, c)
+		p.grantSlotLocked(c.key, kp)
+		p.mu.Unlock()
+		c.Net.Close()
+		return
+	}
+	c.lastUsed = time.Now()
+	if len(kp.waiters) > 0 {
+		w := kp.waiters[0]
+		kp.waiters = kp.waiters[1:]
+		kp.active++
+		p.mu.Unlock()
+		w.ch <- grant{conn: c}
+		return
+	}
+	kp.idle = append(kp.idle, c)
+	p.mu.Unlock()
+}
+
+// forgetLocked drops c from the counts (it is being closed).
+func (p *Pool) forgetLocked(kp *keyPool, c *Conn) {
+	kp.open--
+	p.mu.byBranch[c.key.Branch]--
+	if p.mu.byBranch[c.key.Branch] <= 0 {
+		delete(p.mu.byBranch, c.key.Branch)
+	}
+}
+
+// CloseBranch closes the idle connections of branch, before its compute
+// stops. Lent connections fail on their own and are released unusable.
+func (p *Pool) CloseBranch(branch string) {
+	var closing []*Conn
+	p.mu.Lock()
+	for k, kp := range p.mu.keys {
+		if k.Branch != branch {
+			continue
+		}
+		for _, c := range kp.idle {
+			p.forgetLocked(kp, c)
+			closing = append(closing, c)
+		}
+		kp.idle = nil
+	}
+	p.mu.Unlock()
+	closeAll(closing)
+}
+
+// Close closes every idle connection and refuses new Acquires; lent
+// connections are closed as they are released.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.mu.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.mu.closed = true
+	var closing []*Conn
+	for _, kp := range p.mu.keys {
+		for _, c := range kp.idle {
+			p.forgetLocked(kp, c)
+			closing = append(closing, c)
+		}
+		kp.idle = nil
+		for _, w := range kp.waiters {
+			close(w.ch) // zero grant: the waiter sees a timeout-like end
+		}
+		kp.waiters = nil
+	}
+	p.mu.Unlock()
+	close(p.stop)
+	p.wg.Wait()
+	closeAll(closing)
+}
+
+// reaper closes connections past ServerIdleTimeout or ServerLifetime.
+func (p *Pool) reaper() {
+	defer p.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case now := <-t.C:
+			p.reap(now)
+		}
+	}
+}
+
+func (p *Pool) reap(now time.Time) {
+	var closing []*Conn
+	p.mu.Lock()
+	for _, kp := range p.mu.keys {
+		kept := kp.idle[:0]
+		for _, c := range kp.idle {
+			idleTooLong := p.o.ServerIdleTimeout > 0 && now.Sub(c.lastUsed) >= p.o.ServerIdleTimeout
+			tooOld := p.o.ServerLifetime > 0 && now.Sub(c.created) >= p.o.ServerLifetime
+			if idleTooLong || tooOld {
+				p.forgetLocked(kp, c)
+				closing = append(closing, c)
+				continue
+			}
+			kept = append(kept, c)
+		}
+		kp.idle = kept
+	}
+	p.mu.Unlock()
+	closeAll(closing)
+}
+
+// Stats returns the current counts.
+func (p *Pool) Stats() Stats {
+	now := time.Now()
+	var s Stats
+	p.mu.Lock()
+	for k, kp := range p.mu.keys {
+		ks := KeyStats{Key: k, Active: kp.active, Idle: len(kp.idle), Dialing: kp.dialing, Waiting: len(kp.waiters)}
+		if len(kp.waiters) > 0 {
+			ks.MaxWait = now.Sub(kp.waiters[0].since)
+		}
+		if ks.Active+ks.Idle+ks.Dialing+ks.Waiting == 0 {
+			continue
+		}
+		s.Active += ks.Active
+		s.Idle += ks.Idle
+		s.Waiting += ks.Waiting
+		s.Keys = append(s.Keys, ks)
+	}
+	p.mu.Unlock()
+	sort.Slice(s.Keys, func(i, j int) bool {
+		a, b := s.Keys[i].Key, s.Keys[j].Key
+		if a.Branch != b.Branch {
+			return a.Branch < b.Branch
+		}
+		if a.Database != b.Database {
+			return a.Database < b.Database
+		}
+		return a.User < b.User
+	})
+	return s
+}
+
+func closeAll(cs []*Conn) {
+	for _, c := range cs {
+		_ = c.Net.Close()
+	}
+}
+
+func indexOf(ws []*waiter, w *waiter) int {
+	for i, x := range ws {
+		if x == w {
+			return i
+		}
+	}
+	return -1
+}
