@@ -329,8 +329,10 @@ func (t *txnSession) serverReader(c *pool.Conn, done chan struct{}) {
 	defer t.s.bufs.Put(bp)
 	buf := *bp
 	var f pgwire.Framer
-	var sawParam bool
-	f.Capture['S'], f.Capture['C'] = true, true
+	// A SET of a tracked setting is followed by its ParameterStatus, which
+	// PostgreSQL sends just before ReadyForQuery: decide about pinning there.
+	var setSeen, paramSeen bool
+	f.Capture['S'], f.Capture['C'], f.Capture['Z'] = true, true, true
 	f.OnMessage = func(typ byte, body []byte, _ bool) {
 		switch typ {
 		case 'S':
@@ -344,14 +346,21 @@ func (t *txnSession) serverReader(c *pool.Conn, done chan struct{}) {
 			c.Params[name] = value
 			if _, tracked := t.desired[name]; tracked {
 				t.desired[name] = value
-				sawParam = true
+				paramSeen = true
 			}
+		case 'Z':
+			if setSeen && !paramSeen {
+				t.mu.Lock()
+				t.pinLocked(pinSet)
+				t.mu.Unlock()
+			}
+			setSeen, paramSeen = false, false
 		case 'C':
 			tag := bytes.TrimRight(body, "\x00")
 			var reason string
 			switch {
-			case bytes.Equal(tag, []byte("SET")) && !sawParam:
-				reason = pinSet
+			case bytes.Equal(tag, []byte("SET")):
+				setSeen = true
 			case bytes.Equal(tag, []byte("LISTEN")):
 				reason = pinListen
 			case bytes.Equal(tag, []byte("PREPARE")):
@@ -359,7 +368,6 @@ func (t *txnSession) serverReader(c *pool.Conn, done chan struct{}) {
 			case bytes.Equal(tag, []byte("DECLARE CURSOR")):
 				reason = pinCursor
 			}
-			sawParam = false
 			if reason != "" {
 				t.mu.Lock()
 				t.pinLocked(reason)
@@ -390,6 +398,8 @@ func (t *txnSession) serverReader(c *pool.Conn, done chan struct{}) {
 				t.mu.Unlock()
 				if detach {
 					t.target.clear()
+					// finish may have set a deadline to stop this reader.
+					_ = c.Net.SetReadDeadline(time.Time{})
 					t.s.opt.Pool.Release(c, true)
 					return
 				}
@@ -437,10 +447,12 @@ func (t *txnSession) finish() {
 	t.mu.Lock()
 	t.mu.clientGone = true
 	sc, done := t.mu.sc, t.mu.serverDone
-	t.mu.Unlock()
 	if sc != nil {
+		// Under mu: the reader cannot have handed sc back to the pool yet,
+		// so this deadline cannot hit the connection's next borrower.
 		_ = sc.Net.SetReadDeadline(time.Now())
 	}
+	t.mu.Unlock()
 	if done != nil {
 		<-done
 	}

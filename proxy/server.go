@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -77,6 +78,10 @@ type Server struct {
 	cancel *cancelKeys
 	bufs   sync.Pool
 	active atomic.Int64
+	// startupParams caches, per pool key, the ParameterStatus set a server
+	// connection reported, so transaction-pooled clients log in without
+	// borrowing one (map values are never modified after Store).
+	startupParams sync.Map
 
 	mu struct {
 		sync.Mutex
@@ -352,43 +357,74 @@ func (s *Server) serve(ss *session, active int64) error {
 	// unauthenticated client costs a compute no more than it would
 	// directly. What the backend says (say, the database does not exist) is
 	// reported only once the client has authenticated.
+	transaction := route.Pooler || s.opt.TransactionPooling
+	// A transaction-pooled client needs no server connection to log in once
+	// the pool has seen the key: the startup parameters come from a cache.
+	var cached map[string]string
+	if transaction {
+		if v, ok := s.startupParams.Load(key); ok {
+			cached = v.(map[string]string)
+		}
+	}
 	acqCtx, cancelAcq := context.WithCancel(ctx)
 	defer cancelAcq()
 	acquired := make(chan acquireResult, 1)
-	go func() {
-		c, waited, err := s.opt.Pool.Acquire(acqCtx, key, ep.Generation, dial)
-		acquired <- acquireResult{c, waited, err}
-	}()
+	if cached == nil {
+		go func() {
+			c, waited, err := s.opt.Pool.Acquire(acqCtx, key, ep.Generation, dial)
+			acquired <- acquireResult{c, waited, err}
+		}()
+	}
 	if err := s.authenticate(ctx, ss, ep); err != nil {
 		cancelAcq()
-		if r := <-acquired; r.c != nil {
-			s.opt.Pool.Release(r.c, true)
+		if cached == nil {
+			if r := <-acquired; r.c != nil {
+				s.opt.Pool.Release(r.c, true)
+			}
 		}
 		return err
 	}
-	r := <-acquired
-	if r.waited > 0 {
-		s.m.PoolWait.Observe(r.waited.Seconds())
-	}
-	if r.err != nil {
-		return s.fail(ss, "pool_error", poolError(key, r.err))
-	}
-	c := r.c
-	if stmts := setStatements(tracked, c.Params); stmts != "" {
-		// The client's own startup settings (application_name, DateStyle, ...).
-		if st, err := c.Exec(ctx, stmts); err != nil || st != 'I' {
-			s.opt.Pool.Release(c, st == 'I')
-			if err == nil {
-				err = fmt.Errorf("transaction status %q after applying startup settings", st)
+	var c *pool.Conn
+	var startup map[string]string
+	if cached != nil {
+		startup = maps.Clone(cached)
+		maps.Copy(startup, tracked)
+	} else {
+		r := <-acquired
+		if r.waited > 0 {
+			s.m.PoolWait.Observe(r.waited.Seconds())
+		}
+		if r.err != nil {
+			return s.fail(ss, "pool_error", poolError(key, r.err))
+		}
+		c = r.c
+		if stmts := setStatements(tracked, c.Params); stmts != "" {
+			// The client's own startup settings (application_name, DateStyle, ...).
+			if st, err := c.Exec(ctx, stmts); err != nil || st != 'I' {
+				s.opt.Pool.Release(c, st == 'I')
+				if err == nil {
+					err = fmt.Errorf("transaction status %q after applying startup settings", st)
+				}
+				return s.fail(ss, "backend_error", err)
 			}
-			return s.fail(ss, "backend_error", err)
+		}
+		startup = c.Params
+		if transaction {
+			s.startupParams.Store(key, maps.Clone(c.Params))
 		}
 	}
 	target := &cancelTarget{branch: route.Branch}
-	target.set(ep.SocketPath(), c.PID, c.SecretKey)
+	if c != nil {
+		target.set(ep.SocketPath(), c.PID, c.SecretKey)
+	}
+	release := func() {
+		if c != nil {
+			s.opt.Pool.Release(c, true)
+		}
+	}
 	key2, err := s.cancel.issue(target)
 	if err != nil {
-		s.opt.Pool.Release(c, true)
+		release()
 		return s.fail(ss, "error", err)
 	}
 	defer s.cancel.revoke(key2.ProcessID)
@@ -397,28 +433,28 @@ func (s *Server) serve(ss *session, active int64) error {
 	// cancel key, ReadyForQuery.
 	var out []byte
 	out, _ = (&pgproto3.AuthenticationOk{}).Encode(out)
-	for k, v := range c.Params {
+	for k, v := range startup {
 		out, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(out)
 	}
 	out, _ = key2.Encode(out)
 	out, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(out)
 	if _, err := ss.conn.Write(out); err != nil {
-		s.opt.Pool.Release(c, true)
+		release()
 		ss.result = "closed_early"
 		return err
 	}
 	_ = ss.raw.SetDeadline(time.Time{})
-	if !route.Pooler && !s.opt.TransactionPooling {
+	if !transaction {
 		return s.sessionPooled(ss, c, target)
 	}
 	desired := make(map[string]string, len(trackedParams))
 	for _, canon := range trackedParams {
-		if v, ok := c.Params[canon]; ok {
+		if v, ok := startup[canon]; ok {
 			desired[canon] = v
 		}
 	}
 	target.clear()
-	s.opt.Pool.Release(c, true)
+	release()
 	return s.sessionTransaction(ss, &txnSession{
 		s: s, ss: ss, key: key, epoch: ep.Generation, dial: dial,
 		target: target, socket: ep.SocketPath(), desired: desired,
