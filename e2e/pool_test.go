@@ -306,3 +306,100 @@ func TestPoolingCopyAndPgbench(t *testing.T) {
 		}
 	}
 }
+
+// TestPreparedStatementsAcrossServers: pgx's default statement cache,
+// explicit named statements, errors inside extended-protocol batches and
+// pgbench -M prepared all work while clients move between two server
+// connections.
+func TestPreparedStatementsAcrossServers(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) { c.Pool.DefaultPoolSize = 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	setup, err := pgx.Connect(ctx, e.url("postgres", testPassword, "main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := setup.Exec(ctx, "CREATE TABLE items AS SELECT g AS id, 'item ' || g AS name FROM generate_series(1, 100) g"); err != nil {
+		t.Fatal(err)
+	}
+	setup.Close(ctx)
+
+	const clients, rounds = 10, 30
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs <- func() error {
+				c, err := pgx.Connect(ctx, e.poolerURL()) // default: cached prepared statements
+				if err != nil {
+					return err
+				}
+				defer c.Close(ctx)
+				if _, err := c.Prepare(ctx, "by_id", "SELECT name FROM items WHERE id = $1"); err != nil {
+					return fmt.Errorf("prepare: %w", err)
+				}
+				for r := 0; r < rounds; r++ {
+					var sum int
+					if err := c.QueryRow(ctx, "SELECT $1::int + $2::int", i, r).Scan(&sum); err != nil || sum != i+r {
+						return fmt.Errorf("client %d round %d: sum %d, %v", i, r, sum, err)
+					}
+					var name string
+					id := (i*rounds+r)%100 + 1
+					if err := c.QueryRow(ctx, "by_id", id).Scan(&name); err != nil || name != fmt.Sprintf("item %d", id) {
+						return fmt.Errorf("client %d round %d: by_id %q, %v", i, r, name, err)
+					}
+					var n int64
+					if err := c.QueryRow(ctx, "SELECT count(*) FROM items WHERE id > $1", r).Scan(&n); err != nil || n != int64(100-r) {
+						return fmt.Errorf("client %d round %d: count %d, %v", i, r, n, err)
+					}
+					if r%10 == 5 {
+						// An error inside an extended-protocol batch.
+						var x int
+						err := c.QueryRow(ctx, "SELECT 1 / ($1::int - $1::int)", r).Scan(&x)
+						if pgCode(err) != "22012" {
+							return fmt.Errorf("client %d: want division_by_zero, got %v", i, err)
+						}
+					}
+				}
+				// Close and reuse a name for another query.
+				if err := c.Deallocate(ctx, "by_id"); err != nil {
+					return fmt.Errorf("deallocate: %w", err)
+				}
+				if _, err := c.Prepare(ctx, "by_id", "SELECT id FROM items WHERE name = $1"); err != nil {
+					return fmt.Errorf("re-prepare: %w", err)
+				}
+				var id int
+				if err := c.QueryRow(ctx, "by_id", "item 7").Scan(&id); err != nil || id != 7 {
+					return fmt.Errorf("re-prepared by_id: %d, %v", id, err)
+				}
+				return nil
+			}()
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+
+	pe := []string{"PGPASSWORD=" + testPassword, "PGHOST=127.0.0.1", fmt.Sprintf("PGPORT=%d", e.port()), "PGUSER=postgres", "PGDATABASE=main-pooler", "PGSSLMODE=disable"}
+	if out, err := runCmd(t, pe, "pgbench", "-i", "-s", "1", "-q"); err != nil {
+		t.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	// One thread per client: pgbench -M prepared prepares with a blocking
+	// PQprepare inside its transactions, so a thread's client could wait
+	// for the server connection another client of the same thread holds.
+	for _, args := range [][]string{
+		{"-n", "-c", "8", "-j", "8", "-t", "50", "-M", "prepared"},
+		{"-n", "-S", "-c", "8", "-j", "2", "-t", "200", "-M", "prepared"},
+	} {
+		out, err := runCmd(t, pe, "pgbench", args...)
+		if err != nil || !strings.Contains(out, "number of failed transactions: 0") || strings.Contains(out, "aborted") {
+			t.Fatalf("pgbench %v: %v\n%s", args, err, out)
+		}
+	}
+}

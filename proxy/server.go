@@ -358,6 +358,11 @@ func (s *Server) serve(ss *session, active int64) error {
 	// directly. What the backend says (say, the database does not exist) is
 	// reported only once the client has authenticated.
 	transaction := route.Pooler || s.opt.TransactionPooling
+	if transaction {
+		// Transaction-pooled connections are not reset between clients, so
+		// they are kept apart from session-mode ones.
+		key.Options += "\x00transaction"
+	}
 	// A transaction-pooled client needs no server connection to log in once
 	// the pool has seen the key: the startup parameters come from a cache.
 	var cached map[string]string

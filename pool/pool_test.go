@@ -1,0 +1,162 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// pipeDial returns connections over in-memory pipes; the pool only lends
+// them, it never speaks the protocol on them in these tests.
+func pipeDial(dialed *int, mu *sync.Mutex) DialFunc {
+	return func(context.Context) (*Conn, error) {
+		mu.Lock()
+		*dialed++
+		mu.Unlock()
+		a, b := net.Pipe()
+		go func() { <-time.After(time.Minute); b.Close() }()
+		return &Conn{Net: a, Params: map[string]string{}}, nil
+	}
+}
+
+func TestFIFOHandOff(t *testing.T) {
+	p := New(Options{PoolSize: 1, QueryWaitTimeout: 5 * time.Second})
+	defer p.Close()
+	var mu sync.Mutex
+	dialed := 0
+	dial := pipeDial(&dialed, &mu)
+	k := Key{Branch: "main", Database: "db", User: "u"}
+	ctx := context.Background()
+	first, _, err := p.Acquire(ctx, k, 1, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan int, 3)
+	var wg sync.WaitGroup
+	for i := 1; i <= 3; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			c, _, err := p.Acquire(ctx, k, 1, dial)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- i
+			p.Release(c, true)
+		}(i)
+		// Queue them in a known order.
+		waitFor(t, func() bool { return p.Stats().Waiting == i })
+	}
+	// A late arrival must not overtake the queue.
+	p.Release(first, true)
+	late, _, err := p.Acquire(ctx, k, 1, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Release(late, true)
+	wg.Wait()
+	close(order)
+	got := []int{}
+	for i := range order {
+		got = append(got, i)
+	}
+	if len(got) != 3 || got[0] != 1 || got[1] != 2 || got[2] != 3 || dialed != 1 {
+		t.Fatalf("order %v, dialed %d", got, dialed)
+	}
+}
+
+func TestWaitTimeoutAndEpoch(t *testing.T) {
+	p := New(Options{PoolSize: 1, QueryWaitTimeout: 100 * time.Millisecond})
+	defer p.Close()
+	var mu sync.Mutex
+	dialed := 0
+	dial := pipeDial(&dialed, &mu)
+	k := Key{Branch: "main"}
+	c, _, err := p.Acquire(context.Background(), k, 1, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.Acquire(context.Background(), k, 1, dial); !errors.Is(err, ErrWaitTimeout) {
+		t.Fatalf("want ErrWaitTimeout, got %v", err)
+	}
+	p.Release(c, true)
+	// A new compute generation: the idle connection is not lent again.
+	c2, _, err := p.Acquire(context.Background(), k, 2, dial)
+	if err != nil || c2 == c || dialed != 2 {
+		t.Fatalf("got the old-epoch connection (dialed %d, %v)", dialed, err)
+	}
+	p.Release(c2, false)
+	if st := p.Stats(); st.Active != 0 || st.Idle != 0 {
+		t.Fatalf("stats after discard: %+v", st)
+	}
+}
+
+func TestStatementLRU(t *testing.T) {
+	l := NewStatementLRU(2)
+	if l.Add("a") != "" || l.Add("b") != "" {
+		t.Fatal("early eviction")
+	}
+	l.Has("a") // a is now the most recent
+	if ev := l.Add("c"); ev != "b" {
+		t.Fatalf("evicted %q, want b", ev)
+	}
+	if !l.Has("a") || l.Has("b") || !l.Has("c") {
+		t.Fatal("wrong contents")
+	}
+	l.Clear()
+	if l.Len() != 0 || l.Has("a") {
+		t.Fatal("not cleared")
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestFairUnderChurn: clients that give a connection back and ask again at
+// once do not starve the others waiting.
+func TestFairUnderChurn(t *testing.T) {
+	p := New(Options{PoolSize: 1, QueryWaitTimeout: 2 * time.Second})
+	defer p.Close()
+	var mu sync.Mutex
+	dialed := 0
+	dial := pipeDial(&dialed, &mu)
+	k := Key{Branch: "main"}
+	const clients = 8
+	turns := make([]int, clients)
+	stop := time.Now().Add(500 * time.Millisecond)
+	var wg sync.WaitGroup
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for time.Now().Before(stop) {
+				c, _, err := p.Acquire(context.Background(), k, 1, dial)
+				if err != nil {
+					t.Errorf("client %d: %v", i, err)
+					return
+				}
+				turns[i]++
+				time.Sleep(100 * time.Microsecond)
+				p.Release(c, true)
+			}
+		}(i)
+	}
+	wg.Wait()
+	for i, n := range turns {
+		if n == 0 {
+			t.Fatalf("client %d starved: turns %v", i, turns)
+		}
+	}
+}

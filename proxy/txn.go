@@ -1,0 +1,651 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/neonproxy/neonproxy/pool"
+)
+
+// txnSession is a transaction-pooled client: it holds a server connection
+// only from the first message of a transaction to the ReadyForQuery that
+// ends it ('I', nothing else outstanding), unless session state it created
+// pins it to that connection.
+//
+// Named prepared statements survive the change of server connection as in
+// PgBouncer 1.21: every distinct Parse (query and parameter types) gets one
+// server-side name (npx_<hash>), shared by all clients; each client maps its
+// own names to those. A Parse the attached connection already has is not
+// sent (a ParseComplete is made up in its place); before a Bind or Describe
+// on a connection that lacks the statement, the client's Parse is sent
+// first and its ParseComplete swallowed; a client's Close of a statement is
+// answered here. Each connection keeps an LRU of its statements.
+//
+// The client reader (the session's goroutine) rewrites and forwards
+// messages and queues what each one will be answered with; the server
+// reader of the attached connection relays answers in that order, drops
+// swallowed ones, inserts made-up ones, and detaches at the end of a
+// transaction. Shared state is in mu; neither goroutine holds it across I/O.
+type txnSession struct {
+	s       *Server
+	ss      *session
+	key     pool.Key
+	epoch   uint64
+	dial    pool.DialFunc
+	target  *cancelTarget
+	socket  string
+	desired map[string]string // tracked settings the client expects
+
+	terminated bool
+	out        []byte // client reader's pending output to the server
+
+	mu struct {
+		sync.Mutex
+		sc         *pool.Conn
+		serverDone chan struct{} // closed when the attached conn's reader ends
+		pending    int           // Sync/Query/FunctionCall sent, ReadyForQuery not yet seen
+		writing    bool          // the client reader is sending a batch to sc
+		pinned     string        // reason, once pinned
+		clientGone bool
+		serverErr  error
+		// detachWanted: the server reader found the session idle while a
+		// batch was being written; wake: it was then woken to detach.
+		detachWanted, wake bool
+		queue              []expect            // answers due, oldest first
+		stmts              map[string]*stmtDef // client statement name → definition
+	}
+}
+
+// stmtDef is a client's named statement.
+type stmtDef struct {
+	server string // server-side name
+	parse  []byte // the Parse message under the server-side name
+}
+
+// expect is one answer the server (or the proxy) owes the client.
+type expect struct {
+	kind   byte
+	server string // statement name, for Parse kinds
+}
+
+// Kinds of expected answers. Forwarded requests are answered by the server;
+// injected ones are answered by the server but swallowed; synthetic ones
+// are answered by the proxy.
+const (
+	exParse         byte = iota + 1 // '1'
+	exBind                          // '2'
+	exClose                         // '3'
+	exDescribe                      // 'T' or 'n' (after 't' for a statement)
+	exExecute                       // 'C', 'I' or 's'
+	exSync                          // 'Z'
+	exQuery                         // 'Z' (simple Query, FunctionCall)
+	exInjectedParse                 // '1', swallowed
+	exInjectedClose                 // '3', swallowed
+	synParse                        // '1' made up
+	synClose                        // '3' made up
+)
+
+var (
+	parseComplete = []byte{'1', 0, 0, 0, 4}
+	closeComplete = []byte{'3', 0, 0, 0, 4}
+	flushMsg      = []byte{'H', 0, 0, 0, 4}
+)
+
+// noopClose closes a statement that never exists: the server answers
+// CloseComplete, which lets made-up answers at the end of a batch go out
+// in order behind it.
+var noopClose = appendClose(nil, 'S', "npx_noop")
+
+func (s *Server) sessionTransaction(ss *session, t *txnSession) error {
+	t.mu.stmts = map[string]*stmtDef{}
+	err := t.run()
+	ss.result = "ok"
+	if t.terminated {
+		return nil
+	}
+	t.mu.Lock()
+	serr := t.mu.serverErr
+	t.mu.Unlock()
+	if serr != nil {
+		ss.result = "server_closed"
+		return quiet(serr)
+	}
+	ss.result = "client_closed"
+	return quiet(err)
+}
+
+// pinLocked pins the client to its current server connection.
+func (t *txnSession) pinLocked(reason string) {
+	if t.mu.pinned != "" {
+		return
+	}
+	t.mu.pinned = reason
+	t.s.m.PoolPinned.WithLabelValues(reason).Inc()
+	go t.s.log.Info("client pinned to its server connection", zap.String("branch", t.key.Branch),
+		zap.String("user", t.key.User), zap.String("reason", reason),
+		zap.String("client", t.ss.raw.RemoteAddr().String()))
+}
+
+// run is the client reader.
+func (t *txnSession) run() error {
+	bp := t.s.bufs.Get().(*[]byte)
+	defer t.s.bufs.Put(bp)
+	rd := newMsgReader(t.ss.conn, *bp, maxClientMessage)
+	defer t.finish()
+	var batch *pool.Conn
+	var queued int
+	for {
+		typ, msg, err := rd.next()
+		if err != nil {
+			return err
+		}
+		t.ss.bytesIn += int64(len(msg))
+		if typ == 'X' {
+			t.terminated = true
+			return nil
+		}
+		t.mu.Lock()
+		if t.mu.sc == nil {
+			if err := t.mu.serverErr; err != nil {
+				t.mu.Unlock()
+				return err
+			}
+			t.mu.Unlock()
+			if _, err := t.attach(); err != nil {
+				return err
+			}
+			t.mu.Lock()
+		}
+		if batch == nil {
+			batch = t.mu.sc
+			t.mu.writing = true
+			queued = len(t.mu.queue)
+		}
+		t.clientMessageLocked(typ, msg, batch)
+		last := !rd.whole()
+		stillWriting := true
+		if last {
+			t.closeBatchLocked()
+			// A batch that queued answers cannot be detached from before
+			// they arrive, which needs this write: stop blocking the
+			// detach now, or the server's quick answer could find us
+			// still "writing" and keep the connection attached.
+			if len(t.mu.queue) > queued {
+				t.mu.writing, stillWriting = false, false
+			}
+		}
+		t.mu.Unlock()
+		if last || len(t.out) >= 64<<10 {
+			_, werr := batch.Net.Write(t.out)
+			t.out = t.out[:0]
+			if last {
+				if stillWriting {
+					t.endWriteLocked(batch)
+				}
+				batch = nil
+			}
+			if werr != nil {
+				return werr
+			}
+		}
+	}
+}
+
+// idleLocked reports whether the session has nothing outstanding on its
+// connection, after a ReadyForQuery with status st.
+func (t *txnSession) idleLocked(st byte) bool {
+	return st == 'I' && t.mu.pending <= 0 && t.mu.pinned == "" && len(t.mu.queue) == 0
+}
+
+// endWriteLocked ends a batch that queued no answer; if the server reader
+// wanted to detach meanwhile, it is woken (a read deadline) to do so.
+func (t *txnSession) endWriteLocked(batch *pool.Conn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.mu.writing = false
+	if t.mu.detachWanted && t.mu.sc == batch {
+		t.mu.detachWanted = false
+		t.mu.wake = true
+		_ = batch.Net.SetReadDeadline(time.Now())
+	}
+}
+
+// closeBatchLocked makes sure made-up answers at the end of a batch are
+// sent: they go out behind a server answer, so when nothing real follows
+// them a no-op request is added.
+func (t *txnSession) closeBatchLocked() {
+	q := t.mu.queue
+	if len(q) == 0 {
+		return
+	}
+	if k := q[len(q)-1].kind; k == synParse || k == synClose {
+		t.out = append(t.out, noopClose...)
+		t.out = append(t.out, flushMsg...)
+		t.mu.queue = append(t.mu.queue, expect{kind: exInjectedClose})
+	}
+}
+
+// clientMessageLocked rewrites one client message into t.out and queues
+// its answers.
+func (t *txnSession) clientMessageLocked(typ byte, msg []byte, sc *pool.Conn) {
+	body := msg[5:]
+	push := func(k byte, server string) { t.mu.queue = append(t.mu.queue, expect{kind: k, server: server}) }
+	switch typ {
+	case 'P':
+		name, rest, ok := cstring(body)
+		if !ok || name == "" {
+			t.out = append(t.out, msg...)
+			push(exParse, "")
+			t.scanQuery(rest)
+			return
+		}
+		t.scanQuery(rest)
+		def := &stmtDef{server: serverStmtName(rest)}
+		def.parse = appendParse(nil, def.server, rest)
+		t.mu.stmts[name] = def
+		if sc.Prepared.Has(def.server) {
+			push(synParse, "")
+			return
+		}
+		t.sendParseLocked(def, sc, exParse)
+	case 'B':
+		portal, rest, ok1 := cstring(body)
+		name, rest2, ok2 := cstring(rest)
+		def := t.mu.stmts[name]
+		if !ok1 || !ok2 || name == "" || def == nil {
+			t.out = append(t.out, msg...)
+		} else {
+			t.ensureLocked(def, sc)
+			t.out = appendBind(t.out, portal, def.server, rest2)
+		}
+		push(exBind, "")
+	case 'D':
+		if len(body) > 0 && body[0] == 'S' {
+			name, _, ok := cstring(body[1:])
+			if def := t.mu.stmts[name]; ok && name != "" && def != nil {
+				t.ensureLocked(def, sc)
+				t.out = appendDescribe(t.out, 'S', def.server)
+				push(exDescribe, "")
+				return
+			}
+		}
+		t.out = append(t.out, msg...)
+		push(exDescribe, "")
+	case 'C':
+		if len(body) > 0 && body[0] == 'S' {
+			if name, _, ok := cstring(body[1:]); ok && name != "" {
+				delete(t.mu.stmts, name)
+				push(synClose, "")
+				return
+			}
+		}
+		t.out = append(t.out, msg...)
+		push(exClose, "")
+	case 'E':
+		t.out = append(t.out, msg...)
+		push(exExecute, "")
+	case 'S':
+		t.out = append(t.out, msg...)
+		push(exSync, "")
+		t.mu.pending++
+	case 'Q':
+		t.out = append(t.out, msg...)
+		push(exQuery, "")
+		t.mu.pending++
+		t.scanQuery(body)
+	case 'F':
+		t.out = append(t.out, msg...)
+		push(exQuery, "")
+		t.mu.pending++
+	default: // Flush, CopyData, CopyDone, CopyFail
+		t.out = append(t.out, msg...)
+	}
+}
+
+// scanQuery pins the client for session state the server's answers do not
+// reveal.
+func (t *txnSession) scanQuery(q []byte) {
+	switch {
+	case reTempTable.Match(q):
+		t.pinLocked(pinTempTable)
+	case reAdvisory.Match(q):
+		t.pinLocked(pinAdvisory)
+	}
+}
+
+// ensureLocked sends def's Parse first when the connection lacks it.
+func (t *txnSession) ensureLocked(def *stmtDef, sc *pool.Conn) {
+	if !sc.Prepared.Has(def.server) {
+		t.sendParseLocked(def, sc, exInjectedParse)
+	}
+}
+
+func (t *txnSession) sendParseLocked(def *stmtDef, sc *pool.Conn, kind byte) {
+	t.out = append(t.out, def.parse...)
+	t.mu.queue = append(t.mu.queue, expect{kind: kind, server: def.server})
+	if evicted := sc.Prepared.Add(def.server); evicted != "" {
+		t.out = appendClose(t.out, 'S', evicted)
+		t.mu.queue = append(t.mu.queue, expect{kind: exInjectedClose})
+	}
+}
+
+// serverMessageLocked matches one server message against the queue. It
+// appends to out what the client gets (made-up answers due first, the
+// message unless swallowed, made-up answers due after it) and reports
+// whether the message was a ReadyForQuery.
+func (t *txnSession) serverMessageLocked(typ byte, msg []byte, sc *pool.Conn, out []byte) []byte {
+	switch typ {
+	case 'N', 'A', 'S': // asynchronous: notices, notifications, parameters
+		return append(out, msg...)
+	}
+	out = t.popSyntheticLocked(out)
+	q := t.mu.queue
+	swallow := false
+	if len(q) > 0 {
+		head := q[0]
+		pop := false
+		switch typ {
+		case '1':
+			pop = head.kind == exParse || head.kind == exInjectedParse
+			swallow = head.kind == exInjectedParse
+		case '2':
+			pop = head.kind == exBind
+		case '3':
+			pop = head.kind == exClose || head.kind == exInjectedClose
+			swallow = head.kind == exInjectedClose
+		case 'T', 'n':
+			pop = head.kind == exDescribe
+		case 'C', 'I', 's':
+			pop = head.kind == exExecute
+		case 'Z':
+			pop = head.kind == exSync || head.kind == exQuery
+		case 'E':
+			if head.kind != exQuery {
+				// The server skips everything up to the next Sync: so do
+				// we, forgetting statements that were not created.
+				i := 0
+				for i < len(q) && q[i].kind != exSync {
+					if k := q[i].kind; (k == exParse || k == exInjectedParse) && q[i].server != "" {
+						sc.Prepared.Remove(q[i].server)
+					}
+					i++
+				}
+				t.mu.queue = q[i:]
+			}
+		}
+		if pop {
+			t.mu.queue = q[1:]
+		}
+	}
+	if !swallow {
+		out = append(out, msg...)
+	}
+	return t.popSyntheticLocked(out)
+}
+
+// popSyntheticLocked answers made-up requests at the head of the queue.
+func (t *txnSession) popSyntheticLocked(out []byte) []byte {
+	for len(t.mu.queue) > 0 {
+		switch t.mu.queue[0].kind {
+		case synParse:
+			out = append(out, parseComplete...)
+		case synClose:
+			out = append(out, closeComplete...)
+		default:
+			return out
+		}
+		t.mu.queue = t.mu.queue[1:]
+	}
+	return out
+}
+
+// attach borrows a server connection, brings its tracked settings to the
+// client's, and starts its reader.
+func (t *txnSession) attach() (*pool.Conn, error) {
+	ctx := context.Background()
+	c, waited, err := t.s.opt.Pool.Acquire(ctx, t.key, t.epoch, t.dial)
+	if waited > 0 {
+		t.s.m.PoolWait.Observe(waited.Seconds())
+	}
+	if err != nil {
+		return nil, t.s.fail(t.ss, "pool_error", poolError(t.key, err))
+	}
+	if stmts := setStatements(t.desired, c.Params); stmts != "" {
+		sctx, cancel := context.WithTimeout(ctx, resetTimeout)
+		st, err := c.Exec(sctx, stmts)
+		cancel()
+		if err != nil || st != 'I' {
+			t.s.opt.Pool.Release(c, false)
+			return nil, t.s.fail(t.ss, "pool_error", fmt.Errorf("apply session settings on a pooled connection: %w (status %q)", err, st))
+		}
+		for k := range t.desired {
+			t.desired[k] = c.Params[k] // the server's spelling, so the next compare matches
+		}
+	}
+	t.target.set(t.socket, c.PID, c.SecretKey)
+	done := make(chan struct{})
+	t.mu.Lock()
+	t.mu.sc = c
+	t.mu.serverDone = done
+	t.mu.queue = t.mu.queue[:0]
+	t.mu.Unlock()
+	go t.serverReader(c, done)
+	return c, nil
+}
+
+// serverReader relays the attached connection's answers to the client and
+// detaches at the end of a transaction.
+func (t *txnSession) serverReader(c *pool.Conn, done chan struct{}) {
+	defer close(done)
+	bp := t.s.bufs.Get().(*[]byte)
+	defer t.s.bufs.Put(bp)
+	rd := newMsgReader(c.Net, *bp, 1<<30)
+	var out []byte
+	// A SET of a tracked setting is followed by its ParameterStatus, which
+	// PostgreSQL sends just before ReadyForQuery: decide about pinning there.
+	var setSeen, paramSeen bool
+	var lastStatus byte
+	for {
+		typ, msg, rerr := rd.next()
+		if rerr != nil && errors.Is(rerr, os.ErrDeadlineExceeded) {
+			t.mu.Lock()
+			woken := t.mu.wake && !t.mu.clientGone
+			t.mu.wake = false
+			detach := woken && !t.mu.writing && t.idleLocked(lastStatus)
+			if detach {
+				t.mu.sc = nil
+			}
+			t.mu.Unlock()
+			if woken {
+				_ = c.Net.SetReadDeadline(time.Time{})
+				if detach {
+					t.target.clear()
+					t.s.opt.Pool.Release(c, true)
+					return
+				}
+				continue
+			}
+		}
+		if rerr != nil {
+			t.serverEnded(c, rerr, lastStatus, out)
+			return
+		}
+		t.ss.bytesOut += int64(len(msg))
+		detach := false
+		t.mu.Lock()
+		switch typ {
+		case 'S':
+			if name, value, ok := splitParam(msg[5:]); ok {
+				c.Params[name] = value
+				if _, tracked := t.desired[name]; tracked {
+					t.desired[name] = value
+					paramSeen = true
+				}
+			}
+		case 'C':
+			switch tag := bytes.TrimRight(msg[5:], "\x00"); {
+			case bytes.Equal(tag, []byte("SET")):
+				setSeen = true
+			case bytes.Equal(tag, []byte("LISTEN")):
+				t.pinLocked(pinListen)
+			case bytes.Equal(tag, []byte("PREPARE")):
+				t.pinLocked(pinPrepare)
+			case bytes.Equal(tag, []byte("DECLARE CURSOR")):
+				t.pinLocked(pinCursor)
+			case bytes.Equal(tag, []byte("DEALLOCATE ALL")), bytes.Equal(tag, []byte("DISCARD ALL")):
+				c.Prepared.Clear()
+				clear(t.mu.stmts)
+			}
+		case 'Z':
+			if setSeen && !paramSeen {
+				t.pinLocked(pinSet)
+			}
+			setSeen, paramSeen = false, false
+			if len(msg) == 6 {
+				lastStatus = msg[5]
+			}
+			t.mu.pending--
+		}
+		out = t.serverMessageLocked(typ, msg, c, out)
+		if typ == 'Z' {
+			detach = !t.mu.writing && t.idleLocked(lastStatus)
+			if detach {
+				t.mu.pending = 0
+				t.mu.sc = nil
+			} else if t.mu.writing && t.idleLocked(lastStatus) {
+				// The client reader is sending a batch that queued no
+				// answer (a lone Flush, say): it wakes us when done.
+				t.mu.detachWanted = true
+			}
+		}
+		t.mu.Unlock()
+		if detach || !rd.whole() || len(out) >= 64<<10 {
+			if _, err := t.ss.conn.Write(out); err != nil {
+				t.endServer(c, false, err)
+				return
+			}
+			out = out[:0]
+		}
+		if detach {
+			t.target.clear()
+			// finish may have set a deadline to stop this reader.
+			_ = c.Net.SetReadDeadline(time.Time{})
+			t.s.opt.Pool.Release(c, true)
+			return
+		}
+	}
+}
+
+// serverEnded handles the end of the server reader by error: the client
+// left (finish set a deadline), or the server connection failed.
+func (t *txnSession) serverEnded(c *pool.Conn, rerr error, lastStatus byte, out []byte) {
+	t.mu.Lock()
+	gone := t.mu.clientGone
+	quiet := len(t.mu.queue) == 0 && t.mu.pending <= 0
+	t.mu.Unlock()
+	if gone && errors.Is(rerr, os.ErrDeadlineExceeded) {
+		// The client left while attached: reset and keep the connection
+		// if nothing was in flight.
+		_ = c.Net.SetReadDeadline(time.Time{})
+		t.s.releaseAfterSession(c, quiet && lastStatus != 0, lastStatus)
+		t.mu.Lock()
+		t.mu.sc = nil
+		t.mu.Unlock()
+		return
+	}
+	if len(out) > 0 {
+		_, _ = t.ss.conn.Write(out)
+	}
+	t.endServer(c, true, rerr)
+}
+
+// endServer handles a server connection that failed: it is closed, and so
+// is the client (the compute's own FATAL, if any, has been relayed).
+func (t *txnSession) endServer(c *pool.Conn, closeClient bool, err error) {
+	t.mu.Lock()
+	t.mu.sc = nil
+	if t.mu.serverErr == nil {
+		t.mu.serverErr = err
+	}
+	t.mu.Unlock()
+	t.target.clear()
+	t.s.opt.Pool.Release(c, false)
+	if closeClient {
+		_ = t.ss.conn.Close()
+	}
+}
+
+// finish runs when the client reader ends: an attached connection's reader
+// is stopped and decides whether the connection can be reused.
+func (t *txnSession) finish() {
+	t.mu.Lock()
+	t.mu.clientGone = true
+	sc, done := t.mu.sc, t.mu.serverDone
+	if sc != nil {
+		// Under mu: the reader cannot have handed sc back to the pool yet,
+		// so this deadline cannot hit the connection's next borrower.
+		_ = sc.Net.SetReadDeadline(time.Now())
+	}
+	t.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+	t.s.countBytes(t.ss)
+}
+
+// serverStmtName names a statement by what defines it: the query text and
+// parameter types (the Parse body after the client's name).
+func serverStmtName(def []byte) string {
+	sum := sha256.Sum256(def)
+	return "npx_" + hex.EncodeToString(sum[:12])
+}
+
+// cstring splits a NUL-terminated string off b.
+func cstring(b []byte) (string, []byte, bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return "", nil, false
+	}
+	return string(b[:i]), b[i+1:], true
+}
+
+func appendHeader(out []byte, typ byte, bodyLen int) []byte {
+	out = append(out, typ)
+	return binary.BigEndian.AppendUint32(out, uint32(4+bodyLen))
+}
+
+// appendParse builds Parse(name) with the rest of a client Parse body.
+func appendParse(out []byte, name string, rest []byte) []byte {
+	out = appendHeader(out, 'P', len(name)+1+len(rest))
+	out = append(append(out, name...), 0)
+	return append(out, rest...)
+}
+
+func appendBind(out []byte, portal, stmt string, rest []byte) []byte {
+	out = appendHeader(out, 'B', len(portal)+1+len(stmt)+1+len(rest))
+	out = append(append(out, portal...), 0)
+	out = append(append(out, stmt...), 0)
+	return append(out, rest...)
+}
+
+func appendDescribe(out []byte, kind byte, name string) []byte {
+	out = appendHeader(out, 'D', 1+len(name)+1)
+	out = append(out, kind)
+	return append(append(out, name...), 0)
+}
+
+func appendClose(out []byte, kind byte, name string) []byte {
+	out = appendHeader(out, 'C', 1+len(name)+1)
+	out = append(out, kind)
+	return append(append(out, name...), 0)
+}
