@@ -15,6 +15,9 @@ type msgReader struct {
 	buf        []byte
 	start, end int
 	max        int // largest message accepted (length word)
+	// shrinkTo, if set, is the size the buffer returns to once it has
+	// grown past 64 KiB and has been drained.
+	shrinkTo int
 }
 
 func newMsgReader(r io.Reader, buf []byte, max int) *msgReader {
@@ -55,6 +58,9 @@ func (m *msgReader) whole() bool {
 func (m *msgReader) fill(n int) error {
 	if m.end-m.start >= n {
 		return nil
+	}
+	if m.shrinkTo > 0 && m.start == m.end && len(m.buf) > 64<<10 && n <= m.shrinkTo {
+		m.buf, m.start, m.end = make([]byte, m.shrinkTo), 0, 0
 	}
 	if m.start+n > len(m.buf) {
 		// Compact, and grow when the message is larger than the buffer.

@@ -95,6 +95,9 @@ const (
 	synClose                        // '3' made up
 )
 
+// clientBufSmall is the idle size of a transaction-pooled client's buffer.
+const clientBufSmall = 1 << 10
+
 var (
 	parseComplete = []byte{'1', 0, 0, 0, 4}
 	closeComplete = []byte{'3', 0, 0, 0, 4}
@@ -138,9 +141,11 @@ func (t *txnSession) pinLocked(reason string) {
 
 // run is the client reader.
 func (t *txnSession) run() error {
-	bp := t.s.bufs.Get().(*[]byte)
-	defer t.s.bufs.Put(bp)
-	rd := newMsgReader(t.ss.conn, *bp, maxClientMessage)
+	// A small buffer of its own, grown on demand and shrunk when drained:
+	// most transaction-pooled clients sit idle, and 10,000 of them must not
+	// each hold a 32 KiB buffer.
+	rd := newMsgReader(t.ss.conn, make([]byte, clientBufSmall), maxClientMessage)
+	rd.shrinkTo = clientBufSmall
 	defer t.finish()
 	var batch *pool.Conn
 	var queued int
