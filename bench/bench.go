@@ -33,26 +33,48 @@ type bench struct {
 	socketDir   string // compute's unix socket directory
 	computePort int
 	computePID  int
-	pgb         *pgbouncer // nil when skipped or failed
+	pgb         *pgbouncer // session mode; nil when skipped or failed
+	pgbTx       *pgbouncer // transaction mode (pooling); nil when skipped or failed
+	nofile      uint64     // RLIMIT_NOFILE after raising it
 }
 
 func (b *bench) runPhases(ctx context.Context) {
+	o := b.opts
 	b.rep.machine = machineInfo()
-	if !b.phase(ctx, "first start", b.firstStart) ||
-		!b.phase(ctx, "cold wake", b.coldWake) ||
-		!b.phase(ctx, "locate compute", b.locateCompute) {
+	b.rep.machine = append(b.rep.machine, kv{"nofile", fmt.Sprintf("%d (RLIMIT_NOFILE of the bench, neonproxy, PgBouncer)", b.nofile)})
+	if !b.phase(ctx, "first start", b.firstStart) {
+		return
+	}
+	if o.has(sectionLatency) && !b.phase(ctx, "cold wake", b.coldWake) {
+		return
+	}
+	if !b.phase(ctx, "locate compute", b.locateCompute) {
 		return
 	}
 	b.phase(ctx, "versions", b.versions)
-	b.phase(ctx, "pgbouncer", b.startPgBouncer)
-	if b.pgb != nil {
-		defer b.pgb.stop()
+	if o.has(sectionLatency) || o.has(sectionPgbench) {
+		b.phase(ctx, "pgbouncer", b.startPgBouncer)
+		if b.pgb != nil {
+			defer b.pgb.stop()
+		}
 	}
-	b.phase(ctx, "warm connect", b.warmConnect)
-	b.phase(ctx, "round trips", b.roundTrips)
-	if b.phase(ctx, "pgbench -i", b.initData) {
-		b.phase(ctx, "pgbench -S", b.selectOnly)
-		b.phase(ctx, "pgbench -S -C", b.selectReconnect)
+	if o.has(sectionLatency) {
+		b.phase(ctx, "warm connect", b.warmConnect)
+		b.phase(ctx, "round trips", b.roundTrips)
+	}
+	if (o.has(sectionPgbench) || o.has(sectionPooling)) && b.phase(ctx, "pgbench -i", b.initData) {
+		if o.has(sectionPgbench) {
+			b.phase(ctx, "pgbench -S", b.selectOnly)
+			b.phase(ctx, "pgbench -S -C", b.selectReconnect)
+		}
+		if o.has(sectionPooling) {
+			b.phase(ctx, "pooling: pgbouncer transaction mode", b.poolingSetup)
+			if b.pgbTx != nil {
+				defer b.pgbTx.stop()
+			}
+			b.phase(ctx, "pooling: idle clients", b.idleClients)
+			b.phase(ctx, "pooling: pgbench", b.poolingPgbench)
+		}
 	}
 	b.phase(ctx, "compute unchanged", b.checkSameCompute)
 }
@@ -163,7 +185,7 @@ func (b *bench) startPgBouncer(ctx context.Context) error {
 		b.rep.pgbouncerNote = noteSkipped
 		return nil
 	}
-	pb, err := startPgBouncer(ctx, b.env, b.socketDir, b.computePort)
+	pb, err := startPgBouncer(ctx, b.env, sessionPgBouncer(b.opts), b.socketDir, b.computePort)
 	if errors.Is(err, errNoPgBouncer) {
 		fmt.Println(errNoPgBouncer)
 		b.rep.pgbouncerNote = errNoPgBouncer.Error()

@@ -1,6 +1,10 @@
 package main
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -43,5 +47,92 @@ func TestSummarize(t *testing.T) {
 	}
 	if got := summarize([]time.Duration{7}); got.median != 7 || got.p99 != 7 {
 		t.Errorf("one sample: %+v", got)
+	}
+}
+
+// TestSCRAMClient checks the proof and server signature against RFC 7677's
+// example exchange (user "user", password "pencil").
+func TestSCRAMClient(t *testing.T) {
+	s := &scramClient{cache: newSaltCache("pencil"), clientNonce: "rOprNGfwEbeRWgbNEkqO",
+		firstBare: "n=user,r=rOprNGfwEbeRWgbNEkqO"}
+	final, err := s.clientFinal("r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+	if string(final) != want {
+		t.Errorf("client final\n got %s\nwant %s", final, want)
+	}
+	if err := s.verifyServer("v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="); err != nil {
+		t.Error(err)
+	}
+	if err := s.verifyServer("v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="); err == nil {
+		t.Error("want an error for a wrong server signature")
+	}
+	if _, err := s.clientFinal("r=other,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"); err == nil {
+		t.Error("want an error for a nonce that does not extend ours")
+	}
+}
+
+func TestLogP99(t *testing.T) {
+	dir := t.TempDir()
+	prefix := filepath.Join(dir, "x")
+	var a, b strings.Builder
+	for i := 1; i <= 100; i++ {
+		w := &a
+		if i%2 == 0 {
+			w = &b
+		}
+		fmt.Fprintf(w, "%d %d %d 0 1700000000 %d\n", i%7, i, i*10, i)
+	}
+	b.WriteString("3 101 failed 0 1700000000 0\n")
+	if err := os.WriteFile(prefix+".123", []byte(a.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(prefix+".123.1", []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p99, n, err := logP99(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p99 != 990*time.Microsecond || n != 100 {
+		t.Errorf("p99 %s over %d, want 990µs over 100", p99, n)
+	}
+	if left, _ := filepath.Glob(prefix + ".*"); len(left) != 0 {
+		t.Errorf("log files left: %v", left)
+	}
+	if _, _, err := logP99(prefix); err == nil {
+		t.Error("want an error without log files")
+	}
+}
+
+func TestParseSections(t *testing.T) {
+	if s, err := parseSections(""); err != nil || len(s) != len(allSections) {
+		t.Errorf("empty: %v %v", s, err)
+	}
+	if s, err := parseSections("pooling, pooling"); err != nil || len(s) != 1 || s[0] != sectionPooling {
+		t.Errorf("pooling: %v %v", s, err)
+	}
+	if _, err := parseSections("pooling,nope"); err == nil {
+		t.Error("want an error for an unknown section")
+	}
+}
+
+func TestSummarizeRuns(t *testing.T) {
+	pw := poolWorkload{runs: []poolRun{
+		{path: nameProxyPooler, r: pgbenchResult{tps: 30, latencyMS: 1, p99: 3 * time.Millisecond}, base: 40, peak: 61},
+		{path: nameDirect, r: pgbenchResult{tps: 100}},
+		{path: nameProxyPooler, r: pgbenchResult{tps: 10, latencyMS: 3, p99: time.Millisecond}, base: 40, peak: 45},
+		{path: nameProxyPooler, err: "boom", base: 0, peak: 99},
+		{path: nameProxyPooler, r: pgbenchResult{tps: 20, latencyMS: 2, p99: 2 * time.Millisecond, failed: 1}, base: -1, peak: 7},
+	}}
+	s := summarizeRuns(pw, nameProxyPooler)
+	if s.runs != 3 || s.errors != 1 || s.medianTPS != 20 || s.medianLatency != 2 ||
+		s.medianP99 != 2*time.Millisecond || s.newBackends != 21 || s.failed != 1 {
+		t.Errorf("got %+v", s)
+	}
+	if m := medianFloat([]float64{4, 1, 3, 2}); m != 2.5 {
+		t.Errorf("even median %v", m)
 	}
 }

@@ -5,7 +5,7 @@
 // a plain-text report. Timings are never pass/fail; the exit status is
 // non-zero only when the harness itself fails.
 //
-//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick]
+//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling]
 package main
 
 import (
@@ -15,9 +15,20 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 )
+
+// Sections of the report that -only selects.
+const (
+	sectionLatency = "latency" // cold wake, warm connect, round trips
+	sectionPgbench = "pgbench" // session-mode pgbench -S and -S -C
+	sectionPooling = "pooling" // -pooler route vs PgBouncer transaction mode, idle clients
+)
+
+var allSections = []string{sectionLatency, sectionPgbench, sectionPooling}
 
 // options are the command-line flags.
 type options struct {
@@ -29,7 +40,14 @@ type options struct {
 	keep          bool
 	skipPgBouncer bool
 	quick         bool
+	rounds        int      // pooling: alternating rounds per workload
+	idleClients   int      // pooling: idle client connections for the memory measure
+	poolSize      int      // pooling: neonproxy pool.default_pool_size and PgBouncer default_pool_size
+	sections      []string // from -only; all when the flag is empty
 }
+
+// has reports whether section s runs.
+func (o options) has(s string) bool { return slices.Contains(o.sections, s) }
 
 func parseFlags() (options, error) {
 	var o options
@@ -39,19 +57,76 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.clients, "clients", 8, "pgbench clients (-c)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs, data) after the run")
 	flag.BoolVar(&o.skipPgBouncer, "skip-pgbouncer", false, "do not run the PgBouncer comparison")
-	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s")
+	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s -rounds 2 -idle-clients 1000 (explicit flags win)")
+	flag.IntVar(&o.rounds, "rounds", 3, "pooling: runs per path and workload, alternating neonproxy, PgBouncer, direct")
+	flag.IntVar(&o.idleClients, "idle-clients", 10000, "pooling: idle client connections opened for the memory-per-client measure")
+	flag.IntVar(&o.poolSize, "pool-size", 20, "pooling: server connections per pool (neonproxy pool.default_pool_size, PgBouncer default_pool_size)")
+	only := flag.String("only", "", "comma-separated sections to run: "+strings.Join(allSections, ", ")+" (default: all)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %v", flag.Args())
 	}
 	if o.quick {
-		o.tries, o.duration = 5, 3*time.Second
+		set := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		quick := map[string]func(){
+			"tries":        func() { o.tries = 5 },
+			"duration":     func() { o.duration = 3 * time.Second },
+			"rounds":       func() { o.rounds = 2 },
+			"idle-clients": func() { o.idleClients = 1000 },
+		}
+		for name, apply := range quick {
+			if !set[name] {
+				apply()
+			}
+		}
 	}
 	if o.tries < 1 || o.clients < 1 || o.duration < time.Second {
 		return o, errors.New("-tries and -clients must be ≥ 1 and -duration ≥ 1s")
 	}
+	if o.rounds < 1 || o.idleClients < 0 || o.poolSize < 1 {
+		return o, errors.New("-rounds and -pool-size must be ≥ 1 and -idle-clients ≥ 0")
+	}
+	var err error
+	if o.sections, err = parseSections(*only); err != nil {
+		return o, err
+	}
 	o.connDuration = min(o.duration, 10*time.Second)
 	return o, nil
+}
+
+// parseSections reads -only: a comma-separated list of section names, or
+// empty for all of them.
+func parseSections(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return slices.Clone(allSections), nil
+	}
+	var out []string
+	for _, name := range strings.Split(s, ",") {
+		name = strings.TrimSpace(name)
+		if !slices.Contains(allSections, name) {
+			return nil, fmt.Errorf("-only: unknown section %q (have %s)", name, strings.Join(allSections, ", "))
+		}
+		if !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	return out, nil
+}
+
+// raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit, so that the
+// bench can hold -idle-clients connections. Setting it explicitly (not only
+// the Go runtime's own raise) makes neonproxy and PgBouncer inherit it.
+func raiseFileLimit() (uint64, error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, fmt.Errorf("getrlimit NOFILE: %w", err)
+	}
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, fmt.Errorf("setrlimit NOFILE %d: %w", lim.Max, err)
+	}
+	return lim.Cur, nil
 }
 
 func main() {
@@ -73,19 +148,23 @@ func main() {
 // failures of neonproxy are fatal; failures of single phases are recorded in
 // the report and make the run fail at the end.
 func run(ctx context.Context, o options) (err error) {
+	nofile, err := raiseFileLimit()
+	if err != nil {
+		logf("%v (keeping the current limit)", err)
+	}
 	env, err := newEnv(o)
 	if err != nil {
 		return err
 	}
 	defer env.cleanup()
 
-	px, err := startProxy(ctx, o.neonproxy, env)
+	px, err := startProxy(ctx, o, env)
 	if err != nil {
 		return err
 	}
 	defer px.stop()
 
-	b := &bench{opts: o, env: env, proxy: px, rep: newReport(o)}
+	b := &bench{opts: o, env: env, proxy: px, rep: newReport(o), nofile: nofile}
 	b.runPhases(ctx)
 	b.rep.print(os.Stdout)
 	if ctx.Err() != nil {

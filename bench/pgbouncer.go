@@ -25,13 +25,42 @@ const (
 // errNoPgBouncer means PgBouncer is not installed; its rows are skipped.
 var errNoPgBouncer = errors.New("pgbouncer: not installed (apt-get install pgbouncer)")
 
-// pgbouncer is a running PgBouncer in session mode in front of the compute.
+// pgbouncerConfig is what differs between the bench's PgBouncers.
+type pgbouncerConfig struct {
+	dir           string // subdirectory of the temp dir
+	poolMode      string // session | transaction
+	authType      string // trust | scram-sha-256
+	userlist      string // auth_file content
+	poolSize      int
+	maxClientConn int
+}
+
+// sessionPgBouncer is the session-mode, trust-auth PgBouncer of the
+// latency and pgbench sections.
+func sessionPgBouncer(o options) pgbouncerConfig {
+	return pgbouncerConfig{dir: "pgbouncer", poolMode: "session", authType: "trust",
+		userlist: `"postgres" ""` + "\n", poolSize: o.poolSize, maxClientConn: 1000}
+}
+
+// transactionPgBouncer is the pooling section's PgBouncer: transaction
+// mode, SCRAM with the postgres role's verifier from the compute.
+func transactionPgBouncer(o options, verifier string) pgbouncerConfig {
+	return pgbouncerConfig{dir: "pgbouncer-tx", poolMode: "transaction", authType: "scram-sha-256",
+		userlist: fmt.Sprintf("%q %q\n", "postgres", verifier), poolSize: o.poolSize, maxClientConn: maxClientConn(o)}
+}
+
+// maxClientConn is the client limit of neonproxy and the transaction-mode
+// PgBouncer: the idle clients plus room for pgbench's.
+func maxClientConn(o options) int { return o.idleClients + 1000 }
+
+// pgbouncer is a running PgBouncer in front of the compute.
 type pgbouncer struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	port    int
 	dir     string
 	version string
+	cfg     pgbouncerConfig
 }
 
 // pgbouncerPath returns the PgBouncer binary or errNoPgBouncer.
@@ -47,12 +76,12 @@ func pgbouncerPath() (string, error) {
 
 // startPgBouncer configures PgBouncer to reach the compute on its unix
 // socket (socketDir, port) and starts it as the OS user postgres.
-func startPgBouncer(ctx context.Context, e *env, socketDir string, computePort int) (*pgbouncer, error) {
+func startPgBouncer(ctx context.Context, e *env, cfg pgbouncerConfig, socketDir string, computePort int) (*pgbouncer, error) {
 	bin, err := pgbouncerPath()
 	if err != nil {
 		return nil, err
 	}
-	pb := &pgbouncer{dir: e.path("pgbouncer"), exited: make(chan struct{})}
+	pb := &pgbouncer{dir: e.path(cfg.dir), exited: make(chan struct{}), cfg: cfg}
 	pb.version = commandFirstLine(ctx, bin, "--version")
 	ini, err := pb.writeFiles(socketDir, computePort)
 	if err != nil {
@@ -102,21 +131,22 @@ func (pb *pgbouncer) writeFiles(socketDir string, computePort int) (string, erro
 listen_addr = 127.0.0.1
 listen_port = %d
 unix_socket_dir =
-auth_type = trust
+auth_type = %s
 auth_file = %s
-pool_mode = session
-default_pool_size = 20
-max_client_conn = 1000
+pool_mode = %s
+default_pool_size = %d
+max_client_conn = %d
 ignore_startup_parameters = extra_float_digits
 log_connections = 0
 log_disconnections = 0
 logfile = %s
 pidfile = %s
-`, branch, socketDir, computePort, port, filepath.Join(pb.dir, "userlist.txt"),
+`, branch, socketDir, computePort, port, pb.cfg.authType, filepath.Join(pb.dir, "userlist.txt"),
+		pb.cfg.poolMode, pb.cfg.poolSize, pb.cfg.maxClientConn,
 		filepath.Join(pb.dir, "pgbouncer.log"), filepath.Join(pb.dir, "pgbouncer.pid"))
 	files := map[string]string{
 		"pgbouncer.ini": ini,
-		"userlist.txt":  `"postgres" ""` + "\n",
+		"userlist.txt":  pb.cfg.userlist,
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(pb.dir, name), []byte(content), 0o600); err != nil {
@@ -176,6 +206,10 @@ func (pb *pgbouncer) awaitListening(ctx context.Context) error {
 		}
 	}
 }
+
+// pid is the PgBouncer process id (for its RSS). PgBouncer runs in the
+// foreground (-u only switches user), so it is the child itself.
+func (pb *pgbouncer) pid() int { return pb.cmd.Process.Pid }
 
 // stop shuts PgBouncer down immediately (SIGTERM); SIGKILL after a while.
 func (pb *pgbouncer) stop() {

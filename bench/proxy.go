@@ -42,8 +42,8 @@ var readyLine = regexp.MustCompile(`psql '(postgres://[^']+)'`)
 
 // startProxy writes a config into e and starts neonproxy, returning once it
 // has printed its connection string.
-func startProxy(ctx context.Context, bin string, e *env) (*proxy, error) {
-	bin, err := filepath.Abs(bin)
+func startProxy(ctx context.Context, o options, e *env) (*proxy, error) {
+	bin, err := filepath.Abs(o.neonproxy)
 	if err != nil {
 		return nil, fmt.Errorf("neonproxy path: %w", err)
 	}
@@ -52,7 +52,7 @@ func startProxy(ctx context.Context, bin string, e *env) (*proxy, error) {
 	}
 	p := &proxy{dataDir: e.path("data"), logPath: e.path("neonproxy.log"), exited: make(chan struct{}),
 		http: &http.Client{Timeout: adminCallTimeout}}
-	cfgPath, err := p.writeConfig(e)
+	cfgPath, err := p.writeConfig(e, o)
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +82,15 @@ func startProxy(ctx context.Context, bin string, e *env) (*proxy, error) {
 	return p, nil
 }
 
-func (p *proxy) writeConfig(e *env) (string, error) {
+// computeMaxConnections lets the direct path run the many-clients workload
+// with room to spare (superuser_reserved_connections, neonproxy's own
+// verifier lookups, the bench's observer connection).
+const computeMaxConnections = manyClients + 100
+
+// writeConfig writes the neonproxy config. The pool keys are written out
+// even where they equal the defaults, so that the comparison with
+// PgBouncer's default_pool_size is explicit.
+func (p *proxy) writeConfig(e *env, o options) (string, error) {
 	port, err := freePort()
 	if err != nil {
 		return "", err
@@ -98,9 +106,13 @@ data_dir: %s
 default_branch: %s
 compute:
   suspend_timeout: 1h
+  max_connections: %d
+pool:
+  default_pool_size: %d
+  max_client_conn: %d
 log:
   level: warn
-`, port, adminPort, p.dataDir, branch)
+`, port, adminPort, p.dataDir, branch, computeMaxConnections, o.poolSize, maxClientConn(o))
 	path := e.path("neonproxy.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return "", fmt.Errorf("write neonproxy config: %w", err)
@@ -173,6 +185,9 @@ func (p *proxy) url(sslmode string) string {
 	return fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/%s?sslmode=%s",
 		url.QueryEscape(p.password), p.port, branch, sslmode)
 }
+
+// pid is the neonproxy process id (for its RSS).
+func (p *proxy) pid() int { return p.cmd.Process.Pid }
 
 // computeStatus is the part of GET /v1/branches/NAME the bench reads.
 type computeStatus struct {

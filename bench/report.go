@@ -37,7 +37,16 @@ type report struct {
 	selectOnly    []namedPgbench
 	reconnect     []namedPgbench
 	pgbouncerNote string
+	pooling       poolingReport
 	problems      []string
+}
+
+// poolingReport is the pooling section's results.
+type poolingReport struct {
+	ran           bool // every workload ran (some runs may have failed)
+	workloads     []poolWorkload
+	idle          []idleResult
+	pgbouncerNote string
 }
 
 func newReport(o options) *report {
@@ -125,13 +134,16 @@ func (r *report) print(w io.Writer) {
 	p("# neonproxy benchmark — %s", r.started.UTC().Format(time.RFC3339))
 	p("")
 	p("All numbers come from one run: one neonproxy, one compute (branch %s), one machine.", branch)
-	p("Settings: -tries %d, -duration %s, -clients %d, pgbench scale %d.", r.opts.tries, r.opts.duration, r.opts.clients, pgbenchScale)
+	p("Settings: -tries %d, -duration %s, -clients %d, pgbench scale %d, -only %s; pooling: -rounds %d, -pool-size %d, -idle-clients %d.",
+		r.opts.tries, r.opts.duration, r.opts.clients, pgbenchScale, strings.Join(r.opts.sections, ","),
+		r.opts.rounds, r.opts.poolSize, r.opts.idleClients)
 	r.printMachine(p)
 	r.printCold(p)
 	r.printWarm(p)
 	r.printRoundTrip(p)
 	r.printSelectOnly(p)
 	r.printReconnect(p)
+	r.printPooling(p)
 	r.printCommands(p)
 	r.printProblems(p)
 }
@@ -147,6 +159,9 @@ func (r *report) printMachine(p printer) {
 	}
 	if r.pgbouncerNote != "" {
 		p("- pgbouncer: %s", r.pgbouncerNote)
+	}
+	if r.pooling.pgbouncerNote != "" && r.pooling.pgbouncerNote != r.pgbouncerNote {
+		p("- pgbouncer (transaction mode): %s", r.pooling.pgbouncerNote)
 	}
 	p("- load:     %s (at end)", loadAvg())
 }
@@ -291,10 +306,26 @@ func (r *report) printCommands(p printer) {
 	for _, n := range append(append([]namedPgbench{}, r.selectOnly...), r.reconnect...) {
 		p("%s", n.r.command)
 	}
+	for _, pw := range r.pooling.workloads {
+		for _, run := range pw.runs {
+			if run.round == 1 && run.r.command != "" {
+				p("%s", run.r.command)
+			}
+		}
+	}
 	p("```")
 	p("")
-	p("PgBouncer: pool_mode=session, default_pool_size=20, auth_type=trust, log_connections=0,")
-	p("server on the compute's unix socket. neonproxy: log.level warn, plaintext (PGSSLMODE=disable).")
+	if r.opts.has(sectionLatency) || r.opts.has(sectionPgbench) {
+		p("PgBouncer (session rows): pool_mode=session, default_pool_size=%d, auth_type=trust, log_connections=0,", r.opts.poolSize)
+		p("server on the compute's unix socket.")
+	}
+	if r.opts.has(sectionPooling) {
+		p("PgBouncer (pooling rows): pool_mode=transaction, default_pool_size=%d, max_client_conn=%d,", r.opts.poolSize, maxClientConn(r.opts))
+		p("auth_type=scram-sha-256 with the postgres role's verifier from the compute's pg_authid, server on the")
+		p("compute's unix socket. -l logs (workload 3) are parsed for p99 and deleted.")
+	}
+	p("neonproxy: log.level warn, plaintext (PGSSLMODE=disable), compute.max_connections %d,", computeMaxConnections)
+	p("pool.default_pool_size %d, pool.max_client_conn %d.", r.opts.poolSize, maxClientConn(r.opts))
 }
 
 func (r *report) printProblems(p printer) {

@@ -53,6 +53,17 @@ func splitStartup(rt router.Route, params map[string]string) (key pool.Key, trac
 // setStatements returns the SET commands that bring have to want for the
 // tracked settings, as one simple-query string ("" when nothing differs).
 func setStatements(want, have map[string]string) string {
+	// The common case, checked without allocating: nothing differs.
+	differ := false
+	for k, v := range want {
+		if have[k] != v {
+			differ = true
+			break
+		}
+	}
+	if !differ {
+		return ""
+	}
 	var b strings.Builder
 	names := make([]string, 0, len(want))
 	for k := range want {

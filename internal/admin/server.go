@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"regexp"
 	"sort"
 	"strings"
@@ -84,6 +85,12 @@ func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metric
 	mux.HandleFunc("GET /v1/branches/{name}", h.getBranch)
 	mux.HandleFunc("DELETE /v1/branches/{name}", h.deleteBranch)
 	mux.HandleFunc("POST /v1/branches/{name}/suspend", h.suspendBranch)
+	// Go profiling, for measuring the proxy's hot paths under load (the
+	// admin API is meant for loopback or a private network).
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	// The same paths without a method: any other method is a JSON 405
 	// (ServeMux's own 405 is plain text).
 	for path, allow := range map[string]string{
