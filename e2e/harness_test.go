@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"gopkg.in/yaml.v3"
 
 	"github.com/neonproxy/neonproxy/internal/config"
 	"github.com/neonproxy/neonproxy/internal/server"
@@ -39,11 +40,26 @@ type env struct {
 	cfg     config.Config
 	srv     *server.Server
 	logPath string
+	// configPath, when set, is the YAML file the server is started with
+	// (see newEnvWithFile).
+	configPath string
 }
 
 // newEnv starts a server on a fresh data directory. mutate adjusts the
 // configuration before start.
 func newEnv(t *testing.T, mutate func(*config.Config)) *env {
+	t.Helper()
+	return newEnvOpt(t, mutate, false)
+}
+
+// newEnvWithFile is newEnv with the configuration written to a YAML file
+// the server is started with (so RELOAD can re-read it; see writeConfig).
+func newEnvWithFile(t *testing.T, mutate func(*config.Config)) *env {
+	t.Helper()
+	return newEnvOpt(t, mutate, true)
+}
+
+func newEnvOpt(t *testing.T, mutate func(*config.Config), withFile bool) *env {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("integration test (needs PostgreSQL 15)")
@@ -71,6 +87,10 @@ func newEnv(t *testing.T, mutate func(*config.Config)) *env {
 		mutate(&cfg)
 	}
 	e := &env{t: t, dir: dir, cfg: cfg, logPath: filepath.Join(dir, "neonproxy.log")}
+	if withFile {
+		e.configPath = filepath.Join(dir, "config.yaml")
+		e.writeConfig()
+	}
 	e.start()
 	t.Cleanup(func() {
 		if e.srv != nil {
@@ -104,7 +124,7 @@ func (e *env) start() {
 	log := zap.New(zapcore.NewCore(enc, zapcore.AddSync(f), zapcore.DebugLevel))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	srv, err := server.New(ctx, e.cfg, log, server.Options{NoSync: true})
+	srv, err := server.New(ctx, e.cfg, log, server.Options{NoSync: true, ConfigPath: e.configPath})
 	if err != nil {
 		e.t.Fatalf("server.New: %v", err)
 	}
@@ -115,6 +135,18 @@ func (e *env) start() {
 	// Later restarts must reuse the same ports.
 	e.cfg.Listen = srv.Addr().String()
 	e.cfg.AdminListen = srv.AdminAddr().String()
+}
+
+// writeConfig writes e.cfg to e.configPath.
+func (e *env) writeConfig() {
+	e.t.Helper()
+	b, err := yaml.Marshal(e.cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.WriteFile(e.configPath, b, 0o600); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 func (e *env) port() int { return e.srv.Addr().(*net.TCPAddr).Port }

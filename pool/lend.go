@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"net"
 	"sort"
 	"sync"
 	"time"
@@ -36,6 +37,10 @@ type Pool struct {
 		closed   bool
 		keys     map[Key]*keyPool
 		byBranch map[string]int // open connections per branch
+		// lent holds the connections sessions have, so SHOW SERVERS can
+		// list them (the key pools only count them).
+		lent   map[*Conn]struct{}
+		paused map[string]bool // branches that lend nothing (PAUSE)
 	}
 }
 
@@ -65,13 +70,34 @@ func New(o Options) *Pool {
 	p := &Pool{o: o, stop: make(chan struct{})}
 	p.mu.keys = map[Key]*keyPool{}
 	p.mu.byBranch = map[string]int{}
+	p.mu.lent = map[*Conn]struct{}{}
+	p.mu.paused = map[string]bool{}
 	p.wg.Add(1)
 	go p.reaper()
 	return p
 }
 
 // Options returns the effective options.
-func (p *Pool) Options() Options { return p.o }
+func (p *Pool) Options() Options {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.o
+}
+
+// SetOptions changes the limits and timeouts of a running pool (RELOAD);
+// MaxPrepared keeps its value. Waiters that a larger pool has room for get
+// their slots at once; a smaller pool only stops new dials, so connections
+// over the new size go as the reaper closes them.
+func (p *Pool) SetOptions(o Options) {
+	o.defaults()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	o.MaxPrepared = p.o.MaxPrepared
+	p.o = o
+	for k, kp := range p.mu.keys {
+		p.grantSlotsLocked(k, kp)
+	}
+}
 
 func (p *Pool) keyLocked(k Key) *keyPool {
 	kp := p.mu.keys[k]
@@ -107,11 +133,14 @@ func (p *Pool) Acquire(ctx context.Context, k Key, epoch uint64, dial DialFunc) 
 		return nil, 0, ErrClosed
 	}
 	kp := p.keyLocked(k)
-	for len(kp.idle) > 0 {
+	// A paused branch lends nothing: its clients queue until RESUME.
+	paused := p.mu.paused[k.Branch]
+	for !paused && len(kp.idle) > 0 {
 		c := kp.idle[len(kp.idle)-1]
 		kp.idle = kp.idle[:len(kp.idle)-1]
 		if p.usableLocked(c, epoch, t0) {
 			kp.active++
+			p.mu.lent[c] = struct{}{}
 			p.mu.Unlock()
 			closeAll(discard)
 			return c, 0, nil
@@ -119,7 +148,7 @@ func (p *Pool) Acquire(ctx context.Context, k Key, epoch uint64, dial DialFunc) 
 		p.forgetLocked(kp, c)
 		discard = append(discard, c)
 	}
-	if p.roomLocked(k, kp) {
+	if !paused && p.roomLocked(k, kp) {
 		p.reserveLocked(k, kp)
 		p.mu.Unlock()
 		closeAll(discard)
@@ -128,10 +157,11 @@ func (p *Pool) Acquire(ctx context.Context, k Key, epoch uint64, dial DialFunc) 
 	}
 	w := &waiter{since: t0, ch: make(chan grant, 1)}
 	kp.waiters = append(kp.waiters, w)
+	waitTimeout := p.o.QueryWaitTimeout
 	p.mu.Unlock()
 	closeAll(discard)
 
-	timer := time.NewTimer(p.o.QueryWaitTimeout)
+	timer := time.NewTimer(waitTimeout)
 	defer timer.Stop()
 	var g grant
 	select {
@@ -164,6 +194,7 @@ func (p *Pool) Acquire(ctx context.Context, k Key, epoch uint64, dial DialFunc) 
 		// Handed a connection to an older compute: replace it in its slot.
 		g.conn.Net.Close()
 		p.mu.Lock()
+		delete(p.mu.lent, g.conn)
 		kp.active--
 		kp.dialing++
 		p.mu.Unlock()
@@ -198,14 +229,15 @@ func (p *Pool) dial(ctx context.Context, k Key, kp *keyPool, epoch uint64, dial 
 		c.Prepared = NewStatementLRU(p.o.MaxPrepared)
 	}
 	kp.active++
+	p.mu.lent[c] = struct{}{}
 	p.mu.Unlock()
 	return c, nil
 }
 
 // grantSlotLocked gives the right to dial to the first waiter, if the key
-// has room.
+// has room and its branch is not paused.
 func (p *Pool) grantSlotLocked(k Key, kp *keyPool) {
-	if len(kp.waiters) == 0 || !p.roomLocked(k, kp) {
+	if len(kp.waiters) == 0 || p.mu.paused[k.Branch] || !p.roomLocked(k, kp) {
 		return
 	}
 	w := kp.waiters[0]
@@ -214,12 +246,65 @@ func (p *Pool) grantSlotLocked(k Key, kp *keyPool) {
 	w.ch <- grant{slot: true}
 }
 
+// grantSlotsLocked grants dial slots to waiters while the key has room.
+func (p *Pool) grantSlotsLocked(k Key, kp *keyPool) {
+	for n := len(kp.waiters); n > 0; n-- {
+		p.grantSlotLocked(k, kp)
+		if len(kp.waiters) == n {
+			return
+		}
+	}
+}
+
+// Pause stops lending connections for branch: Acquire queues (FIFO,
+// bounded by QueryWaitTimeout) and released connections stay idle.
+// Connections already lent are not touched.
+func (p *Pool) Pause(branch string) {
+	p.mu.Lock()
+	p.mu.paused[branch] = true
+	p.mu.Unlock()
+}
+
+// Resume undoes Pause: the branch's waiters get idle connections, then
+// dial slots, in the order they came.
+func (p *Pool) Resume(branch string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.mu.paused[branch] {
+		return
+	}
+	delete(p.mu.paused, branch)
+	for k, kp := range p.mu.keys {
+		if k.Branch != branch {
+			continue
+		}
+		for len(kp.waiters) > 0 && len(kp.idle) > 0 {
+			c := kp.idle[len(kp.idle)-1]
+			kp.idle = kp.idle[:len(kp.idle)-1]
+			w := kp.waiters[0]
+			kp.waiters = kp.waiters[1:]
+			kp.active++
+			p.mu.lent[c] = struct{}{}
+			w.ch <- grant{conn: c} // buffered: never blocks
+		}
+		p.grantSlotsLocked(k, kp)
+	}
+}
+
+// Paused reports whether branch is paused.
+func (p *Pool) Paused(branch string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.paused[branch]
+}
+
 // Release gives a connection back. reusable=false closes it (it errored,
 // its session ended mid-transaction, or its compute is going away).
 func (p *Pool) Release(c *Conn, reusable bool) {
 	p.mu.Lock()
 	kp := p.mu.keys[c.key]
 	kp.active--
+	delete(p.mu.lent, c)
 	if !reusable || p.mu.closed {
 		p.forgetLocked(kp, c)
 		p.grantSlotLocked(c.key, kp)
@@ -228,10 +313,11 @@ func (p *Pool) Release(c *Conn, reusable bool) {
 		return
 	}
 	c.lastUsed = time.Now()
-	if len(kp.waiters) > 0 {
+	if len(kp.waiters) > 0 && !p.mu.paused[c.key.Branch] {
 		w := kp.waiters[0]
 		kp.waiters = kp.waiters[1:]
 		kp.active++
+		p.mu.lent[c] = struct{}{}
 		p.mu.Unlock()
 		w.ch <- grant{conn: c}
 		return
@@ -350,17 +436,63 @@ func (p *Pool) Stats() Stats {
 		s.Keys = append(s.Keys, ks)
 	}
 	p.mu.Unlock()
-	sort.Slice(s.Keys, func(i, j int) bool {
-		a, b := s.Keys[i].Key, s.Keys[j].Key
-		if a.Branch != b.Branch {
-			return a.Branch < b.Branch
-		}
-		if a.Database != b.Database {
-			return a.Database < b.Database
-		}
-		return a.User < b.User
-	})
+	sort.Slice(s.Keys, func(i, j int) bool { return keyLess(s.Keys[i].Key, s.Keys[j].Key) })
 	return s
+}
+
+// ConnInfo describes one open server connection (SHOW SERVERS).
+type ConnInfo struct {
+	Key      Key
+	State    string // "active" (lent) or "idle"
+	Addr     net.Addr
+	Created  time.Time
+	LastUsed time.Time // when it was last given back
+	PID      uint32
+	Epoch    uint64
+	Prepared int // server-side prepared statements
+}
+
+// Conns lists the open server connections, lent and idle, ordered by key
+// then age (connections being dialled are not listed).
+func (p *Pool) Conns() []ConnInfo {
+	info := func(c *Conn, state string) ConnInfo {
+		ci := ConnInfo{Key: c.key, State: state, Addr: c.Net.RemoteAddr(), Created: c.created, LastUsed: c.lastUsed, PID: c.PID, Epoch: c.Epoch}
+		if c.Prepared != nil {
+			ci.Prepared = c.Prepared.Count()
+		}
+		return ci
+	}
+	p.mu.Lock()
+	out := make([]ConnInfo, 0, len(p.mu.lent))
+	for c := range p.mu.lent {
+		out = append(out, info(c, "active"))
+	}
+	for _, kp := range p.mu.keys {
+		for _, c := range kp.idle {
+			out = append(out, info(c, "idle"))
+		}
+	}
+	p.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if a, b := out[i].Key, out[j].Key; a != b {
+			return keyLess(a, b)
+		}
+		return out[i].Created.Before(out[j].Created)
+	})
+	return out
+}
+
+func keyLess(a, b Key) bool {
+	if a.Branch != b.Branch {
+		return a.Branch < b.Branch
+	}
+	if a.Database != b.Database {
+		return a.Database < b.Database
+	}
+	if a.User != b.User {
+		return a.User < b.User
+	}
+	return a.Options < b.Options
 }
 
 func closeAll(cs []*Conn) {

@@ -160,3 +160,120 @@ func TestFairUnderChurn(t *testing.T) {
 		}
 	}
 }
+
+// TestPauseResume: a paused branch lends nothing (idle or new) while other
+// branches go on; waiters time out as usual; RESUME serves them in order;
+// connections lent before the pause are untouched.
+func TestPauseResume(t *testing.T) {
+	p := New(Options{PoolSize: 2, QueryWaitTimeout: 5 * time.Second})
+	defer p.Close()
+	var mu sync.Mutex
+	dialed := 0
+	dial := pipeDial(&dialed, &mu)
+	k := Key{Branch: "main", Database: "db", User: "u"}
+	ctx := context.Background()
+	held, _, err := p.Acquire(ctx, k, 1, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle, _, err := p.Acquire(ctx, k, 1, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Release(idle, true)
+
+	p.Pause("main")
+	if !p.Paused("main") || p.Paused("dev") {
+		t.Fatal("Paused")
+	}
+	// Another branch is not affected.
+	other, _, err := p.Acquire(ctx, Key{Branch: "dev"}, 1, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Release(other, true)
+	// A short wait ends in ErrWaitTimeout although a connection is idle.
+	sctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	if _, _, err := p.Acquire(sctx, k, 1, dial); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("paused Acquire: %v", err)
+	}
+	cancel()
+	order := make(chan int, 3)
+	var wg sync.WaitGroup
+	for i := 1; i <= 3; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			c, _, err := p.Acquire(ctx, k, 1, dial)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- i
+			time.Sleep(10 * time.Millisecond)
+			p.Release(c, true)
+		}(i)
+		waitFor(t, func() bool { return p.Stats().Waiting == i })
+	}
+	// Giving back the held connection does not hand it to a waiter.
+	p.Release(held, true)
+	time.Sleep(20 * time.Millisecond)
+	if st := p.Stats(); st.Waiting != 3 || st.Idle != 3 || st.Active != 0 {
+		t.Fatalf("paused stats %+v", st)
+	}
+	p.Resume("main")
+	wg.Wait()
+	close(order)
+	var got []int
+	for i := range order {
+		got = append(got, i)
+	}
+	// The two idle connections go to the first two waiters, the third
+	// waits for one of them.
+	if len(got) != 3 || got[2] != 3 {
+		t.Fatalf("order %v", got)
+	}
+	if dialed != 3 {
+		t.Fatalf("dialed %d, want 3 (main 2, dev 1)", dialed)
+	}
+}
+
+func TestConnsAndSetOptions(t *testing.T) {
+	p := New(Options{PoolSize: 1, QueryWaitTimeout: 5 * time.Second})
+	defer p.Close()
+	var mu sync.Mutex
+	dialed := 0
+	dial := pipeDial(&dialed, &mu)
+	k := Key{Branch: "main", Database: "db", User: "u"}
+	ctx := context.Background()
+	a, _, err := p.Acquire(ctx, k, 1, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.PID = 42
+	a.Prepared.Add("s1")
+	got := make(chan *Conn, 1)
+	go func() {
+		c, _, err := p.Acquire(ctx, k, 1, dial)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+	// A larger pool lets the waiter dial at once.
+	p.SetOptions(Options{PoolSize: 2, QueryWaitTimeout: time.Second})
+	b := <-got
+	if o := p.Options(); o.PoolSize != 2 || o.QueryWaitTimeout != time.Second || o.MaxPrepared != 200 {
+		t.Fatalf("options %+v", o)
+	}
+	p.Release(b, true)
+	cs := p.Conns()
+	if len(cs) != 2 || cs[0].State != "active" || cs[0].PID != 42 || cs[0].Prepared != 1 || cs[1].State != "idle" {
+		t.Fatalf("conns %+v", cs)
+	}
+	p.Release(a, false)
+	if cs := p.Conns(); len(cs) != 1 || cs[0].State != "idle" {
+		t.Fatalf("conns after close %+v", cs)
+	}
+}

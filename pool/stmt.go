@@ -1,6 +1,9 @@
 package pool
 
-import "container/list"
+import (
+	"container/list"
+	"sync/atomic"
+)
 
 // StatementLRU remembers which server-side prepared statements exist on one
 // server connection, evicting the least recently used beyond its capacity
@@ -9,6 +12,9 @@ type StatementLRU struct {
 	max   int
 	order *list.List // front: most recently used
 	byKey map[string]*list.Element
+	// count mirrors Len for readers on other goroutines (SHOW SERVERS)
+	// while the connection's holder changes the list.
+	count atomic.Int32
 }
 
 // NewStatementLRU returns an empty LRU holding at most max names.
@@ -33,6 +39,7 @@ func (l *StatementLRU) Add(name string) (evicted string) {
 		return ""
 	}
 	l.byKey[name] = l.order.PushFront(name)
+	defer func() { l.count.Store(int32(l.order.Len())) }()
 	if l.order.Len() <= l.max {
 		return ""
 	}
@@ -48,6 +55,7 @@ func (l *StatementLRU) Remove(name string) {
 	if e, ok := l.byKey[name]; ok {
 		l.order.Remove(e)
 		delete(l.byKey, name)
+		l.count.Store(int32(l.order.Len()))
 	}
 }
 
@@ -55,7 +63,11 @@ func (l *StatementLRU) Remove(name string) {
 func (l *StatementLRU) Clear() {
 	l.order.Init()
 	clear(l.byKey)
+	l.count.Store(0)
 }
 
 // Len is the number of names held.
 func (l *StatementLRU) Len() int { return l.order.Len() }
+
+// Count is Len, safe to call from any goroutine.
+func (l *StatementLRU) Count() int { return int(l.count.Load()) }

@@ -27,9 +27,15 @@ var terminateMsg = []byte{'X', 0, 0, 0, 4}
 // When the client leaves cleanly (Terminate at a message boundary, server
 // idle) the connection is reset and goes back to the pool; otherwise it is
 // closed.
-func (s *Server) sessionPooled(ss *session, c *pool.Conn, target *cancelTarget) error {
+func (s *Server) sessionPooled(ss *session, c *pool.Conn, target *cancelTarget, ks *keyStats) error {
 	var cf, bf pgwire.Framer
 	cf.MaxLen = maxClientMessage
+	var queries int64 // read by this goroutine once the pump has ended
+	cf.OnHeader = func(typ byte, _ int) {
+		if typ == 'Q' || typ == 'E' {
+			queries++
+		}
+	}
 	type result struct {
 		n   int64
 		err error
@@ -59,6 +65,12 @@ func (s *Server) sessionPooled(ss *session, c *pool.Conn, target *cancelTarget) 
 	}
 	ss.bytesIn, ss.bytesOut = cr.n, sr.n
 	s.countBytes(ss)
+	// Session mode counts at the end of the session, so the relay loop
+	// stays free of bookkeeping.
+	ks.queries.Add(queries)
+	ks.xacts.Add(int64(bf.IdleCount))
+	ks.received.Add(ss.bytesIn)
+	ks.sent.Add(ss.bytesOut)
 	target.clear()
 	clean := cf.Terminated && cf.AtBoundary() && bf.AtBoundary() && bf.LastType == 'Z' &&
 		errors.Is(sr.err, os.ErrDeadlineExceeded)

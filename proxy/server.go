@@ -43,6 +43,11 @@ type Branches interface {
 	Get(ctx context.Context, name string) (router.Branch, error)
 }
 
+// Lister lists the branches (SHOW BRANCHES).
+type Lister interface {
+	List(ctx context.Context) ([]router.Branch, error)
+}
+
 // Options configures a Server. Zero values take the documented defaults.
 type Options struct {
 	Resolver router.Resolver
@@ -66,6 +71,17 @@ type Options struct {
 	TransactionPooling bool
 	Logger             *zap.Logger
 	Metrics            *metrics.Metrics
+
+	// The admin console (psql -d neonproxy). AdminUsers may log in to it
+	// besides the superuser postgres of the default branch; SetAdminUsers
+	// changes the list later.
+	AdminUsers []string
+	// Lister and ComputeState feed SHOW BRANCHES; nil: it lists nothing.
+	Lister       Lister
+	ComputeState func(branch string) string
+	// Reload re-reads the configuration for RELOAD and applies what it can;
+	// the notice names changed keys that need a restart. Nil: RELOAD fails.
+	Reload func() (notice string, err error)
 }
 
 // Server is the front door. Serve it on one or more listeners; Close ends
@@ -82,6 +98,10 @@ type Server struct {
 	// connection reported, so transaction-pooled clients log in without
 	// borrowing one (map values are never modified after Store).
 	startupParams sync.Map
+	// keyStats holds a *keyStats per pool key (SHOW STATS).
+	keyStats   sync.Map
+	clients    clientRegistry
+	adminUsers atomic.Pointer[[]string]
 
 	mu struct {
 		sync.Mutex
@@ -120,6 +140,7 @@ func New(opt Options) (*Server, error) {
 	s.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
 	s.mu.listeners = map[net.Listener]struct{}{}
 	s.mu.conns = map[net.Conn]struct{}{}
+	s.SetAdminUsers(opt.AdminUsers)
 	return s, nil
 }
 
@@ -309,6 +330,9 @@ func (s *Server) serve(ss *session, active int64) error {
 		})
 	}
 	ss.route.User = params["user"]
+	if params["database"] == router.ConsoleDatabase {
+		return s.console(ss, params, minor)
+	}
 	route, err := s.opt.Resolver.Resolve(ss.sni, params)
 	ss.route = route
 	if err != nil {
@@ -335,6 +359,23 @@ func (s *Server) serve(ss *session, active int64) error {
 			return err
 		}
 	}
+	key, tracked, dialParams := splitStartup(route, params)
+	transaction := route.Pooler || s.opt.TransactionPooling
+	if transaction {
+		// Transaction-pooled connections are not reset between clients, so
+		// they are kept apart from session-mode ones.
+		key.Options += txnKeySuffix
+	}
+	// Listed by the admin console from here on; it waits for its compute
+	// and a server connection first.
+	info := &clientInfo{
+		key: key, transaction: transaction, remote: ss.raw.RemoteAddr(), local: ss.raw.LocalAddr(),
+		connected: time.Now(), tls: ss.tls, appName: params["application_name"],
+	}
+	info.setState(clientWaiting)
+	s.clients.add(info)
+	defer s.clients.remove(info)
+	ks := s.stats(key)
 
 	// Hold the client while the compute wakes: wake_timeout (inside
 	// Acquire) bounds this, not the startup timeout.
@@ -348,7 +389,6 @@ func (s *Server) serve(ss *session, active int64) error {
 	s.m.WakeDuration.WithLabelValues(string(lease.Kind)).Observe(lease.Waited.Seconds())
 
 	_ = ss.raw.SetDeadline(time.Now().Add(s.opt.StartupTimeout))
-	key, tracked, dialParams := splitStartup(route, params)
 	ep := lease.Endpoint
 	dial := func(ctx context.Context) (*pool.Conn, error) { return s.dialBackend(ctx, ep, route, dialParams) }
 	// Get a server connection while the client does its share of SCRAM
@@ -357,12 +397,6 @@ func (s *Server) serve(ss *session, active int64) error {
 	// unauthenticated client costs a compute no more than it would
 	// directly. What the backend says (say, the database does not exist) is
 	// reported only once the client has authenticated.
-	transaction := route.Pooler || s.opt.TransactionPooling
-	if transaction {
-		// Transaction-pooled connections are not reset between clients, so
-		// they are kept apart from session-mode ones.
-		key.Options += "\x00transaction"
-	}
 	// A transaction-pooled client needs no server connection to log in once
 	// the pool has seen the key: the startup parameters come from a cache.
 	var cached map[string]string
@@ -403,6 +437,7 @@ func (s *Server) serve(ss *session, active int64) error {
 			return s.fail(ss, "pool_error", poolError(key, r.err))
 		}
 		c = r.c
+		ks.acquired(r.waited)
 		if stmts := setStatements(tracked, c.Params); stmts != "" {
 			// The client's own startup settings (application_name, DateStyle, ...).
 			if st, err := c.Exec(ctx, stmts); err != nil || st != 'I' {
@@ -450,7 +485,8 @@ func (s *Server) serve(ss *session, active int64) error {
 	}
 	_ = ss.raw.SetDeadline(time.Time{})
 	if !transaction {
-		return s.sessionPooled(ss, c, target)
+		info.setState(clientActive)
+		return s.sessionPooled(ss, c, target, ks)
 	}
 	desired := make(map[string]string, len(trackedParams))
 	for _, canon := range trackedParams {
@@ -460,10 +496,22 @@ func (s *Server) serve(ss *session, active int64) error {
 	}
 	target.clear()
 	release()
+	info.setState(clientIdle)
 	return s.sessionTransaction(ss, &txnSession{
 		s: s, ss: ss, key: key, epoch: ep.Generation, dial: dial,
 		target: target, socket: ep.SocketPath(), desired: desired,
+		info: info, stats: ks,
 	})
+}
+
+// txnKeySuffix ends the Options of transaction-pooled pool keys.
+const txnKeySuffix = "\x00transaction"
+
+// SetAdminUsers sets the roles allowed into the admin console besides the
+// default branch's superuser.
+func (s *Server) SetAdminUsers(users []string) {
+	users = append([]string(nil), users...)
+	s.adminUsers.Store(&users)
 }
 
 type acquireResult struct {

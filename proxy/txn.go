@@ -45,6 +45,8 @@ type txnSession struct {
 	target  *cancelTarget
 	socket  string
 	desired map[string]string // tracked settings the client expects
+	info    *clientInfo
+	stats   *keyStats
 
 	terminated bool
 	out        []byte // client reader's pending output to the server
@@ -299,6 +301,7 @@ func (t *txnSession) clientMessageLocked(typ byte, msg []byte, sc *pool.Conn) {
 	case 'E':
 		t.out = append(t.out, msg...)
 		push(exExecute, "")
+		t.stats.queries.Add(1)
 	case 'S':
 		t.out = append(t.out, msg...)
 		push(exSync, "")
@@ -307,6 +310,7 @@ func (t *txnSession) clientMessageLocked(typ byte, msg []byte, sc *pool.Conn) {
 		t.out = append(t.out, msg...)
 		push(exQuery, "")
 		t.mu.pending++
+		t.stats.queries.Add(1)
 		t.scanQuery(body)
 	case 'F':
 		t.out = append(t.out, msg...)
@@ -418,6 +422,7 @@ func (t *txnSession) popSyntheticLocked(out []byte) []byte {
 // client's, and starts its reader.
 func (t *txnSession) attach() (*pool.Conn, error) {
 	ctx := context.Background()
+	t.info.setState(clientWaiting)
 	c, waited, err := t.s.opt.Pool.Acquire(ctx, t.key, t.epoch, t.dial)
 	if waited > 0 {
 		t.s.m.PoolWait.Observe(waited.Seconds())
@@ -425,6 +430,7 @@ func (t *txnSession) attach() (*pool.Conn, error) {
 	if err != nil {
 		return nil, t.s.fail(t.ss, "pool_error", poolError(t.key, err))
 	}
+	t.stats.acquired(waited)
 	if stmts := setStatements(t.desired, c.Params); stmts != "" {
 		sctx, cancel := context.WithTimeout(ctx, resetTimeout)
 		st, err := c.Exec(sctx, stmts)
@@ -441,6 +447,7 @@ func (t *txnSession) attach() (*pool.Conn, error) {
 	done := make(chan struct{})
 	t.mu.Lock()
 	t.mu.sc = c
+	t.info.setState(clientActive) // under mu, like every change of sc
 	t.mu.serverDone = done
 	t.mu.queue = t.mu.queue[:0]
 	t.mu.Unlock()
@@ -468,7 +475,7 @@ func (t *txnSession) serverReader(c *pool.Conn, done chan struct{}) {
 			t.mu.wake = false
 			detach := woken && !t.mu.writing && t.idleLocked(lastStatus)
 			if detach {
-				t.mu.sc = nil
+				t.detachLocked()
 			}
 			t.mu.Unlock()
 			if woken {
@@ -518,6 +525,9 @@ func (t *txnSession) serverReader(c *pool.Conn, done chan struct{}) {
 			setSeen, paramSeen = false, false
 			if len(msg) == 6 {
 				lastStatus = msg[5]
+				if lastStatus == 'I' {
+					t.stats.xacts.Add(1)
+				}
 			}
 			t.mu.pending--
 		}
@@ -526,7 +536,7 @@ func (t *txnSession) serverReader(c *pool.Conn, done chan struct{}) {
 			detach = !t.mu.writing && t.idleLocked(lastStatus)
 			if detach {
 				t.mu.pending = 0
-				t.mu.sc = nil
+				t.detachLocked()
 			} else if t.mu.writing && t.idleLocked(lastStatus) {
 				// The client reader is sending a batch that queued no
 				// answer (a lone Flush, say): it wakes us when done.
@@ -564,7 +574,7 @@ func (t *txnSession) serverEnded(c *pool.Conn, rerr error, lastStatus byte, out 
 		_ = c.Net.SetReadDeadline(time.Time{})
 		t.s.releaseAfterSession(c, quiet && lastStatus != 0, lastStatus)
 		t.mu.Lock()
-		t.mu.sc = nil
+		t.detachLocked()
 		t.mu.Unlock()
 		return
 	}
@@ -578,7 +588,7 @@ func (t *txnSession) serverEnded(c *pool.Conn, rerr error, lastStatus byte, out 
 // is the client (the compute's own FATAL, if any, has been relayed).
 func (t *txnSession) endServer(c *pool.Conn, closeClient bool, err error) {
 	t.mu.Lock()
-	t.mu.sc = nil
+	t.detachLocked()
 	if t.mu.serverErr == nil {
 		t.mu.serverErr = err
 	}
@@ -606,6 +616,14 @@ func (t *txnSession) finish() {
 		<-done
 	}
 	t.s.countBytes(t.ss)
+	t.stats.received.Add(t.ss.bytesIn)
+	t.stats.sent.Add(t.ss.bytesOut)
+}
+
+// detachLocked notes that the session holds no server connection.
+func (t *txnSession) detachLocked() {
+	t.mu.sc = nil
+	t.info.setState(clientIdle)
 }
 
 // serverStmtName names a statement by what defines it: the query text and

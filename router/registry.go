@@ -46,14 +46,21 @@ var nameRE = regexp.MustCompile(`^[a-z0-9-]{1,63}$`)
 // branch may itself end in it.
 const PoolerSuffix = "-pooler"
 
+// ConsoleDatabase is the database name that reaches the admin console
+// instead of a branch, so no branch may take it.
+const ConsoleDatabase = "neonproxy"
+
 // ValidateName checks that name is a DNS label as the contract requires:
-// [a-z0-9-]{1,63}, and does not end in PoolerSuffix.
+// [a-z0-9-]{1,63}, does not end in PoolerSuffix and is not ConsoleDatabase.
 func ValidateName(name string) error {
 	if !nameRE.MatchString(name) {
 		return fmt.Errorf("%w %q: use 1 to 63 characters from a-z, 0-9 and '-'", ErrInvalidName, name)
 	}
 	if strings.HasSuffix(name, PoolerSuffix) {
 		return fmt.Errorf("%w %q: the suffix %q is reserved for selecting transaction pooling", ErrInvalidName, name, PoolerSuffix)
+	}
+	if name == ConsoleDatabase {
+		return fmt.Errorf("%w %q: the name is reserved for the admin console (psql -d %s)", ErrInvalidName, name, ConsoleDatabase)
 	}
 	return nil
 }

@@ -102,6 +102,7 @@ func TestValidateName(t *testing.T) {
 	for name, ok := range map[string]bool{
 		"main": true, "a": true, "exp-2026-11-23": true, "0": true,
 		"": false, "Main": false, "a_b": false, "a.b": false, "x-pooler": false,
+		"neonproxy": false, "neonproxy2": true,
 		"abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghij123":  true,
 		"abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghij1234": false,
 	} {

@@ -51,6 +51,15 @@ NEONPROXY_<KEY> with dots as underscores, e.g. NEONPROXY_COMPUTE_SUSPEND_TIMEOUT
 	return root
 }
 
+// reloadPath is the file the admin console's RELOAD re-reads: --config,
+// unless it is the optional default file and that is missing.
+func (g *globals) reloadPath() string {
+	if _, err := os.Stat(g.configPath); errors.Is(err, os.ErrNotExist) && g.configPath == "config.yaml" {
+		return ""
+	}
+	return g.configPath
+}
+
 func loadConfig(path string) (config.Config, error) {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && path == "config.yaml" {
 		path = "" // the default file name is optional
@@ -97,7 +106,7 @@ SIGINT/SIGTERM stop every compute cleanly before exiting.`,
 			defer func() { _ = log.Sync() }()
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			srv, err := server.New(ctx, cfg, log, server.Options{})
+			srv, err := server.New(ctx, cfg, log, server.Options{ConfigPath: g.reloadPath()})
 			if err != nil {
 				return err
 			}

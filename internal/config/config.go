@@ -102,6 +102,9 @@ type Pool struct {
 	ServerIdleTimeout Duration `yaml:"server_idle_timeout"`
 	// ServerLifetime closes server connections this old when next idle.
 	ServerLifetime Duration `yaml:"server_lifetime"`
+	// AdminUsers may log in to the admin console (psql -d neonproxy)
+	// besides the superuser postgres of the default branch.
+	AdminUsers []string `yaml:"admin_users"`
 }
 
 // Walkeeper configures the WAL keepers (issue 5).
@@ -253,6 +256,36 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("log.format %q: want json or console", c.Log.Format))
 	}
 	return errors.Join(errs...)
+}
+
+// Diff lists the keys (dotted yaml paths, e.g. pool.default_pool_size)
+// whose values differ between a and b, in file order.
+func Diff(a, b Config) []string {
+	var keys []string
+	var walk func(a, b reflect.Value, prefix string)
+	walk = func(a, b reflect.Value, prefix string) {
+		t := a.Type()
+		for i := 0; i < t.NumField(); i++ {
+			tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+			if tag == "" || tag == "-" {
+				continue
+			}
+			fa, fb := a.Field(i), b.Field(i)
+			if fa.Kind() == reflect.Struct {
+				walk(fa, fb, prefix+tag+".")
+				continue
+			}
+			// An empty list and no list are the same setting.
+			if fa.Kind() == reflect.Slice && fa.Len() == 0 && fb.Len() == 0 {
+				continue
+			}
+			if !reflect.DeepEqual(fa.Interface(), fb.Interface()) {
+				keys = append(keys, prefix+tag)
+			}
+		}
+	}
+	walk(reflect.ValueOf(a), reflect.ValueOf(b), "")
+	return keys
 }
 
 // applyEnv sets every leaf field whose NEONPROXY_<PATH> variable is present.

@@ -70,6 +70,10 @@ func TestRepoConfigYAMLIsDefault(t *testing.T) {
 	if len(got.Walkeeper.Peers) == 0 {
 		got.Walkeeper.Peers = want.Walkeeper.Peers
 	}
+	// admin_users: [] likewise.
+	if len(got.Pool.AdminUsers) == 0 {
+		got.Pool.AdminUsers = want.Pool.AdminUsers
+	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("config.yaml differs from Default():\n got  %+v\n want %+v", got, want)
 	}
@@ -261,5 +265,22 @@ func TestLoadErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestDiff(t *testing.T) {
+	a, b := Default(), Default()
+	if d := Diff(a, b); len(d) != 0 {
+		t.Fatalf("Diff(default, default) = %v", d)
+	}
+	b.Pool.DefaultPoolSize = 5
+	b.Listen = "0.0.0.0:5432"
+	b.Pool.AdminUsers = []string{}
+	if d := Diff(a, b); !reflect.DeepEqual(d, []string{"listen", "pool.default_pool_size"}) {
+		t.Fatalf("Diff = %v", d)
+	}
+	b.Pool.AdminUsers = []string{"ops"}
+	if d := Diff(a, b); len(d) != 3 || d[2] != "pool.admin_users" {
+		t.Fatalf("Diff = %v", d)
 	}
 }

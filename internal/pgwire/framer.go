@@ -32,8 +32,9 @@ type Framer struct {
 	TxStatus byte
 	// Terminated is set once a Terminate ('X') header has been seen.
 	Terminated bool
-	// ReadyCount counts ReadyForQuery messages seen.
-	ReadyCount uint64
+	// ReadyCount counts ReadyForQuery messages seen; IdleCount those with
+	// status 'I' (transactions ended, for SHOW STATS).
+	ReadyCount, IdleCount uint64
 
 	// OnHeader, if set, is called for every message header, in order.
 	OnHeader func(typ byte, length int)
@@ -70,6 +71,9 @@ func (f *Framer) Feed(p []byte) error {
 			if f.wantStatus {
 				f.TxStatus = p[0]
 				f.ReadyCount++
+				if p[0] == 'I' {
+					f.IdleCount++
+				}
 				f.wantStatus = false
 			}
 			if f.capturing {

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,9 @@ const BootstrapBranch = "main"
 type Options struct {
 	// NoSync makes initdb and pg_basebackup skip fsync (tests only).
 	NoSync bool
+	// ConfigPath is the file cfg was loaded from; the admin console's
+	// RELOAD re-reads it. Empty: RELOAD is refused.
+	ConfigPath string
 }
 
 // Server is a running neonproxy.
@@ -58,6 +62,10 @@ type Server struct {
 	adminLn net.Listener
 	admin   *http.Server
 	serveCh chan error
+
+	// reloadMu serializes RELOADs; cfg is what is in effect.
+	reloadMu   sync.Mutex
+	configPath string
 }
 
 // New prepares a server: data directory, registry, bootstrap branch, TLS
@@ -72,7 +80,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	if err := os.MkdirAll(dataDir, 0o711); err != nil {
 		return nil, fmt.Errorf("create data_dir: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, Metrics: metrics.New(), serveCh: make(chan error, 2)}
+	s := &Server{cfg: cfg, log: log, Metrics: metrics.New(), serveCh: make(chan error, 2), configPath: opt.ConfigPath}
 	s.Registry, err = router.OpenEmbedded(filepath.Join(dataDir, "branches.json"))
 	if err != nil {
 		return nil, err
@@ -89,13 +97,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	if err != nil {
 		return nil, err
 	}
-	s.Pool = pool.New(pool.Options{
-		PoolSize:          cfg.Pool.DefaultPoolSize,
-		MaxBranchConns:    cfg.Pool.MaxBranchConns,
-		QueryWaitTimeout:  cfg.Pool.QueryWaitTimeout.D(),
-		ServerIdleTimeout: cfg.Pool.ServerIdleTimeout.D(),
-		ServerLifetime:    cfg.Pool.ServerLifetime.D(),
-	})
+	s.Pool = pool.New(poolOptions(cfg.Pool))
 	s.Metrics.RegisterPool(func() metrics.PoolCounts {
 		st := s.Pool.Stats()
 		return metrics.PoolCounts{Active: st.Active, Idle: st.Idle, Waiting: st.Waiting}
@@ -136,7 +138,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		_ = s.Computes.Close(ctx)
 		return nil, err
 	}
-	s.Proxy, err = proxy.New(proxy.Options{
+	popt := proxy.Options{
 		Resolver: router.Resolver{
 			SNISuffix:     cfg.TLS.SNISuffix,
 			DefaultBranch: cfg.DefaultBranch,
@@ -156,13 +158,74 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		TransactionPooling: cfg.Pool.Mode == "transaction",
 		Logger:             log.Named("proxy"),
 		Metrics:            s.Metrics,
-	})
+		AdminUsers:         cfg.Pool.AdminUsers,
+		Lister:             s.Registry,
+		ComputeState:       func(branch string) string { return string(s.Computes.Status(branch).State) },
+	}
+	if opt.ConfigPath != "" {
+		popt.Reload = s.reload
+	}
+	s.Proxy, err = proxy.New(popt)
 	if err != nil {
 		_ = s.Computes.Close(ctx)
 		return nil, err
 	}
 	s.proxyRef.Store(s.Proxy)
 	return s, nil
+}
+
+func poolOptions(p config.Pool) pool.Options {
+	return pool.Options{
+		PoolSize:          p.DefaultPoolSize,
+		MaxBranchConns:    p.MaxBranchConns,
+		QueryWaitTimeout:  p.QueryWaitTimeout.D(),
+		ServerIdleTimeout: p.ServerIdleTimeout.D(),
+		ServerLifetime:    p.ServerLifetime.D(),
+	}
+}
+
+// reloadable are the keys RELOAD applies to the running server.
+var reloadable = map[string]bool{
+	"pool.default_pool_size": true, "pool.query_wait_timeout": true, "pool.server_idle_timeout": true,
+	"pool.server_lifetime": true, "pool.max_branch_conns": true, "pool.admin_users": true,
+}
+
+// reload re-reads the configuration file (and the environment, as at
+// start) for the admin console's RELOAD. It applies the reloadable keys and
+// names the other changed keys, which need a restart.
+func (s *Server) reload() (string, error) {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	cfg, err := config.Load(s.configPath, os.Environ())
+	if err != nil {
+		return "", err
+	}
+	if cfg.DataDir, err = filepath.Abs(cfg.DataDir); err != nil {
+		return "", err
+	}
+	var applied, restart []string
+	for _, k := range config.Diff(s.cfg, cfg) {
+		if reloadable[k] {
+			applied = append(applied, k)
+		} else {
+			restart = append(restart, k)
+		}
+	}
+	mode := s.cfg.Pool.Mode
+	maxClient := s.cfg.Pool.MaxClientConn
+	s.cfg.Pool = cfg.Pool
+	s.cfg.Pool.Mode, s.cfg.Pool.MaxClientConn = mode, maxClient // need a restart
+	s.Pool.SetOptions(poolOptions(s.cfg.Pool))
+	s.Proxy.SetAdminUsers(s.cfg.Pool.AdminUsers)
+	s.log.Info("configuration reloaded", zap.Strings("applied", applied), zap.Strings("need_restart", restart))
+	var notice []string
+	if len(applied) > 0 {
+		notice = append(notice, "applied: "+strings.Join(applied, ", "))
+	}
+	if len(restart) > 0 {
+		notice = append(notice, "changed but not applied (restart neonproxy for them): "+strings.Join(restart, ", "))
+	}
+	return strings.Join(notice, "; "), nil
 }
 
 // bootstrap creates the main branch at first start, with the superuser
