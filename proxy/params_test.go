@@ -57,3 +57,20 @@ func BenchmarkSetStatementsEqual(b *testing.B) {
 		}
 	}
 }
+
+func TestContainsFold(t *testing.T) {
+	for _, tt := range []struct {
+		s, w string
+		want bool
+	}{
+		{"CREATE TEMP TABLE x", "temp", true},
+		{"create temporary table", "temp", true},
+		{"SELECT 1", "temp", false},
+		{"select pg_Advisory_lock(1)", "advisory", true},
+		{"tem", "temp", false},
+	} {
+		if got := containsFold([]byte(tt.s), tt.w); got != tt.want {
+			t.Errorf("containsFold(%q, %q) = %v", tt.s, tt.w, got)
+		}
+	}
+}

@@ -321,15 +321,46 @@ func (t *txnSession) clientMessageLocked(typ byte, msg []byte, sc *pool.Conn) {
 	}
 }
 
+// compactQueue drops the first n answers. An emptied queue starts again at
+// the front of its array, so steady traffic appends without allocating.
+func compactQueue(q []expect, n int) []expect {
+	if n >= len(q) {
+		return q[:0]
+	}
+	return q[n:]
+}
+
 // scanQuery pins the client for session state the server's answers do not
 // reveal.
 func (t *txnSession) scanQuery(q []byte) {
-	switch {
-	case reTempTable.Match(q):
+	// Cheap filters first: the regular expressions run only on queries
+	// that mention a temporary table or an advisory lock at all.
+	if containsFold(q, "temp") && reTempTable.Match(q) {
 		t.pinLocked(pinTempTable)
-	case reAdvisory.Match(q):
+	} else if containsFold(q, "advisory") && reAdvisory.Match(q) {
 		t.pinLocked(pinAdvisory)
 	}
+}
+
+// containsFold reports whether b contains the lower-case ASCII word w,
+// ignoring ASCII case, without allocating.
+func containsFold(b []byte, w string) bool {
+	for i := 0; i+len(w) <= len(b); i++ {
+		j := 0
+		for ; j < len(w); j++ {
+			c := b[i+j]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != w[j] {
+				break
+			}
+		}
+		if j == len(w) {
+			return true
+		}
+	}
+	return false
 }
 
 // ensureLocked sends def's Parse first when the connection lacks it.
@@ -389,11 +420,11 @@ func (t *txnSession) serverMessageLocked(typ byte, msg []byte, sc *pool.Conn, ou
 					}
 					i++
 				}
-				t.mu.queue = q[i:]
+				t.mu.queue = compactQueue(q, i)
 			}
 		}
 		if pop {
-			t.mu.queue = q[1:]
+			t.mu.queue = compactQueue(q, 1)
 		}
 	}
 	if !swallow {
@@ -413,7 +444,7 @@ func (t *txnSession) popSyntheticLocked(out []byte) []byte {
 		default:
 			return out
 		}
-		t.mu.queue = t.mu.queue[1:]
+		t.mu.queue = compactQueue(t.mu.queue, 1)
 	}
 	return out
 }
