@@ -31,12 +31,15 @@ test: deps vet
 test-short: vet
 	$(GO) test -short $(TESTFLAGS) ./...
 
-# Grow the fuzz corpora (FUZZTIME per target); found inputs land in testdata/.
+# Fuzz each wire parser for FUZZTIME. Crashers are written to testdata/fuzz/ (and
+# replayed by `make test`); the corpora kept there were grown from the cache.
 FUZZTIME ?= 60s
 fuzz:
 	$(GO) test ./internal/pgwire -run '^$$' -fuzz '^FuzzReadStartup$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/pgwire -run '^$$' -fuzz '^FuzzFramer$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./router -run '^$$' -fuzz '^FuzzStripEndpoint$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzMsgReader$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseConsole$$' -fuzztime $(FUZZTIME)
 
 # Latency and throughput against direct PostgreSQL and PgBouncer; prints a
 # report. Not part of `make test` (timings are not pass/fail here).

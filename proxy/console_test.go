@@ -57,3 +57,28 @@ func TestPoolMode(t *testing.T) {
 		t.Fatal(m)
 	}
 }
+
+// FuzzParseConsole: any query either parses into known commands or is
+// refused with 42601; never a panic.
+func FuzzParseConsole(f *testing.F) {
+	for _, s := range []string{"SHOW POOLS", "show clients;", "PAUSE main; RESUME \"x\"", "RELOAD", ";;", "SHOW", "pause"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		cmds, err := parseConsole(q)
+		if err != nil {
+			return
+		}
+		for _, c := range cmds {
+			switch c.verb {
+			case "SHOW", "RELOAD":
+			case "PAUSE", "RESUME":
+				if c.arg == "" {
+					t.Fatalf("%q: %s without a branch", q, c.verb)
+				}
+			default:
+				t.Fatalf("%q: unknown verb %q accepted", q, c.verb)
+			}
+		}
+	})
+}

@@ -50,3 +50,31 @@ func TestMsgReaderRejectsBadLengths(t *testing.T) {
 		}
 	}
 }
+
+// FuzzMsgReader: any byte stream yields whole messages whose length words
+// match their size, or an error; never a panic or an over-long message.
+func FuzzMsgReader(f *testing.F) {
+	f.Add([]byte{'Q', 0, 0, 0, 9, 's', 'e', 'l', 0, 'S', 0, 0, 0, 4}, 3)
+	f.Add([]byte{'P', 0, 0, 0, 3}, 1)
+	f.Fuzz(func(t *testing.T, in []byte, chunk int) {
+		if chunk <= 0 {
+			chunk = 1
+		}
+		m := newMsgReader(iotest.HalfReader(bytes.NewReader(in)), make([]byte, 1+chunk%64), 1<<16)
+		m.shrinkTo = 8
+		total := 0
+		for {
+			_, msg, err := m.next()
+			if err != nil {
+				break
+			}
+			if len(msg) < 5 || len(msg) > 1+(1<<16) {
+				t.Fatalf("message of %d bytes", len(msg))
+			}
+			total += len(msg)
+		}
+		if total > len(in) {
+			t.Fatalf("read %d bytes from %d", total, len(in))
+		}
+	})
+}
