@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -14,8 +15,12 @@ import (
 // limit for most messages is 1 GB (PQ_LARGE_MESSAGE_LIMIT).
 const maxClientMessage = 1 << 30
 
-// pump copies src to dst through f until src ends or a write fails.
-func (s *Server) pump(dst, src net.Conn, f *pgwire.Framer) (int64, error) {
+// pump copies src to dst through f until src ends or a write fails: one
+// read and one write per chunk, no allocation. With stripTerminate (the
+// client→server direction of a pooled session) a Terminate is not
+// forwarded, since the server connection outlives the client, and the pump
+// ends after it.
+func (s *Server) pump(dst, src net.Conn, f *pgwire.Framer, stripTerminate bool) (int64, error) {
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
 	buf := *bp
@@ -26,10 +31,20 @@ func (s *Server) pump(dst, src net.Conn, f *pgwire.Framer) (int64, error) {
 			if err := f.Feed(buf[:n]); err != nil {
 				return total, err
 			}
-			if _, err := dst.Write(buf[:n]); err != nil {
-				return total, err
+			out := buf[:n]
+			if stripTerminate && f.Terminated {
+				// A client sends nothing after Terminate, so it ends the chunk.
+				out = bytes.TrimSuffix(out, terminateMsg)
+			}
+			if len(out) > 0 {
+				if _, err := dst.Write(out); err != nil {
+					return total, err
+				}
 			}
 			total += int64(n)
+			if stripTerminate && f.Terminated {
+				return total, nil
+			}
 		}
 		if rerr != nil {
 			return total, rerr

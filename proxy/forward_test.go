@@ -56,7 +56,7 @@ func TestPumpRelaysAndFollowsFrames(t *testing.T) {
 	var f pgwire.Framer
 	done := make(chan int64, 1)
 	go func() {
-		n, _ := s.pump(dst, src, &f)
+		n, _ := s.pump(dst, src, &f, false)
 		dst.Close()
 		done <- n
 	}()
@@ -84,7 +84,7 @@ func BenchmarkPump(b *testing.B) {
 	chunk := dataRows(16 << 10)
 	go func() { _, _ = io.Copy(io.Discard, out) }()
 	var f pgwire.Framer
-	go func() { _, _ = s.pump(dst, src, &f) }()
+	go func() { _, _ = s.pump(dst, src, &f, false) }()
 	b.SetBytes(int64(len(chunk)))
 	b.ReportAllocs()
 	b.ResetTimer()

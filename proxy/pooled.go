@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"regexp"
 	"time"
@@ -43,11 +42,11 @@ func (s *Server) sessionPooled(ss *session, c *pool.Conn, target *cancelTarget, 
 	fromClient := make(chan result, 1)
 	fromServer := make(chan result, 1)
 	go func() {
-		n, err := s.pumpClient(c.Net, ss.conn, &cf)
+		n, err := s.pump(c.Net, ss.conn, &cf, true)
 		fromClient <- result{n, err}
 	}()
 	go func() {
-		n, err := s.pump(ss.conn, c.Net, &bf)
+		n, err := s.pump(ss.conn, c.Net, &bf, false)
 		fromServer <- result{n, err}
 	}()
 	var cr, sr result
@@ -102,40 +101,6 @@ func (s *Server) releaseAfterSession(c *pool.Conn, clean bool, txStatus byte) {
 		s.log.Debug("server connection reset failed; closing it", zap.String("branch", c.Key().Branch), zap.Error(err))
 	}
 	s.opt.Pool.Release(c, err == nil)
-}
-
-// pumpClient is pump for the client→server direction of a pooled session:
-// a Terminate is not forwarded (the server connection outlives the client).
-func (s *Server) pumpClient(dst, src net.Conn, f *pgwire.Framer) (int64, error) {
-	bp := s.bufs.Get().(*[]byte)
-	defer s.bufs.Put(bp)
-	buf := *bp
-	var total int64
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			if err := f.Feed(buf[:n]); err != nil {
-				return total, err
-			}
-			out := buf[:n]
-			if f.Terminated {
-				// A client sends nothing after Terminate, so it ends the chunk.
-				out = bytes.TrimSuffix(out, terminateMsg)
-			}
-			if len(out) > 0 {
-				if _, err := dst.Write(out); err != nil {
-					return total, err
-				}
-			}
-			total += int64(n)
-			if f.Terminated {
-				return total, nil
-			}
-		}
-		if rerr != nil {
-			return total, rerr
-		}
-	}
 }
 
 func (s *Server) countBytes(ss *session) {
