@@ -403,3 +403,35 @@ func TestPreparedStatementsAcrossServers(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolingCopyBothWays: COPY FROM STDIN with the data sent only after the
+// server asks (psql) and pipelined behind the query (pgx), several times in
+// one session, then an ordinary query.
+func TestPoolingCopyBothWays(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) { c.Pool.DefaultPoolSize = 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := pgconn.Connect(ctx, e.poolerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if err := c.Exec(ctx, "CREATE TABLE cb (a int)").Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := c.CopyFrom(ctx, strings.NewReader("1\n2\n"), "COPY cb FROM STDIN"); err != nil {
+			t.Fatalf("pgx copy %d: %v", i, err)
+		}
+	}
+	script := "COPY cb FROM STDIN;\n3\n4\n\\.\nCOPY cb FROM STDIN;\n5\n\\.\nSELECT count(*) FROM cb;\n"
+	pe := []string{"PGPASSWORD=" + testPassword}
+	out, err := runCmd(t, pe, "sh", "-c", fmt.Sprintf("printf '%%s' \"$0\" | psql -X -At 'host=127.0.0.1 port=%d user=postgres dbname=main-pooler sslmode=disable'", e.port()), script)
+	if err != nil || !strings.HasSuffix(strings.TrimSpace(out), "9") {
+		t.Fatalf("psql copy: %v\n%s", err, out)
+	}
+	res := c.ExecParams(ctx, "SELECT count(*) FROM cb", nil, nil, nil, nil).Read()
+	if res.Err != nil || string(res.Rows[0][0]) != "9" {
+		t.Fatalf("count %v %v", res.Rows, res.Err)
+	}
+}

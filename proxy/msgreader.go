@@ -43,6 +43,9 @@ func (m *msgReader) next() (byte, []byte, error) {
 	return typ, msg, nil
 }
 
+// empty reports whether nothing is buffered.
+func (m *msgReader) empty() bool { return m.start == m.end }
+
 // whole reports whether a complete message is already buffered, so the
 // next call to next will not block.
 func (m *msgReader) whole() bool {

@@ -50,21 +50,31 @@ type txnSession struct {
 
 	terminated bool
 	out        []byte // client reader's pending output to the server
+	sout       []byte // answers on their way to the client (inline mode)
+
+	// The attached connection's reader. The client reader owns it, or,
+	// once async is set (a LISTEN pinned the session), the server loop.
+	srd   *msgReader
+	sbuf  *[]byte
+	sst   serverState
+	async bool // set under mu
+	// copyEnds counts CopyDone/CopyFail sent ahead of the server's
+	// CopyInResponse (pgx pipelines COPY data behind the query); copyIn is
+	// set while the server waits for the client's COPY data.
+	copyEnds int
+	copyIn   bool
 
 	mu struct {
 		sync.Mutex
 		sc         *pool.Conn
 		serverDone chan struct{} // closed when the attached conn's reader ends
 		pending    int           // Sync/Query/FunctionCall sent, ReadyForQuery not yet seen
-		writing    bool          // the client reader is sending a batch to sc
 		pinned     string        // reason, once pinned
 		clientGone bool
 		serverErr  error
-		// detachWanted: the server reader found the session idle while a
-		// batch was being written; wake: it was then woken to detach.
-		detachWanted, wake bool
-		queue              []expect            // answers due, oldest first
-		stmts              map[string]*stmtDef // client statement name → definition
+
+		queue []expect            // answers due, oldest first
+		stmts map[string]*stmtDef // client statement name → definition
 	}
 }
 
@@ -141,7 +151,10 @@ func (t *txnSession) pinLocked(reason string) {
 		zap.String("client", t.ss.raw.RemoteAddr().String()))
 }
 
-// run is the client reader.
+// run is the client reader. It also reads the answers to what it sent
+// (answer), so a request and its answer need no hand-off between
+// goroutines; only a session pinned by LISTEN gets a goroutine that relays
+// the server's messages as they come.
 func (t *txnSession) run() error {
 	// A small buffer of its own, grown on demand and shrunk when drained:
 	// most transaction-pooled clients sit idle, and 10,000 of them must not
@@ -149,8 +162,7 @@ func (t *txnSession) run() error {
 	rd := newMsgReader(t.ss.conn, make([]byte, clientBufSmall), maxClientMessage)
 	rd.shrinkTo = clientBufSmall
 	defer t.finish()
-	var batch *pool.Conn
-	var queued int
+	var asked bool // the batch makes the server answer (Sync, Query, Flush, end of COPY)
 	for {
 		typ, msg, err := rd.next()
 		if err != nil {
@@ -168,41 +180,41 @@ func (t *txnSession) run() error {
 				return err
 			}
 			t.mu.Unlock()
-			if _, err := t.attach(); err != nil {
+			if err := t.attach(); err != nil {
 				return err
 			}
 			t.mu.Lock()
 		}
-		if batch == nil {
-			batch = t.mu.sc
-			t.mu.writing = true
-			queued = len(t.mu.queue)
-		}
-		t.clientMessageLocked(typ, msg, batch)
-		last := !rd.whole()
-		stillWriting := true
-		if last {
-			t.closeBatchLocked()
-			// A batch that queued answers cannot be detached from before
-			// they arrive, which needs this write: stop blocking the
-			// detach now, or the server's quick answer could find us
-			// still "writing" and keep the connection attached.
-			if len(t.mu.queue) > queued {
-				t.mu.writing, stillWriting = false, false
+		sc := t.mu.sc
+		t.clientMessageLocked(typ, msg, sc)
+		switch typ {
+		case 'c', 'f':
+			if t.copyIn {
+				t.copyIn = false // the COPY the server asked for is complete
+			} else {
+				t.copyEnds++ // sent ahead of the server's CopyInResponse
 			}
+			asked = true
+		case 'S', 'Q', 'F', 'H':
+			asked = true
 		}
+		last := !rd.whole()
+		if last && t.closeBatchLocked() {
+			asked = true
+		}
+		async := t.async
 		t.mu.Unlock()
 		if last || len(t.out) >= 64<<10 {
-			_, werr := batch.Net.Write(t.out)
+			_, werr := sc.Net.Write(t.out)
 			t.out = t.out[:0]
-			if last {
-				if stillWriting {
-					t.endWriteLocked(batch)
-				}
-				batch = nil
-			}
 			if werr != nil {
 				return werr
+			}
+		}
+		if last && asked && !async {
+			asked = false
+			if err := t.answer(sc); err != nil {
+				return err
 			}
 		}
 	}
@@ -214,32 +226,21 @@ func (t *txnSession) idleLocked(st byte) bool {
 	return st == 'I' && t.mu.pending <= 0 && t.mu.pinned == "" && len(t.mu.queue) == 0
 }
 
-// endWriteLocked ends a batch that queued no answer; if the server reader
-// wanted to detach meanwhile, it is woken (a read deadline) to do so.
-func (t *txnSession) endWriteLocked(batch *pool.Conn) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.mu.writing = false
-	if t.mu.detachWanted && t.mu.sc == batch {
-		t.mu.detachWanted = false
-		t.mu.wake = true
-		_ = batch.Net.SetReadDeadline(time.Now())
-	}
-}
-
 // closeBatchLocked makes sure made-up answers at the end of a batch are
 // sent: they go out behind a server answer, so when nothing real follows
-// them a no-op request is added.
-func (t *txnSession) closeBatchLocked() {
+// them a no-op request is added (and it reports so).
+func (t *txnSession) closeBatchLocked() bool {
 	q := t.mu.queue
 	if len(q) == 0 {
-		return
+		return false
 	}
 	if k := q[len(q)-1].kind; k == synParse || k == synClose {
 		t.out = append(t.out, noopClose...)
 		t.out = append(t.out, flushMsg...)
 		t.mu.queue = append(t.mu.queue, expect{kind: exInjectedClose})
+		return true
 	}
+	return false
 }
 
 // clientMessageLocked rewrites one client message into t.out and queues
@@ -449,9 +450,9 @@ func (t *txnSession) popSyntheticLocked(out []byte) []byte {
 	return out
 }
 
-// attach borrows a server connection, brings its tracked settings to the
-// client's, and starts its reader.
-func (t *txnSession) attach() (*pool.Conn, error) {
+// attach borrows a server connection and brings its tracked settings to
+// the client's.
+func (t *txnSession) attach() error {
 	ctx := context.Background()
 	t.info.setState(clientWaiting)
 	c, waited, err := t.s.opt.Pool.Acquire(ctx, t.key, t.epoch, t.dial)
@@ -459,7 +460,7 @@ func (t *txnSession) attach() (*pool.Conn, error) {
 		t.s.m.PoolWait.Observe(waited.Seconds())
 	}
 	if err != nil {
-		return nil, t.s.fail(t.ss, "pool_error", poolError(t.key, err))
+		return t.s.fail(t.ss, "pool_error", poolError(t.key, err))
 	}
 	t.stats.acquired(waited)
 	if stmts := setStatements(t.desired, c.Params); stmts != "" {
@@ -468,145 +469,170 @@ func (t *txnSession) attach() (*pool.Conn, error) {
 		cancel()
 		if err != nil || st != 'I' {
 			t.s.opt.Pool.Release(c, false)
-			return nil, t.s.fail(t.ss, "pool_error", fmt.Errorf("apply session settings on a pooled connection: %w (status %q)", err, st))
+			return t.s.fail(t.ss, "pool_error", fmt.Errorf("apply session settings on a pooled connection: %w (status %q)", err, st))
 		}
 		for k := range t.desired {
 			t.desired[k] = c.Params[k] // the server's spelling, so the next compare matches
 		}
 	}
 	t.target.set(t.socket, c.PID, c.SecretKey)
-	done := make(chan struct{})
+	t.sbuf = t.s.bufs.Get().(*[]byte)
+	t.srd = newMsgReader(c.Net, *t.sbuf, 1<<30)
+	t.sst = serverState{}
 	t.mu.Lock()
 	t.mu.sc = c
 	t.info.setState(clientActive) // under mu, like every change of sc
-	t.mu.serverDone = done
 	t.mu.queue = t.mu.queue[:0]
 	t.mu.Unlock()
-	go t.serverReader(c, done)
-	return c, nil
+	return nil
 }
 
-// serverReader relays the attached connection's answers to the client and
-// detaches at the end of a transaction.
-func (t *txnSession) serverReader(c *pool.Conn, done chan struct{}) {
-	defer close(done)
-	bp := t.s.bufs.Get().(*[]byte)
-	defer t.s.bufs.Put(bp)
-	rd := newMsgReader(c.Net, *bp, 1<<30)
-	var out []byte
+// serverState is what is remembered across one connection's answers.
+type serverState struct {
 	// A SET of a tracked setting is followed by its ParameterStatus, which
-	// PostgreSQL sends just before ReadyForQuery: decide about pinning there.
-	var setSeen, paramSeen bool
-	var lastStatus byte
+	// PostgreSQL sends just before ReadyForQuery: pinning is decided there.
+	setSeen, paramSeen bool
+	lastStatus         byte
+}
+
+// answer relays the attached connection's answers until nothing more is
+// due, or the server waits for the client's COPY data; at the end of a
+// transaction it gives the connection back.
+func (t *txnSession) answer(c *pool.Conn) error {
+	out := t.sout[:0]
+	defer func() { t.sout = out[:0] }()
 	for {
-		typ, msg, rerr := rd.next()
-		if rerr != nil && errors.Is(rerr, os.ErrDeadlineExceeded) {
-			t.mu.Lock()
-			woken := t.mu.wake && !t.mu.clientGone
-			t.mu.wake = false
-			detach := woken && !t.mu.writing && t.idleLocked(lastStatus)
-			if detach {
-				t.detachLocked()
-			}
-			t.mu.Unlock()
-			if woken {
-				_ = c.Net.SetReadDeadline(time.Time{})
-				if detach {
-					t.target.clear()
-					t.s.opt.Pool.Release(c, true)
-					return
-				}
-				continue
-			}
+		t.mu.Lock()
+		due := len(t.mu.queue) > 0
+		t.mu.Unlock()
+		if !due {
+			break
 		}
-		if rerr != nil {
-			t.serverEnded(c, rerr, lastStatus, out)
-			return
+		typ, msg, err := t.srd.next()
+		if err != nil {
+			if len(out) > 0 {
+				_, _ = t.ss.conn.Write(out)
+			}
+			t.endServer(c, true, err)
+			return err
 		}
 		t.ss.bytesOut += int64(len(msg))
-		detach := false
-		t.mu.Lock()
-		switch typ {
-		case 'S':
-			if name, value, ok := splitParam(msg[5:]); ok {
-				c.Params[name] = value
-				if _, tracked := t.desired[name]; tracked {
-					t.desired[name] = value
-					paramSeen = true
-				}
-			}
-		case 'C':
-			switch tag := bytes.TrimRight(msg[5:], "\x00"); {
-			case bytes.Equal(tag, []byte("SET")):
-				setSeen = true
-			case bytes.Equal(tag, []byte("LISTEN")):
-				t.pinLocked(pinListen)
-			case bytes.Equal(tag, []byte("PREPARE")):
-				t.pinLocked(pinPrepare)
-			case bytes.Equal(tag, []byte("DECLARE CURSOR")):
-				t.pinLocked(pinCursor)
-			case bytes.Equal(tag, []byte("DEALLOCATE ALL")), bytes.Equal(tag, []byte("DISCARD ALL")):
-				c.Prepared.Clear()
-				clear(t.mu.stmts)
-			}
-		case 'Z':
-			if setSeen && !paramSeen {
-				t.pinLocked(pinSet)
-			}
-			setSeen, paramSeen = false, false
-			if len(msg) == 6 {
-				lastStatus = msg[5]
-				if lastStatus == 'I' {
-					t.stats.xacts.Add(1)
-				}
-			}
-			t.mu.pending--
-		}
-		out = t.serverMessageLocked(typ, msg, c, out)
-		if typ == 'Z' {
-			detach = !t.mu.writing && t.idleLocked(lastStatus)
-			if detach {
-				t.mu.pending = 0
-				t.detachLocked()
-			} else if t.mu.writing && t.idleLocked(lastStatus) {
-				// The client reader is sending a batch that queued no
-				// answer (a lone Flush, say): it wakes us when done.
-				t.mu.detachWanted = true
-			}
-		}
-		t.mu.Unlock()
-		if detach || !rd.whole() || len(out) >= 64<<10 {
+		var detach bool
+		out, detach = t.serverMessage(typ, msg, c, out)
+		if detach || (typ == 'G' && t.copyEnds == 0) || !t.srd.whole() || len(out) >= 64<<10 {
 			if _, err := t.ss.conn.Write(out); err != nil {
 				t.endServer(c, false, err)
-				return
+				return err
 			}
 			out = out[:0]
 		}
 		if detach {
-			t.target.clear()
-			// finish may have set a deadline to stop this reader.
-			_ = c.Net.SetReadDeadline(time.Time{})
-			t.s.opt.Pool.Release(c, true)
-			return
+			t.giveBack(c, true)
+			return nil
 		}
+		if typ == 'G' {
+			// CopyInResponse: unless the client has already sent the whole
+			// COPY (pgx pipelines it behind the query), the server now
+			// waits for the client's data.
+			if t.copyEnds == 0 {
+				t.copyIn = true
+				break
+			}
+			t.copyEnds--
+		}
+	}
+	if len(out) > 0 {
+		if _, err := t.ss.conn.Write(out); err != nil {
+			t.endServer(c, false, err)
+			return err
+		}
+	}
+	t.mu.Lock()
+	listen := t.mu.pinned == pinListen && t.mu.sc == c
+	t.mu.Unlock()
+	if listen {
+		// Notifications now arrive whenever they like: relay them as they come.
+		t.startAsync(c)
+	}
+	return nil
+}
+
+// serverMessage handles one server message: tracking, pinning, the answer
+// queue. It reports whether the session can give the connection back.
+func (t *txnSession) serverMessage(typ byte, msg []byte, c *pool.Conn, out []byte) ([]byte, bool) {
+	st := &t.sst
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch typ {
+	case 'S':
+		if name, value, ok := splitParam(msg[5:]); ok {
+			c.Params[name] = value
+			if _, tracked := t.desired[name]; tracked {
+				t.desired[name] = value
+				st.paramSeen = true
+			}
+		}
+	case 'C':
+		switch tag := bytes.TrimRight(msg[5:], "\x00"); {
+		case bytes.Equal(tag, []byte("SET")):
+			st.setSeen = true
+		case bytes.Equal(tag, []byte("LISTEN")):
+			t.pinLocked(pinListen)
+		case bytes.Equal(tag, []byte("PREPARE")):
+			t.pinLocked(pinPrepare)
+		case bytes.Equal(tag, []byte("DECLARE CURSOR")):
+			t.pinLocked(pinCursor)
+		case bytes.Equal(tag, []byte("DEALLOCATE ALL")), bytes.Equal(tag, []byte("DISCARD ALL")):
+			c.Prepared.Clear()
+			clear(t.mu.stmts)
+		}
+	case 'Z':
+		if st.setSeen && !st.paramSeen {
+			t.pinLocked(pinSet)
+		}
+		st.setSeen, st.paramSeen = false, false
+		if len(msg) == 6 {
+			st.lastStatus = msg[5]
+			if st.lastStatus == 'I' {
+				t.stats.xacts.Add(1)
+			}
+		}
+		t.mu.pending--
+	}
+	out = t.serverMessageLocked(typ, msg, c, out)
+	// Give back only between messages with nothing read ahead, so the next
+	// borrower starts at a clean message boundary.
+	detach := typ == 'Z' && !t.async && t.idleLocked(st.lastStatus) && t.srd.empty()
+	if detach {
+		t.mu.pending = 0
+		t.detachLocked()
+	}
+	return out, detach
+}
+
+// giveBack returns the connection to the pool (the session is detached).
+func (t *txnSession) giveBack(c *pool.Conn, reusable bool) {
+	t.target.clear()
+	t.dropReader()
+	t.s.opt.Pool.Release(c, reusable)
+}
+
+func (t *txnSession) dropReader() {
+	if t.sbuf != nil {
+		t.s.bufs.Put(t.sbuf)
+		t.sbuf, t.srd = nil, nil
 	}
 }
 
-// serverEnded handles the end of the server reader by error: the client
-// left (finish set a deadline), or the server connection failed.
-func (t *txnSession) serverEnded(c *pool.Conn, rerr error, lastStatus byte, out []byte) {
+// serverEnded handles the end of the server loop by error: the client left
+// (finish set a deadline), or the server connection failed.
+func (t *txnSession) serverEnded(c *pool.Conn, rerr error, out []byte) {
 	t.mu.Lock()
 	gone := t.mu.clientGone
-	quiet := len(t.mu.queue) == 0 && t.mu.pending <= 0
 	t.mu.Unlock()
 	if gone && errors.Is(rerr, os.ErrDeadlineExceeded) {
-		// The client left while attached: reset and keep the connection
-		// if nothing was in flight.
 		_ = c.Net.SetReadDeadline(time.Time{})
-		t.s.releaseAfterSession(c, quiet && lastStatus != 0, lastStatus)
-		t.mu.Lock()
-		t.detachLocked()
-		t.mu.Unlock()
+		t.leaveAttached(c)
 		return
 	}
 	if len(out) > 0 {
@@ -615,36 +641,23 @@ func (t *txnSession) serverEnded(c *pool.Conn, rerr error, lastStatus byte, out 
 	t.endServer(c, true, rerr)
 }
 
-// endServer handles a server connection that failed: it is closed, and so
-// is the client (the compute's own FATAL, if any, has been relayed).
-func (t *txnSession) endServer(c *pool.Conn, closeClient bool, err error) {
-	t.mu.Lock()
-	t.detachLocked()
-	if t.mu.serverErr == nil {
-		t.mu.serverErr = err
-	}
-	t.mu.Unlock()
-	t.target.clear()
-	t.s.opt.Pool.Release(c, false)
-	if closeClient {
-		_ = t.ss.conn.Close()
-	}
-}
-
-// finish runs when the client reader ends: an attached connection's reader
-// is stopped and decides whether the connection can be reused.
+// finish runs when the client reader ends: a connection still attached is
+// reset and given back (or closed), by the server loop when there is one.
 func (t *txnSession) finish() {
 	t.mu.Lock()
 	t.mu.clientGone = true
-	sc, done := t.mu.sc, t.mu.serverDone
-	if sc != nil {
-		// Under mu: the reader cannot have handed sc back to the pool yet,
-		// so this deadline cannot hit the connection's next borrower.
+	sc, done, async := t.mu.sc, t.mu.serverDone, t.async
+	if sc != nil && async {
+		// Under mu: the loop cannot have given sc back yet, so this
+		// deadline cannot hit the connection's next borrower.
 		_ = sc.Net.SetReadDeadline(time.Now())
 	}
 	t.mu.Unlock()
-	if done != nil {
+	switch {
+	case async && done != nil:
 		<-done
+	case sc != nil:
+		t.leaveAttached(sc)
 	}
 	t.s.countBytes(t.ss)
 	t.stats.received.Add(t.ss.bytesIn)
@@ -702,4 +715,67 @@ func appendClose(out []byte, kind byte, name string) []byte {
 	out = appendHeader(out, 'C', 1+len(name)+1)
 	out = append(out, kind)
 	return append(append(out, name...), 0)
+}
+
+// startAsync hands the connection's answers to a goroutine for the rest of
+// the session (pinned by LISTEN: it is never given back before the end).
+func (t *txnSession) startAsync(c *pool.Conn) {
+	done := make(chan struct{})
+	t.mu.Lock()
+	t.async = true
+	t.mu.serverDone = done
+	t.mu.Unlock()
+	go t.serverLoop(c, done)
+}
+
+// serverLoop relays a pinned connection's messages as they come, until
+// the connection fails or finish stops it.
+func (t *txnSession) serverLoop(c *pool.Conn, done chan struct{}) {
+	defer close(done)
+	var out []byte
+	for {
+		typ, msg, rerr := t.srd.next()
+		if rerr != nil {
+			t.serverEnded(c, rerr, out)
+			return
+		}
+		t.ss.bytesOut += int64(len(msg))
+		out, _ = t.serverMessage(typ, msg, c, out)
+		if !t.srd.whole() || len(out) >= 64<<10 {
+			if _, err := t.ss.conn.Write(out); err != nil {
+				t.endServer(c, false, err)
+				return
+			}
+			out = out[:0]
+		}
+	}
+}
+
+// leaveAttached gives back the connection of a client that left while
+// attached: reset and kept if nothing was in flight, closed otherwise.
+func (t *txnSession) leaveAttached(c *pool.Conn) {
+	t.mu.Lock()
+	quiet := len(t.mu.queue) == 0 && t.mu.pending <= 0
+	t.detachLocked()
+	t.mu.Unlock()
+	clean := quiet && t.srd != nil && t.srd.empty() && t.sst.lastStatus != 0
+	st := t.sst.lastStatus
+	t.target.clear()
+	t.dropReader()
+	t.s.releaseAfterSession(c, clean, st)
+}
+
+// endServer handles a server connection that failed: it is closed, and so
+// is the client (the compute's own FATAL, if any, has been relayed).
+func (t *txnSession) endServer(c *pool.Conn, closeClient bool, err error) {
+	t.mu.Lock()
+	t.detachLocked()
+	if t.mu.serverErr == nil {
+		t.mu.serverErr = err
+	}
+	t.mu.Unlock()
+	t.giveBack(c, false)
+	if closeClient {
+		_ = t.ss.conn.Close()
+	}
 }
