@@ -165,8 +165,11 @@ func (e *env) url(user, password, db string, query ...string) string {
 	return u.String()
 }
 
-func (e *env) connect(ctx context.Context, connString string) (*pgx.Conn, error) {
-	return pgx.Connect(ctx, connString)
+// libpqEnv is the environment for psql and pgbench to reach database db
+// through the proxy as the superuser.
+func (e *env) libpqEnv(db string) []string {
+	return []string{"PGPASSWORD=" + testPassword, "PGHOST=127.0.0.1", fmt.Sprintf("PGPORT=%d", e.port()),
+		"PGUSER=postgres", "PGDATABASE=" + db, "PGSSLMODE=disable"}
 }
 
 // mustQueryInt runs a one-value query on a fresh connection.

@@ -295,7 +295,7 @@ func TestPoolingCopyAndPgbench(t *testing.T) {
 	if out.String() != "1\tone\n2\ttwo\n3\tthree\n" {
 		t.Fatalf("copy out %q", out.String())
 	}
-	pe := []string{"PGPASSWORD=" + testPassword, "PGHOST=127.0.0.1", fmt.Sprintf("PGPORT=%d", e.port()), "PGUSER=postgres", "PGDATABASE=main-pooler", "PGSSLMODE=disable"}
+	pe := e.libpqEnv("main-pooler")
 	if out, err := runCmd(t, pe, "pgbench", "-i", "-s", "1", "-q"); err != nil {
 		t.Fatalf("pgbench -i: %v\n%s", err, out)
 	}
@@ -386,7 +386,7 @@ func TestPreparedStatementsAcrossServers(t *testing.T) {
 		}
 	}
 
-	pe := []string{"PGPASSWORD=" + testPassword, "PGHOST=127.0.0.1", fmt.Sprintf("PGPORT=%d", e.port()), "PGUSER=postgres", "PGDATABASE=main-pooler", "PGSSLMODE=disable"}
+	pe := e.libpqEnv("main-pooler")
 	if out, err := runCmd(t, pe, "pgbench", "-i", "-s", "1", "-q"); err != nil {
 		t.Fatalf("pgbench -i: %v\n%s", err, out)
 	}

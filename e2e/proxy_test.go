@@ -217,7 +217,7 @@ func TestRoutingAndAuth(t *testing.T) {
 	})
 
 	t.Run("pgbench", func(t *testing.T) {
-		pe := []string{"PGPASSWORD=" + testPassword, "PGHOST=127.0.0.1", fmt.Sprintf("PGPORT=%d", e.port()), "PGUSER=postgres", "PGDATABASE=dev"}
+		pe := e.libpqEnv("dev")
 		if out, err := runCmd(t, pe, "pgbench", "-i", "-s", "1", "-q"); err != nil {
 			t.Fatalf("pgbench -i: %v\n%s", err, out)
 		}
