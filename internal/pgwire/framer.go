@@ -38,15 +38,6 @@ type Framer struct {
 
 	// OnHeader, if set, is called for every message header, in order.
 	OnHeader func(typ byte, length int)
-	// Capture selects message types whose bodies are collected (up to
-	// CaptureMax bytes, default 4096) and passed to OnMessage when complete.
-	// The body slice is reused: copy what must outlive the call.
-	Capture    [256]bool
-	CaptureMax int
-	OnMessage  func(typ byte, body []byte, truncated bool)
-	capBuf     []byte
-	capturing  bool
-	capTrunc   bool
 }
 
 // FrameError is a length word outside what the protocol allows.
@@ -76,15 +67,8 @@ func (f *Framer) Feed(p []byte) error {
 				}
 				f.wantStatus = false
 			}
-			if f.capturing {
-				f.capture(p[:n])
-			}
 			f.remain -= n
 			p = p[n:]
-			if f.remain == 0 && f.capturing {
-				f.capturing = false
-				f.OnMessage(f.typ, f.capBuf, f.capTrunc)
-			}
 			continue
 		}
 		// Header, possibly split across chunks.
@@ -110,29 +94,8 @@ func (f *Framer) Feed(p []byte) error {
 		if f.OnHeader != nil {
 			f.OnHeader(f.typ, int(l))
 		}
-		if f.OnMessage != nil && f.Capture[f.typ] {
-			f.capBuf, f.capTrunc = f.capBuf[:0], false
-			if f.remain == 0 {
-				f.OnMessage(f.typ, f.capBuf, false)
-			} else {
-				f.capturing = true
-			}
-		}
 	}
 	return nil
-}
-
-func (f *Framer) capture(b []byte) {
-	max := f.CaptureMax
-	if max <= 0 {
-		max = 4096
-	}
-	room := max - len(f.capBuf)
-	if len(b) > room {
-		b = b[:room]
-		f.capTrunc = true
-	}
-	f.capBuf = append(f.capBuf, b...)
 }
 
 // AtBoundary reports whether the stream fed so far ends exactly at a
