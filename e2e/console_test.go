@@ -221,6 +221,22 @@ func TestAdminConsole(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("query after RESUME: %v", err)
 	}
+	// Mix-ups are errors, as in PgBouncer; bare PAUSE/RESUME cover every branch.
+	_, err = con.Exec(ctx, "RESUME main")
+	wantPgError(t, err, "55000", `branch "main" is not paused`)
+	for _, q := range []string{"PAUSE", "SHOW BRANCHES", "RESUME"} {
+		if _, err := con.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		if q == "PAUSE" && !e.srv.Pool.Paused("main") {
+			t.Fatal("bare PAUSE did not pause main")
+		}
+	}
+	if e.srv.Pool.Paused("main") {
+		t.Fatal("bare RESUME left main paused")
+	}
+	_, err = con.Exec(ctx, "RESUME")
+	wantPgError(t, err, "55000", "no branch is paused")
 
 	// RELOAD applies default_pool_size and names keys that need a restart
 	// (the listen addresses, which the harness rewrote to the real ports).

@@ -291,6 +291,18 @@ func (p *Pool) Resume(branch string) {
 	}
 }
 
+// PausedBranches lists the paused branches, sorted.
+func (p *Pool) PausedBranches() []string {
+	p.mu.Lock()
+	out := make([]string, 0, len(p.mu.paused))
+	for b := range p.mu.paused {
+		out = append(out, b)
+	}
+	p.mu.Unlock()
+	sort.Strings(out)
+	return out
+}
+
 // Paused reports whether branch is paused.
 func (p *Pool) Paused(branch string) bool {
 	p.mu.Lock()

@@ -22,13 +22,13 @@ import (
 // answers PgBouncer's SHOW commands with PgBouncer's column names where the
 // concept is the same, so dashboards and habits carry over.
 
-const consoleHint = "Commands: SHOW POOLS | CLIENTS | SERVERS | STATS | BRANCHES; PAUSE branch; RESUME branch; RELOAD."
+const consoleHint = "Commands: SHOW POOLS | CLIENTS | SERVERS | STATS | BRANCHES; PAUSE [branch]; RESUME [branch]; RELOAD."
 
 // consoleCmd is one parsed console statement.
 type consoleCmd struct {
 	verb string // SHOW, PAUSE, RESUME, RELOAD
 	what string // SHOW's subject, upper case
-	arg  string // PAUSE/RESUME's branch
+	arg  string // PAUSE/RESUME's branch; "" means every branch
 }
 
 // parseConsole splits a simple query into statements and parses each.
@@ -55,7 +55,10 @@ func parseConsole(query string) ([]consoleCmd, error) {
 				}
 			}
 		case "PAUSE", "RESUME":
-			if len(f) == 2 {
+			switch len(f) {
+			case 1:
+				ok = true // every branch, as PgBouncer's bare PAUSE
+			case 2:
 				cmd.arg, ok = identifier(f[1])
 			}
 		case "RELOAD":
@@ -223,19 +226,8 @@ func (s *Server) consoleRun(out []byte, cmd consoleCmd) ([]byte, error) {
 		}
 		return t.encode(out), nil
 	case "PAUSE", "RESUME":
-		if cmd.verb == "RESUME" && s.opt.Pool.Paused(cmd.arg) {
-			// Even a branch deleted while paused can be resumed.
-			s.opt.Pool.Resume(cmd.arg)
-		} else {
-			if _, err := s.opt.Branches.Get(ctx, cmd.arg); err != nil {
-				if errors.Is(err, router.ErrBranchNotFound) {
-					return out, &pgwire.Error{Code: pgwire.CodeUnknownBranch, Message: fmt.Sprintf("branch %q does not exist", cmd.arg)}
-				}
-				return out, err
-			}
-			if cmd.verb == "PAUSE" {
-				s.opt.Pool.Pause(cmd.arg)
-			}
+		if err := s.pauseResume(ctx, cmd); err != nil {
+			return out, err
 		}
 		out, _ = (&pgproto3.CommandComplete{CommandTag: []byte(cmd.verb)}).Encode(out)
 		return out, nil
@@ -484,4 +476,56 @@ func (s *Server) showBranches(ctx context.Context) (*table, error) {
 		t.add(b.Name, b.Parent, state, clients[b.Name], s.opt.Pool.Paused(b.Name))
 	}
 	return t, nil
+}
+
+// pauseResume runs PAUSE/RESUME for one branch, or for every branch when
+// none is named. As in PgBouncer, pausing a paused branch or resuming one
+// that is not paused is an error (55000), so scripts notice a mix-up.
+func (s *Server) pauseResume(ctx context.Context, cmd consoleCmd) error {
+	notInState := func(msg string) error {
+		return &pgwire.Error{Code: "55000", Message: msg}
+	}
+	if cmd.arg == "" {
+		if cmd.verb == "RESUME" {
+			paused := s.opt.Pool.PausedBranches()
+			if len(paused) == 0 {
+				return notInState("no branch is paused")
+			}
+			for _, b := range paused {
+				s.opt.Pool.Resume(b)
+			}
+			return nil
+		}
+		if s.opt.Lister == nil {
+			return &pgwire.Error{Code: pgwire.CodeFeatureNotSupported, Message: "PAUSE without a branch is not available here"}
+		}
+		branches, err := s.opt.Lister.List(ctx)
+		if err != nil {
+			return err
+		}
+		for _, b := range branches {
+			s.opt.Pool.Pause(b.Name)
+		}
+		return nil
+	}
+	paused := s.opt.Pool.Paused(cmd.arg)
+	if cmd.verb == "RESUME" {
+		if !paused {
+			return notInState(fmt.Sprintf("branch %q is not paused", cmd.arg))
+		}
+		// Even a branch deleted while paused can be resumed.
+		s.opt.Pool.Resume(cmd.arg)
+		return nil
+	}
+	if _, err := s.opt.Branches.Get(ctx, cmd.arg); err != nil {
+		if errors.Is(err, router.ErrBranchNotFound) {
+			return &pgwire.Error{Code: pgwire.CodeUnknownBranch, Message: fmt.Sprintf("branch %q does not exist", cmd.arg)}
+		}
+		return err
+	}
+	if paused {
+		return notInState(fmt.Sprintf("branch %q is already paused", cmd.arg))
+	}
+	s.opt.Pool.Pause(cmd.arg)
+	return nil
 }
