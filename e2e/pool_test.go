@@ -19,14 +19,6 @@ func (e *env) poolerURL(query ...string) string {
 	return e.url("postgres", testPassword, "main-pooler", query...)
 }
 
-// serverConns counts the compute's client backends (not the proxy's own
-// verifier-lookup connections).
-func (e *env) serverConns(t *testing.T) int64 {
-	t.Helper()
-	return e.mustQueryInt(e.url("postgres", testPassword, "main"),
-		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name <> 'neonproxy-auth' AND pid <> pg_backend_pid()")
-}
-
 // TestTransactionPoolingSharesServers: 30 clients on 3 server connections
 // run interleaved transactions; none sees another's uncommitted state and
 // the compute never has more than 3 backends for them.

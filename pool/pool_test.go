@@ -34,23 +34,7 @@ func TestFIFOHandOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	order := make(chan int, 3)
-	var wg sync.WaitGroup
-	for i := 1; i <= 3; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			c, _, err := p.Acquire(ctx, k, 1, dial)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			order <- i
-			p.Release(c, true)
-		}(i)
-		// Queue them in a known order.
-		waitFor(t, func() bool { return p.Stats().Waiting == i })
-	}
+	served := queueWaiters(t, p, k, dial, 3, 0)
 	// A late arrival must not overtake the queue.
 	p.Release(first, true)
 	late, _, err := p.Acquire(ctx, k, 1, dial)
@@ -58,12 +42,7 @@ func TestFIFOHandOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Release(late, true)
-	wg.Wait()
-	close(order)
-	got := []int{}
-	for i := range order {
-		got = append(got, i)
-	}
+	got := served()
 	if len(got) != 3 || got[0] != 1 || got[1] != 2 || got[2] != 3 || dialed != 1 {
 		t.Fatalf("order %v, dialed %d", got, dialed)
 	}
@@ -198,23 +177,7 @@ func TestPauseResume(t *testing.T) {
 		t.Fatalf("paused Acquire: %v", err)
 	}
 	cancel()
-	order := make(chan int, 3)
-	var wg sync.WaitGroup
-	for i := 1; i <= 3; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			c, _, err := p.Acquire(ctx, k, 1, dial)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			order <- i
-			time.Sleep(10 * time.Millisecond)
-			p.Release(c, true)
-		}(i)
-		waitFor(t, func() bool { return p.Stats().Waiting == i })
-	}
+	served := queueWaiters(t, p, k, dial, 3, 10*time.Millisecond)
 	// Giving back the held connection does not hand it to a waiter.
 	p.Release(held, true)
 	time.Sleep(20 * time.Millisecond)
@@ -222,12 +185,7 @@ func TestPauseResume(t *testing.T) {
 		t.Fatalf("paused stats %+v", st)
 	}
 	p.Resume("main")
-	wg.Wait()
-	close(order)
-	var got []int
-	for i := range order {
-		got = append(got, i)
-	}
+	got := served()
 	// The two idle connections go to the first two waiters, the third
 	// waits for one of them.
 	if len(got) != 3 || got[2] != 3 {
@@ -275,5 +233,38 @@ func TestConnsAndSetOptions(t *testing.T) {
 	p.Release(a, false)
 	if cs := p.Conns(); len(cs) != 1 || cs[0].State != "idle" {
 		t.Fatalf("conns after close %+v", cs)
+	}
+}
+
+// queueWaiters starts n clients that Acquire k in a known order (each is
+// queued before the next starts), hold their connection for hold and give
+// it back. served waits for them and returns the order they were served in.
+func queueWaiters(t *testing.T, p *Pool, k Key, dial DialFunc, n int, hold time.Duration) (served func() []int) {
+	t.Helper()
+	order := make(chan int, n)
+	var wg sync.WaitGroup
+	for i := 1; i <= n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			c, _, err := p.Acquire(context.Background(), k, 1, dial)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- i
+			time.Sleep(hold)
+			p.Release(c, true)
+		}(i)
+		waitFor(t, func() bool { return p.Stats().Waiting == i })
+	}
+	return func() []int {
+		wg.Wait()
+		close(order)
+		var got []int
+		for i := range order {
+			got = append(got, i)
+		}
+		return got
 	}
 }
