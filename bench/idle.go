@@ -366,3 +366,35 @@ func rss(pid int) (int64, error) {
 	}
 	return 0, fmt.Errorf("pid %d: no VmRSS in /proc/%d/status", pid, pid)
 }
+
+// userHZ is the unit of utime and stime in /proc/PID/stat (USER_HZ, 100
+// on every Linux architecture Go supports).
+const userHZ = 100
+
+// cpuTime reads the CPU time (user + system) pid has used, from
+// /proc/PID/stat; the resolution is 1/userHZ.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read CPU time: %w", err)
+	}
+	// The command name (field 2) can hold spaces: fields count from the
+	// last ')'. utime and stime are fields 14 and 15.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("pid %d: malformed /proc/%d/stat", pid, pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("pid %d: short /proc/%d/stat", pid, pid)
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("pid %d: CPU ticks %q: %w", pid, s, err)
+		}
+		ticks += v
+	}
+	return time.Duration(ticks) * time.Second / userHZ, nil
+}

@@ -27,6 +27,7 @@ type pgTarget struct {
 	port     int
 	dbname   string
 	password string // sent as PGPASSWORD; empty for trust
+	pid      int    // the pooler's process, for its CPU time; 0 for direct
 }
 
 // args are the libpq connection arguments for pgbench.
@@ -52,6 +53,7 @@ type pgbenchResult struct {
 	failed    int64
 	p99       time.Duration // from the per-transaction log; 0 without -l
 	logged    int           // transactions in the per-transaction log
+	processed int64         // "number of transactions actually processed"
 }
 
 // pgbenchSelect runs pgbench -S (optionally -C) against t for d.
@@ -212,6 +214,7 @@ var (
 	reTPS     = regexp.MustCompile(`(?m)^tps = ([0-9.]+)`)
 	reLatency = regexp.MustCompile(`(?m)^latency average = ([0-9.]+) ms`)
 	reFailed  = regexp.MustCompile(`(?m)^number of failed transactions: ([0-9]+)`)
+	reDone    = regexp.MustCompile(`(?m)^number of transactions actually processed: ([0-9]+)`)
 )
 
 // parsePgbench reads tps, latency average and failures from pgbench's
@@ -233,6 +236,9 @@ func parsePgbench(out string) (pgbenchResult, error) {
 	}
 	if m := reFailed.FindStringSubmatch(out); m != nil {
 		r.failed, _ = strconv.ParseInt(m[1], 10, 64)
+	}
+	if m := reDone.FindStringSubmatch(out); m != nil {
+		r.processed, _ = strconv.ParseInt(m[1], 10, 64)
 	}
 	return r, nil
 }

@@ -54,7 +54,10 @@ type poolRun struct {
 	r     pgbenchResult
 	base  int // client backends on the compute just before the run; -1 unknown
 	peak  int // most client backends seen on the compute during the run; -1 unknown
-	err   string
+	// cpu is the pooler process's CPU time during the run (0 for direct or
+	// unknown); per transaction it says how much the pooler itself costs.
+	cpu time.Duration
+	err string
 }
 
 // poolWorkload collects the runs of one workload.
@@ -68,10 +71,10 @@ type poolWorkload struct {
 // rounds alternate through them.
 func (b *bench) poolingTargets() []pgTarget {
 	ts := []pgTarget{{name: nameProxyPooler, host: "127.0.0.1", port: b.proxy.port,
-		dbname: branch + "-pooler", password: b.proxy.password}}
+		dbname: branch + "-pooler", password: b.proxy.password, pid: b.proxy.pid()}}
 	if b.pgbTx != nil {
 		ts = append(ts, pgTarget{name: namePgBouncerTx, host: "127.0.0.1", port: b.pgbTx.port,
-			dbname: branch, password: b.proxy.password})
+			dbname: branch, password: b.proxy.password, pid: b.pgbTx.pid()})
 	}
 	return append(ts, pgTarget{name: nameDirect, host: b.socketDir, port: b.computePort, dbname: "postgres"})
 }
@@ -287,7 +290,16 @@ func (b *bench) observedRun(ctx context.Context, t pgTarget, spec pgbenchSpec) p
 			}
 		})
 	}
+	var cpu0 time.Duration
+	if t.pid > 0 {
+		cpu0, _ = cpuTime(t.pid)
+	}
 	r, err := pgbenchRun(ctx, t, spec)
+	if t.pid > 0 {
+		if cpu1, cerr := cpuTime(t.pid); cerr == nil && cpu0 > 0 {
+			run.cpu = cpu1 - cpu0
+		}
+	}
 	stop()
 	wg.Wait()
 	run.r, run.peak = r, peak
@@ -305,7 +317,8 @@ type pathSummary struct {
 	medianTPS     float64
 	medianLatency float64 // ms
 	medianP99     time.Duration
-	newBackends   int // most backends a run added to those open before it; -1 unknown
+	newBackends   int           // most backends a run added to those open before it; -1 unknown
+	cpuPerTx      time.Duration // median pooler CPU per transaction; 0 unknown
 	failed        int64
 	errors        int
 }
@@ -313,7 +326,7 @@ type pathSummary struct {
 func summarizeRuns(pw poolWorkload, name string) pathSummary {
 	s := pathSummary{name: name, newBackends: -1}
 	var lat []float64
-	var p99 []time.Duration
+	var p99, cpu []time.Duration
 	for _, r := range pw.runs {
 		if r.path != name {
 			continue
@@ -328,6 +341,9 @@ func summarizeRuns(pw poolWorkload, name string) pathSummary {
 		if r.r.p99 > 0 {
 			p99 = append(p99, r.r.p99)
 		}
+		if r.cpu > 0 && r.r.processed > 0 {
+			cpu = append(cpu, r.cpu/time.Duration(r.r.processed))
+		}
 		if r.base >= 0 && r.peak >= 0 {
 			s.newBackends = max(s.newBackends, r.peak-r.base)
 		}
@@ -336,6 +352,9 @@ func summarizeRuns(pw poolWorkload, name string) pathSummary {
 	s.medianTPS, s.medianLatency = medianFloat(s.tps), medianFloat(lat)
 	if len(p99) > 0 {
 		s.medianP99 = medianDuration(p99)
+	}
+	if len(cpu) > 0 {
+		s.cpuPerTx = medianDuration(cpu)
 	}
 	return s
 }

@@ -150,8 +150,8 @@ func (r *report) printPoolWorkload(p printer, n int, pw poolWorkload) {
 	goal := fmt.Sprintf("goal: neonproxy ≥ %.1f× PgBouncer TPS%s", pw.w.goal, pw.w.goalNote)
 	p("### %d. `%s` — %s (%s)", n, workloadCommand(pw), pw.w.title, goal)
 	p("")
-	p("| path | TPS median | TPS per round | latency avg (median) | p99 (median) | new backends (max) | failed tx | failed runs |")
-	p("|---|---:|---|---:|---:|---:|---:|---:|")
+	p("| path | TPS median | TPS per round | latency avg (median) | p99 (median) | pooler CPU / tx (median) | new backends (max) | failed tx | failed runs |")
+	p("|---|---:|---|---:|---:|---:|---:|---:|---:|")
 	for _, name := range []string{nameProxyPooler, namePgBouncerTx, nameDirect} {
 		s := summarizeRuns(pw, name)
 		if s.runs == 0 && s.errors == 0 {
@@ -169,8 +169,12 @@ func (r *report) printPoolWorkload(p printer, n int, pw poolWorkload) {
 		if s.newBackends >= 0 {
 			peak = fmt.Sprint(s.newBackends)
 		}
-		p("| %s | %s | %s | %.3f ms | %s | %s | %d | %d |", name, tpsCell(s), strings.Join(per, ", "),
-			s.medianLatency, p99, peak, s.failed, s.errors)
+		cpu := "–"
+		if s.cpuPerTx > 0 {
+			cpu = fmt.Sprintf("%.1f µs", float64(s.cpuPerTx)/float64(time.Microsecond))
+		}
+		p("| %s | %s | %s | %.3f ms | %s | %s | %s | %d | %d |", name, tpsCell(s), strings.Join(per, ", "),
+			s.medianLatency, p99, cpu, peak, s.failed, s.errors)
 	}
 }
 
