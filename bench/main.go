@@ -1,11 +1,12 @@
 // Command bench measures neonproxy against direct PostgreSQL and PgBouncer:
 // cold wake (stopped compute → first row), warm connection setup, and pgbench
-// throughput / per-query latency. It starts its own neonproxy (and
+// throughput / per-query latency; and neonproxy's branches (create latency,
+// storage, cold and warm start). It starts its own neonproxy (and
 // PgBouncer) on free 127.0.0.1 ports in a temporary data directory and prints
 // a plain-text report. Timings are never pass/fail; the exit status is
 // non-zero only when the harness itself fails.
 //
-//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling]
+//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching]
 package main
 
 import (
@@ -23,12 +24,13 @@ import (
 
 // Sections of the report that -only selects.
 const (
-	sectionLatency = "latency" // cold wake, warm connect, round trips
-	sectionPgbench = "pgbench" // session-mode pgbench -S and -S -C
-	sectionPooling = "pooling" // -pooler route vs PgBouncer transaction mode, idle clients
+	sectionLatency   = "latency"   // cold wake, warm connect, round trips
+	sectionPgbench   = "pgbench"   // session-mode pgbench -S and -S -C
+	sectionPooling   = "pooling"   // -pooler route vs PgBouncer transaction mode, idle clients
+	sectionBranching = "branching" // branch create latency, storage, cold/warm start (own neonproxy)
 )
 
-var allSections = []string{sectionLatency, sectionPgbench, sectionPooling}
+var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching}
 
 // options are the command-line flags.
 type options struct {
@@ -44,10 +46,20 @@ type options struct {
 	idleClients   int      // pooling: idle client connections for the memory measure
 	poolSize      int      // pooling: neonproxy pool.default_pool_size and PgBouncer default_pool_size
 	sections      []string // from -only; all when the flag is empty
+	bigScale      int      // branching: pgbench scale of the big parent
+	// proxyLogLevel is neonproxy's log.level (empty: warn); the branching
+	// section sets info for the "data directory materialized" lines.
+	proxyLogLevel string
 }
 
 // has reports whether section s runs.
 func (o options) has(s string) bool { return slices.Contains(o.sections, s) }
+
+// needsMainProxy reports whether a section that shares the main neonproxy
+// (all but branching, which starts its own) runs.
+func (o options) needsMainProxy() bool {
+	return o.has(sectionLatency) || o.has(sectionPgbench) || o.has(sectionPooling)
+}
 
 func parseFlags() (options, error) {
 	var o options
@@ -57,10 +69,11 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.clients, "clients", 8, "pgbench clients (-c)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs, data) after the run")
 	flag.BoolVar(&o.skipPgBouncer, "skip-pgbouncer", false, "do not run the PgBouncer comparison")
-	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s -rounds 2 -idle-clients 1000 (explicit flags win)")
+	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s -rounds 2 -idle-clients 1000 -branch-big-scale 8 (explicit flags win)")
 	flag.IntVar(&o.rounds, "rounds", 3, "pooling: runs per path and workload, alternating neonproxy, PgBouncer, direct")
 	flag.IntVar(&o.idleClients, "idle-clients", 10000, "pooling: idle client connections opened for the memory-per-client measure")
 	flag.IntVar(&o.poolSize, "pool-size", 20, "pooling: server connections per pool (neonproxy pool.default_pool_size, PgBouncer default_pool_size)")
+	flag.IntVar(&o.bigScale, "branch-big-scale", 64, "branching: pgbench scale of the big parent (64 ≈ 1 GB)")
 	only := flag.String("only", "", "comma-separated sections to run: "+strings.Join(allSections, ", ")+" (default: all)")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -70,10 +83,11 @@ func parseFlags() (options, error) {
 		set := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		quick := map[string]func(){
-			"tries":        func() { o.tries = 5 },
-			"duration":     func() { o.duration = 3 * time.Second },
-			"rounds":       func() { o.rounds = 2 },
-			"idle-clients": func() { o.idleClients = 1000 },
+			"tries":            func() { o.tries = 5 },
+			"duration":         func() { o.duration = 3 * time.Second },
+			"rounds":           func() { o.rounds = 2 },
+			"idle-clients":     func() { o.idleClients = 1000 },
+			"branch-big-scale": func() { o.bigScale = 8 },
 		}
 		for name, apply := range quick {
 			if !set[name] {
@@ -84,8 +98,8 @@ func parseFlags() (options, error) {
 	if o.tries < 1 || o.clients < 1 || o.duration < time.Second {
 		return o, errors.New("-tries and -clients must be ≥ 1 and -duration ≥ 1s")
 	}
-	if o.rounds < 1 || o.idleClients < 0 || o.poolSize < 1 {
-		return o, errors.New("-rounds and -pool-size must be ≥ 1 and -idle-clients ≥ 0")
+	if o.rounds < 1 || o.idleClients < 0 || o.poolSize < 1 || o.bigScale < 1 {
+		return o, errors.New("-rounds, -pool-size and -branch-big-scale must be ≥ 1 and -idle-clients ≥ 0")
 	}
 	var err error
 	if o.sections, err = parseSections(*only); err != nil {
@@ -158,14 +172,22 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	defer env.cleanup()
 
-	px, err := startProxy(ctx, o, env)
-	if err != nil {
-		return err
+	b := &bench{opts: o, env: env, rep: newReport(o), nofile: nofile}
+	if o.needsMainProxy() {
+		px, err := startProxy(ctx, o, env)
+		if err != nil {
+			return err
+		}
+		defer px.stop()
+		b.proxy = px
+		b.runPhases(ctx)
+		// Stopped before the branching section, so that its idle compute
+		// and its store take no part in that section's numbers.
+		px.stop()
 	}
-	defer px.stop()
-
-	b := &bench{opts: o, env: env, proxy: px, rep: newReport(o), nofile: nofile}
-	b.runPhases(ctx)
+	if o.has(sectionBranching) {
+		b.runBranching(ctx)
+	}
 	b.rep.print(os.Stdout)
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", context.Cause(ctx))

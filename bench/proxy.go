@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -111,8 +113,8 @@ pool:
   default_pool_size: %d
   max_client_conn: %d
 log:
-  level: warn
-`, port, adminPort, p.dataDir, branch, computeMaxConnections, o.poolSize, maxClientConn(o))
+  level: %s
+`, port, adminPort, p.dataDir, branch, computeMaxConnections, o.poolSize, maxClientConn(o), cmp.Or(o.proxyLogLevel, "warn"))
 	path := e.path("neonproxy.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return "", fmt.Errorf("write neonproxy config: %w", err)
@@ -181,9 +183,13 @@ func (p *proxy) stop() {
 }
 
 // url is the client connection string through the proxy.
-func (p *proxy) url(sslmode string) string {
+func (p *proxy) url(sslmode string) string { return p.branchURL(branch, sslmode) }
+
+// branchURL is the client connection string of branch name (its database
+// name selects the branch).
+func (p *proxy) branchURL(name, sslmode string) string {
 	return fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/%s?sslmode=%s",
-		url.QueryEscape(p.password), p.port, branch, sslmode)
+		url.QueryEscape(p.password), p.port, name, sslmode)
 }
 
 // pid is the neonproxy process id (for its RSS).
@@ -195,44 +201,79 @@ type computeStatus struct {
 	PID   int    `json:"pid"`
 }
 
+// branchInfo is the part of GET /v1/branches/NAME the bench reads.
+type branchInfo struct {
+	Compute          computeStatus `json:"compute"`
+	ParentLSN        string        `json:"parent_lsn"`
+	LogicalSizeBytes int64         `json:"logical_size_bytes"`
+	UniqueBytes      int64         `json:"unique_bytes"`
+	LocalBytes       int64         `json:"local_bytes"`
+}
+
 func (p *proxy) status(ctx context.Context) (computeStatus, error) {
-	var b struct {
-		Compute computeStatus `json:"compute"`
-	}
-	err := p.call(ctx, http.MethodGet, "/v1/branches/"+branch, &b)
+	b, err := p.branchInfo(ctx, branch)
 	return b.Compute, err
 }
 
-func (p *proxy) suspend(ctx context.Context) error {
-	return p.call(ctx, http.MethodPost, "/v1/branches/"+branch+"/suspend", nil)
+func (p *proxy) branchInfo(ctx context.Context, name string) (branchInfo, error) {
+	var b branchInfo
+	err := p.call(ctx, http.MethodGet, "/v1/branches/"+name, &b)
+	return b, err
 }
 
-// waitState polls the admin API until the compute is in state want.
+func (p *proxy) suspend(ctx context.Context) error { return p.suspendBranch(ctx, branch) }
+
+func (p *proxy) suspendBranch(ctx context.Context, name string) error {
+	return p.call(ctx, http.MethodPost, "/v1/branches/"+name+"/suspend", nil)
+}
+
+// waitState polls the admin API until main's compute is in state want.
 func (p *proxy) waitState(ctx context.Context, want string, limit time.Duration) error {
+	return p.waitBranchState(ctx, branch, want, limit)
+}
+
+// waitBranchState polls the admin API until name's compute is in state want.
+func (p *proxy) waitBranchState(ctx context.Context, name, want string, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	last := ""
 	for {
-		st, err := p.status(ctx)
+		b, err := p.branchInfo(ctx, name)
 		if err != nil {
 			return err
 		}
-		if st.State == want {
+		if b.Compute.State == want {
 			return nil
 		}
-		last = st.State
+		last = b.Compute.State
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("compute of %s still %q, want %q: %w", branch, last, want, context.Cause(ctx))
+			return fmt.Errorf("compute of %s still %q, want %q: %w", name, last, want, context.Cause(ctx))
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
 }
 
 func (p *proxy) call(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, p.admin+path, nil)
+	return p.send(ctx, method, path, nil, out)
+}
+
+// send is call with a JSON request body (none when in is nil).
+func (p *proxy) send(ctx context.Context, method, path string, in, out any) error {
+	var reqBody io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("admin %s %s: encode: %w", method, path, err)
+		}
+		reqBody = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, p.admin+path, reqBody)
 	if err != nil {
 		return fmt.Errorf("admin %s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := p.http.Do(req)
 	if err != nil {

@@ -38,6 +38,7 @@ type report struct {
 	reconnect     []namedPgbench
 	pgbouncerNote string
 	pooling       poolingReport
+	branching     branchingReport
 	problems      []string
 }
 
@@ -133,10 +134,15 @@ func (r *report) print(w io.Writer) {
 	p("")
 	p("# neonproxy benchmark — %s", r.started.UTC().Format(time.RFC3339))
 	p("")
-	p("All numbers come from one run: one neonproxy, one compute (branch %s), one machine.", branch)
-	p("Settings: -tries %d, -duration %s, -clients %d, pgbench scale %d, -only %s; pooling: -rounds %d, -pool-size %d, -idle-clients %d.",
+	if r.opts.needsMainProxy() {
+		p("All numbers come from one run: one neonproxy, one compute (branch %s), one machine.", branch)
+	}
+	if r.opts.has(sectionBranching) {
+		p("The branching section runs on its own neonproxy (see there).")
+	}
+	p("Settings: -tries %d, -duration %s, -clients %d, pgbench scale %d, -only %s; pooling: -rounds %d, -pool-size %d, -idle-clients %d; branching: -branch-big-scale %d.",
 		r.opts.tries, r.opts.duration, r.opts.clients, pgbenchScale, strings.Join(r.opts.sections, ","),
-		r.opts.rounds, r.opts.poolSize, r.opts.idleClients)
+		r.opts.rounds, r.opts.poolSize, r.opts.idleClients, r.opts.bigScale)
 	r.printMachine(p)
 	r.printCold(p)
 	r.printWarm(p)
@@ -144,6 +150,7 @@ func (r *report) print(w io.Writer) {
 	r.printSelectOnly(p)
 	r.printReconnect(p)
 	r.printPooling(p)
+	r.printBranching(p)
 	r.printCommands(p)
 	r.printProblems(p)
 }

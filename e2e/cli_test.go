@@ -50,9 +50,17 @@ func TestCLIAndAdminAPI(t *testing.T) {
 	if _, err := c.Exec(ctx, "CREATE TABLE items AS SELECT g AS id FROM generate_series(1, 1000) g"); err != nil {
 		t.Fatal(err)
 	}
-	// main keeps running with a client while dev is cloned from it online.
+	c.Close(ctx)
+	// A clean stop stores main's data in the pagestore.
+	if out, err := runCLI(t, e, "compute", "suspend", "main"); err != nil || !strings.Contains(out, "branch main: compute stopped") {
+		t.Fatalf("compute suspend main: %v\n%s", err, out)
+	}
+	if c, err = pgx.Connect(ctx, e.url("postgres", testPassword, "main")); err != nil {
+		t.Fatal(err)
+	}
+	// main runs with a client while dev is created from its stored image.
 	out, err := runCLI(t, e, "branch", "create", "dev")
-	if err != nil || !strings.Contains(out, "created branch dev (parent main)") {
+	if err != nil || !regexp.MustCompile(`created branch dev \(parent main at [0-9A-F]+/[0-9A-F]+, its newest stored image\)`).MatchString(out) {
 		t.Fatalf("branch create: %v\n%s", err, out)
 	}
 	if _, err := c.Exec(ctx, "INSERT INTO items VALUES (1001)"); err != nil {
@@ -67,7 +75,7 @@ func TestCLIAndAdminAPI(t *testing.T) {
 	}
 
 	out, err = runCLI(t, e, "branch", "list")
-	if err != nil || !regexp.MustCompile(`(?m)^dev\s+main\s+running`).MatchString(out) {
+	if err != nil || !regexp.MustCompile(`(?m)^main\s+-\s+running[^\n]*\n└── dev\s+[0-9A-F]+/[0-9A-F]+\s+running`).MatchString(out) {
 		t.Fatalf("branch list: %v\n%s", err, out)
 	}
 	out, err = runCLI(t, e, "branch", "show", "dev")
@@ -75,12 +83,18 @@ func TestCLIAndAdminAPI(t *testing.T) {
 	if err != nil || json.Unmarshal([]byte(out), &bj) != nil {
 		t.Fatalf("branch show: %v\n%s", err, out)
 	}
-	if bj.Name != "dev" || bj.Parent != "main" || bj.Compute.State != "running" || bj.LogicalSizeBytes <= 0 || bj.CreatedAt.IsZero() {
+	if bj.Name != "dev" || bj.Parent != "main" || bj.ParentLSN == "" || bj.Compute.State != "running" || bj.LogicalSizeBytes <= 0 ||
+		bj.UniqueBytes != 0 || bj.Timeline == 0 || !bj.UnstoredChanges || bj.CreatedAt.IsZero() {
 		t.Fatalf("branch JSON %+v", bj)
 	}
 	out, err = runCLI(t, e, "compute", "suspend", "dev")
 	if err != nil || !strings.Contains(out, "branch dev: compute stopped") {
 		t.Fatalf("compute suspend: %v\n%s", err, out)
+	}
+	// Stopped, dev holds in the store only what it changed.
+	if bj, err = (&admin.Client{BaseURL: "http://" + e.srv.AdminAddr().String()}).GetBranch(ctx, "dev"); err != nil || bj.UnstoredChanges || bj.UniqueBytes <= 0 ||
+		bj.UniqueBytes > bj.LogicalSizeBytes/4 || bj.LocalBytes <= 0 {
+		t.Fatalf("dev after suspend: %+v, %v", bj, err)
 	}
 
 	for _, tt := range []struct {

@@ -82,6 +82,7 @@ func newEnvOpt(t *testing.T, mutate func(*config.Config), withFile bool) *env {
 	cfg.DataDir = filepath.Join(dir, "data")
 	cfg.Bootstrap.Password = testPassword
 	cfg.Compute.SuspendTimeout = config.Duration(time.Hour)
+	cfg.Compute.SpareFiles = 300 // exercised, without 2,000 creates per server
 	cfg.Log.Level = "debug"
 	if mutate != nil {
 		mutate(&cfg)

@@ -445,6 +445,14 @@ func TestBrokenComputeGets57P03(t *testing.T) {
 	if err := e.srv.Registry.Create(ctx, branch("broken", "main")); err != nil {
 		t.Fatal(err)
 	}
+	// A first start and clean stop leave a current local copy, which the
+	// next start uses as it is.
+	if n := e.mustQueryInt(e.url("postgres", testPassword, "broken"), "SELECT 1"); n != 1 {
+		t.Fatal(n)
+	}
+	if err := e.srv.Computes.Suspend(ctx, "broken"); err != nil {
+		t.Fatal(err)
+	}
 	conf := filepath.Join(e.cfg.DataDir, "computes", "branches", "broken", "pgdata", "postgresql.conf")
 	if err := os.WriteFile(conf, []byte("this is not a setting\n"), 0o600); err != nil {
 		t.Fatal(err)

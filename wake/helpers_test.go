@@ -18,10 +18,12 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/neonproxy/neonproxy/internal/metrics"
+	"github.com/neonproxy/neonproxy/pagestore"
 )
 
 // tmpl is a driver holding one bootstrapped branch "tmpl" (password
-// "secret") that tests copy instead of running initdb each time.
+// "secret") whose data directory tests ingest instead of running initdb
+// each time.
 var tmpl *PostgresDriver
 
 func TestMain(m *testing.M) {
@@ -39,7 +41,13 @@ func testMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	d, err := NewPostgresDriver(DriverOptions{DataDir: dir, NoSync: true, Logger: testLogger()})
+	store, err := pagestore.Open(pagestore.Options{Dir: filepath.Join(dir, "pagestore"), NoSync: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer store.Close()
+	d, err := NewPostgresDriver(DriverOptions{DataDir: dir, NoSync: true, Store: store, Logger: testLogger()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -77,6 +85,17 @@ func mkTemp(t *testing.T) string {
 	return dir
 }
 
+// openStore opens an empty pagestore closed at the end of the test.
+func openStore(t *testing.T) *pagestore.Store {
+	t.Helper()
+	s, err := pagestore.Open(pagestore.Options{Dir: filepath.Join(mkTemp(t), "pagestore"), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // countingDriver is the real PostgresDriver, counting starts and optionally
 // holding stops until a gate opens.
 type countingDriver struct {
@@ -110,24 +129,37 @@ func (g *gatedProcess) Stop(ctx context.Context) error {
 }
 
 type env struct {
-	t   *testing.T
-	dir string
-	drv *PostgresDriver
-	cd  *countingDriver
-	m   *Manager
-	met *metrics.Metrics
+	t     *testing.T
+	dir   string
+	store *pagestore.Store
+	drv   *PostgresDriver
+	cd    *countingDriver
+	m     *Manager
+	met   *metrics.Metrics
 }
 
-// newEnv makes a fresh data dir with copies of the template branch named
-// branches and a Manager over it, stopped and checked at the end.
+// newEnv makes a fresh data dir and store with the template branch's data
+// as root branches named branches, and a Manager over it, stopped and
+// checked at the end.
 func newEnv(t *testing.T, o Options, branches ...string) *env {
+	return newEnvDriver(t, o, DriverOptions{}, branches...)
+}
+
+// newEnvDriver is newEnv with driver options (DataDir, Store, NoSync and
+// Logger are set here).
+func newEnvDriver(t *testing.T, o Options, do DriverOptions, branches ...string) *env {
 	t.Helper()
 	dir := mkTemp(t)
-	drv, err := NewPostgresDriver(DriverOptions{DataDir: dir, NoSync: true, Logger: testLogger()})
+	store, err := pagestore.Open(pagestore.Options{Dir: filepath.Join(dir, "pagestore"), NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, dir: dir, drv: drv, cd: &countingDriver{PostgresDriver: drv}, met: metrics.New()}
+	do.DataDir, do.Store, do.NoSync, do.Logger = dir, store, true, testLogger()
+	drv, err := NewPostgresDriver(do)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, dir: dir, store: store, drv: drv, cd: &countingDriver{PostgresDriver: drv}, met: metrics.New()}
 	for _, b := range branches {
 		e.addBranch(b)
 	}
@@ -141,17 +173,32 @@ func newEnv(t *testing.T, o Options, branches ...string) *env {
 			t.Errorf("close: %v", err)
 		}
 		assertNoPostgres(t, dir)
+		drv.Close()
+		if err := store.Close(); err != nil {
+			t.Errorf("close store: %v", err)
+		}
 	})
 	return e
 }
 
-// addBranch copies the template's data into branch.
+// addBranch makes name a root branch holding the template's data (ingested
+// from the template's stopped data directory) with a local copy
+// materialized, as after a first start and clean stop.
 func (e *env) addBranch(name string) {
 	e.t.Helper()
-	if err := e.drv.mkdirOwned(e.drv.branchDir(name), 0o700); err != nil {
+	ctx := context.Background()
+	cp, err := tmpl.controlData(ctx, tmpl.pgdata("tmpl"))
+	if err != nil {
 		e.t.Fatal(err)
 	}
-	if err := e.drv.copyTree(context.Background(), tmpl.pgdata("tmpl"), e.drv.pgdata(name)); err != nil {
+	tl, err := e.store.CreateTimeline(ctx, name, 0, 0)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.store.Ingest(ctx, tl.ID, tmpl.pgdata("tmpl"), cp, ""); err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.drv.prepare(ctx, name); err != nil {
 		e.t.Fatal(err)
 	}
 }

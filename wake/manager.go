@@ -50,8 +50,13 @@ type Options struct {
 	// StopTimeout bounds a fast shutdown before it is escalated to an
 	// immediate one (default 60s).
 	StopTimeout time.Duration
-	Logger      *zap.Logger
-	Metrics     *metrics.Metrics // may be nil
+	// StoreTimeout bounds storing a stopped compute's data (the driver's
+	// Stopped: the pagestore ingest) before the stop completes (default
+	// 10m). A store that fails or times out keeps the local data directory
+	// as the branch's newest state; the next stop stores it.
+	StoreTimeout time.Duration
+	Logger       *zap.Logger
+	Metrics      *metrics.Metrics // may be nil
 	// BeforeStop, if set, is called (without locks held) just before a
 	// compute is shut down, so its users can close their own connections
 	// first instead of having PostgreSQL terminate them.
@@ -93,8 +98,7 @@ type branch struct {
 	proc      Process
 	gen       uint64
 	leases    int
-	pins      int    // online clones reading from the running compute
-	op        string // bootstrap, clone, clone-source or delete in progress (state stopped)
+	op        string // bootstrap, clone or delete in progress (state stopped)
 	startedAt time.Time
 	lastUsed  time.Time
 	lastErr   error
@@ -126,6 +130,9 @@ func NewManager(drv Driver, o Options) *Manager {
 	}
 	if o.BreakerOpen <= 0 {
 		o.BreakerOpen = 30 * time.Second
+	}
+	if o.StoreTimeout <= 0 {
+		o.StoreTimeout = 10 * time.Minute
 	}
 	if o.StopTimeout <= 0 {
 		o.StopTimeout = 60 * time.Second
@@ -180,7 +187,7 @@ func (m *Manager) release(l *Lease) {
 		b.leases--
 	}
 	b.lastUsed = time.Now()
-	if b.leases == 0 && b.pins == 0 && !m.closed {
+	if b.leases == 0 && !m.closed {
 		m.armLocked(b)
 	}
 }
@@ -269,7 +276,7 @@ func (m *Manager) disarmLocked(b *branch) {
 
 func (m *Manager) idleFire(b *branch, seq uint64) {
 	m.mu.Lock()
-	if m.closed || m.branches[b.name] != b || seq != b.idleSeq || b.state != StateRunning || b.leases > 0 || b.pins > 0 {
+	if m.closed || m.branches[b.name] != b || seq != b.idleSeq || b.state != StateRunning || b.leases > 0 {
 		m.mu.Unlock()
 		return // an Acquire (or something else) got there first
 	}
@@ -373,7 +380,7 @@ func (m *Manager) makeRoomLocked(b *branch) (<-chan struct{}, error) {
 			continue
 		}
 		n++
-		if o != b && o.state == StateRunning && o.leases == 0 && o.pins == 0 &&
+		if o != b && o.state == StateRunning && o.leases == 0 &&
 			(victim == nil || o.lastUsed.Before(victim.lastUsed)) {
 			victim = o
 		}
@@ -495,6 +502,9 @@ func (m *Manager) watch(b *branch, proc Process) {
 		m.mu.Unlock()
 		return // a stop we asked for
 	}
+	// Not a clean stop: nothing is stored. The local data directory stays
+	// the branch's newest state and PostgreSQL recovers it at the next
+	// start (the driver marked it unstored when it started the compute).
 	defer m.log.Error("compute exited unexpectedly", zap.String("branch", b.name), zap.Int("pid", proc.PID()),
 		zap.Uint64("generation", b.gen), zap.String("log_tail", tail))
 	defer m.mu.Unlock()
@@ -527,6 +537,15 @@ func (m *Manager) beginStopLocked(b *branch, reason string) <-chan struct{} {
 		if err != nil {
 			m.log.Warn("compute stop", zap.String("branch", b.name), zap.Error(err))
 		}
+		tStop := time.Since(t0)
+		// Still stopping: a start waits until the data is stored, so it
+		// starts from the newest state wherever it runs.
+		ctx, cancel = context.WithTimeout(context.Background(), m.o.StoreTimeout)
+		if serr := m.drv.Stopped(ctx, b.name, err == nil); serr != nil {
+			m.log.Error("store stopped compute's data; the local data directory stays the branch's newest state",
+				zap.String("branch", b.name), zap.Error(serr))
+		}
+		cancel()
 		m.mu.Lock()
 		b.proc = nil
 		if m.met != nil {
@@ -536,7 +555,7 @@ func (m *Manager) beginStopLocked(b *branch, reason string) <-chan struct{} {
 		close(done)
 		m.mu.Unlock()
 		m.log.Info("compute stopped", zap.String("branch", b.name), zap.String("reason", reason),
-			zap.Int("pid", proc.PID()), zap.Duration("took", time.Since(t0)))
+			zap.Int("pid", proc.PID()), zap.Duration("shutdown", tStop), zap.Duration("took", time.Since(t0)))
 	}()
 	return done
 }
@@ -625,12 +644,12 @@ func (m *Manager) Bootstrap(ctx context.Context, name, password string) error {
 	}
 }
 
-// Clone creates branch as a copy of parent: online (pg_basebackup) when the
-// parent runs, otherwise from its stopped data directory. The parent cannot
-// start or stop while it is copied.
+// Clone creates branch as a child of parent (the driver makes it in O(1)
+// from the parent's newest stored image). A parent that is stopping is
+// waited for, so the child gets what the parent had at its stop.
 func (m *Manager) Clone(ctx context.Context, parent, name string) error {
 	if parent == name {
-		return fmt.Errorf("wake: cannot clone branch %s from itself", name)
+		return fmt.Errorf("wake: cannot create branch %s from itself", name)
 	}
 	m.mu.Lock()
 	var p, c *branch
@@ -647,10 +666,8 @@ func (m *Manager) Clone(ctx context.Context, parent, name string) error {
 			return fmt.Errorf("wake: branch %s already exists (its compute is %s)", name, c.state)
 		case c.op != "":
 			wait = c.changed
-		case p.op != "":
+		case p.op == "bootstrap" || p.op == "delete":
 			wait = p.changed
-		case p.state == StateStarting:
-			wait = p.flight.done
 		case p.state == StateStopping:
 			wait = p.stopDone
 		}
@@ -662,45 +679,19 @@ func (m *Manager) Clone(ctx context.Context, parent, name string) error {
 			return err
 		}
 	}
-	var from *Endpoint
-	if p.state == StateRunning {
-		ep := p.proc.Endpoint()
-		from = &ep
-		p.pins++
-		m.disarmLocked(p)
-	} else {
-		p.op = "clone-source"
-	}
 	c.op = "clone"
 	m.mu.Unlock()
 
-	var err error
-	switch {
-	case m.drv.Exists(name):
-		err = fmt.Errorf("wake: branch %s already has data", name)
-	case !m.drv.Exists(parent):
-		err = fmt.Errorf("wake: parent branch %s has no data", parent)
-	default:
-		err = m.drv.Clone(ctx, parent, name, from)
-	}
+	err := m.drv.Clone(ctx, parent, name)
 
 	m.mu.Lock()
-	if from != nil {
-		p.pins--
-		if p.pins == 0 && p.leases == 0 && p.state == StateRunning && !m.closed && m.branches[parent] == p {
-			m.armLocked(p)
-		}
-	} else {
-		p.op = ""
-	}
 	c.op = ""
-	m.broadcastLocked(p)
 	m.broadcastLocked(c)
 	m.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	m.log.Info("branch cloned", zap.String("parent", parent), zap.String("branch", name), zap.Bool("online", from != nil))
+	m.log.Info("branch created", zap.String("parent", parent), zap.String("branch", name))
 	return nil
 }
 
@@ -728,11 +719,7 @@ func (m *Manager) stop(ctx context.Context, name, reason string) error {
 		case StateStopping:
 			wait, final = b.stopDone, true
 		case StateRunning:
-			if b.pins > 0 {
-				wait = b.changed // an online clone is reading from it
-			} else {
-				wait, final = m.beginStopLocked(b, reason), true
-			}
+			wait, final = m.beginStopLocked(b, reason), true
 		}
 		if err := m.waitLocked(ctx, wait); err != nil || final {
 			return err // a start after our stop is a new life: leave it
@@ -776,8 +763,6 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 			wait = b.flight.done
 		case b.state == StateStopping:
 			wait = b.stopDone
-		case b.pins > 0:
-			wait = b.changed // an online clone is reading from it
 		default:
 			wait = m.beginStopLocked(b, StopDelete)
 		}
@@ -809,9 +794,9 @@ func (m *Manager) Status(name string) Status {
 	return s
 }
 
-// Size returns the bytes branch's data occupies.
-func (m *Manager) Size(name string) (int64, error) {
-	return m.drv.Size(name)
+// Storage reports where branch's data is and how big it is.
+func (m *Manager) Storage(name string) (Storage, error) {
+	return m.drv.Storage(name)
 }
 
 // Close stops every compute (fast shutdown, in parallel) and refuses new

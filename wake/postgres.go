@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/neonproxy/neonproxy/pagestore"
 )
 
 // Port is the port number of every compute. Computes never listen on TCP;
@@ -55,9 +57,20 @@ type DriverOptions struct {
 	SharedBuffers string
 	// MaxConnections is PostgreSQL's max_connections (default 100).
 	MaxConnections int
-	// NoSync skips fsync in initdb and pg_basebackup (tests only).
+	// NoSync skips fsync in initdb and of the local state files (tests only).
 	NoSync bool
-	Logger *zap.Logger
+	// Store holds every branch's data (required): starts materialize from
+	// it, clean stops ingest into it.
+	Store *pagestore.Store
+	// CacheBytes is the disk budget of local data directories (0: no
+	// limit); beyond it the least recently used stopped branches' copies
+	// are evicted.
+	CacheBytes int64
+	// SpareFiles is how many empty files to keep made ahead of time for
+	// cold starts (0: none; each file of a materialized directory is then
+	// created on the start's critical path).
+	SpareFiles int
+	Logger     *zap.Logger
 }
 
 // PostgresDriver runs stock PostgreSQL 15 computes from local data
@@ -71,6 +84,10 @@ type PostgresDriver struct {
 	uid    uint32 // compute user (when asRoot)
 	gid    uint32
 	groups []uint32
+
+	store  *pagestore.Store
+	locks  branchLocks
+	spares *spares // nil without DriverOptions.SpareFiles
 }
 
 var (
@@ -83,6 +100,9 @@ var (
 func NewPostgresDriver(o DriverOptions) (*PostgresDriver, error) {
 	if o.DataDir == "" {
 		return nil, errors.New("wake: DataDir is required")
+	}
+	if o.Store == nil {
+		return nil, errors.New("wake: Store is required")
 	}
 	if o.BinDir == "" {
 		o.BinDir = "/usr/lib/postgresql/15/bin"
@@ -103,7 +123,7 @@ func NewPostgresDriver(o DriverOptions) (*PostgresDriver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wake: data dir: %w", err)
 	}
-	d := &PostgresDriver{o: o, dataDir: abs, log: o.Logger}
+	d := &PostgresDriver{o: o, dataDir: abs, log: o.Logger, store: o.Store}
 
 	if fi, err := os.Stat(filepath.Join(o.BinDir, "postgres")); err != nil || fi.IsDir() {
 		return nil, fmt.Errorf("wake: PostgreSQL 15 not found: %s/postgres is missing (set compute.postgres_bin_dir; `make run` installs postgresql-15)", o.BinDir)
@@ -148,7 +168,7 @@ func NewPostgresDriver(o DriverOptions) (*PostgresDriver, error) {
 			return nil, err
 		}
 	}
-	for _, sub := range []string{"branches", "run"} {
+	for _, sub := range []string{"branches", "run", "spare"} {
 		p := filepath.Join(abs, sub)
 		if err := os.Mkdir(p, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("wake: %w", err)
@@ -157,7 +177,28 @@ func NewPostgresDriver(o DriverOptions) (*PostgresDriver, error) {
 			return nil, fmt.Errorf("wake: %w", err)
 		}
 	}
+	if o.SpareFiles > 0 {
+		if d.spares, err = newSpares(filepath.Join(abs, "spare"), o.SpareFiles, d.owner(), d.log); err != nil {
+			return nil, fmt.Errorf("wake: %w", err)
+		}
+	}
 	return d, nil
+}
+
+// Close stops the driver's background work (the spare-file filler). The
+// computes are the Manager's to stop.
+func (d *PostgresDriver) Close() {
+	if d.spares != nil {
+		d.spares.close()
+	}
+}
+
+// owner is who a compute's files must belong to.
+func (d *PostgresDriver) owner() pagestore.Owner {
+	if d.asRoot {
+		return pagestore.Owner{UID: int(d.uid), GID: int(d.gid)}
+	}
+	return pagestore.Owner{UID: -1, GID: -1}
 }
 
 // checkSearchable verifies that the compute user can traverse dir and every
@@ -225,13 +266,13 @@ func validBranch(b string) error {
 	return nil
 }
 
-// Exists reports whether branch has a data directory.
+// Exists reports whether branch has a timeline with data in the store.
 func (d *PostgresDriver) Exists(branch string) bool {
 	if validBranch(branch) != nil {
 		return false
 	}
-	_, err := os.Stat(filepath.Join(d.pgdata(branch), "PG_VERSION"))
-	return err == nil
+	tl, ok := d.timeline(branch)
+	return ok && tl.Head() != 0
 }
 
 // chown gives path to the compute user (no-op unless running as root).
@@ -346,136 +387,83 @@ func (d *PostgresDriver) Bootstrap(ctx context.Context, branch, password string)
 	if err := d.writeHBA(pgdata); err != nil {
 		return fmt.Errorf("wake: bootstrap %s: %w", branch, err)
 	}
-	d.log.Debug("branch bootstrapped", zap.String("branch", branch), zap.Duration("initdb", time.Since(t0)))
+	tInitdb := time.Since(t0)
+	// initdb ends with a clean shutdown: its directory is the first image.
+	l := d.locks.get(branch)
+	l.Lock()
+	defer l.Unlock()
+	if err := d.dropOrphan(ctx, branch); err != nil {
+		return fmt.Errorf("wake: bootstrap %s: %w", branch, err)
+	}
+	tl, err := d.store.CreateTimeline(ctx, branch, 0, 0)
+	if err != nil {
+		return fmt.Errorf("wake: bootstrap %s: %w", branch, err)
+	}
+	if err := d.ingest(ctx, branch, tl.ID); err != nil {
+		_ = d.store.DropTimeline(context.Background(), tl.ID)
+		return fmt.Errorf("wake: bootstrap %s: %w", branch, err)
+	}
+	d.log.Info("branch bootstrapped", zap.String("branch", branch), zap.Uint64("timeline", uint64(tl.ID)),
+		zap.Duration("initdb", tInitdb), zap.Duration("took", time.Since(t0)))
 	return nil
 }
 
-// Clone creates branch as a copy of parent: online with pg_basebackup when
-// from is set, else by copying the stopped parent's data directory.
-func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, from *Endpoint) (err error) {
+// Clone creates branch as a new timeline whose parent is parent's, at the
+// parent's newest stored image: O(1), nothing is copied. The child's data
+// directory is materialized at its first start.
+func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string) error {
 	if err := validBranch(parent); err != nil {
 		return err
 	}
 	if err := validBranch(branch); err != nil {
 		return err
 	}
-	if !d.Exists(parent) {
+	ptl, ok := d.timeline(parent)
+	if !ok || ptl.Head() == 0 {
 		return fmt.Errorf("wake: parent branch %s has no data", parent)
 	}
+	l := d.locks.get(branch)
+	l.Lock()
+	defer l.Unlock()
 	if d.Exists(branch) {
-		return fmt.Errorf("wake: branch %s already has data", branch)
-	}
-	t0 := time.Now()
-	bdir := d.branchDir(branch)
-	if err := os.RemoveAll(bdir); err != nil {
-		return fmt.Errorf("wake: clone %s: %w", branch, err)
-	}
-	if err := d.mkdirOwned(bdir, 0o700); err != nil {
-		return fmt.Errorf("wake: clone %s: %w", branch, err)
-	}
-	defer func() {
-		if err != nil {
-			_ = os.RemoveAll(bdir)
-		}
-	}()
-	pgdata := d.pgdata(branch)
-	mode := "offline"
-	if from != nil {
-		mode = "online"
-		args := []string{"-h", from.SocketDir, "-p", strconv.Itoa(from.Port), "-U", "postgres", "-D", pgdata, "-X", "stream", "-c", "fast", "-w"}
-		if d.o.NoSync {
-			args = append(args, "--no-sync")
-		}
-		out, err := d.run(ctx, bdir, "pg_basebackup", args...)
-		if err != nil {
-			return fmt.Errorf("wake: pg_basebackup of branch %s into %s failed: %w\n%s", parent, branch, err, tailLines(out, 15))
-		}
-	} else {
-		if err := d.copyTree(ctx, d.pgdata(parent), pgdata); err != nil {
-			return fmt.Errorf("wake: copy branch %s into %s: %w", parent, branch, err)
+		// The caller checked the registry: a timeline of this name that
+		// no branch owns is a leftover of a creation that crashed.
+		if err := d.dropOrphan(ctx, branch); err != nil {
+			return fmt.Errorf("wake: create %s: %w", branch, err)
 		}
 	}
-	if err := d.writeHBA(pgdata); err != nil {
-		return fmt.Errorf("wake: clone %s: %w", branch, err)
+	// A leftover local directory of an earlier branch of this name would
+	// otherwise be mistaken for this one's.
+	if err := os.RemoveAll(d.branchDir(branch)); err != nil {
+		return fmt.Errorf("wake: create %s: %w", branch, err)
 	}
-	d.log.Debug("branch cloned", zap.String("parent", parent), zap.String("branch", branch),
-		zap.String("mode", mode), zap.Duration("took", time.Since(t0)))
+	tl, err := d.store.CreateTimeline(ctx, branch, ptl.ID, 0)
+	if err != nil {
+		return fmt.Errorf("wake: create %s from %s: %w", branch, parent, err)
+	}
+	d.log.Debug("timeline created", zap.String("parent", parent), zap.String("branch", branch),
+		zap.Uint64("timeline", uint64(tl.ID)), zap.Stringer("parent_lsn", tl.ParentLSN))
 	return nil
 }
 
-// copyTree copies a stopped data directory, preserving modes, skipping the
-// postmaster's pid and opts files, giving everything to the compute user.
-func (d *PostgresDriver) copyTree(ctx context.Context, src, dst string) error {
-	return filepath.WalkDir(src, func(path string, de fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, path)
-		if err != nil {
-			return err
-		}
-		if rel == "postmaster.pid" || rel == "postmaster.opts" {
-			return nil
-		}
-		target := filepath.Join(dst, rel)
-		fi, err := de.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case de.IsDir():
-			if err := os.Mkdir(target, fi.Mode().Perm()); err != nil {
-				return err
-			}
-			if err := os.Chmod(target, fi.Mode().Perm()); err != nil {
-				return err
-			}
-		case fi.Mode()&fs.ModeSymlink != 0:
-			link, err := os.Readlink(path)
-			if err != nil {
-				return err
-			}
-			if err := os.Symlink(link, target); err != nil {
-				return err
-			}
-		case fi.Mode().IsRegular():
-			if err := copyFile(path, target, fi.Mode().Perm()); err != nil {
-				return err
-			}
-		default:
-			return nil // sockets, fifos: not part of a data directory
-		}
-		return d.chown(target)
-	})
-}
-
-func copyFile(src, dst string, perm fs.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	return os.Chmod(dst, perm)
-}
-
-// Destroy removes branch's data directory and socket directory.
+// Destroy drops branch's timeline from the store (freeing what only it
+// holds) and removes its local directory and socket directory.
 func (d *PostgresDriver) Destroy(ctx context.Context, branch string) error {
 	if err := validBranch(branch); err != nil {
 		return err
+	}
+	l := d.locks.get(branch)
+	l.Lock()
+	defer l.Unlock()
+	defer d.locks.forget(branch)
+	for {
+		tl, ok := d.timeline(branch)
+		if !ok {
+			break
+		}
+		if err := d.store.DropTimeline(ctx, tl.ID); err != nil {
+			return fmt.Errorf("wake: destroy %s: %w", branch, err)
+		}
 	}
 	if err := os.RemoveAll(d.branchDir(branch)); err != nil {
 		return fmt.Errorf("wake: destroy %s: %w", branch, err)
@@ -484,32 +472,6 @@ func (d *PostgresDriver) Destroy(ctx context.Context, branch string) error {
 		return fmt.Errorf("wake: destroy %s: %w", branch, err)
 	}
 	return nil
-}
-
-// Size returns the bytes of branch's directory (data and log).
-func (d *PostgresDriver) Size(branch string) (int64, error) {
-	if err := validBranch(branch); err != nil {
-		return 0, err
-	}
-	var n int64
-	err := filepath.WalkDir(d.branchDir(branch), func(path string, de fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) && path != d.branchDir(branch) {
-				return nil // removed by the running server meanwhile
-			}
-			return err
-		}
-		if de.Type().IsRegular() {
-			if fi, err := de.Info(); err == nil {
-				n += fi.Size()
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("wake: size of %s: %w", branch, err)
-	}
-	return n, nil
 }
 
 // LogTail returns the last n lines of branch's postgres.log.
@@ -553,10 +515,20 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 	if err := validBranch(branch); err != nil {
 		return nil, err
 	}
-	if !d.Exists(branch) {
-		return nil, fmt.Errorf("wake: branch %s has no data", branch)
-	}
 	t0 := time.Now()
+	l := d.locks.get(branch)
+	l.Lock()
+	defer l.Unlock()
+	materialized, err := d.prepare(ctx, branch)
+	if err != nil {
+		return nil, err
+	}
+	tPrepare := time.Since(t0)
+	st, _ := d.readState(branch)
+	st.Unstored, st.UsedAt = true, time.Now().UTC()
+	if err := d.writeState(branch, st); err != nil {
+		return nil, fmt.Errorf("wake: start %s: %w", branch, err)
+	}
 	pgdata := d.pgdata(branch)
 	sock := d.SocketDir(branch)
 	if err := d.mkdirOwned(sock, 0o700); err != nil {
@@ -587,7 +559,7 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 	if err != nil {
 		return nil, fmt.Errorf("wake: start postgres for branch %s: %w", branch, err)
 	}
-	tSpawn := time.Since(t0)
+	tSpawn := time.Since(t0) - tPrepare
 	pid := cmd.Process.Pid
 	p := &pgProcess{
 		ep:     Endpoint{SocketDir: sock, Port: Port, Generation: generation},
@@ -626,7 +598,8 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 	}
 	tReady := time.Since(t0)
 	d.log.Debug("postgres started", zap.String("branch", branch), zap.Uint64("generation", generation),
-		zap.Int("pid", pid), zap.Duration("spawn", tSpawn), zap.Duration("ready", tReady-tSpawn), zap.Duration("total", tReady))
+		zap.Int("pid", pid), zap.Bool("materialized", materialized), zap.Duration("prepare", tPrepare),
+		zap.Duration("spawn", tSpawn), zap.Duration("ready", tReady-tSpawn-tPrepare), zap.Duration("total", tReady))
 	return p, nil
 }
 

@@ -1,8 +1,14 @@
 // Package wake owns the lifecycle of branch computes: one state machine per
 // branch (stopped → starting → running → stopping → stopped), single-flight
 // starts, a circuit breaker around starts, idle suspend, the max_running cap,
-// and the PostgreSQL process driver behind the Driver interface (so the
-// pagestore-backed driver of issue 4 can replace the local-directory one).
+// and the PostgreSQL process driver behind the Driver interface.
+//
+// The driver keeps every branch in the pagestore: a start materializes the
+// branch's data directory from the store unless an up-to-date local copy
+// (a cache, under compute.cache_bytes) is there; a clean stop ingests what
+// changed before the stop completes. A local directory that holds changes
+// the store lacks (a running or crashed compute) is never evicted or
+// replaced.
 package wake
 
 import (
@@ -64,19 +70,38 @@ type Driver interface {
 	// Bootstrap creates the data of a root branch (initdb) whose superuser
 	// "postgres" has the given password (stored as a SCRAM-SHA-256 verifier).
 	Bootstrap(ctx context.Context, branch, password string) error
-	// Clone creates branch's data as a copy of parent's. When the parent runs,
-	// from is its endpoint and the copy is taken online (pg_basebackup);
-	// otherwise from is nil and the stopped data directory is copied.
-	Clone(ctx context.Context, parent, branch string, from *Endpoint) error
+	// Clone creates branch as a child of parent, reading the parent's
+	// newest stored image; it copies nothing.
+	Clone(ctx context.Context, parent, branch string) error
 	// Start launches the compute and returns once it accepts connections.
 	Start(ctx context.Context, branch string, generation uint64) (Process, error)
+	// Stopped is called after a requested stop, with clean set when the
+	// fast shutdown completed: the driver stores the data then (ingest).
+	Stopped(ctx context.Context, branch string, clean bool) error
 	// Adopt returns a compute left running by an earlier neonproxy process
 	// (found through postmaster.pid), or ok=false when there is none.
 	Adopt(ctx context.Context, branch string, generation uint64) (p Process, ok bool, err error)
 	// Destroy removes branch's data. The compute must be stopped.
 	Destroy(ctx context.Context, branch string) error
-	// Size returns the bytes branch's data occupies.
-	Size(branch string) (int64, error)
+	// Storage reports where branch's data is and how big it is.
+	Storage(branch string) (Storage, error)
+}
+
+// Storage describes a branch's data.
+type Storage struct {
+	Timeline  uint64 // pagestore timeline
+	ParentLSN string // LSN of the parent's image the branch was created at ("" for a root)
+	// LogicalBytes is what the branch reads (its newest image).
+	LogicalBytes int64
+	// UniqueBytes is what only this branch holds in the store: what
+	// deleting it frees.
+	UniqueBytes int64
+	// LocalBytes is the disk its local data directory (a cache) uses; 0
+	// when it has none.
+	LocalBytes int64
+	// Unstored is set when the local directory holds changes the store
+	// does not have yet (the compute runs, or crashed).
+	Unstored bool
 }
 
 // WakeKind says whether a client had to wait for a start.

@@ -3,6 +3,7 @@ package wake
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -12,11 +13,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/neonproxy/neonproxy/pagestore"
 )
 
 func TestNewPostgresDriverChecks(t *testing.T) {
 	t.Run("missing binaries", func(t *testing.T) {
-		_, err := NewPostgresDriver(DriverOptions{DataDir: mkTemp(t), BinDir: "/nonexistent/bin"})
+		_, err := NewPostgresDriver(DriverOptions{DataDir: mkTemp(t), BinDir: "/nonexistent/bin", Store: tmpl.store})
 		if err == nil || !strings.Contains(err.Error(), "postgresql-15") {
 			t.Fatalf("want a missing-binaries error naming postgresql-15, got %v", err)
 		}
@@ -30,7 +33,7 @@ func TestNewPostgresDriverChecks(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer os.RemoveAll(parent)
-		_, err = NewPostgresDriver(DriverOptions{DataDir: filepath.Join(parent, "data")})
+		_, err = NewPostgresDriver(DriverOptions{DataDir: filepath.Join(parent, "data"), Store: tmpl.store})
 		if err == nil {
 			t.Fatal("want an error for a data dir under a 0700 directory")
 		}
@@ -57,7 +60,8 @@ func TestSocketDir(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			d, err := NewPostgresDriver(DriverOptions{DataDir: tc.dataDir, NoSync: true})
+			store := openStore(t)
+			d, err := NewPostgresDriver(DriverOptions{DataDir: tc.dataDir, NoSync: true, Store: store})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -78,7 +82,7 @@ func TestSocketDir(t *testing.T) {
 				t.Fatal("two branches share a socket dir")
 			}
 			// A compute really starts there.
-			e := &env{t: t, drv: d}
+			e := &env{t: t, drv: d, store: store}
 			e.addBranch("main")
 			p, err := d.Start(ctxT(t), "main", 1)
 			if err != nil {
@@ -178,8 +182,8 @@ func TestBootstrapStartConnect(t *testing.T) {
 	if st := e.m.Status("main"); st.Clients != 1 {
 		t.Fatalf("clients after double release = %d", st.Clients)
 	}
-	if n, err := e.m.Size("main"); err != nil || n < 1<<20 {
-		t.Fatalf("size %d, %v", n, err)
+	if st, err := e.m.Storage("main"); err != nil || st.LogicalBytes < 1<<20 || st.LocalBytes < 1<<20 || !st.Unstored || st.Timeline == 0 {
+		t.Fatalf("storage %+v, %v", st, err)
 	}
 }
 
@@ -458,16 +462,21 @@ func TestClone(t *testing.T) {
 
 	tests := []struct {
 		name, branch string
-		online       bool
-		rows         string
+		running      bool   // the parent runs (with a row it has not stored yet) during the clone
+		rows         string // what the child sees
 	}{
-		{"offline", "off", false, "1"},
-		{"online", "on", true, "2"},
+		// A clean stop stores the parent's data: the child sees it.
+		{"parent stopped", "off", false, "1"},
+		// A running parent's newest stored image is its last clean stop:
+		// the row inserted since is not in the child.
+		{"parent running", "on", true, "1"},
+		// Once the parent stops, a new child sees that row too.
+		{"parent stopped again", "on2", false, "2"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var pid int
-			if tc.online {
+			if tc.running {
 				l, err := e.m.Acquire(ctx, "main")
 				if err != nil {
 					t.Fatal(err)
@@ -483,20 +492,31 @@ func TestClone(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("%s clone took %s", tc.name, time.Since(t0))
-			if st := e.m.Status("main"); tc.online && (st.State != StateRunning || st.PID != pid) {
-				t.Fatalf("parent disturbed by online clone: %+v (pid was %d)", st, pid)
+			if st := e.m.Status("main"); tc.running && (st.State != StateRunning || st.PID != pid) {
+				t.Fatalf("parent disturbed by the clone: %+v (pid was %d)", st, pid)
 			}
-			hba, _ := os.ReadFile(filepath.Join(e.drv.pgdata(tc.branch), "pg_hba.conf"))
-			if string(hba) != hbaConf {
-				t.Fatalf("clone pg_hba.conf = %q", hba)
+			if _, err := os.Stat(e.drv.pgdata(tc.branch)); !os.IsNotExist(err) {
+				t.Fatalf("clone copied a data directory: %v", err)
 			}
 			lc, err := e.m.Acquire(ctx, tc.branch)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer lc.Release()
+			if lc.Kind != WakeCold {
+				t.Fatalf("first start of a new branch: %s", lc.Kind)
+			}
+			hba, _ := os.ReadFile(filepath.Join(e.drv.pgdata(tc.branch), "pg_hba.conf"))
+			if string(hba) != hbaConf {
+				t.Fatalf("clone pg_hba.conf = %q", hba)
+			}
 			if got := query(t, connect(t, lc.Endpoint), "select count(*) from t"); got[0] != tc.rows {
 				t.Fatalf("clone sees %v rows, want %s", got, tc.rows)
+			}
+			st, err := e.m.Storage(tc.branch)
+			mainSt, _ := e.m.Storage("main")
+			if err != nil || st.ParentLSN == "" || st.Timeline == mainSt.Timeline {
+				t.Fatalf("clone storage %+v (%v), parent %+v", st, err, mainSt)
 			}
 			if err := e.m.Clone(ctx, "main", tc.branch); err == nil {
 				t.Fatal("clone onto an existing branch succeeded")
@@ -511,8 +531,11 @@ func TestClone(t *testing.T) {
 	if _, err := os.Stat(e.drv.branchDir("x")); !os.IsNotExist(err) {
 		t.Fatalf("partial branch left: %v", err)
 	}
+	if e.drv.Exists("x") {
+		t.Fatal("a timeline was left for x")
+	}
 
-	// Delete stops the compute and removes the data.
+	// Delete stops the compute, drops the timeline and removes the data.
 	if err := e.m.Delete(ctx, "off"); err != nil {
 		t.Fatal(err)
 	}
@@ -528,6 +551,111 @@ func TestClone(t *testing.T) {
 	var se *StartError
 	if _, err := e.m.Acquire(ctx, "off"); !errors.As(err, &se) {
 		t.Fatalf("acquire of a deleted branch: %v", err)
+	}
+	// A parent with children cannot lose its timeline.
+	if err := e.m.Delete(ctx, "main"); err == nil || !errors.Is(err, pagestore.ErrHasChildren) {
+		t.Fatalf("delete of a parent: %v", err)
+	}
+}
+
+// TestStoreIsTheTruth: a stopped branch's local directory is a cache. Lost,
+// it is rebuilt from the store with every commit; a crashed compute's
+// directory is kept (it holds unstored commits) until a clean stop stores it.
+func TestStoreIsTheTruth(t *testing.T) {
+	e := newEnv(t, Options{}, "main")
+	ctx := ctxT(t)
+	run := func(sql string) []string {
+		t.Helper()
+		l, err := e.m.Acquire(ctx, "main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Release()
+		c := connect(t, l.Endpoint)
+		defer c.Close(ctx)
+		return query(t, c, sql)
+	}
+	run("create table t(x int); insert into t select generate_series(1, 1000)")
+	if err := e.m.Suspend(ctx, "main"); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := e.m.Storage("main"); st.Unstored || st.LocalBytes == 0 {
+		t.Fatalf("after a clean stop: %+v", st)
+	}
+
+	// Lose the local directory: the next start materializes it.
+	if err := os.RemoveAll(e.drv.branchDir("main")); err != nil {
+		t.Fatal(err)
+	}
+	if got := run("select count(*) from t"); got[0] != "1000" {
+		t.Fatalf("after rebuild from the store: %v rows", got)
+	}
+
+	// Crash: the directory holds commits the store lacks, so it is kept.
+	run("insert into t values (1001)")
+	pid := e.m.Status("main").PID
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState("main", StateStopped)
+	if st, _ := e.m.Storage("main"); !st.Unstored {
+		t.Fatalf("after a crash: %+v", st)
+	}
+	if got := run("select count(*) from t"); got[0] != "1001" {
+		t.Fatalf("after crash recovery: %v rows", got)
+	}
+	// The next clean stop stores it; then the directory can go again.
+	if err := e.m.Suspend(ctx, "main"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(e.drv.branchDir("main")); err != nil {
+		t.Fatal(err)
+	}
+	if got := run("select count(*) from t"); got[0] != "1001" {
+		t.Fatalf("after crash, clean stop and rebuild: %v rows", got)
+	}
+}
+
+// TestCacheEviction: beyond compute.cache_bytes the least recently used
+// stopped branch's local directory is dropped, never a running one's.
+func TestCacheEviction(t *testing.T) {
+	e := newEnv(t, Options{}, "a", "b")
+	ctx := ctxT(t)
+	use := func(branch string) {
+		t.Helper()
+		l, err := e.m.Acquire(ctx, branch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		query(t, connect(t, l.Endpoint), "create table if not exists t(x int); insert into t values (1)")
+		l.Release()
+		if err := e.m.Suspend(ctx, branch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	local := func(branch string) bool {
+		_, err := os.Stat(filepath.Join(e.drv.pgdata(branch), "PG_VERSION"))
+		return err == nil
+	}
+	use("a")
+	// A budget that holds a used directory but not two.
+	sa, sb := diskUsage(e.drv.pgdata("a")), diskUsage(e.drv.pgdata("b"))
+	e.drv.o.CacheBytes = sa + sb/2
+	e.drv.evict(ctx) // b is the least recently used
+	if !local("a") || local("b") {
+		t.Fatalf("after using a (%d + %d bytes, budget %d): local a=%v b=%v", sa, sb, e.drv.o.CacheBytes, local("a"), local("b"))
+	}
+	use("b") // b is materialized again and used; its stop evicts a
+	if local("a") || !local("b") {
+		t.Fatalf("after using b: local a=%v b=%v", local("a"), local("b"))
+	}
+	l, err := e.m.Acquire(ctx, "a") // rebuilt from the store, with its row
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	if got := query(t, connect(t, l.Endpoint), "select count(*) from t"); got[0] != "1" {
+		t.Fatalf("a after eviction: %v", got)
 	}
 }
 
@@ -681,5 +809,57 @@ func TestWakeTimeout(t *testing.T) {
 	close(gate)
 	if err := <-suspended; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSpareFiles: cold starts take their files from the spare pool, which
+// refills; files that cannot be trusted as spares are dropped at load.
+func TestSpareFiles(t *testing.T) {
+	e := newEnvDriver(t, Options{}, DriverOptions{SpareFiles: 1500}, "main")
+	ctx := ctxT(t)
+	waitFor(t, 20*time.Second, "the spare pool to fill", func() bool { return e.drv.spares.count() == 1500 })
+	if err := os.RemoveAll(e.drv.branchDir("main")); err != nil {
+		t.Fatal(err)
+	}
+	l, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := 1500 - e.drv.spares.count()
+	if used < 500 {
+		t.Fatalf("a cold start took %d spare files, want one per file of the data directory", used)
+	}
+	if got := query(t, connect(t, l.Endpoint), "select count(*) from pg_class"); got[0] == "0" {
+		t.Fatal("no catalog")
+	}
+	l.Release()
+	waitFor(t, 20*time.Second, "the spare pool to refill", func() bool { return e.drv.spares.count() == 1500 })
+
+	// Loading a pool: a non-empty file and a file with a second link are
+	// not spares (a second link would share an inode with a data file).
+	dir := mkTemp(t)
+	for name, body := range map[string]string{"1": "", "2": "x", "3": "", "junk": ""} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Link(filepath.Join(dir, "3"), filepath.Join(dir, "elsewhere")); err != nil {
+		t.Fatal(err)
+	}
+	p, err := newSpares(dir, 0, pagestore.Owner{UID: -1}, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	if n := p.count(); n != 1 {
+		t.Fatalf("loaded %d spares, want only file 1", n)
+	}
+	f, err := p.Create(filepath.Join(dir, "taken"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := p.Create(filepath.Join(dir, "taken")); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("create over an existing file: %v", err)
 	}
 }

@@ -59,6 +59,13 @@ func (c *Client) Suspend(ctx context.Context, name string) (BranchJSON, error) {
 	return out, err
 }
 
+// GC runs a pagestore garbage collection pass.
+func (c *Client) GC(ctx context.Context) (GCResult, error) {
+	var out GCResult
+	err := c.do(ctx, http.MethodPost, "/v1/pagestore/gc", nil, http.StatusOK, &out)
+	return out, err
+}
+
 func (c *Client) baseURL() string {
 	base := strings.TrimRight(strings.TrimSpace(c.BaseURL), "/")
 	if !strings.Contains(base, "://") {

@@ -32,6 +32,9 @@ type HandlerOptions struct {
 	// DefaultBranch (config default_branch) cannot be deleted and is the
 	// parent of a new branch when the request names none. Empty: "main".
 	DefaultBranch string
+	// GC runs a pagestore garbage collection pass (POST /v1/pagestore/gc);
+	// nil: the endpoint answers 404.
+	GC func(ctx context.Context) (GCResult, error)
 }
 
 // Handler serves the admin API. Create it with NewHandler.
@@ -85,6 +88,9 @@ func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metric
 	mux.HandleFunc("GET /v1/branches/{name}", h.getBranch)
 	mux.HandleFunc("DELETE /v1/branches/{name}", h.deleteBranch)
 	mux.HandleFunc("POST /v1/branches/{name}/suspend", h.suspendBranch)
+	if opts.GC != nil {
+		mux.HandleFunc("POST /v1/pagestore/gc", h.gc)
+	}
 	// Go profiling, for measuring the proxy's hot paths under load (the
 	// admin API is meant for loopback or a private network).
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
@@ -99,7 +105,11 @@ func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metric
 		"/v1/branches":                "GET, HEAD, POST",
 		"/v1/branches/{name}":         "GET, HEAD, DELETE",
 		"/v1/branches/{name}/suspend": "POST",
+		"/v1/pagestore/gc":            "POST",
 	} {
+		if path == "/v1/pagestore/gc" && opts.GC == nil {
+			continue
+		}
 		if path == "/metrics" && m == nil {
 			continue
 		}
@@ -230,16 +240,16 @@ func (h *Handler) branchJSON(b router.Branch) BranchJSON {
 	out.Compute.StartedAt = st.StartedAt
 	out.Compute.LastUsed = st.LastUsed
 	out.Compute.LastError = st.LastError
-	// Each branch is a full copy of its data until the copy-on-write
-	// pagestore (issue 4) lands, so its logical size is also what it alone
-	// occupies.
-	size, err := h.comp.Size(b.Name)
+	sto, err := h.comp.Storage(b.Name)
 	if err != nil {
-		h.log.Debug("branch size", zap.String("branch", b.Name), zap.Error(err))
-	} else {
-		out.LogicalSizeBytes = size
-		out.UniqueBytes = size
+		h.log.Debug("branch storage", zap.String("branch", b.Name), zap.Error(err))
+		return out
 	}
+	if out.ParentLSN == "" {
+		out.ParentLSN = sto.ParentLSN
+	}
+	out.LogicalSizeBytes, out.UniqueBytes = sto.LogicalBytes, sto.UniqueBytes
+	out.Timeline, out.LocalBytes, out.UnstoredChanges = sto.Timeline, sto.LocalBytes, sto.Unstored
 	return out
 }
 
@@ -364,6 +374,9 @@ func (h *Handler) createBranch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	b := router.Branch{Name: req.Name, Parent: req.Parent, CreatedAt: time.Now().UTC()}
+	if st, err := h.comp.Storage(req.Name); err == nil {
+		b.ParentLSN = st.ParentLSN
+	}
 	if err := h.reg.Create(ctx, b); err != nil {
 		// Another node (or a racing request that slipped past the checks)
 		// registered the name, or the registry failed: our copy must go.
@@ -461,6 +474,19 @@ func (h *Handler) deleteBranch(w http.ResponseWriter, r *http.Request) {
 	h.log.Info("branch deleted", zap.String("branch", name))
 	h.refreshBranchCount(ctx)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// gc runs a garbage collection pass of the pagestore: versions no
+// branch's newest image or child's branch point reads are deleted.
+func (h *Handler) gc(w http.ResponseWriter, r *http.Request) {
+	res, err := h.opts.GC(r.Context())
+	if err != nil {
+		writeError(w, r, errorStatus(err), "pagestore gc: "+err.Error())
+		return
+	}
+	h.log.Info("pagestore gc", zap.Int("versions_deleted", res.VersionsDeleted), zap.Int64("bytes_freed", res.BytesFreed),
+		zap.Float64("duration_ms", res.DurationMS))
+	writeJSON(w, http.StatusOK, res)
 }
 
 func pronoun(n int) string {

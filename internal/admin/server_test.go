@@ -108,17 +108,17 @@ func (f *fakeComputes) Delete(ctx context.Context, branch string) error {
 	return nil
 }
 
-func (f *fakeComputes) Size(branch string) (int64, error) {
+func (f *fakeComputes) Storage(branch string) (Storage, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.sizeErr != nil {
-		return 0, f.sizeErr
+		return Storage{}, f.sizeErr
 	}
 	s, ok := f.data[branch]
 	if !ok {
-		return 0, errors.New("no data")
+		return Storage{}, errors.New("no data")
 	}
-	return s, nil
+	return Storage{LogicalBytes: s, UniqueBytes: s}, nil
 }
 
 type fixture struct {
@@ -584,7 +584,7 @@ func TestConcurrentCreatesSameName(t *testing.T) {
 	if wins != 1 {
 		t.Fatalf("wins = %d (%v)", wins, statuses)
 	}
-	if _, err := f.comp.Size("race"); err != nil {
+	if _, err := f.comp.Storage("race"); err != nil {
 		t.Fatalf("winner's data was removed")
 	}
 }

@@ -26,14 +26,24 @@ type ComputeStatus struct {
 // drives.
 type Computes interface {
 	Status(branch string) ComputeStatus
-	// Clone creates branch's data as a copy of parent's.
+	// Clone creates branch as a child of parent (O(1), nothing copied).
 	Clone(ctx context.Context, parent, branch string) error
 	// Suspend stops branch's compute (no-op when it is stopped).
 	Suspend(ctx context.Context, branch string) error
 	// Delete stops branch's compute and removes its data.
 	Delete(ctx context.Context, branch string) error
-	// Size returns the bytes branch's data occupies.
-	Size(branch string) (int64, error)
+	// Storage reports where branch's data is and how big it is.
+	Storage(branch string) (Storage, error)
+}
+
+// Storage is a branch's data as the compute manager reports it.
+type Storage struct {
+	Timeline     uint64
+	ParentLSN    string
+	LogicalBytes int64
+	UniqueBytes  int64
+	LocalBytes   int64
+	Unstored     bool
 }
 
 // BranchJSON is a branch as the admin API shows it.
@@ -42,17 +52,26 @@ type BranchJSON struct {
 	// Parent is empty for a root branch. It is always present in the JSON
 	// (as "") so that clients can rely on the key.
 	Parent string `json:"parent"`
-	// ParentLSN is the parent's LSN the branch was created at; empty until
-	// the pagestore (issue 4) records it.
+	// ParentLSN is the LSN of the parent's stored image the branch was
+	// created at; empty for a root branch.
 	ParentLSN string      `json:"parent_lsn"`
 	CreatedAt time.Time   `json:"created_at"`
 	Compute   ComputeJSON `json:"compute"`
-	// LogicalSizeBytes is the size of the branch's database files.
+	// LogicalSizeBytes is what the branch reads: its relation files and
+	// other data files as of its newest stored image.
 	LogicalSizeBytes int64 `json:"logical_size_bytes"`
-	// UniqueBytes is the storage only this branch uses. Until the
-	// copy-on-write pagestore lands every branch is a full copy of its
-	// parent, so it equals LogicalSizeBytes.
+	// UniqueBytes is what only this branch holds in the pagestore (the
+	// pages and files it changed): what deleting it frees.
 	UniqueBytes int64 `json:"unique_bytes"`
+	// Timeline is the branch's pagestore timeline id.
+	Timeline uint64 `json:"timeline"`
+	// LocalBytes is the disk of the branch's local data directory, a
+	// cache of the store (0: none; the next start materializes it).
+	LocalBytes int64 `json:"local_bytes"`
+	// UnstoredChanges is set while the local directory holds changes the
+	// store lacks: the compute runs, or crashed and has not been stopped
+	// cleanly since.
+	UnstoredChanges bool `json:"unstored_changes"`
 }
 
 // ComputeJSON is the compute part of BranchJSON.
@@ -74,6 +93,14 @@ type CreateBranchRequest struct {
 	// history; at most one may be given. Not supported before the pagestore.
 	LSN string `json:"lsn,omitempty"`
 	At  string `json:"at,omitempty"`
+}
+
+// GCResult is the body of POST /v1/pagestore/gc.
+type GCResult struct {
+	VersionsDeleted int     `json:"versions_deleted"`
+	BytesFreed      int64   `json:"bytes_freed"`
+	DurationMS      float64 `json:"duration_ms"`
+	StoreBytes      uint64  `json:"store_bytes"` // disk the store uses after the pass
 }
 
 // ErrorJSON is the body of every error response.

@@ -10,11 +10,13 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -150,7 +152,7 @@ func branchCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	create := &cobra.Command{
 		Use:   "create NAME",
-		Short: "Create a branch from its parent's current state",
+		Short: "Create a branch in O(1) from its parent's newest stored image (a running parent's changes since its last clean stop are not included)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
@@ -165,11 +167,11 @@ func branchCmd(g *globals) *cobra.Command {
 		},
 	}
 	create.Flags().StringVar(&parent, "parent", "", "parent branch (default: the default branch, main)")
-	create.Flags().StringVar(&lsn, "lsn", "", "branch at this LSN of the parent (needs the pagestore)")
-	create.Flags().StringVar(&at, "at", "", "branch at this RFC 3339 time of the parent (needs the pagestore)")
+	create.Flags().StringVar(&lsn, "lsn", "", "branch at this LSN of the parent (not yet supported: needs the WAL keeper)")
+	create.Flags().StringVar(&at, "at", "", "branch at this RFC 3339 time of the parent (not yet supported: needs the WAL keeper)")
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List branches with their compute state",
+		Short: "List branches as a tree, with their compute state and storage",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.client()
@@ -184,10 +186,12 @@ func branchCmd(g *globals) *cobra.Command {
 				return writeJSON(cmd, bs)
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tPARENT\tCOMPUTE\tCLIENTS\tSIZE\tCREATED")
-			for _, b := range bs {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", b.Name, dash(b.Parent), b.Compute.State, b.Compute.Clients,
-					humanBytes(b.LogicalSizeBytes), b.CreatedAt.Format(time.RFC3339))
+			fmt.Fprintln(w, "BRANCH\tPARENT LSN\tCOMPUTE\tCLIENTS\tLOGICAL\tUNIQUE\tCREATED")
+			for _, r := range branchTree(bs) {
+				b := r.b
+				fmt.Fprintf(w, "%s%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.prefix, b.Name, dash(b.ParentLSN), b.Compute.State,
+					b.Compute.Clients, humanize.IBytes(uint64(max(b.LogicalSizeBytes, 0))),
+					humanize.IBytes(uint64(max(b.UniqueBytes, 0))), b.CreatedAt.Format(time.RFC3339))
 			}
 			return w.Flush()
 		},
@@ -257,8 +261,68 @@ func printBranch(cmd *cobra.Command, b admin.BranchJSON, asJSON bool) error {
 	if asJSON {
 		return writeJSON(cmd, b)
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "created branch %s (parent %s)\n", b.Name, dash(b.Parent))
+	fmt.Fprintf(cmd.OutOrStdout(), "created branch %s (parent %s at %s, its newest stored image)\n", b.Name, dash(b.Parent), dash(b.ParentLSN))
 	return nil
+}
+
+// treeRow is one line of the branch tree: the branch and the drawing
+// before its name.
+type treeRow struct {
+	prefix string
+	b      admin.BranchJSON
+}
+
+// branchTree orders branches depth-first under their parents (siblings by
+// name), with box-drawing prefixes. A branch whose parent is not listed is
+// shown as a root.
+func branchTree(bs []admin.BranchJSON) []treeRow {
+	byName := make(map[string]bool, len(bs))
+	for _, b := range bs {
+		byName[b.Name] = true
+	}
+	children := map[string][]admin.BranchJSON{}
+	var roots []admin.BranchJSON
+	for _, b := range bs {
+		if b.Parent == "" || !byName[b.Parent] || b.Parent == b.Name {
+			roots = append(roots, b)
+		} else {
+			children[b.Parent] = append(children[b.Parent], b)
+		}
+	}
+	byNameOrder := func(list []admin.BranchJSON) {
+		sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
+	}
+	byNameOrder(roots)
+	var rows []treeRow
+	seen := map[string]bool{}
+	var walk func(b admin.BranchJSON, prefix, childPrefix string)
+	walk = func(b admin.BranchJSON, prefix, childPrefix string) {
+		if seen[b.Name] {
+			return // each branch once, even on a cycle
+		}
+		seen[b.Name] = true
+		rows = append(rows, treeRow{prefix: prefix, b: b})
+		kids := children[b.Name]
+		byNameOrder(kids)
+		for i, k := range kids {
+			if i == len(kids)-1 {
+				walk(k, childPrefix+"└── ", childPrefix+"    ")
+			} else {
+				walk(k, childPrefix+"├── ", childPrefix+"│   ")
+			}
+		}
+	}
+	for _, r := range roots {
+		walk(r, "", "")
+	}
+	// Branches on a parent cycle (a corrupt registry) have no root above
+	// them: list them too rather than hide them.
+	rest := append([]admin.BranchJSON(nil), bs...)
+	byNameOrder(rest)
+	for _, b := range rest {
+		walk(b, "", "")
+	}
+	return rows
 }
 
 func writeJSON(cmd *cobra.Command, v any) error {
@@ -272,17 +336,4 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

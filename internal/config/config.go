@@ -9,12 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"reflect"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"gopkg.in/yaml.v3"
 )
 
@@ -52,6 +54,33 @@ func parseDuration(s string) (Duration, error) {
 	return Duration(v), nil
 }
 
+// Bytes is a size that reads "10GiB", "512MB", "1.5 GB" or a bare number of
+// bytes from YAML and the environment.
+type Bytes int64
+
+func (b Bytes) String() string { return humanize.IBytes(uint64(b)) }
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (b *Bytes) UnmarshalYAML(n *yaml.Node) error {
+	v, err := parseBytes(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*b = v
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (b Bytes) MarshalYAML() (any, error) { return b.String(), nil }
+
+func parseBytes(s string) (Bytes, error) {
+	v, err := humanize.ParseBytes(strings.TrimSpace(s))
+	if err != nil || v > math.MaxInt64 {
+		return 0, fmt.Errorf("invalid size %q (use e.g. 10GiB, 512MB, 0)", s)
+	}
+	return Bytes(v), nil
+}
+
 // TLS configures TLS termination at the front door.
 type TLS struct {
 	// CertFile and KeyFile: PEM files. Both empty: a self-signed development
@@ -83,6 +112,19 @@ type Compute struct {
 	// for BreakerOpen.
 	BreakerFailures int      `yaml:"breaker_failures"`
 	BreakerOpen     Duration `yaml:"breaker_open"`
+	// CacheBytes is the disk budget of local data directories, a cache of
+	// the pagestore; 0: no limit.
+	CacheBytes Bytes `yaml:"cache_bytes"`
+	// SpareFiles empty files are kept made ahead of time, so that a cold
+	// start renames them into place instead of creating each file.
+	SpareFiles int `yaml:"spare_files"`
+}
+
+// Pagestore configures the copy-on-write page store.
+type Pagestore struct {
+	// GCInterval is how often a garbage collection pass runs; 0: only on
+	// request (POST /v1/pagestore/gc) and after branch deletions.
+	GCInterval Duration `yaml:"gc_interval"`
 }
 
 // Pool configures server-connection pooling.
@@ -153,6 +195,7 @@ type Config struct {
 	Proxy         Proxy     `yaml:"proxy"`
 	Compute       Compute   `yaml:"compute"`
 	Pool          Pool      `yaml:"pool"`
+	Pagestore     Pagestore `yaml:"pagestore"`
 	Walkeeper     Walkeeper `yaml:"walkeeper"`
 	Consul        Consul    `yaml:"consul"`
 	Bootstrap     Bootstrap `yaml:"bootstrap"`
@@ -181,7 +224,10 @@ func Default() Config {
 			OSUser:          "postgres",
 			BreakerFailures: 3,
 			BreakerOpen:     Duration(30 * time.Second),
+			CacheBytes:      Bytes(10 << 30),
+			SpareFiles:      2000,
 		},
+		Pagestore: Pagestore{GCInterval: Duration(time.Hour)},
 		Pool: Pool{
 			Mode: "session", DefaultPoolSize: 20, MaxClientConn: 10000,
 			QueryWaitTimeout:  Duration(120 * time.Second),
@@ -234,6 +280,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Compute.SuspendTimeout <= 0 {
 		errs = append(errs, errors.New("compute.suspend_timeout must be > 0"))
+	}
+	if c.Compute.SpareFiles < 0 {
+		errs = append(errs, errors.New("compute.spare_files must be >= 0"))
+	}
+	if c.Pagestore.GCInterval < 0 {
+		errs = append(errs, errors.New("pagestore.gc_interval must be >= 0"))
 	}
 	if c.Compute.WakeTimeout <= 0 {
 		errs = append(errs, errors.New("compute.wake_timeout must be > 0"))
@@ -304,7 +356,10 @@ func applyEnv(cfg *Config, environ []string) error {
 	return walkEnv(reflect.ValueOf(cfg).Elem(), "NEONPROXY", env)
 }
 
-var durationType = reflect.TypeOf(Duration(0))
+var (
+	durationType = reflect.TypeOf(Duration(0))
+	bytesType    = reflect.TypeOf(Bytes(0))
+)
 
 func walkEnv(v reflect.Value, prefix string, env map[string]string) error {
 	t := v.Type()
@@ -341,6 +396,12 @@ func setFromString(fv reflect.Value, raw string) error {
 			return err
 		}
 		fv.Set(reflect.ValueOf(d))
+	case fv.Type() == bytesType:
+		b, err := parseBytes(raw)
+		if err != nil {
+			return err
+		}
+		fv.Set(reflect.ValueOf(b))
 	case fv.Kind() == reflect.String:
 		fv.SetString(raw)
 	case fv.Kind() == reflect.Int:

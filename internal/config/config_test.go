@@ -141,6 +141,24 @@ func TestEnvOverrides(t *testing.T) {
 			},
 		},
 		{
+			name: "cache budget with a unit",
+			env:  []string{"NEONPROXY_COMPUTE_CACHE_BYTES=512MiB"},
+			check: func(t *testing.T, c Config) {
+				if c.Compute.CacheBytes != 512<<20 {
+					t.Errorf("cache_bytes = %d", c.Compute.CacheBytes)
+				}
+			},
+		},
+		{
+			name: "cache budget in bare bytes",
+			env:  []string{"NEONPROXY_COMPUTE_CACHE_BYTES=0"},
+			check: func(t *testing.T, c Config) {
+				if c.Compute.CacheBytes != 0 {
+					t.Errorf("cache_bytes = %d", c.Compute.CacheBytes)
+				}
+			},
+		},
+		{
 			name: "listen",
 			env:  []string{"NEONPROXY_LISTEN=0.0.0.0:6543"},
 			check: func(t *testing.T, c Config) {
@@ -237,6 +255,8 @@ func TestLoadErrors(t *testing.T) {
 		{name: "zero duration", env: []string{"NEONPROXY_COMPUTE_SUSPEND_TIMEOUT=0"}, wantErr: []string{"compute.suspend_timeout must be > 0"}},
 		{name: "bad pool mode in file", file: "pool:\n  mode: statement\n", wantErr: []string{`pool.mode "statement"`, "session or transaction"}},
 		{name: "bad pool mode in env", env: []string{"NEONPROXY_POOL_MODE=Session"}, wantErr: []string{`pool.mode "Session"`}},
+		{name: "bad size in file", file: "compute:\n  cache_bytes: lots\n", wantErr: []string{`invalid size "lots"`, "10GiB", "line 2"}},
+		{name: "bad size in env", env: []string{"NEONPROXY_COMPUTE_CACHE_BYTES=-1"}, wantErr: []string{"NEONPROXY_COMPUTE_CACHE_BYTES", "invalid size"}},
 		{name: "bad int in env", env: []string{"NEONPROXY_COMPUTE_MAX_RUNNING=many"}, wantErr: []string{"NEONPROXY_COMPUTE_MAX_RUNNING", `invalid integer "many"`}},
 		{name: "bad bool in env", env: []string{"NEONPROXY_TLS_REQUIRE=yes please"}, wantErr: []string{"NEONPROXY_TLS_REQUIRE", "invalid boolean"}},
 		{name: "cert without key", file: "tls:\n  cert_file: a.pem\n", wantErr: []string{"set together"}},

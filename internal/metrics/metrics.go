@@ -29,7 +29,6 @@ type Metrics struct {
 	CancelRequests      *prometheus.CounterVec // result=forwarded|unknown
 	PoolServerConns     *prometheus.GaugeVec   // state=active|idle
 	PoolWait            prometheus.Histogram
-	PagestoreBytes      prometheus.Gauge
 	WalkeeperFlushLag   *prometheus.GaugeVec // branch
 	BranchesTotal       prometheus.Gauge
 	ComputeStopsTotal   *prometheus.CounterVec // reason=idle|evicted|admin|shutdown|delete|exited
@@ -73,9 +72,6 @@ func New() *Metrics {
 			Name: "neonproxy_pool_wait_seconds", Help: "Time a client waited for a server connection.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}),
-		PagestoreBytes: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "neonproxy_pagestore_bytes", Help: "Bytes held by branch storage.",
-		}),
 		WalkeeperFlushLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "neonproxy_walkeeper_flush_lag_bytes", Help: "WAL written by a compute but not yet flushed by its keepers' quorum.",
 		}, []string{"branch"}),
@@ -97,13 +93,21 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.ClientConnections, m.ConnectionsTotal, m.WakeDuration, m.Computes,
 		m.ComputeStarts, m.AuthFailures, m.CancelRequests,
-		m.PoolWait, m.PagestoreBytes, m.WalkeeperFlushLag, m.BranchesTotal,
+		m.PoolWait, m.WalkeeperFlushLag, m.BranchesTotal,
 		m.ComputeStopsTotal, m.ProxyBytesForwarded, m.PoolPinned,
 	)
 	for _, s := range []string{"stopped", "starting", "running", "stopping"} {
 		m.Computes.WithLabelValues(s).Set(0)
 	}
 	return m
+}
+
+// RegisterPagestore exports neonproxy_pagestore_bytes, the disk the page
+// store uses, read from bytes at scrape time.
+func (m *Metrics) RegisterPagestore(bytes func() float64) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "neonproxy_pagestore_bytes", Help: "Disk used by the page store (all branches' stored pages and files).",
+	}, bytes))
 }
 
 // PoolCounts are the pool's current totals.

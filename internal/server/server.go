@@ -26,6 +26,7 @@ import (
 	"github.com/neonproxy/neonproxy/internal/config"
 	"github.com/neonproxy/neonproxy/internal/metrics"
 	"github.com/neonproxy/neonproxy/internal/pgwire"
+	"github.com/neonproxy/neonproxy/pagestore"
 	"github.com/neonproxy/neonproxy/pool"
 	"github.com/neonproxy/neonproxy/proxy"
 	"github.com/neonproxy/neonproxy/router"
@@ -37,7 +38,7 @@ const BootstrapBranch = "main"
 
 // Options are knobs that are not part of the configuration file.
 type Options struct {
-	// NoSync makes initdb and pg_basebackup skip fsync (tests only).
+	// NoSync makes initdb and the pagestore skip fsync (tests only).
 	NoSync bool
 	// ConfigPath is the file cfg was loaded from; the admin console's
 	// RELOAD re-reads it. Empty: RELOAD is refused.
@@ -50,7 +51,9 @@ type Server struct {
 	log      *zap.Logger
 	Metrics  *metrics.Metrics
 	Registry *router.EmbeddedRegistry
+	Store    *pagestore.Store
 	Computes *wake.Manager
+	driver   *wake.PostgresDriver
 	Proxy    *proxy.Server
 	Pool     *pool.Pool
 	password string
@@ -66,6 +69,13 @@ type Server struct {
 	// reloadMu serializes RELOADs; cfg is what is in effect.
 	reloadMu   sync.Mutex
 	configPath string
+
+	// Background pagestore work (GC passes) runs under bgCtx and is
+	// waited for before the store closes.
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
+	gcMu     sync.Mutex // one GC pass at a time
 }
 
 // New prepares a server: data directory, registry, bootstrap branch, TLS
@@ -81,10 +91,21 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		return nil, fmt.Errorf("create data_dir: %w", err)
 	}
 	s := &Server{cfg: cfg, log: log, Metrics: metrics.New(), serveCh: make(chan error, 2), configPath: opt.ConfigPath}
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	s.Registry, err = router.OpenEmbedded(filepath.Join(dataDir, "branches.json"))
 	if err != nil {
 		return nil, err
 	}
+	s.Store, err = pagestore.Open(pagestore.Options{
+		Dir:    filepath.Join(dataDir, "pagestore"),
+		NoSync: opt.NoSync,
+		Logger: log.Named("pagestore"),
+	})
+	if err != nil {
+		_ = s.Registry.Close()
+		return nil, fmt.Errorf("open pagestore: %w", err)
+	}
+	s.Metrics.RegisterPagestore(func() float64 { return float64(s.Store.DiskUsage()) })
 	drv, err := wake.NewPostgresDriver(wake.DriverOptions{
 		DataDir:        filepath.Join(dataDir, "computes"),
 		BinDir:         cfg.Compute.PostgresBinDir,
@@ -92,11 +113,17 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		SharedBuffers:  cfg.Compute.SharedBuffers,
 		MaxConnections: cfg.Compute.MaxConnections,
 		NoSync:         opt.NoSync,
+		Store:          s.Store,
+		CacheBytes:     int64(cfg.Compute.CacheBytes),
+		SpareFiles:     cfg.Compute.SpareFiles,
 		Logger:         log.Named("compute"),
 	})
 	if err != nil {
+		_ = s.Store.Close()
+		_ = s.Registry.Close()
 		return nil, err
 	}
+	s.driver = drv
 	s.Pool = pool.New(poolOptions(cfg.Pool))
 	s.Metrics.RegisterPool(func() metrics.PoolCounts {
 		st := s.Pool.Stats()
@@ -120,7 +147,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		},
 	})
 	if err := s.bootstrap(ctx); err != nil {
-		_ = s.Computes.Close(ctx)
+		s.closeEarly(ctx)
 		return nil, err
 	}
 	branches, err := s.Registry.List(ctx)
@@ -135,7 +162,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 
 	var tlsCfg = (*proxyTLS)(nil)
 	if tlsCfg, err = loadTLS(cfg); err != nil {
-		_ = s.Computes.Close(ctx)
+		s.closeEarly(ctx)
 		return nil, err
 	}
 	popt := proxy.Options{
@@ -167,7 +194,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	}
 	s.Proxy, err = proxy.New(popt)
 	if err != nil {
-		_ = s.Computes.Close(ctx)
+		s.closeEarly(ctx)
 		return nil, err
 	}
 	s.proxyRef.Store(s.Proxy)
@@ -299,7 +326,21 @@ func (s *Server) Start() error {
 		return fmt.Errorf("admin_listen %s: %w", s.cfg.AdminListen, err)
 	}
 	h := admin.NewHandlerWithOptions(s.Registry, computesAdapter{s}, s.Metrics, s.log.Named("admin"),
-		admin.HandlerOptions{DefaultBranch: s.cfg.DefaultBranch})
+		admin.HandlerOptions{DefaultBranch: s.cfg.DefaultBranch, GC: s.gc})
+	if every := s.cfg.Pagestore.GCInterval.D(); every > 0 {
+		s.background(func(ctx context.Context) {
+			t := time.NewTicker(every)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					s.gcLogged(ctx, "interval")
+				}
+			}
+		})
+	}
 	s.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() { s.serveCh <- s.Proxy.Serve(s.pgLn) }()
 	go func() {
@@ -348,8 +389,60 @@ func (s *Server) Close(ctx context.Context) error {
 		errs = append(errs, s.admin.Shutdown(ctx))
 	}
 	s.Pool.Close()
-	errs = append(errs, s.Computes.Close(ctx), s.Registry.Close())
+	// Computes first: their clean stops ingest into the store.
+	errs = append(errs, s.Computes.Close(ctx))
+	s.driver.Close()
+	s.stopBackground()
+	errs = append(errs, s.Store.Close(), s.Registry.Close())
 	return errors.Join(errs...)
+}
+
+// background runs f until the server closes; the store stays open until
+// it returns.
+func (s *Server) background(f func(ctx context.Context)) {
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		f(s.bgCtx)
+	}()
+}
+
+func (s *Server) stopBackground() {
+	s.bgCancel()
+	s.bg.Wait()
+}
+
+// gc runs one pagestore garbage collection pass.
+func (s *Server) gc(ctx context.Context) (admin.GCResult, error) {
+	s.gcMu.Lock()
+	defer s.gcMu.Unlock()
+	st, err := s.Store.GC(ctx)
+	if err != nil {
+		return admin.GCResult{}, err
+	}
+	return admin.GCResult{VersionsDeleted: st.VersionsDeleted, BytesFreed: st.BytesFreed,
+		DurationMS: float64(st.Duration.Microseconds()) / 1000, StoreBytes: s.Store.DiskUsage()}, nil
+}
+
+func (s *Server) gcLogged(ctx context.Context, why string) {
+	res, err := s.gc(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("pagestore gc", zap.String("trigger", why), zap.Error(err))
+		}
+		return
+	}
+	s.log.Info("pagestore gc", zap.String("trigger", why), zap.Int("versions_deleted", res.VersionsDeleted),
+		zap.Int64("bytes_freed", res.BytesFreed), zap.Float64("duration_ms", res.DurationMS), zap.Uint64("store_bytes", res.StoreBytes))
+}
+
+// closeEarly undoes a New that failed after the computes were set up.
+func (s *Server) closeEarly(ctx context.Context) {
+	_ = s.Computes.Close(ctx)
+	s.driver.Close()
+	s.stopBackground()
+	_ = s.Store.Close()
+	_ = s.Registry.Close()
 }
 
 // Abandon simulates a crash for tests: it stops serving but leaves the
@@ -361,7 +454,9 @@ func (s *Server) Abandon(ctx context.Context) error {
 	if s.admin != nil {
 		errs = append(errs, s.admin.Close())
 	}
-	return errors.Join(append(errs, s.Registry.Close())...)
+	s.driver.Close()
+	s.stopBackground()
+	return errors.Join(append(errs, s.Store.Close(), s.Registry.Close())...)
 }
 
 // computesAdapter presents wake.Manager to the admin API.
@@ -388,7 +483,16 @@ func (a computesAdapter) Suspend(ctx context.Context, branch string) error {
 func (a computesAdapter) Delete(ctx context.Context, branch string) error {
 	err := a.s.Computes.Delete(ctx, branch)
 	a.s.Proxy.ForgetBranch(branch)
+	if err == nil {
+		// The timeline's own versions went with it; a pass also frees the
+		// parent's versions that only the deleted branch point kept.
+		a.s.background(func(ctx context.Context) { a.s.gcLogged(ctx, "branch deleted") })
+	}
 	return err
 }
 
-func (a computesAdapter) Size(branch string) (int64, error) { return a.s.Computes.Size(branch) }
+func (a computesAdapter) Storage(branch string) (admin.Storage, error) {
+	st, err := a.s.Computes.Storage(branch)
+	return admin.Storage{ParentLSN: st.ParentLSN, LogicalBytes: st.LogicalBytes, UniqueBytes: st.UniqueBytes,
+		LocalBytes: st.LocalBytes, Unstored: st.Unstored, Timeline: st.Timeline}, err
+}

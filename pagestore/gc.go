@@ -1,0 +1,193 @@
+package pagestore
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.uber.org/zap"
+)
+
+type collectResult struct {
+	deleted int
+	freed   int64
+	// freedCommitted is the part of freed that StoredBytes counted
+	// (uncommitted versions never were).
+	freedCommitted int64
+	kept           map[LSN]bool // LSNs of the committed versions kept
+}
+
+// collect deletes versions of timeline id: with uncommitted, every version
+// whose LSN is not in images; with shadowed, every committed version that
+// is not the newest committed version <= some read point.
+func (s *Store) collect(ctx context.Context, id TimelineID, readPoints []LSN, images []LSN, uncommitted, shadowed bool) (collectResult, error) {
+	res := collectResult{kept: make(map[LSN]bool)}
+	committed := make(map[LSN]bool, len(images))
+	for _, x := range images {
+		committed[x] = true
+	}
+	rps := slices.Clone(readPoints)
+	slices.Sort(rps)
+	slices.Reverse(rps)
+	rps = slices.Compact(rps)
+
+	bw := &batchWriter{db: s.db}
+	defer bw.close()
+	del := func(k []byte, vlen int) error {
+		if bw.b == nil {
+			bw.b = s.db.NewBatch()
+		}
+		_ = bw.b.Delete(k, nil)
+		res.deleted++
+		res.freed += int64(vlen)
+		if bw.b.Len() >= batchFlushBytes {
+			return bw.flush()
+		}
+		return nil
+	}
+	for _, kind := range []byte{kindSize, kindPage, kindFile} {
+		p := tlPrefix(kind, id)
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: successor(p)})
+		if err != nil {
+			return res, err
+		}
+		var group []byte
+		claim := 0
+		n := 0
+		for it.First(); it.Valid(); it.Next() {
+			if n++; n%4096 == 0 {
+				if err := ctx.Err(); err != nil {
+					it.Close()
+					return res, err
+				}
+			}
+			k := it.Key()
+			g := k[:len(k)-8]
+			if !bytes.Equal(g, group) {
+				group = append(group[:0], g...)
+				claim = 0
+			}
+			x := keyLSN(k)
+			if !committed[x] {
+				if uncommitted {
+					if err := del(k, len(it.Value())); err != nil {
+						it.Close()
+						return res, err
+					}
+				}
+				continue
+			}
+			if !shadowed {
+				res.kept[x] = true
+				continue
+			}
+			claimed := false
+			for claim < len(rps) && rps[claim] >= x {
+				claimed = true
+				claim++
+			}
+			if claimed {
+				res.kept[x] = true
+				continue
+			}
+			res.freedCommitted += int64(len(it.Value()))
+			if err := del(k, len(it.Value())); err != nil {
+				it.Close()
+				return res, err
+			}
+		}
+		if err := it.Error(); err != nil {
+			it.Close()
+			return res, err
+		}
+		if err := it.Close(); err != nil {
+			return res, err
+		}
+	}
+	if err := bw.flush(); err != nil {
+		return res, err
+	}
+	// The caller's metadata update is synced and covers these batches.
+	return res, nil
+}
+
+// GC removes the versions no read point needs: per timeline the read
+// points are its Head() and the ParentLSN of each child. Uncommitted
+// versions are removed unless the timeline has an ingest in progress.
+func (s *Store) GC(ctx context.Context) (GCStats, error) {
+	start := time.Now()
+	var st GCStats
+	for _, t := range s.Timelines() {
+		if err := ctx.Err(); err != nil {
+			return st, err
+		}
+		n, freed, err := s.gcTimeline(ctx, t.ID)
+		st.VersionsDeleted += n
+		st.BytesFreed += freed
+		if err != nil {
+			st.Duration = time.Since(start)
+			return st, fmt.Errorf("gc timeline %d: %w", t.ID, err)
+		}
+	}
+	st.Duration = time.Since(start)
+	s.log.Info("gc done", zap.Int("versions_deleted", st.VersionsDeleted),
+		zap.Int64("bytes_freed", st.BytesFreed), zap.Duration("duration", st.Duration))
+	return st, nil
+}
+
+func (s *Store) gcTimeline(ctx context.Context, id TimelineID) (int, int64, error) {
+	s.mu.Lock()
+	s.waitGCLocked(id)
+	t, ok := s.mu.timelines[id]
+	if !ok {
+		s.mu.Unlock()
+		return 0, 0, nil
+	}
+	s.mu.gcing[id] = true
+	_, ingesting := s.mu.ingesting[id]
+	head := t.Head()
+	images := slices.Clone(t.Images)
+	rps := []LSN{head}
+	for _, c := range s.childrenLocked(id) {
+		rps = append(rps, s.mu.timelines[c].ParentLSN)
+	}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.mu.gcing, id)
+		s.mu.cond.Broadcast()
+		s.mu.Unlock()
+	}()
+
+	res, err := s.collect(ctx, id, rps, images, !ingesting, true)
+	if err != nil {
+		return res.deleted, res.freed, err
+	}
+	need := res.kept
+	for _, r := range rps {
+		for i := len(images) - 1; i >= 0; i-- {
+			if images[i] <= r {
+				need[images[i]] = true
+				break
+			}
+		}
+	}
+	if len(images) > 0 {
+		need[images[len(images)-1]] = true
+	}
+	trim := !ingesting && len(need) < len(images)
+	if res.deleted == 0 && !trim && (ingesting || t.Pending == 0) {
+		return 0, 0, nil
+	}
+	_, err = s.updateMeta(id, nil, func(t *Timeline) {
+		t.StoredBytes = max(0, t.StoredBytes-res.freedCommitted)
+		if !ingesting {
+			t.Images = slices.DeleteFunc(t.Images, func(x LSN) bool { return !need[x] })
+			t.Pending = 0
+		}
+	})
+	return res.deleted, res.freed, err
+}

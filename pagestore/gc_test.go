@@ -1,0 +1,118 @@
+package pagestore
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+)
+
+func TestDropAndGC(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	a := RelTag{Spc: 1663, DB: 5, Rel: 100}
+	b := RelTag{Spc: 1663, DB: 5, Rel: 200}
+	root := mustCreate(t, s, "root", 0, 0)
+	for i, lsn := range []LSN{10, 20, 30} {
+		writeImage(t, s, root.ID, lsn, true, func(w *imageWriter) {
+			if i == 0 {
+				w.size(a, 2)
+				w.size(b, 1)
+				w.page(b, 0, pageOf(0xB0))
+				w.page(a, 1, pageOf(0xA1))
+			}
+			w.page(a, 0, pageOf(byte(i+1)))
+			w.file("f", string(rune('a'+i)))
+		})
+	}
+	child := mustCreate(t, s, "child", root.ID, 20)
+	writeImage(t, s, child.ID, 25, true, func(w *imageWriter) { w.page(a, 1, pageOf(0xC1)) })
+	writeImage(t, s, root.ID, 40, false, func(w *imageWriter) { w.page(a, 0, pageOf(0xEE)) }) // crashed ingest
+
+	if err := s.DropTimeline(ctx, root.ID); !errors.Is(err, ErrHasChildren) {
+		t.Fatalf("drop with children: %v", err)
+	}
+	s.mu.Lock()
+	s.mu.ingesting[child.ID] = 99
+	s.mu.Unlock()
+	if err := s.DropTimeline(ctx, child.ID); !errors.Is(err, ErrIngestActive) {
+		t.Fatalf("drop during ingest: %v", err)
+	}
+	s.mu.Lock()
+	delete(s.mu.ingesting, child.ID)
+	s.mu.Unlock()
+
+	type read struct {
+		tl   TimelineID
+		at   LSN
+		rel  RelTag
+		blk  uint32
+		want []byte
+	}
+	heads := []read{
+		{root.ID, 0, a, 0, pageOf(3)},
+		{root.ID, 0, a, 1, pageOf(0xA1)},
+		{root.ID, 0, b, 0, pageOf(0xB0)},
+		{child.ID, 0, a, 0, pageOf(2)},
+		{child.ID, 0, a, 1, pageOf(0xC1)},
+		{child.ID, 0, b, 0, pageOf(0xB0)},
+	}
+	for _, r := range heads {
+		expectPage(t, s, r.tl, r.at, r.rel, r.blk, r.want)
+	}
+	expectPage(t, s, root.ID, 10, a, 0, pageOf(1))
+	before, _ := s.Timeline(root.ID)
+
+	st, err := s.GC(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Root: page a/0@10 and file f@10 are shadowed; page a/0@40 is uncommitted.
+	if st.VersionsDeleted != 3 || st.BytesFreed != 2*BlockSize+2 {
+		t.Fatalf("gc stats: %+v", st)
+	}
+	for _, r := range heads {
+		expectPage(t, s, r.tl, r.at, r.rel, r.blk, r.want)
+	}
+	// Reading at 10 now sees nothing for a/0's shadowed version.
+	expectPage(t, s, root.ID, 10, a, 0, make([]byte, BlockSize))
+	after, _ := s.Timeline(root.ID)
+	if after.StoredBytes != before.StoredBytes-(BlockSize+2) {
+		t.Fatalf("stored bytes %d -> %d", before.StoredBytes, after.StoredBytes)
+	}
+	// Image 10 still holds the kept versions of a/1 and b/0.
+	if !slices.Equal(after.Images, []LSN{10, 20, 30}) {
+		t.Fatalf("images after gc: %v", after.Images)
+	}
+	if st, err := s.GC(ctx); err != nil || st.VersionsDeleted != 0 {
+		t.Fatalf("second gc: %+v, %v", st, err)
+	}
+
+	// Without the child, its branch point is no longer a read point.
+	if err := s.DropTimeline(ctx, child.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Timeline(child.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("dropped timeline: %v", err)
+	}
+	if _, err := s.ReadPage(ctx, child.ID, 0, a, 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("read of a dropped timeline: %v", err)
+	}
+	st, err = s.GC(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.VersionsDeleted != 2 { // a/0@20, f@20
+		t.Fatalf("gc after drop: %+v", st)
+	}
+	after, _ = s.Timeline(root.ID)
+	if !slices.Equal(after.Images, []LSN{10, 30}) {
+		t.Fatalf("images after second gc: %v", after.Images)
+	}
+	for _, r := range heads[:3] {
+		expectPage(t, s, r.tl, r.at, r.rel, r.blk, r.want)
+	}
+	if s.DiskUsage() == 0 {
+		t.Fatal("disk usage 0")
+	}
+}

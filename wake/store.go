@@ -1,0 +1,403 @@
+package wake
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/neonproxy/neonproxy/pagestore"
+)
+
+// localState is <branch dir>/state.json: what the local data directory
+// holds relative to the store. It is written (and synced) before the
+// directory changes meaning, so a crash at any point leaves a state that
+// errs on the side of keeping the directory.
+type localState struct {
+	Timeline pagestore.TimelineID `json:"timeline"`
+	// LSN is the store image the directory was materialized from or last
+	// ingested as.
+	LSN pagestore.LSN `json:"lsn"`
+	// Unstored is set from the moment a compute starts on the directory
+	// until its data is ingested after a clean stop: the directory then
+	// holds changes the store does not have, so it is the branch's truth.
+	Unstored bool      `json:"unstored"`
+	UsedAt   time.Time `json:"used_at"` // last start or stop, for LRU eviction
+}
+
+// branchLocks serialises the driver's own work on one branch (start,
+// store, destroy) against cache eviction, which runs for other branches.
+type branchLocks struct {
+	mu struct {
+		sync.Mutex
+		locks map[string]*sync.Mutex
+	}
+}
+
+func (b *branchLocks) get(branch string) *sync.Mutex {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.mu.locks == nil {
+		b.mu.locks = make(map[string]*sync.Mutex)
+	}
+	l, ok := b.mu.locks[branch]
+	if !ok {
+		l = new(sync.Mutex)
+		b.mu.locks[branch] = l
+	}
+	return l
+}
+
+func (b *branchLocks) forget(branch string) {
+	b.mu.Lock()
+	delete(b.mu.locks, branch)
+	b.mu.Unlock()
+}
+
+func (d *PostgresDriver) statePath(b string) string {
+	return filepath.Join(d.branchDir(b), "state.json")
+}
+func (d *PostgresDriver) manifestPath(b string) string {
+	return filepath.Join(d.branchDir(b), "manifest")
+}
+
+func (d *PostgresDriver) readState(branch string) (localState, bool) {
+	var st localState
+	b, err := os.ReadFile(d.statePath(branch))
+	if err != nil {
+		return st, false
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		d.log.Warn("unreadable local state; the local data directory will be rebuilt from the store unless a compute runs on it",
+			zap.String("branch", branch), zap.Error(err))
+		return localState{}, false
+	}
+	return st, true
+}
+
+// writeState replaces state.json atomically and durably.
+func (d *PostgresDriver) writeState(branch string, st localState) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	p := d.statePath(branch)
+	tmp := p + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write local state of %s: %w", branch, err)
+	}
+	_, err = f.Write(b)
+	if err == nil && !d.o.NoSync {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, p)
+	}
+	if err != nil {
+		return fmt.Errorf("write local state of %s: %w", branch, err)
+	}
+	return nil
+}
+
+// timeline returns branch's timeline: the newest live one of that name.
+func (d *PostgresDriver) timeline(branch string) (pagestore.Timeline, bool) {
+	var best pagestore.Timeline
+	found := false
+	for _, t := range d.store.Timelines() {
+		if t.Name == branch && (!found || t.ID > best.ID) {
+			best, found = t, true
+		}
+	}
+	return best, found
+}
+
+// dropOrphan drops a timeline named branch that no branch owns any more
+// (left by a creation that crashed before the branch was registered).
+func (d *PostgresDriver) dropOrphan(ctx context.Context, branch string) error {
+	for {
+		t, ok := d.timeline(branch)
+		if !ok {
+			return nil
+		}
+		d.log.Warn("dropping a leftover pagestore timeline of an earlier, unfinished branch creation",
+			zap.String("branch", branch), zap.Uint64("timeline", uint64(t.ID)))
+		if err := d.store.DropTimeline(ctx, t.ID); err != nil {
+			return fmt.Errorf("drop leftover timeline %d of %s: %w", t.ID, branch, err)
+		}
+	}
+}
+
+// controlData reads the shutdown checkpoint of a stopped data directory
+// with pg_controldata.
+func (d *PostgresDriver) controlData(ctx context.Context, pgdata string) (pagestore.Checkpoint, error) {
+	var cp pagestore.Checkpoint
+	out, err := d.run(ctx, filepath.Dir(pgdata), "pg_controldata", "-D", pgdata)
+	if err != nil {
+		return cp, fmt.Errorf("pg_controldata: %w\n%s", err, tailLines(out, 5))
+	}
+	return parseControlData(string(out))
+}
+
+// parseControlData reads pg_controldata's output (LC_ALL=C wording, which
+// command() arranges).
+func parseControlData(out string) (pagestore.Checkpoint, error) {
+	var cp pagestore.Checkpoint
+	fields := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok {
+			fields[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	if st := fields["Database cluster state"]; st != "shut down" {
+		return cp, fmt.Errorf("%w (cluster state %q)", pagestore.ErrNotShutDown, st)
+	}
+	var err error
+	if cp.LSN, err = pagestore.ParseLSN(fields["Latest checkpoint location"]); err != nil {
+		return cp, fmt.Errorf("pg_controldata: latest checkpoint location: %w", err)
+	}
+	tli, err := strconv.ParseUint(fields["Latest checkpoint's TimeLineID"], 10, 32)
+	if err != nil {
+		return cp, fmt.Errorf("pg_controldata: latest checkpoint's TimeLineID %q: %w", fields["Latest checkpoint's TimeLineID"], err)
+	}
+	seg, err := strconv.Atoi(fields["Bytes per WAL segment"])
+	if err != nil || seg <= 0 {
+		return cp, fmt.Errorf("pg_controldata: bytes per WAL segment %q", fields["Bytes per WAL segment"])
+	}
+	cp.TimeLineID, cp.WALSegSize = uint32(tli), seg
+	return cp, nil
+}
+
+// ingest stores the cleanly stopped data directory of branch as a new
+// image of its timeline and records that the directory equals it.
+func (d *PostgresDriver) ingest(ctx context.Context, branch string, tl pagestore.TimelineID) error {
+	pgdata := d.pgdata(branch)
+	cp, err := d.controlData(ctx, pgdata)
+	if err != nil {
+		return err
+	}
+	st, err := d.store.Ingest(ctx, tl, pgdata, cp, d.manifestPath(branch))
+	if err != nil {
+		return err
+	}
+	d.log.Info("branch data stored", zap.String("branch", branch), zap.Uint64("timeline", uint64(tl)),
+		zap.Stringer("lsn", cp.LSN), zap.Int("pages_written", st.PagesWritten), zap.Int("files_written", st.FilesWritten),
+		zap.Int("files_scanned", st.FilesScanned), zap.Int("files_unchanged", st.FilesSkipped),
+		zap.Int64("bytes_written", st.BytesWritten), zap.Bool("manifest", st.UsedManifest), zap.Duration("took", st.Duration))
+	return d.writeState(branch, localState{Timeline: tl, LSN: cp.LSN, UsedAt: time.Now().UTC()})
+}
+
+// prepare makes the local data directory of branch ready for a start:
+// kept when it is current or holds unstored changes, else materialized
+// from the store. It reports whether it materialized.
+func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, error) {
+	tl, ok := d.timeline(branch)
+	if !ok || tl.Head() == 0 {
+		return false, fmt.Errorf("wake: branch %s has no data", branch)
+	}
+	pgdata := d.pgdata(branch)
+	st, hasState := d.readState(branch)
+	_, verErr := os.Stat(filepath.Join(pgdata, "PG_VERSION"))
+	if verErr == nil && hasState && st.Timeline == tl.ID && (st.Unstored || st.LSN == tl.Head()) {
+		return false, nil
+	}
+	if verErr == nil && hasState && st.Unstored {
+		// Unstored changes of another timeline of the same name: not
+		// thrown away silently, they may be the only copy of commits.
+		return false, fmt.Errorf("wake: branch %s: local data directory %s holds unstored changes of timeline %d, not of the branch's timeline %d; move it away to start from the store",
+			branch, pgdata, st.Timeline, tl.ID)
+	}
+	// No state (an eviction that crashed removes the state first), or a
+	// stored but older image: rebuild from the store.
+	t0 := time.Now()
+	if err := d.mkdirOwned(d.branchDir(branch), 0o700); err != nil {
+		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
+	}
+	tmp := pgdata + ".new"
+	for _, p := range []string{tmp, pgdata, d.manifestPath(branch)} {
+		if err := os.RemoveAll(p); err != nil {
+			return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
+		}
+	}
+	mo := pagestore.MaterializeOptions{Owner: d.owner(), Manifest: d.manifestPath(branch)}
+	if d.spares != nil {
+		mo.Files = d.spares
+		defer d.spares.refill()
+	}
+	ms, err := d.store.Materialize(ctx, tl.ID, 0, tmp, mo)
+	if err != nil {
+		_ = os.RemoveAll(tmp)
+		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
+	}
+	if err := os.Rename(tmp, pgdata); err != nil {
+		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
+	}
+	if err := d.writeState(branch, localState{Timeline: tl.ID, LSN: tl.Head(), UsedAt: time.Now().UTC()}); err != nil {
+		return false, err
+	}
+	d.log.Info("data directory materialized", zap.String("branch", branch), zap.Uint64("timeline", uint64(tl.ID)),
+		zap.Stringer("lsn", tl.Head()), zap.Int("files", ms.Files), zap.Int("pages", ms.Pages),
+		zap.Int64("bytes", ms.Bytes), zap.Float64("mb_per_s", ms.ThroughputMB), zap.Duration("took", time.Since(t0)))
+	return true, nil
+}
+
+// Stopped stores the data of a compute that shut down cleanly. After an
+// unclean stop it stores nothing: the local directory stays marked
+// unstored, and PostgreSQL recovers it at the next start.
+func (d *PostgresDriver) Stopped(ctx context.Context, branch string, clean bool) error {
+	if err := validBranch(branch); err != nil {
+		return err
+	}
+	if !clean {
+		return nil
+	}
+	l := d.locks.get(branch)
+	l.Lock()
+	tl, ok := d.timeline(branch)
+	var err error
+	if !ok {
+		err = fmt.Errorf("wake: branch %s has no timeline", branch)
+	} else {
+		err = d.ingest(ctx, branch, tl.ID)
+	}
+	l.Unlock()
+	if err != nil {
+		return fmt.Errorf("wake: store branch %s: %w", branch, err)
+	}
+	d.evict(ctx)
+	return nil
+}
+
+// Storage reports branch's timeline, sizes and local copy.
+func (d *PostgresDriver) Storage(branch string) (Storage, error) {
+	var s Storage
+	if err := validBranch(branch); err != nil {
+		return s, err
+	}
+	tl, ok := d.timeline(branch)
+	if !ok {
+		return s, fmt.Errorf("wake: branch %s has no timeline", branch)
+	}
+	s.Timeline = uint64(tl.ID)
+	if tl.Parent != 0 {
+		s.ParentLSN = tl.ParentLSN.String()
+	}
+	s.LogicalBytes, s.UniqueBytes = tl.LogicalSize, tl.StoredBytes
+	if st, ok := d.readState(branch); ok {
+		s.Unstored = st.Unstored
+	}
+	s.LocalBytes = diskUsage(d.pgdata(branch))
+	return s, nil
+}
+
+// diskUsage is the disk a directory tree occupies (allocated blocks, so
+// sparse files count what they use).
+func diskUsage(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return nil // gone meanwhile, or unreadable: count what we can
+		}
+		if fi, err := de.Info(); err == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				n += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// evict removes the local data directories of the least recently used
+// stopped branches while the local copies exceed compute.cache_bytes. A
+// directory with unstored changes, a running compute, or a start or store
+// in progress is never evicted.
+func (d *PostgresDriver) evict(ctx context.Context) {
+	if d.o.CacheBytes <= 0 {
+		return
+	}
+	entries, err := os.ReadDir(filepath.Join(d.dataDir, "branches"))
+	if err != nil {
+		return
+	}
+	type cand struct {
+		name  string
+		used  time.Time
+		bytes int64
+	}
+	var total int64
+	var cands []cand
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		name := e.Name()
+		bytes := diskUsage(d.pgdata(name))
+		total += bytes
+		st, ok := d.readState(name)
+		if bytes == 0 || !ok || st.Unstored {
+			continue
+		}
+		cands = append(cands, cand{name, st.UsedAt, bytes})
+	}
+	if total <= d.o.CacheBytes {
+		return
+	}
+	sort.Slice(cands, func(i, j int) bool { return cands[i].used.Before(cands[j].used) })
+	for _, c := range cands {
+		if total <= d.o.CacheBytes || ctx.Err() != nil {
+			return
+		}
+		l := d.locks.get(c.name)
+		if !l.TryLock() {
+			continue // starting or storing right now
+		}
+		err := d.evictOne(c.name)
+		l.Unlock()
+		if err != nil {
+			d.log.Warn("evict local data directory", zap.String("branch", c.name), zap.Error(err))
+			continue
+		}
+		total -= c.bytes
+		d.log.Info("evicted local data directory (compute.cache_bytes)", zap.String("branch", c.name),
+			zap.Int64("bytes", c.bytes), zap.Int64("cache_bytes", total), zap.Int64("budget", d.o.CacheBytes))
+	}
+}
+
+// evictOne drops branch's local copy if it is still stopped and stored.
+// The caller holds the branch's lock.
+func (d *PostgresDriver) evictOne(branch string) error {
+	st, ok := d.readState(branch)
+	if !ok || st.Unstored {
+		return errors.New("no longer evictable")
+	}
+	if _, err := os.Stat(filepath.Join(d.pgdata(branch), "postmaster.pid")); err == nil {
+		return errors.New("a postmaster runs on it")
+	}
+	// State first: a crash mid-removal leaves no state, so the remains are
+	// rebuilt from the store rather than trusted.
+	if err := os.Remove(d.statePath(branch)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	for _, p := range []string{d.manifestPath(branch), d.pgdata(branch)} {
+		if err := os.RemoveAll(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
