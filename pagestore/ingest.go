@@ -43,6 +43,10 @@ func (w *batchWriter) set(k, v []byte) error {
 	return nil
 }
 
+// testHookBatchCommitted, when set (tests only), runs after each ingest
+// batch is committed: the crash test kills the process there.
+var testHookBatchCommitted func()
+
 func (w *batchWriter) flush() error {
 	if w.b == nil {
 		return nil
@@ -50,6 +54,9 @@ func (w *batchWriter) flush() error {
 	err := w.b.Commit(pebble.NoSync)
 	_ = w.b.Close()
 	w.b = nil
+	if err == nil && testHookBatchCommitted != nil {
+		testHookBatchCommitted()
+	}
 	return err
 }
 

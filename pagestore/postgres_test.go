@@ -1,7 +1,6 @@
 package pagestore
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"os"
@@ -134,40 +133,9 @@ func (e *pgEnv) psql(sql string) string {
 func (e *pgEnv) checkpoint(dir string) Checkpoint {
 	e.t.Helper()
 	out := e.run("pg_controldata", "-D", dir)
-	var cp Checkpoint
-	state := ""
-	sc := bufio.NewScanner(strings.NewReader(out))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		v = strings.TrimSpace(v)
-		switch strings.TrimSpace(k) {
-		case "Database cluster state":
-			state = v
-		case "Latest checkpoint location":
-			l, err := ParseLSN(v)
-			if err != nil {
-				e.t.Fatal(err)
-			}
-			cp.LSN = l
-		case "Latest checkpoint's TimeLineID":
-			n, err := strconv.ParseUint(v, 10, 32)
-			if err != nil {
-				e.t.Fatal(err)
-			}
-			cp.TimeLineID = uint32(n)
-		case "Bytes per WAL segment":
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				e.t.Fatal(err)
-			}
-			cp.WALSegSize = n
-		}
-	}
-	if state != "shut down" || cp.LSN == 0 || cp.WALSegSize == 0 {
-		e.t.Fatalf("pg_controldata: state %q, %+v\n%s", state, cp, out)
+	cp, err := ParseControlData(out)
+	if err != nil {
+		e.t.Fatalf("%v\n%s", err, out)
 	}
 	return cp
 }

@@ -39,6 +39,9 @@ type spares struct {
 		sync.Mutex
 		names []string
 		next  uint64
+		// users counts materializations in progress: the filler waits
+		// for them, since creates and renames contend in the file system.
+		users int
 	}
 }
 
@@ -113,6 +116,20 @@ func (p *spares) put(name string) {
 	p.mu.Unlock()
 }
 
+// use marks a materialization in progress; the returned func ends it and
+// lets the filler top the pool up again.
+func (p *spares) use() (done func()) {
+	p.mu.Lock()
+	p.mu.users++
+	p.mu.Unlock()
+	return func() {
+		p.mu.Lock()
+		p.mu.users--
+		p.mu.Unlock()
+		p.refill()
+	}
+}
+
 // count is the number of spares ready.
 func (p *spares) count() int {
 	p.mu.Lock()
@@ -136,8 +153,12 @@ func (p *spares) run(ctx context.Context) {
 			return
 		case <-p.kick:
 		}
-		for ctx.Err() == nil && p.count() < p.target {
+		for ctx.Err() == nil {
 			p.mu.Lock()
+			if len(p.mu.names) >= p.target || p.mu.users > 0 {
+				p.mu.Unlock()
+				break // full, or a materialization runs: its end kicks again
+			}
 			name := strconv.FormatUint(p.mu.next, 10)
 			p.mu.next++
 			p.mu.Unlock()

@@ -9,8 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -150,37 +148,7 @@ func (d *PostgresDriver) controlData(ctx context.Context, pgdata string) (pagest
 	if err != nil {
 		return cp, fmt.Errorf("pg_controldata: %w\n%s", err, tailLines(out, 5))
 	}
-	return parseControlData(string(out))
-}
-
-// parseControlData reads pg_controldata's output (LC_ALL=C wording, which
-// command() arranges).
-func parseControlData(out string) (pagestore.Checkpoint, error) {
-	var cp pagestore.Checkpoint
-	fields := map[string]string{}
-	for _, line := range strings.Split(out, "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if ok {
-			fields[strings.TrimSpace(k)] = strings.TrimSpace(v)
-		}
-	}
-	if st := fields["Database cluster state"]; st != "shut down" {
-		return cp, fmt.Errorf("%w (cluster state %q)", pagestore.ErrNotShutDown, st)
-	}
-	var err error
-	if cp.LSN, err = pagestore.ParseLSN(fields["Latest checkpoint location"]); err != nil {
-		return cp, fmt.Errorf("pg_controldata: latest checkpoint location: %w", err)
-	}
-	tli, err := strconv.ParseUint(fields["Latest checkpoint's TimeLineID"], 10, 32)
-	if err != nil {
-		return cp, fmt.Errorf("pg_controldata: latest checkpoint's TimeLineID %q: %w", fields["Latest checkpoint's TimeLineID"], err)
-	}
-	seg, err := strconv.Atoi(fields["Bytes per WAL segment"])
-	if err != nil || seg <= 0 {
-		return cp, fmt.Errorf("pg_controldata: bytes per WAL segment %q", fields["Bytes per WAL segment"])
-	}
-	cp.TimeLineID, cp.WALSegSize = uint32(tli), seg
-	return cp, nil
+	return pagestore.ParseControlData(string(out))
 }
 
 // ingest stores the cleanly stopped data directory of branch as a new
@@ -225,6 +193,10 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 	// No state (an eviction that crashed removes the state first), or a
 	// stored but older image: rebuild from the store.
 	t0 := time.Now()
+	// The whole branches directory may have been cleared (it is a cache).
+	if err := os.MkdirAll(filepath.Dir(d.branchDir(branch)), 0o711); err != nil {
+		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
+	}
 	if err := d.mkdirOwned(d.branchDir(branch), 0o700); err != nil {
 		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
 	}
@@ -237,7 +209,7 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 	mo := pagestore.MaterializeOptions{Owner: d.owner(), Manifest: d.manifestPath(branch)}
 	if d.spares != nil {
 		mo.Files = d.spares
-		defer d.spares.refill()
+		defer d.spares.use()()
 	}
 	ms, err := d.store.Materialize(ctx, tl.ID, 0, tmp, mo)
 	if err != nil {

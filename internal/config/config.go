@@ -225,7 +225,7 @@ func Default() Config {
 			BreakerFailures: 3,
 			BreakerOpen:     Duration(30 * time.Second),
 			CacheBytes:      Bytes(10 << 30),
-			SpareFiles:      2000,
+			SpareFiles:      10000,
 		},
 		Pagestore: Pagestore{GCInterval: Duration(time.Hour)},
 		Pool: Pool{
