@@ -134,11 +134,9 @@ func TestBranchesOnThePagestore(t *testing.T) {
 		}
 	}
 
-	// Deleting the leaves, then dev, frees their storage.
-	for _, b := range []string{"feature", "dev"} {
-		if err := api.DeleteBranch(ctx, b); err != nil {
-			t.Fatalf("delete %s: %v", b, err)
-		}
+	// A cascading delete takes dev and its child.
+	if err := api.DeleteBranchTree(ctx, "dev", true); err != nil {
+		t.Fatalf("delete dev with cascade: %v", err)
 	}
 	bs, err := api.ListBranches(ctx)
 	if err != nil || len(bs) != 1 || bs[0].Name != "main" {

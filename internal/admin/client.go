@@ -49,7 +49,16 @@ func (c *Client) GetBranch(ctx context.Context, name string) (BranchJSON, error)
 
 // DeleteBranch deletes a branch and its compute's data.
 func (c *Client) DeleteBranch(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodDelete, "/v1/branches/"+url.PathEscape(name), nil, http.StatusNoContent, nil)
+	return c.DeleteBranchTree(ctx, name, false)
+}
+
+// DeleteBranchTree deletes a branch; with cascade, its descendants first.
+func (c *Client) DeleteBranchTree(ctx context.Context, name string, cascade bool) error {
+	path := "/v1/branches/" + url.PathEscape(name)
+	if cascade {
+		path += "?cascade=true"
+	}
+	return c.do(ctx, http.MethodDelete, path, nil, http.StatusNoContent, nil)
 }
 
 // Suspend stops the branch's compute and returns the branch.

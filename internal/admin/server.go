@@ -424,26 +424,34 @@ func (h *Handler) deleteBranch(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	cascade := false
+	switch v := r.URL.Query().Get("cascade"); v {
+	case "", "false":
+	case "true":
+		cascade = true
+	default:
+		writeError(w, r, http.StatusBadRequest, fmt.Sprintf("cascade=%q: want true or false", v))
+		return
+	}
 	ctx := r.Context()
 	if !h.acquireExclusive(name) {
 		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is busy: a branch is being created from it or it is being deleted; retry", name))
 		return
 	}
 	defer h.release(name)
-
 	bs, err := h.reg.List(ctx)
 	if err != nil {
 		writeError(w, r, errorStatus(err), "list branches: "+err.Error())
 		return
 	}
 	found := false
-	var children []string
+	children := map[string][]string{}
 	for _, b := range bs {
 		if b.Name == name {
 			found = true
 		}
-		if b.Parent == name {
-			children = append(children, b.Name)
+		if b.Parent != "" {
+			children[b.Parent] = append(children[b.Parent], b.Name)
 		}
 	}
 	if !found {
@@ -454,26 +462,62 @@ func (h *Handler) deleteBranch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is the default branch (default_branch); it cannot be deleted", name))
 		return
 	}
-	if len(children) > 0 {
-		sort.Strings(children)
-		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is the parent of %s; delete %s first", name, strings.Join(children, ", "), pronoun(len(children))))
+	if kids := children[name]; len(kids) > 0 && !cascade {
+		sort.Strings(kids)
+		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is the parent of %s; delete %s first, or delete with ?cascade=true (neonproxy branch delete --cascade)",
+			name, strings.Join(kids, ", "), pronoun(len(kids))))
 		return
 	}
-	if err := h.comp.Delete(ctx, name); err != nil {
-		writeError(w, r, errorStatus(err), fmt.Sprintf("delete compute of branch %s: %v", name, err))
-		return
-	}
-	if err := h.reg.Delete(ctx, name); err != nil {
-		msg := err.Error()
-		if errors.Is(err, router.ErrBranchNotFound) {
-			msg = fmt.Sprintf("branch %s does not exist", name)
+	// Children before their parents: a timeline cannot go while another
+	// reads from it.
+	var order []string
+	var visit func(n string)
+	visit = func(n string) {
+		kids := append([]string(nil), children[n]...)
+		sort.Strings(kids)
+		for _, k := range kids {
+			if k != name { // a corrupt registry's cycle
+				visit(k)
+			}
 		}
-		writeError(w, r, errorStatus(err), msg)
-		return
+		order = append(order, n)
 	}
-	h.log.Info("branch deleted", zap.String("branch", name))
+	visit(name)
+	descendants := order[:len(order)-1]
+	for i, n := range descendants {
+		if !h.acquireExclusive(n) {
+			h.release(descendants[:i]...)
+			writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is busy: a branch is being created from it or it is being deleted; retry", n))
+			return
+		}
+	}
+	defer h.release(descendants...)
+	for i, n := range order {
+		if err := h.comp.Delete(ctx, n); err != nil {
+			writeError(w, r, errorStatus(err), fmt.Sprintf("delete compute of branch %s: %v%s", n, err, deletedSoFar(order[:i])))
+			return
+		}
+		if err := h.reg.Delete(ctx, n); err != nil {
+			msg := err.Error()
+			if errors.Is(err, router.ErrBranchNotFound) {
+				msg = fmt.Sprintf("branch %s does not exist", n)
+			}
+			writeError(w, r, errorStatus(err), msg+deletedSoFar(order[:i]))
+			return
+		}
+		h.log.Info("branch deleted", zap.String("branch", n), zap.Bool("cascade", n != name))
+	}
 	h.refreshBranchCount(ctx)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// deletedSoFar says which branches of a cascade were deleted before a
+// failure, so the caller knows the state it is left in.
+func deletedSoFar(done []string) string {
+	if len(done) == 0 {
+		return ""
+	}
+	return " (already deleted: " + strings.Join(done, ", ") + ")"
 }
 
 // gc runs a garbage collection pass of the pagestore: versions no

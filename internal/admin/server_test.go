@@ -33,8 +33,10 @@ type fakeComputes struct {
 	calls    []string
 	cloneErr error
 	delErr   error
-	suspErr  error
-	sizeErr  error
+	// delErrFor makes Delete of that branch fail with "busy device".
+	delErrFor string
+	suspErr   error
+	sizeErr   error
 	// gate (set up before any request, then read-only) blocks Clone of
 	// the named branch until the channel is closed; started receives the
 	// branch name when such a Clone begins.
@@ -102,6 +104,9 @@ func (f *fakeComputes) Delete(ctx context.Context, branch string) error {
 	defer f.mu.Unlock()
 	if f.delErr != nil {
 		return f.delErr
+	}
+	if f.delErrFor == branch {
+		return errors.New("busy device")
 	}
 	delete(f.data, branch)
 	delete(f.state, branch)
@@ -369,7 +374,7 @@ func TestRoutes(t *testing.T) {
 			},
 		},
 		{
-			name: "delete parent", method: "DELETE", path: "/v1/branches/dev", wantStatus: 409, wantErr: "branch dev is the parent of a, b; delete them first",
+			name: "delete parent", method: "DELETE", path: "/v1/branches/dev", wantStatus: 409, wantErr: "branch dev is the parent of a, b; delete them first, or delete with ?cascade=true",
 			setup: func(f *fixture) {
 				for _, n := range []string{"b", "a"} {
 					if err := f.reg.Create(context.Background(), router.Branch{Name: n, Parent: "dev"}); err != nil {
@@ -383,6 +388,41 @@ func TestRoutes(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "delete cascade", method: "DELETE", path: "/v1/branches/dev?cascade=true", wantStatus: 204,
+			setup: func(f *fixture) {
+				for _, b := range []router.Branch{{Name: "b", Parent: "dev"}, {Name: "a", Parent: "dev"}, {Name: "a1", Parent: "a"}} {
+					if err := f.reg.Create(context.Background(), b); err != nil {
+						panic(err)
+					}
+				}
+			},
+			check: func(t *testing.T, f *fixture, _ []byte) {
+				// Children before parents, siblings by name.
+				if got := strings.Join(f.comp.Calls(), ","); got != "delete a1,delete a,delete b,delete dev" {
+					t.Errorf("calls = %s", got)
+				}
+				if got := strings.Join(f.names(t), ","); got != "main" {
+					t.Errorf("registry after cascade: %s", got)
+				}
+			},
+		},
+		{
+			name: "delete cascade stops at a failure", method: "DELETE", path: "/v1/branches/dev?cascade=true", wantStatus: 500,
+			wantErr: "delete compute of branch dev: busy device (already deleted: a)",
+			setup: func(f *fixture) {
+				if err := f.reg.Create(context.Background(), router.Branch{Name: "a", Parent: "dev"}); err != nil {
+					panic(err)
+				}
+				f.comp.delErrFor = "dev"
+			},
+			check: func(t *testing.T, f *fixture, _ []byte) {
+				if got := strings.Join(f.names(t), ","); got != "dev,main" {
+					t.Errorf("registry: %s", got)
+				}
+			},
+		},
+		{name: "delete cascade invalid", method: "DELETE", path: "/v1/branches/dev?cascade=yes", wantStatus: 400, wantErr: `cascade="yes"`},
 		{
 			name: "delete compute fails", method: "DELETE", path: "/v1/branches/dev", wantStatus: 500, wantErr: "busy device",
 			setup: func(f *fixture) { f.comp.delErr = errors.New("busy device") },

@@ -212,22 +212,24 @@ func branchCmd(g *globals) *cobra.Command {
 			return writeJSON(cmd, b)
 		},
 	}
+	var cascade bool
 	del := &cobra.Command{
 		Use:   "delete NAME",
-		Short: "Stop a branch's compute and delete the branch and its data",
+		Short: "Stop a branch's compute and delete the branch and its data (refused while it has child branches unless --cascade)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			if err := c.DeleteBranch(cmd.Context(), args[0]); err != nil {
+			if err := c.DeleteBranchTree(cmd.Context(), args[0], cascade); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "deleted branch %s\n", args[0])
 			return nil
 		},
 	}
+	del.Flags().BoolVar(&cascade, "cascade", false, "also delete the branch's descendants (children first)")
 	for _, c := range []*cobra.Command{create, list} {
 		c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	}
