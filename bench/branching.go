@@ -390,7 +390,9 @@ func (s *branching) readMaterializations() {
 		if json.Unmarshal(sc.Bytes(), &m) != nil || m.Msg != "data directory materialized" {
 			continue
 		}
-		if strings.HasPrefix(m.Branch, "start-") {
+		// start-01 … start-NN; not start-parent, whose first start (for
+		// pgbench -i) materialized main's image.
+		if n := strings.TrimPrefix(m.Branch, "start-"); n != m.Branch && n != "parent" {
 			s.rep.start.materialized = append(s.rep.start.materialized, m)
 		}
 	}

@@ -241,7 +241,11 @@ func (r *report) printBranchStart(p printer) {
 		if len(took) > 0 {
 			line += fmt.Sprintf(", median took %s", ms(medianDuration(took)))
 		}
-		p("%s, %s each.", line, mbytes(cold[0].Bytes))
+		var sizes []float64
+		for _, m := range cold {
+			sizes = append(sizes, float64(m.Bytes))
+		}
+		p("%s, median %s materialized.", line, mbytes(int64(medianFloat(sizes))))
 	} else {
 		p("- neonproxy's log has no \"data directory materialized\" lines for these branches.")
 	}

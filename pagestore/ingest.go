@@ -11,7 +11,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -202,75 +202,24 @@ func (s *Store) ingest(ctx context.Context, id TimelineID, head LSN, lv []level,
 	}
 	newMf := &manifest{Timeline: id, LSN: cp.LSN, Files: make(map[string]manifestFile)}
 
-	// Relation forks, in parallel.
-	rels := make([]RelTag, 0, len(dd.forks))
-	for r := range dd.forks {
-		rels = append(rels, r)
+	// Relation forks, in parallel; each worker streams into its own batch.
+	rels := sortedRels(dd.forks)
+	var written atomic.Int64
+	results, err := forEachFork(ctx, s.opts.Parallelism, rels,
+		func() *forkWorker { return &forkWorker{bw: &batchWriter{db: s.db}, buf: make([]byte, readChunk)} },
+		func(ctx context.Context, w *forkWorker, r RelTag) (forkResult, error) {
+			return run.fork(ctx, dd.forks[r], w.bw, w.buf)
+		},
+		func(w *forkWorker) error {
+			defer w.bw.close()
+			err := w.bw.flush()
+			written.Add(w.bw.bytes)
+			return err
+		})
+	if err != nil {
+		return st, err
 	}
-	sort.Slice(rels, func(i, j int) bool { return bytes.Compare(putRel(nil, rels[i]), putRel(nil, rels[j])) < 0 })
-	results := make([]forkResult, len(rels))
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg       sync.WaitGroup
-		errMu    sync.Mutex
-		firstErr error
-		bytesMu  sync.Mutex
-		written  int64
-	)
-	work := make(chan int)
-	for w := 0; w < s.opts.Parallelism; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			bw := &batchWriter{db: s.db}
-			defer bw.close()
-			buf := make([]byte, readChunk)
-			for i := range work {
-				if wctx.Err() != nil {
-					continue
-				}
-				res, err := run.fork(wctx, dd.forks[rels[i]], bw, buf)
-				if err != nil {
-					errMu.Lock()
-					if firstErr == nil {
-						firstErr = fmt.Errorf("relation %s: %w", rels[i], err)
-					}
-					errMu.Unlock()
-					cancel()
-					continue
-				}
-				results[i] = res
-			}
-			if err := bw.flush(); err != nil {
-				errMu.Lock()
-				if firstErr == nil {
-					firstErr = err
-				}
-				errMu.Unlock()
-			}
-			bytesMu.Lock()
-			written += bw.bytes
-			bytesMu.Unlock()
-		}()
-	}
-feed:
-	for i := range rels {
-		select {
-		case work <- i:
-		case <-wctx.Done():
-			break feed
-		}
-	}
-	close(work)
-	wg.Wait()
-	if firstErr == nil {
-		firstErr = ctx.Err()
-	}
-	if firstErr != nil {
-		return st, firstErr
-	}
-	st.BytesWritten = written
+	st.BytesWritten = written.Load()
 	st.RelationForks = len(rels)
 	for i, r := range rels {
 		res := results[i]
@@ -379,6 +328,12 @@ feed:
 		}
 	}
 	return st, nil
+}
+
+// forkWorker is one ingest worker's state.
+type forkWorker struct {
+	bw  *batchWriter
+	buf []byte
 }
 
 // fork stores the changed blocks and the size of one relation fork.

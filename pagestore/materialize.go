@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -159,58 +158,14 @@ func (s *Store) materialize(ctx context.Context, id TimelineID, at LSN, dst stri
 	}
 
 	// Relation forks in parallel.
-	rels := make([]RelTag, 0, len(sizes))
-	for r := range sizes {
-		rels = append(rels, r)
-	}
-	sort.Slice(rels, func(i, j int) bool { return string(putRel(nil, rels[i])) < string(putRel(nil, rels[j])) })
-	results := make([]matFork, len(rels))
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg       sync.WaitGroup
-		errMu    sync.Mutex
-		firstErr error
-	)
-	work := make(chan int)
-	for w := 0; w < s.opts.Parallelism; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 0, readChunk)
-			for i := range work {
-				if wctx.Err() != nil {
-					continue
-				}
-				res, err := materializeFork(wctx, snap, lv, rels[i], sizes[rels[i]], dst, owner, src, buf)
-				if err != nil {
-					errMu.Lock()
-					if firstErr == nil {
-						firstErr = fmt.Errorf("relation %s: %w", rels[i], err)
-					}
-					errMu.Unlock()
-					cancel()
-					continue
-				}
-				results[i] = res
-			}
-		}()
-	}
-feed:
-	for i := range rels {
-		select {
-		case work <- i:
-		case <-wctx.Done():
-			break feed
-		}
-	}
-	close(work)
-	wg.Wait()
-	if firstErr == nil {
-		firstErr = ctx.Err()
-	}
-	if firstErr != nil {
-		return st, firstErr
+	rels := sortedRels(sizes)
+	results, err := forEachFork(ctx, s.opts.Parallelism, rels,
+		func() []byte { return make([]byte, 0, readChunk) },
+		func(ctx context.Context, buf []byte, r RelTag) (matFork, error) {
+			return materializeFork(ctx, snap, lv, r, sizes[r], dst, owner, src, buf)
+		}, nil)
+	if err != nil {
+		return st, err
 	}
 	for i, r := range rels {
 		res := results[i]
