@@ -40,6 +40,9 @@ fuzz:
 	$(GO) test ./router -run '^$$' -fuzz '^FuzzStripEndpoint$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzMsgReader$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseConsole$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pagestore -run '^$$' -fuzz '^FuzzDecodeSparse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pagestore -run '^$$' -fuzz '^FuzzDecodeKey$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pagestore -run '^$$' -fuzz '^FuzzParseControlData$$' -fuzztime $(FUZZTIME)
 
 # Latency and throughput against direct PostgreSQL and PgBouncer; prints a
 # report. Not part of `make test` (timings are not pass/fail here).

@@ -222,7 +222,7 @@ func decodeSparse(v []byte) (uint64, []sparseChunk, error) {
 		off := binary.BigEndian.Uint64(v)
 		n := binary.BigEndian.Uint32(v[8:])
 		v = v[12:]
-		if uint64(len(v)) < uint64(n) || off+uint64(n) > size {
+		if uint64(len(v)) < uint64(n) || off > size || uint64(n) > size-off {
 			return 0, nil, fmt.Errorf("pagestore: bad sparse chunk")
 		}
 		chunks = append(chunks, sparseChunk{off: off, data: v[:n]})
