@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/neonproxy/neonproxy/pagestore"
+	"github.com/neonproxy/neonproxy/walkeeper"
 )
 
 // Port is the port number of every compute. Computes never listen on TCP;
@@ -66,6 +67,10 @@ type DriverOptions struct {
 	// limit); beyond it the least recently used stopped branches' copies
 	// are evicted.
 	CacheBytes int64
+	// Keeper is the WAL keeper every compute streams to as a synchronous
+	// standby (nil: none; commits are then durable only in the local
+	// directory until the next clean stop).
+	Keeper *walkeeper.Keeper
 	// SpareFiles is how many empty files to keep made ahead of time for
 	// cold starts (0: none; each file of a materialized directory is then
 	// created on the start's critical path).
@@ -88,6 +93,9 @@ type PostgresDriver struct {
 	store  *pagestore.Store
 	locks  branchLocks
 	spares *spares // nil without DriverOptions.SpareFiles
+	keeper *walkeeper.Keeper
+	// streams are the keeper streams of running computes.
+	streams keeperStreams
 }
 
 var (
@@ -123,7 +131,7 @@ func NewPostgresDriver(o DriverOptions) (*PostgresDriver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wake: data dir: %w", err)
 	}
-	d := &PostgresDriver{o: o, dataDir: abs, log: o.Logger, store: o.Store}
+	d := &PostgresDriver{o: o, dataDir: abs, log: o.Logger, store: o.Store, keeper: o.Keeper}
 
 	if fi, err := os.Stat(filepath.Join(o.BinDir, "postgres")); err != nil || fi.IsDir() {
 		return nil, fmt.Errorf("wake: PostgreSQL 15 not found: %s/postgres is missing (set compute.postgres_bin_dir; `make run` installs postgresql-15)", o.BinDir)
@@ -185,9 +193,10 @@ func NewPostgresDriver(o DriverOptions) (*PostgresDriver, error) {
 	return d, nil
 }
 
-// Close stops the driver's background work (the spare-file filler). The
-// computes are the Manager's to stop.
+// Close stops the driver's background work (keeper stream supervision,
+// the spare-file filler). The computes are the Manager's to stop.
 func (d *PostgresDriver) Close() {
+	d.streams.stopAll()
 	if d.spares != nil {
 		d.spares.close()
 	}
@@ -461,6 +470,11 @@ func (d *PostgresDriver) Destroy(ctx context.Context, branch string) error {
 		if !ok {
 			break
 		}
+		if d.keeper != nil {
+			if err := d.keeper.Drop(uint64(tl.ID)); err != nil {
+				return fmt.Errorf("wake: destroy %s: %w", branch, err)
+			}
+		}
 		if err := d.store.DropTimeline(ctx, tl.ID); err != nil {
 			return fmt.Errorf("wake: destroy %s: %w", branch, err)
 		}
@@ -544,15 +558,16 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 		logStart = fi.Size()
 	}
 	_ = d.chown(logPath)
-	cmd := d.command(context.Background(), d.branchDir(branch), "postgres",
+	args := append([]string{
 		"-D", pgdata,
 		"-c", "listen_addresses=",
-		"-c", "unix_socket_directories="+sock,
+		"-c", "unix_socket_directories=" + sock,
 		"-c", "unix_socket_permissions=0700",
-		"-c", "port="+strconv.Itoa(Port),
-		"-c", "shared_buffers="+d.o.SharedBuffers,
-		"-c", "max_connections="+strconv.Itoa(d.o.MaxConnections),
-	)
+		"-c", "port=" + strconv.Itoa(Port),
+		"-c", "shared_buffers=" + d.o.SharedBuffers,
+		"-c", "max_connections=" + strconv.Itoa(d.o.MaxConnections),
+	}, d.keeperSettings()...)
+	cmd := d.command(context.Background(), d.branchDir(branch), "postgres", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	err = cmd.Start()
 	logf.Close()
@@ -597,6 +612,14 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 		}
 	}
 	tReady := time.Since(t0)
+	// Running for clients only once the keeper streams: before that every
+	// commit would wait.
+	ks, err := d.startKeeper(ctx, branch, uint64(st.Timeline), st.LSN, sock, p.done)
+	if err != nil {
+		_ = p.kill()
+		return nil, err
+	}
+	d.streams.set(branch, ks)
 	d.log.Debug("postgres started", zap.String("branch", branch), zap.Uint64("generation", generation),
 		zap.Int("pid", pid), zap.Bool("materialized", materialized), zap.Duration("prepare", tPrepare),
 		zap.Duration("spawn", tSpawn), zap.Duration("ready", tReady-tSpawn-tPrepare), zap.Duration("total", tReady))
@@ -677,6 +700,15 @@ func (d *PostgresDriver) Adopt(ctx context.Context, branch string, generation ui
 			}
 		}
 	}()
+	// The keeper's stream from the earlier neonproxy went with it: until a
+	// new one streams, the adopted compute's commits wait.
+	if st, ok := d.readState(branch); ok {
+		ks, err := d.startKeeper(ctx, branch, uint64(st.Timeline), st.LSN, ep.SocketDir, p.done)
+		if err != nil {
+			return nil, false, fmt.Errorf("wake: adopt %s: %w", branch, err)
+		}
+		d.streams.set(branch, ks)
+	}
 	d.log.Debug("postgres adopted", zap.String("branch", branch), zap.Int("pid", pid), zap.Uint64("generation", generation))
 	return p, true, nil
 }

@@ -216,10 +216,16 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 		_ = os.RemoveAll(tmp)
 		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
 	}
+	replay, err := d.replayFromKeeper(ctx, branch, tl, tmp)
+	if err != nil {
+		_ = os.RemoveAll(tmp)
+		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
+	}
 	if err := os.Rename(tmp, pgdata); err != nil {
 		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
 	}
-	if err := d.writeState(branch, localState{Timeline: tl.ID, LSN: tl.Head(), UsedAt: time.Now().UTC()}); err != nil {
+	// Replayed WAL makes the directory newer than the store's image.
+	if err := d.writeState(branch, localState{Timeline: tl.ID, LSN: tl.Head(), Unstored: replay, UsedAt: time.Now().UTC()}); err != nil {
 		return false, err
 	}
 	spareLeft := -1
@@ -240,6 +246,7 @@ func (d *PostgresDriver) Stopped(ctx context.Context, branch string, clean bool)
 	if err := validBranch(branch); err != nil {
 		return err
 	}
+	d.streams.take(branch).stop()
 	if !clean {
 		return nil
 	}
@@ -249,8 +256,10 @@ func (d *PostgresDriver) Stopped(ctx context.Context, branch string, clean bool)
 	var err error
 	if !ok {
 		err = fmt.Errorf("wake: branch %s has no timeline", branch)
-	} else {
-		err = d.ingest(ctx, branch, tl.ID)
+	} else if err = d.ingest(ctx, branch, tl.ID); err == nil && d.keeper != nil {
+		// The new image holds everything the keeper had for the branch.
+		// (Kept WAL for point-in-time branching is issue 5's next step.)
+		err = d.keeper.Drop(uint64(tl.ID))
 	}
 	l.Unlock()
 	if err != nil {

@@ -31,6 +31,7 @@ import (
 	"github.com/neonproxy/neonproxy/proxy"
 	"github.com/neonproxy/neonproxy/router"
 	"github.com/neonproxy/neonproxy/wake"
+	"github.com/neonproxy/neonproxy/walkeeper"
 )
 
 // BootstrapBranch is the root branch created at first start.
@@ -52,6 +53,7 @@ type Server struct {
 	Metrics  *metrics.Metrics
 	Registry *router.EmbeddedRegistry
 	Store    *pagestore.Store
+	Keeper   *walkeeper.Keeper // the embedded WAL keeper
 	Computes *wake.Manager
 	driver   *wake.PostgresDriver
 	Proxy    *proxy.Server
@@ -106,6 +108,22 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		return nil, fmt.Errorf("open pagestore: %w", err)
 	}
 	s.Metrics.RegisterPagestore(func() float64 { return float64(s.Store.DiskUsage()) })
+	if len(cfg.Walkeeper.Peers) > 0 {
+		_ = s.Store.Close()
+		_ = s.Registry.Close()
+		return nil, fmt.Errorf("walkeeper.peers is set, but standalone WAL keepers are not supported yet: leave it empty to use the embedded keeper")
+	}
+	// One embedded keeper, quorum 1: every commit waits for its fsync.
+	s.Keeper, err = walkeeper.Open(walkeeper.Options{
+		Dir:    filepath.Join(dataDir, "walkeeper"),
+		NoSync: opt.NoSync,
+		Logger: log.Named("walkeeper"),
+	})
+	if err != nil {
+		_ = s.Store.Close()
+		_ = s.Registry.Close()
+		return nil, fmt.Errorf("open WAL keeper: %w", err)
+	}
 	drv, err := wake.NewPostgresDriver(wake.DriverOptions{
 		DataDir:        filepath.Join(dataDir, "computes"),
 		BinDir:         cfg.Compute.PostgresBinDir,
@@ -114,11 +132,13 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		MaxConnections: cfg.Compute.MaxConnections,
 		NoSync:         opt.NoSync,
 		Store:          s.Store,
+		Keeper:         s.Keeper,
 		CacheBytes:     int64(cfg.Compute.CacheBytes),
 		SpareFiles:     cfg.Compute.SpareFiles,
 		Logger:         log.Named("compute"),
 	})
 	if err != nil {
+		_ = s.Keeper.Close()
 		_ = s.Store.Close()
 		_ = s.Registry.Close()
 		return nil, err
@@ -393,7 +413,7 @@ func (s *Server) Close(ctx context.Context) error {
 	errs = append(errs, s.Computes.Close(ctx))
 	s.driver.Close()
 	s.stopBackground()
-	errs = append(errs, s.Store.Close(), s.Registry.Close())
+	errs = append(errs, s.Keeper.Close(), s.Store.Close(), s.Registry.Close())
 	return errors.Join(errs...)
 }
 
@@ -441,6 +461,7 @@ func (s *Server) closeEarly(ctx context.Context) {
 	_ = s.Computes.Close(ctx)
 	s.driver.Close()
 	s.stopBackground()
+	_ = s.Keeper.Close()
 	_ = s.Store.Close()
 	_ = s.Registry.Close()
 }
@@ -456,7 +477,7 @@ func (s *Server) Abandon(ctx context.Context) error {
 	}
 	s.driver.Close()
 	s.stopBackground()
-	return errors.Join(append(errs, s.Store.Close(), s.Registry.Close())...)
+	return errors.Join(append(errs, s.Keeper.Close(), s.Store.Close(), s.Registry.Close())...)
 }
 
 // computesAdapter presents wake.Manager to the admin API.

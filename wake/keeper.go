@@ -1,0 +1,183 @@
+package wake
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/neonproxy/neonproxy/pagestore"
+	"github.com/neonproxy/neonproxy/walkeeper"
+)
+
+// pgTimeline is the PostgreSQL timeline every compute runs on. Recovery
+// from the WAL keeper is crash recovery on the same timeline (no archive
+// recovery, no promotion), so it never changes.
+const pgTimeline = 1
+
+// keeperSlot is the physical replication slot the keeper streams from: the
+// compute keeps the WAL the keeper has not confirmed.
+const keeperSlot = "neonproxy_walkeeper"
+
+// keeperSettings are the compute settings that make every commit wait for
+// the keeper's fsync (PostgreSQL's own synchronous replication).
+func (d *PostgresDriver) keeperSettings() []string {
+	if d.keeper == nil {
+		return nil
+	}
+	return []string{
+		"-c", "synchronous_commit=on",
+		"-c", fmt.Sprintf("synchronous_standby_names=ANY 1 (%s)", d.keeper.Name()),
+		// A stopped keeper connection is noticed within seconds, so the
+		// supervisor can reconnect while commits wait.
+		"-c", "wal_sender_timeout=10s",
+	}
+}
+
+// replayFromKeeper puts the keeper's WAL after the image into the freshly
+// materialized directory tmp and marks it crashed, so that PostgreSQL's
+// crash recovery replays every commit the keeper acknowledged. It reports
+// whether there was WAL to replay.
+func (d *PostgresDriver) replayFromKeeper(ctx context.Context, branch string, tl pagestore.Timeline, tmp string) (bool, error) {
+	if d.keeper == nil {
+		return false, nil
+	}
+	ns := uint64(tl.ID)
+	flush := d.keeper.FlushLSN(ns)
+	if flush <= uint64(tl.Head()) {
+		return false, nil
+	}
+	cp, err := d.controlData(ctx, tmp)
+	if err != nil {
+		return false, err
+	}
+	end, err := d.keeper.WriteSegments(ns, uint64(cp.LSN), cp.TimeLineID, cp.WALSegSize, filepath.Join(tmp, "pg_wal"),
+		d.owner().UID, d.owner().GID)
+	if err != nil {
+		return false, fmt.Errorf("write WAL from the keeper: %w", err)
+	}
+	if err := walkeeper.MarkCrashed(tmp); err != nil {
+		return false, err
+	}
+	d.log.Info("replaying WAL from the keeper on top of the stored image", zap.String("branch", branch),
+		zap.Stringer("image", tl.Head()), zap.Stringer("wal_end", pagestore.LSN(end)))
+	return true, nil
+}
+
+// keeperStream supervises the keeper's replication stream from one running
+// compute: it reconnects (from what the keeper has) until the compute
+// exits, because while no keeper streams, the compute's commits wait.
+type keeperStream struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// startKeeper streams branch's WAL to the keeper and returns once the
+// compute's walsender streams to it (commits can complete).
+func (d *PostgresDriver) startKeeper(ctx context.Context, branch string, ns uint64, from pagestore.LSN, sock string, exited <-chan struct{}) (*keeperStream, error) {
+	if d.keeper == nil {
+		return nil, nil
+	}
+	conn := fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", sock, Port)
+	start := func(ctx context.Context) (*walkeeper.Stream, error) {
+		at := max(uint64(from), d.keeper.FlushLSN(ns))
+		return d.keeper.Stream(ctx, ns, conn, keeperSlot, at, pgTimeline)
+	}
+	// The stream lives as long as the compute, not as the start request.
+	sctx, cancel := context.WithCancel(context.Background())
+	stopOnCtx := context.AfterFunc(ctx, cancel)
+	s, err := start(sctx)
+	stopOnCtx()
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("wake: WAL keeper for branch %s: %w", branch, err)
+	}
+	ks := &keeperStream{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(ks.done)
+		for {
+			select {
+			case <-s.Done():
+			case <-sctx.Done():
+				s.Stop()
+				return
+			}
+			// A stopping compute ends the stream a moment before its
+			// postmaster is seen to exit.
+			select {
+			case <-exited:
+				return // the compute is gone: nothing more to stream
+			case <-sctx.Done():
+				return
+			case <-time.After(2 * time.Second):
+			}
+			d.log.Warn("WAL keeper stream ended while the compute runs; commits wait until it is back",
+				zap.String("branch", branch), zap.Error(s.Err()))
+			for {
+				select {
+				case <-exited:
+					return
+				case <-sctx.Done():
+					return
+				case <-time.After(200 * time.Millisecond):
+				}
+				next, err := start(sctx)
+				if err == nil {
+					s = next
+					d.log.Info("WAL keeper stream resumed", zap.String("branch", branch))
+					break
+				}
+				d.log.Warn("WAL keeper stream", zap.String("branch", branch), zap.Error(err))
+			}
+		}
+	}()
+	return ks, nil
+}
+
+// stop ends the supervision (the compute has exited) and waits.
+func (ks *keeperStream) stop() {
+	if ks == nil {
+		return
+	}
+	ks.cancel()
+	<-ks.done
+}
+
+// keeperStreams tracks the supervised stream of each running branch.
+type keeperStreams struct {
+	mu struct {
+		sync.Mutex
+		m map[string]*keeperStream
+	}
+}
+
+func (k *keeperStreams) set(branch string, s *keeperStream) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.mu.m == nil {
+		k.mu.m = make(map[string]*keeperStream)
+	}
+	k.mu.m[branch] = s
+}
+
+func (k *keeperStreams) take(branch string) *keeperStream {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	s := k.mu.m[branch]
+	delete(k.mu.m, branch)
+	return s
+}
+
+// stopAll ends every supervision (the driver closes).
+func (k *keeperStreams) stopAll() {
+	k.mu.Lock()
+	all := k.mu.m
+	k.mu.m = nil
+	k.mu.Unlock()
+	for _, s := range all {
+		s.stop()
+	}
+}

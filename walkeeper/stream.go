@@ -1,0 +1,423 @@
+package walkeeper
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+)
+
+// maxBatchBytes bounds the WAL merged into one pebble batch (one fsync).
+const maxBatchBytes = 1 << 20
+
+// slotActiveRetry is how long Stream retries START_REPLICATION while the
+// slot is still held by the walsender of a previous, just ended stream.
+const slotActiveRetry = 10 * time.Second
+
+var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// Stream is one compute's replication stream into the keeper.
+type Stream struct {
+	k      *Keeper
+	ns     uint64
+	log    *zap.Logger
+	cancel context.CancelFunc
+	done   chan struct{}
+	flush  atomic.Uint64
+
+	// Set up before the loop starts; owned by the loop.
+	conn     *pgconn.PgConn
+	start    LSN // page-aligned start of the stream
+	oldFlush LSN // the flush LSN of ns when the stream started
+	first    bool
+	m        merger
+
+	mu struct {
+		sync.Mutex
+		err error
+	}
+}
+
+// Stream connects to a compute with connString (a libpq URL or key=value
+// string without replication=...; replication=true and
+// application_name=Name() are added), creates the physical replication slot
+// `slot` if it does not exist, runs IDENTIFY_SYSTEM and START_REPLICATION SLOT
+// slot PHYSICAL <from rounded down to its page> TIMELINE tli (tli 0: the
+// server's current timeline). WAL goes into namespace ns. It returns once the
+// walsender streams to the keeper (START_REPLICATION answered with
+// CopyBothResponse); the receive loop runs in the background until ctx
+// ends, Stop is called, or the connection ends: then Done() closes and Err()
+// tells why (nil for a normal end: ctx, Stop, or the compute ending the
+// stream).
+//
+// Only one stream per namespace runs at a time. While the walsender of a
+// just ended stream still holds the slot, START_REPLICATION is retried for a
+// few seconds.
+func (k *Keeper) Stream(ctx context.Context, ns uint64, connString, slot string, from LSN, tli uint32) (*Stream, error) {
+	if !slotNameRE.MatchString(slot) {
+		return nil, fmt.Errorf("walkeeper: invalid replication slot name %q", slot)
+	}
+	cfg, err := pgconn.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("walkeeper: parse connection string: %w", err)
+	}
+	cfg.RuntimeParams["replication"] = "true"
+	cfg.RuntimeParams["application_name"] = k.Name()
+
+	sctx, cancel := context.WithCancel(ctx)
+	s := &Stream{
+		k:      k,
+		ns:     ns,
+		log:    k.log.With(zap.Uint64("ns", ns), zap.String("slot", slot)),
+		cancel: cancel,
+		done:   make(chan struct{}),
+		start:  pageOf(from),
+		first:  true,
+	}
+	s.m.load = func(lsn LSN) ([]byte, error) { return k.readPage(ns, lsn) }
+
+	k.mu.Lock()
+	if k.mu.closed {
+		k.mu.Unlock()
+		cancel()
+		return nil, errors.New("walkeeper: keeper is closed")
+	}
+	if other := k.mu.streams[ns]; other != nil {
+		k.mu.Unlock()
+		cancel()
+		return nil, fmt.Errorf("walkeeper: namespace %d already has an active stream", ns)
+	}
+	k.mu.streams[ns] = s
+	k.mu.Unlock()
+
+	if err := s.connect(sctx, cfg, slot, tli); err != nil {
+		if ctx.Err() == nil && sctx.Err() != nil {
+			err = errors.New("walkeeper: stream stopped while connecting")
+		}
+		s.finish(err)
+		return nil, err
+	}
+	go s.run(sctx)
+	return s, nil
+}
+
+// connect runs the replication handshake, retrying while the slot is held
+// by another (ending) walsender.
+func (s *Stream) connect(ctx context.Context, cfg *pgconn.Config, slot string, tli uint32) error {
+	deadline := time.Now().Add(slotActiveRetry)
+	for {
+		err := s.handshake(ctx, cfg, slot, tli)
+		var pgErr *pgconn.PgError
+		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "55006" || time.Now().After(deadline) {
+			return err
+		}
+		s.log.Debug("walkeeper: replication slot still active, retrying", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("walkeeper: start replication: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Stream) handshake(ctx context.Context, cfg *pgconn.Config, slot string, tli uint32) (err error) {
+	oldFlush, err := s.k.flushLSN(s.ns)
+	if err != nil {
+		return err
+	}
+	s.oldFlush = oldFlush
+
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("walkeeper: connect to compute: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = conn.Close(cctx)
+		}
+	}()
+
+	_, err = conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+slot+" PHYSICAL").ReadAll()
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42710" { // duplicate_object: the slot exists
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("walkeeper: create replication slot %s: %w", slot, err)
+	}
+
+	sys, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("walkeeper: identify system: %w", err)
+	}
+	if tli == 0 {
+		tli = uint32(sys.Timeline)
+	}
+	// A compute recovered from our WAL ends recovery at the last complete
+	// record, which can be before the end of what we stored (a record cut
+	// off by the crash): start from what it has, the rest is rewritten.
+	if flushPage := pageOf(LSN(sys.XLogPos)); s.start > flushPage {
+		s.log.Info("walkeeper: starting at the server's flush position, before the stored end",
+			zap.String("stored_from", fmtLSN(s.start)), zap.Stringer("server_flush", sys.XLogPos))
+		s.start = flushPage
+	}
+	s.log.Info("walkeeper: starting replication", zap.String("system_id", sys.SystemID),
+		zap.Int32("server_timeline", sys.Timeline), zap.Stringer("server_flush", sys.XLogPos),
+		zap.String("from", fmtLSN(s.start)), zap.Uint32("timeline", tli))
+
+	err = pglogrepl.StartReplication(ctx, conn, slot, pglogrepl.LSN(s.start),
+		pglogrepl.StartReplicationOptions{Mode: pglogrepl.PhysicalReplication, Timeline: int32(tli)})
+	if err != nil {
+		return fmt.Errorf("walkeeper: START_REPLICATION SLOT %s PHYSICAL %s TIMELINE %d: %w", slot, fmtLSN(s.start), tli, err)
+	}
+	s.conn = conn
+	return nil
+}
+
+// Done is closed when the stream has ended.
+func (s *Stream) Done() <-chan struct{} { return s.done }
+
+// Err tells why the stream ended (nil for a normal end or while it runs).
+func (s *Stream) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.err
+}
+
+// Stop ends the stream and waits for its loop.
+func (s *Stream) Stop() {
+	s.cancel()
+	<-s.done
+}
+
+// FlushLSN is the newest LSN durably stored by this stream (0 before its
+// first write).
+func (s *Stream) FlushLSN() LSN { return s.flush.Load() }
+
+// finish records the outcome, unregisters the stream and closes Done.
+func (s *Stream) finish(err error) {
+	s.cancel()
+	s.mu.Lock()
+	s.mu.err = err
+	s.mu.Unlock()
+	s.k.mu.Lock()
+	if s.k.mu.streams[s.ns] == s {
+		delete(s.k.mu.streams, s.ns)
+	}
+	s.k.mu.Unlock()
+	close(s.done)
+}
+
+// run is the receive loop: a reader goroutine hands over copies of the
+// CopyData messages; the loop merges all that is already there (up to
+// maxBatchBytes) into pages, commits them with the new flush LSN in one
+// synced batch and then acknowledges.
+func (s *Stream) run(ctx context.Context) {
+	msgs := make(chan []byte, 256)
+	var (
+		readErr error // valid once msgs is closed
+		readEnd bool  // the server ended the stream
+	)
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		defer close(msgs)
+		for {
+			msg, err := s.conn.ReceiveMessage(ctx)
+			if err != nil {
+				readErr = err
+				return
+			}
+			switch m := msg.(type) {
+			case *pgproto3.CopyData:
+				buf := append([]byte(nil), m.Data...)
+				select {
+				case msgs <- buf:
+				case <-ctx.Done():
+					return
+				}
+			case *pgproto3.CopyDone, *pgproto3.CommandComplete:
+				readEnd = true
+				return
+			case *pgproto3.ErrorResponse:
+				readErr = pgconn.ErrorResponseToPgError(m)
+				return
+			}
+		}
+	}()
+
+	err := s.loop(ctx, msgs)
+	stopped := ctx.Err() != nil // ctx ended or Stop was called
+	s.cancel()
+	<-readerDone
+	cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	_ = s.conn.Close(cctx)
+	cancel()
+
+	switch {
+	case err != nil:
+	case stopped || readEnd:
+		// Stopped, or the compute ended the stream: a normal end.
+	case readErr != nil:
+		err = fmt.Errorf("walkeeper: replication connection: %w", readErr)
+	}
+	if err != nil {
+		s.log.Warn("walkeeper: stream ended", zap.Error(err), zap.String("flush", fmtLSN(s.FlushLSN())))
+	} else {
+		s.log.Info("walkeeper: stream ended", zap.String("flush", fmtLSN(s.FlushLSN())))
+	}
+	s.finish(err)
+}
+
+// loop returns nil when msgs is closed or ctx ends, or the error that ended it.
+func (s *Stream) loop(ctx context.Context, msgs <-chan []byte) error {
+	for {
+		var msg []byte
+		var ok bool
+		select {
+		case msg, ok = <-msgs:
+			if !ok {
+				return nil
+			}
+		case <-ctx.Done():
+			return nil
+		}
+		var (
+			size       int
+			dirty      bool
+			replyAsked bool
+			closed     bool
+		)
+		for {
+			n, wrote, reply, err := s.handle(msg)
+			if err != nil {
+				return err
+			}
+			size += n
+			dirty = dirty || wrote
+			replyAsked = replyAsked || reply
+			if size >= maxBatchBytes {
+				break
+			}
+			// Take what has already arrived, without waiting.
+			select {
+			case msg, ok = <-msgs:
+				if ok {
+					continue
+				}
+				closed = true
+			default:
+			}
+			break
+		}
+		if dirty {
+			if err := s.commit(); err != nil {
+				return err
+			}
+		}
+		if dirty || replyAsked {
+			if err := s.ack(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
+		if closed {
+			return nil
+		}
+	}
+}
+
+// handle processes one CopyData payload: XLogData is merged, a keepalive
+// may ask for a reply.
+func (s *Stream) handle(msg []byte) (n int, wrote, reply bool, err error) {
+	if len(msg) == 0 {
+		return 0, false, false, nil
+	}
+	switch msg[0] {
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(msg[1:])
+		if err != nil {
+			return 0, false, false, fmt.Errorf("walkeeper: parse XLogData: %w", err)
+		}
+		if err := s.m.write(LSN(xld.WALStart), xld.WALData); err != nil {
+			return 0, false, false, err
+		}
+		return len(xld.WALData), len(xld.WALData) > 0, false, nil
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg[1:])
+		if err != nil {
+			return 0, false, false, fmt.Errorf("walkeeper: parse keepalive: %w", err)
+		}
+		return 0, false, ka.ReplyRequested, nil
+	}
+	return 0, false, false, nil
+}
+
+// commit writes the touched pages and the new flush LSN in one batch.
+func (s *Stream) commit() error {
+	end := s.m.end
+	pages := s.m.take()
+	db := s.k.db
+	b := db.NewBatch()
+	defer b.Close()
+	if s.first {
+		s.first = false
+		if s.oldFlush > 0 && s.start > s.oldFlush {
+			// The stream starts after a gap: the older WAL is not
+			// contiguous with it.
+			s.log.Warn("walkeeper: stream starts after the stored WAL; dropping the older WAL",
+				zap.String("stored_flush", fmtLSN(s.oldFlush)), zap.String("start", fmtLSN(s.start)))
+			if err := b.DeleteRange(pageKey(s.ns, 0), pageKey(s.ns, s.start), nil); err != nil {
+				return fmt.Errorf("walkeeper: commit: %w", err)
+			}
+		}
+		// Pages beyond the new end left over from a longer, older
+		// history.
+		if err := b.DeleteRange(pageKey(s.ns, pageOf(end)+PageSize), pageKeyEnd(s.ns), nil); err != nil {
+			return fmt.Errorf("walkeeper: commit: %w", err)
+		}
+	}
+	for _, p := range pages {
+		if err := b.Set(pageKey(s.ns, p.lsn), p.data, nil); err != nil {
+			return fmt.Errorf("walkeeper: commit: %w", err)
+		}
+	}
+	var v [8]byte
+	binary.BigEndian.PutUint64(v[:], end)
+	if err := b.Set(flushKey(s.ns), v[:], nil); err != nil {
+		return fmt.Errorf("walkeeper: commit: %w", err)
+	}
+	if err := b.Commit(s.k.wo); err != nil {
+		return fmt.Errorf("walkeeper: commit WAL up to %s: %w", fmtLSN(end), err)
+	}
+	s.flush.Store(end)
+	return nil
+}
+
+// ack reports the durably stored position to the walsender.
+func (s *Stream) ack(ctx context.Context) error {
+	pos := pglogrepl.LSN(s.flush.Load())
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: pos,
+		WALFlushPosition: pos,
+		WALApplyPosition: pos,
+		ClientTime:       time.Now(),
+	})
+	if err != nil {
+		return fmt.Errorf("walkeeper: send standby status update: %w", err)
+	}
+	return nil
+}
