@@ -173,7 +173,7 @@ func TestAdminConsole(t *testing.T) {
 	}
 	// The server connection goes back to the pool just after the client
 	// has its ReadyForQuery.
-	waitFor(t, func() bool {
+	waitFor(t, "the server connection back in the pool", func() bool {
 		_, pools := show(t, ctx, con, "SHOW POOLS")
 		r := findRow(pools, "pool_mode", "transaction")
 		return r != nil && r["sv_active"] == "0" && r["sv_idle"] == "1" && r["cl_active"] == "1"
@@ -210,7 +210,7 @@ func TestAdminConsole(t *testing.T) {
 	defer second.Close(ctx)
 	done := make(chan error, 1)
 	go func() { _, err := second.Exec(ctx, "SELECT 1"); done <- err }()
-	waitFor(t, func() bool {
+	waitFor(t, "the second client to wait in the pool", func() bool {
 		_, pools := show(t, ctx, con, "SHOW POOLS")
 		r := findRow(pools, "pool_mode", "transaction")
 		return r != nil && r["cl_waiting"] == "1"

@@ -302,7 +302,7 @@ func TestCancel(t *testing.T) {
 		done <- err
 	}()
 	// Cancel once the backend is really sleeping.
-	waitFor(t, func() bool {
+	waitFor(t, "the backend to sleep", func() bool {
 		return e.mustQueryInt(e.url("postgres", testPassword, "main"),
 			"SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'") == 1
 	})
@@ -575,16 +575,4 @@ func TestHostileInput(t *testing.T) {
 	if v := e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT 9"); v != 9 {
 		t.Fatal(v)
 	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatal("condition not met within a minute")
 }
