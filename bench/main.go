@@ -24,13 +24,14 @@ import (
 
 // Sections of the report that -only selects.
 const (
-	sectionLatency   = "latency"   // cold wake, warm connect, round trips
-	sectionPgbench   = "pgbench"   // session-mode pgbench -S and -S -C
-	sectionPooling   = "pooling"   // -pooler route vs PgBouncer transaction mode, idle clients
-	sectionBranching = "branching" // branch create latency, storage, cold/warm start (own neonproxy)
+	sectionLatency    = "latency"    // cold wake, warm connect, round trips
+	sectionPgbench    = "pgbench"    // session-mode pgbench -S and -S -C
+	sectionPooling    = "pooling"    // -pooler route vs PgBouncer transaction mode, idle clients
+	sectionBranching  = "branching"  // branch create latency, storage, cold/warm start (own neonproxy)
+	sectionDurability = "durability" // crash cycles with lost local data, commit latency (own neonproxy)
 )
 
-var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching}
+var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching, sectionDurability}
 
 // options are the command-line flags.
 type options struct {
@@ -47,6 +48,11 @@ type options struct {
 	poolSize      int      // pooling: neonproxy pool.default_pool_size and PgBouncer default_pool_size
 	sections      []string // from -only; all when the flag is empty
 	bigScale      int      // branching: pgbench scale of the big parent
+	chaosCycles   int      // durability: kill/recover cycles
+	chaosSeed     int64    // durability: seed of the kill delays (0: from the clock)
+	// durabilityRounds is the durability section's pgbench rounds: -rounds,
+	// or 1 with -quick when -rounds is not given.
+	durabilityRounds int
 	// proxyLogLevel is neonproxy's log.level (empty: warn); the branching
 	// section sets info for the "data directory materialized" lines.
 	proxyLogLevel string
@@ -69,25 +75,32 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.clients, "clients", 8, "pgbench clients (-c)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs, data) after the run")
 	flag.BoolVar(&o.skipPgBouncer, "skip-pgbouncer", false, "do not run the PgBouncer comparison")
-	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s -rounds 2 -idle-clients 1000 -branch-big-scale 8 (explicit flags win)")
+	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s -rounds 2 (durability: 1) -idle-clients 1000 -branch-big-scale 8 -chaos-cycles 3 (explicit flags win)")
 	flag.IntVar(&o.rounds, "rounds", 3, "pooling: runs per path and workload, alternating neonproxy, PgBouncer, direct")
 	flag.IntVar(&o.idleClients, "idle-clients", 10000, "pooling: idle client connections opened for the memory-per-client measure")
 	flag.IntVar(&o.poolSize, "pool-size", 20, "pooling: server connections per pool (neonproxy pool.default_pool_size, PgBouncer default_pool_size)")
 	flag.IntVar(&o.bigScale, "branch-big-scale", 64, "branching: pgbench scale of the big parent (64 ≈ 1 GB)")
+	flag.IntVar(&o.chaosCycles, "chaos-cycles", 20, "durability: kill -9 / lose local data / recover cycles")
+	flag.Int64Var(&o.chaosSeed, "chaos-seed", 0, "durability: seed of the random kill delays (0: from the clock; the report prints it)")
 	only := flag.String("only", "", "comma-separated sections to run: "+strings.Join(allSections, ", ")+" (default: all)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %v", flag.Args())
 	}
+	set := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	o.durabilityRounds = o.rounds
 	if o.quick {
-		set := map[string]bool{}
-		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if !set["rounds"] {
+			o.durabilityRounds = 1
+		}
 		quick := map[string]func(){
 			"tries":            func() { o.tries = 5 },
 			"duration":         func() { o.duration = 3 * time.Second },
 			"rounds":           func() { o.rounds = 2 },
 			"idle-clients":     func() { o.idleClients = 1000 },
 			"branch-big-scale": func() { o.bigScale = 8 },
+			"chaos-cycles":     func() { o.chaosCycles = 3 },
 		}
 		for name, apply := range quick {
 			if !set[name] {
@@ -98,8 +111,8 @@ func parseFlags() (options, error) {
 	if o.tries < 1 || o.clients < 1 || o.duration < time.Second {
 		return o, errors.New("-tries and -clients must be ≥ 1 and -duration ≥ 1s")
 	}
-	if o.rounds < 1 || o.idleClients < 0 || o.poolSize < 1 || o.bigScale < 1 {
-		return o, errors.New("-rounds, -pool-size and -branch-big-scale must be ≥ 1 and -idle-clients ≥ 0")
+	if o.rounds < 1 || o.idleClients < 0 || o.poolSize < 1 || o.bigScale < 1 || o.chaosCycles < 1 {
+		return o, errors.New("-rounds, -pool-size, -branch-big-scale and -chaos-cycles must be ≥ 1 and -idle-clients ≥ 0")
 	}
 	var err error
 	if o.sections, err = parseSections(*only); err != nil {
@@ -187,6 +200,9 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if o.has(sectionBranching) {
 		b.runBranching(ctx)
+	}
+	if o.has(sectionDurability) {
+		b.runDurability(ctx)
 	}
 	b.rep.print(os.Stdout)
 	if ctx.Err() != nil {

@@ -32,6 +32,8 @@ const (
 type proxy struct {
 	cmd      *exec.Cmd
 	exited   chan struct{} // closed when cmd.Wait returns
+	bin      string        // absolute path of the binary
+	cfgPath  string        // the generated config: a restart reuses it (same ports, data dir)
 	dataDir  string
 	logPath  string
 	port     int
@@ -52,18 +54,39 @@ func startProxy(ctx context.Context, o options, e *env) (*proxy, error) {
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("neonproxy binary (build it with make build): %w", err)
 	}
-	p := &proxy{dataDir: e.path("data"), logPath: e.path("neonproxy.log"), exited: make(chan struct{}),
+	p := &proxy{bin: bin, dataDir: e.path("data"), logPath: e.path("neonproxy.log"),
 		http: &http.Client{Timeout: adminCallTimeout}}
-	cfgPath, err := p.writeConfig(e, o)
-	if err != nil {
+	if p.cfgPath, err = p.writeConfig(e, o); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(p.logPath)
+	if err := p.launch(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// restart starts neonproxy again with the same config (same ports and data
+// dir) after its process has exited (e.g. was killed); the log is appended
+// to.
+func (p *proxy) restart(ctx context.Context) error {
+	select {
+	case <-p.exited:
+	default:
+		return errors.New("restart: neonproxy is still running")
+	}
+	return p.launch(ctx)
+}
+
+// launch starts the neonproxy process and returns once it has printed its
+// connection string.
+func (p *proxy) launch(ctx context.Context) error {
+	p.exited = make(chan struct{})
+	logf, err := os.OpenFile(p.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("create neonproxy log: %w", err)
+		return fmt.Errorf("open neonproxy log: %w", err)
 	}
 	defer logf.Close() // the child keeps its own descriptor
-	p.cmd = exec.Command(bin, "serve", "--config", cfgPath)
+	p.cmd = exec.Command(p.bin, "serve", "--config", p.cfgPath)
 	p.cmd.Stderr = logf
 	p.cmd.Env = cleanEnv()
 	// Own process group: a terminal Ctrl-C reaches only the bench, which then
@@ -71,17 +94,19 @@ func startProxy(ctx context.Context, o options, e *env) (*proxy, error) {
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := p.cmd.StdoutPipe()
 	if err != nil {
-		return nil, fmt.Errorf("neonproxy stdout: %w", err)
+		return fmt.Errorf("neonproxy stdout: %w", err)
 	}
 	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start neonproxy: %w", err)
+		return fmt.Errorf("start neonproxy: %w", err)
 	}
-	go func() { p.cmd.Wait(); close(p.exited) }()
+	exited := p.exited
+	cmd := p.cmd
+	go func() { cmd.Wait(); close(exited) }()
 	if err := p.awaitReady(ctx, stdout); err != nil {
 		p.stop()
-		return nil, fmt.Errorf("neonproxy did not become ready: %w\n--- last lines of %s ---\n%s", err, p.logPath, tail(p.logPath, 20))
+		return fmt.Errorf("neonproxy did not become ready: %w\n--- last lines of %s ---\n%s", err, p.logPath, tail(p.logPath, 20))
 	}
-	return p, nil
+	return nil
 }
 
 // computeMaxConnections lets the direct path run the many-clients workload
@@ -127,7 +152,7 @@ log:
 // pipe.
 func (p *proxy) awaitReady(ctx context.Context, stdout io.Reader) error {
 	found := make(chan string, 1)
-	out, err := os.Create(strings.TrimSuffix(p.logPath, ".log") + ".stdout")
+	out, err := os.OpenFile(strings.TrimSuffix(p.logPath, ".log")+".stdout", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("create neonproxy stdout file: %w", err)
 	}

@@ -39,6 +39,7 @@ type report struct {
 	pgbouncerNote string
 	pooling       poolingReport
 	branching     branchingReport
+	durability    durabilityReport
 	problems      []string
 }
 
@@ -140,6 +141,9 @@ func (r *report) print(w io.Writer) {
 	if r.opts.has(sectionBranching) {
 		p("The branching section runs on its own neonproxy (see there).")
 	}
+	if r.opts.has(sectionDurability) {
+		p("The durability section runs on its own neonproxy, which it kills and restarts (see there).")
+	}
 	p("Settings: -tries %d, -duration %s, -clients %d, pgbench scale %d, -only %s; pooling: -rounds %d, -pool-size %d, -idle-clients %d; branching: -branch-big-scale %d.",
 		r.opts.tries, r.opts.duration, r.opts.clients, pgbenchScale, strings.Join(r.opts.sections, ","),
 		r.opts.rounds, r.opts.poolSize, r.opts.idleClients, r.opts.bigScale)
@@ -151,6 +155,7 @@ func (r *report) print(w io.Writer) {
 	r.printReconnect(p)
 	r.printPooling(p)
 	r.printBranching(p)
+	r.printDurability(p)
 	r.printCommands(p)
 	r.printProblems(p)
 }

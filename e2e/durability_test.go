@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/neonproxy/neonproxy/internal/admin"
 )
 
 // TestNoAcknowledgedCommitLost: clients commit as fast as they can; then
@@ -103,6 +105,13 @@ func TestNoAcknowledgedCommitLost(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.Close(ctx)
+		b, err := (&admin.Client{BaseURL: e.srv.AdminAddr().String()}).GetBranch(ctx, "main")
+		if err != nil || b.WALKeeper == nil || b.WALKeeper.State != "streaming" {
+			t.Fatalf("branch JSON after recovery: %+v, %v", b, err)
+		}
+		if _, ok := metricValue(t, e, "neonproxy_walkeeper_flush_lag_bytes", "branch", "main"); !ok {
+			t.Fatal("no neonproxy_walkeeper_flush_lag_bytes{branch=\"main\"}")
+		}
 		missing := 0
 		for id := range acked {
 			if !got[id] {

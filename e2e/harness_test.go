@@ -281,8 +281,15 @@ func branch(name, parent string) router.Branch {
 }
 
 // counterValue reads a counter's value or a histogram's sample count from
-// the server's metrics registry.
+// the server's metrics registry (0 when absent).
 func counterValue(t *testing.T, e *env, name, label, value string) float64 {
+	v, _ := metricValue(t, e, name, label, value)
+	return v
+}
+
+// metricValue reads a counter, gauge or histogram sample count and says
+// whether the series exists.
+func metricValue(t *testing.T, e *env, name, label, value string) (float64, bool) {
 	t.Helper()
 	mfs, err := e.srv.Metrics.Registry.Gather()
 	if err != nil {
@@ -304,15 +311,15 @@ func counterValue(t *testing.T, e *env, name, label, value string) float64 {
 			}
 			switch {
 			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
+				return m.GetCounter().GetValue(), true
 			case m.GetHistogram() != nil:
-				return float64(m.GetHistogram().GetSampleCount())
+				return float64(m.GetHistogram().GetSampleCount()), true
 			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
+				return m.GetGauge().GetValue(), true
 			}
 		}
 	}
-	return 0
+	return 0, false
 }
 
 // freePort asks the kernel for a free loopback port.

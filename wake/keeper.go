@@ -73,6 +73,33 @@ func (d *PostgresDriver) replayFromKeeper(ctx context.Context, branch string, tl
 type keeperStream struct {
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	mu struct {
+		sync.Mutex
+		cur *walkeeper.Stream // nil while reconnecting
+	}
+}
+
+func (ks *keeperStream) setCurrent(s *walkeeper.Stream) {
+	ks.mu.Lock()
+	ks.mu.cur = s
+	ks.mu.Unlock()
+}
+
+// status reports whether the keeper streams and how far it is behind.
+func (ks *keeperStream) status() (streaming bool, lag uint64) {
+	ks.mu.Lock()
+	cur := ks.mu.cur
+	ks.mu.Unlock()
+	if cur == nil {
+		return false, 0
+	}
+	select {
+	case <-cur.Done():
+		return false, 0
+	default:
+		return true, cur.LagBytes()
+	}
 }
 
 // startKeeper streams branch's WAL to the keeper and returns once the
@@ -96,6 +123,7 @@ func (d *PostgresDriver) startKeeper(ctx context.Context, branch string, ns uint
 		return nil, fmt.Errorf("wake: WAL keeper for branch %s: %w", branch, err)
 	}
 	ks := &keeperStream{cancel: cancel, done: make(chan struct{})}
+	ks.setCurrent(s)
 	go func() {
 		defer close(ks.done)
 		for {
@@ -114,6 +142,7 @@ func (d *PostgresDriver) startKeeper(ctx context.Context, branch string, ns uint
 				return
 			case <-time.After(2 * time.Second):
 			}
+			ks.setCurrent(nil)
 			d.log.Warn("WAL keeper stream ended while the compute runs; commits wait until it is back",
 				zap.String("branch", branch), zap.Error(s.Err()))
 			for {
@@ -127,6 +156,7 @@ func (d *PostgresDriver) startKeeper(ctx context.Context, branch string, ns uint
 				next, err := start(sctx)
 				if err == nil {
 					s = next
+					ks.setCurrent(s)
 					d.log.Info("WAL keeper stream resumed", zap.String("branch", branch))
 					break
 				}
@@ -146,6 +176,43 @@ func (ks *keeperStream) stop() {
 	<-ks.done
 }
 
+// keeperState says whether branch's compute streams to the keeper
+// ("streaming", or "disconnected": its commits wait) and the WAL the keeper
+// is behind by; "" when no supervision runs (compute stopped, no keeper).
+func (d *PostgresDriver) keeperState(branch string) (string, uint64) {
+	ks := d.streams.get(branch)
+	if ks == nil {
+		return "", 0
+	}
+	select {
+	case <-ks.done:
+		return "", 0
+	default:
+	}
+	if ok, lag := ks.status(); ok {
+		return "streaming", lag
+	}
+	return "disconnected", 0
+}
+
+// KeeperLag reports, for each branch whose compute streams to the keeper,
+// how many bytes of WAL the keeper has not made durable yet.
+func (d *PostgresDriver) KeeperLag() map[string]uint64 {
+	d.streams.mu.Lock()
+	names := make([]string, 0, len(d.streams.mu.m))
+	for n := range d.streams.mu.m {
+		names = append(names, n)
+	}
+	d.streams.mu.Unlock()
+	out := make(map[string]uint64, len(names))
+	for _, n := range names {
+		if st, lag := d.keeperState(n); st == "streaming" {
+			out[n] = lag
+		}
+	}
+	return out
+}
+
 // keeperStreams tracks the supervised stream of each running branch.
 type keeperStreams struct {
 	mu struct {
@@ -161,6 +228,12 @@ func (k *keeperStreams) set(branch string, s *keeperStream) {
 		k.mu.m = make(map[string]*keeperStream)
 	}
 	k.mu.m[branch] = s
+}
+
+func (k *keeperStreams) get(branch string) *keeperStream {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.mu.m[branch]
 }
 
 func (k *keeperStreams) take(branch string) *keeperStream {

@@ -288,6 +288,8 @@ func (d *PostgresDriver) Storage(branch string) (Storage, error) {
 		s.Unstored = st.Unstored
 	}
 	s.LocalBytes = diskUsage(d.pgdata(branch))
+	state, lag := d.keeperState(branch)
+	s.WALKeeper, s.WALKeeperLagBytes = state, int64(lag)
 	return s, nil
 }
 

@@ -102,6 +102,13 @@ type Storage struct {
 	// Unstored is set when the local directory holds changes the store
 	// does not have yet (the compute runs, or crashed).
 	Unstored bool
+	// WALKeeper is "streaming" while the running compute streams to the WAL
+	// keeper, "disconnected" while it does not (its commits then wait),
+	// "" when the compute is not running or there is no keeper.
+	WALKeeper string
+	// WALKeeperLagBytes is the WAL the compute wrote that the keeper has
+	// not made durable yet.
+	WALKeeperLagBytes int64
 }
 
 // WakeKind says whether a client had to wait for a start.

@@ -877,6 +877,33 @@ func TestKeeperDurability(t *testing.T) {
 	t.Cleanup(func() { k.Close() }) // after the env's cleanup (LIFO)
 	e := newEnvDriver(t, Options{}, DriverOptions{Keeper: k}, "main")
 	ctx := ctxT(t)
+
+	// While the keeper does not stream, commits wait (and the branch says
+	// so); the driver reconnects it and the commit completes.
+	l0, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := e.m.Storage("main"); st.WALKeeper != "streaming" {
+		t.Fatalf("running compute: wal keeper %q", st.WALKeeper)
+	}
+	ks := e.drv.streams.get("main")
+	ks.mu.Lock()
+	cur := ks.mu.cur
+	ks.mu.Unlock()
+	cur.Stop()
+	if st, _ := e.m.Storage("main"); st.WALKeeper != "disconnected" {
+		t.Fatalf("after the stream stopped: wal keeper %q", st.WALKeeper)
+	}
+	c0 := connect(t, l0.Endpoint)
+	t0 := time.Now()
+	query(t, c0, "create table w(x int); insert into w values (1)")
+	t.Logf("a commit without the keeper waited %s for it to come back", time.Since(t0).Round(time.Millisecond))
+	if st, _ := e.m.Storage("main"); st.WALKeeper != "streaming" {
+		t.Fatalf("after the reconnect: wal keeper %q", st.WALKeeper)
+	}
+	l0.Release()
+
 	acked := 0
 	for cycle := 1; cycle <= 3; cycle++ {
 		l, err := e.m.Acquire(ctx, "main")

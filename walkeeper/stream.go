@@ -33,6 +33,9 @@ type Stream struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	flush  atomic.Uint64
+	// serverEnd is the newest end of WAL the server reported (XLogData and
+	// keepalives): what it has written, whether or not we have it yet.
+	serverEnd atomic.Uint64
 
 	// Set up before the loop starts; owned by the loop.
 	conn     *pgconn.PgConn
@@ -355,15 +358,36 @@ func (s *Stream) handle(msg []byte) (n int, wrote, reply bool, err error) {
 		if err := s.m.write(LSN(xld.WALStart), xld.WALData); err != nil {
 			return 0, false, false, err
 		}
+		s.noteServerEnd(max(uint64(xld.ServerWALEnd), uint64(xld.WALStart)+uint64(len(xld.WALData))))
 		return len(xld.WALData), len(xld.WALData) > 0, false, nil
 	case pglogrepl.PrimaryKeepaliveMessageByteID:
 		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg[1:])
 		if err != nil {
 			return 0, false, false, fmt.Errorf("walkeeper: parse keepalive: %w", err)
 		}
+		s.noteServerEnd(uint64(ka.ServerWALEnd))
 		return 0, false, ka.ReplyRequested, nil
 	}
 	return 0, false, false, nil
+}
+
+func (s *Stream) noteServerEnd(end uint64) {
+	for {
+		old := s.serverEnd.Load()
+		if end <= old || s.serverEnd.CompareAndSwap(old, end) {
+			return
+		}
+	}
+}
+
+// LagBytes is how much WAL the server reported that this stream has not
+// made durable yet: commits behind it are waiting.
+func (s *Stream) LagBytes() uint64 {
+	end, flush := s.serverEnd.Load(), s.flush.Load()
+	if end <= flush {
+		return 0
+	}
+	return end - flush
 }
 
 // commit writes the touched pages and the new flush LSN in one batch.

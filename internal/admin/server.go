@@ -250,6 +250,9 @@ func (h *Handler) branchJSON(b router.Branch) BranchJSON {
 	}
 	out.LogicalSizeBytes, out.UniqueBytes = sto.LogicalBytes, sto.UniqueBytes
 	out.Timeline, out.LocalBytes, out.UnstoredChanges = sto.Timeline, sto.LocalBytes, sto.Unstored
+	if sto.WALKeeper != "" {
+		out.WALKeeper = &WALKeeperJSON{State: sto.WALKeeper, FlushLagBytes: sto.WALKeeperLag}
+	}
 	return out
 }
 

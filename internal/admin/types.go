@@ -44,6 +44,8 @@ type Storage struct {
 	UniqueBytes  int64
 	LocalBytes   int64
 	Unstored     bool
+	WALKeeper    string
+	WALKeeperLag int64
 }
 
 // BranchJSON is a branch as the admin API shows it.
@@ -72,6 +74,18 @@ type BranchJSON struct {
 	// store lacks: the compute runs, or crashed and has not been stopped
 	// cleanly since.
 	UnstoredChanges bool `json:"unstored_changes"`
+	// WALKeeper is set while the compute runs: "streaming", or
+	// "disconnected" while the WAL keeper does not have its WAL (commits
+	// then wait rather than run without durability).
+	WALKeeper *WALKeeperJSON `json:"wal_keeper,omitempty"`
+}
+
+// WALKeeperJSON is the WAL keeper part of BranchJSON.
+type WALKeeperJSON struct {
+	State string `json:"state"`
+	// FlushLagBytes is WAL the compute wrote that the keeper has not yet
+	// made durable.
+	FlushLagBytes int64 `json:"flush_lag_bytes"`
 }
 
 // ComputeJSON is the compute part of BranchJSON.

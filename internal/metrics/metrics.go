@@ -29,7 +29,6 @@ type Metrics struct {
 	CancelRequests      *prometheus.CounterVec // result=forwarded|unknown
 	PoolServerConns     *prometheus.GaugeVec   // state=active|idle
 	PoolWait            prometheus.Histogram
-	WalkeeperFlushLag   *prometheus.GaugeVec // branch
 	BranchesTotal       prometheus.Gauge
 	ComputeStopsTotal   *prometheus.CounterVec // reason=idle|evicted|admin|shutdown|delete|exited
 	ProxyBytesForwarded *prometheus.CounterVec // direction=client_to_server|server_to_client
@@ -72,9 +71,6 @@ func New() *Metrics {
 			Name: "neonproxy_pool_wait_seconds", Help: "Time a client waited for a server connection.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}),
-		WalkeeperFlushLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "neonproxy_walkeeper_flush_lag_bytes", Help: "WAL written by a compute but not yet flushed by its keepers' quorum.",
-		}, []string{"branch"}),
 		BranchesTotal: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "neonproxy_branches", Help: "Branches in the registry.",
 		}),
@@ -93,7 +89,7 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.ClientConnections, m.ConnectionsTotal, m.WakeDuration, m.Computes,
 		m.ComputeStarts, m.AuthFailures, m.CancelRequests,
-		m.PoolWait, m.WalkeeperFlushLag, m.BranchesTotal,
+		m.PoolWait, m.BranchesTotal,
 		m.ComputeStopsTotal, m.ProxyBytesForwarded, m.PoolPinned,
 	)
 	for _, s := range []string{"stopped", "starting", "running", "stopping"} {
@@ -108,6 +104,26 @@ func (m *Metrics) RegisterPagestore(bytes func() float64) {
 	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "neonproxy_pagestore_bytes", Help: "Disk used by the page store (all branches' stored pages and files).",
 	}, bytes))
+}
+
+// RegisterWalkeeperLag exports neonproxy_walkeeper_flush_lag_bytes{branch}
+// for every running compute that streams to the WAL keeper, read from lag
+// at scrape time.
+func (m *Metrics) RegisterWalkeeperLag(lag func() map[string]float64) {
+	m.Registry.MustRegister(&lagCollector{lag: lag})
+}
+
+var walkeeperLagDesc = prometheus.NewDesc("neonproxy_walkeeper_flush_lag_bytes",
+	"WAL a running compute wrote that the WAL keeper has not made durable yet (its commits wait for it).", []string{"branch"}, nil)
+
+type lagCollector struct{ lag func() map[string]float64 }
+
+func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- walkeeperLagDesc }
+
+func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
+	for b, v := range c.lag() {
+		ch <- prometheus.MustNewConstMetric(walkeeperLagDesc, prometheus.GaugeValue, v, b)
+	}
 }
 
 // PoolCounts are the pool's current totals.

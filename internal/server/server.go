@@ -144,6 +144,13 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		return nil, err
 	}
 	s.driver = drv
+	s.Metrics.RegisterWalkeeperLag(func() map[string]float64 {
+		out := map[string]float64{}
+		for b, lag := range drv.KeeperLag() {
+			out[b] = float64(lag)
+		}
+		return out
+	})
 	s.Pool = pool.New(poolOptions(cfg.Pool))
 	s.Metrics.RegisterPool(func() metrics.PoolCounts {
 		st := s.Pool.Stats()
@@ -515,5 +522,6 @@ func (a computesAdapter) Delete(ctx context.Context, branch string) error {
 func (a computesAdapter) Storage(branch string) (admin.Storage, error) {
 	st, err := a.s.Computes.Storage(branch)
 	return admin.Storage{ParentLSN: st.ParentLSN, LogicalBytes: st.LogicalBytes, UniqueBytes: st.UniqueBytes,
-		LocalBytes: st.LocalBytes, Unstored: st.Unstored, Timeline: st.Timeline}, err
+		LocalBytes: st.LocalBytes, Unstored: st.Unstored, Timeline: st.Timeline,
+		WALKeeper: st.WALKeeper, WALKeeperLag: st.WALKeeperLagBytes}, err
 }

@@ -1,0 +1,659 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// The durability section (issue 5): every acknowledged commit survives a
+// crash of neonproxy (with its embedded WAL keeper) and of the compute at
+// the same moment, even when the compute's local data directory is lost;
+// and what waiting for the keeper's fsync costs a commit. It runs on its
+// own neonproxy (data in <tmp>/durability), which it kills and restarts on
+// the same config, ports and data dir.
+const (
+	chaosBranch       = "chaos"
+	chaosWriters      = 4
+	chaosDelayMin     = 300 * time.Millisecond
+	chaosDelayMax     = 1500 * time.Millisecond
+	chaosConnectLimit = 60 * time.Second // writers' connect (the first cycle may start the compute)
+	chaosStopLimit    = 30 * time.Second // writers, neonproxy and the compute gone after the kill
+	chaosRecoverLimit = 3 * time.Minute  // restart → first successful SELECT
+	chaosRetryEvery   = 100 * time.Millisecond
+	tpcbBranch        = "tpcb"
+	tpcbScale         = 1
+	tpcbClients       = 4
+	tpcbThreads       = 2
+	chaosMissingShown = 20 // missing ids listed in the report
+)
+
+// commitModes are the pgbench TPC-B variants, in the order each round runs
+// them.
+var commitModes = []struct{ name, pgoptions string }{
+	{"synchronous_commit=on (keeper fsync; default)", ""},
+	{"synchronous_commit=local (local fsync only)", "-c synchronous_commit=local"},
+	{"synchronous_commit=off (no wait)", "-c synchronous_commit=off"},
+}
+
+// durability runs the section's phases against one neonproxy.
+type durability struct {
+	px   *proxy
+	env  *env
+	rep  *durabilityReport
+	opts options
+	rng  *rand.Rand
+
+	nextID int64  // last id handed to a writer (ids are 1, 2, 3, … over all cycles)
+	status []byte // by id: idAttempted or idAcked
+}
+
+const (
+	idAttempted = 1 // INSERT sent, no success seen
+	idAcked     = 2 // INSERT returned success
+)
+
+// runDurability starts the section's neonproxy and runs its phases.
+func (b *bench) runDurability(ctx context.Context) {
+	if len(b.rep.machine) == 0 {
+		b.rep.machine = append(machineInfo(),
+			kv{"nofile", fmt.Sprintf("%d (RLIMIT_NOFILE of the bench and neonproxy)", b.nofile)},
+			kv{"pgbench", commandFirstLine(ctx, "pgbench", "--version")})
+	}
+	seed := b.opts.chaosSeed
+	if seed == 0 {
+		seed = time.Now().UnixNano()
+	}
+	s := &durability{env: &env{dir: b.env.path("durability"), keep: b.env.keep}, rep: &b.rep.durability, opts: b.opts,
+		rng: rand.New(rand.NewPCG(uint64(seed), 0x6e656f6e))}
+	s.rep.seed = seed
+	logf("durability: chaos seed %d (-chaos-seed %d repeats the delays)", seed, seed)
+	if !b.phase(ctx, "durability: start neonproxy", s.start) {
+		return
+	}
+	defer func() {
+		if s.px != nil {
+			s.px.stop()
+		}
+	}()
+	if b.phase(ctx, "durability: chaos setup", s.chaosSetup) {
+		b.phase(ctx, "durability: chaos cycles", s.chaosCycles)
+	}
+	if n := s.rep.distinctMissing; n > 0 {
+		b.rep.problem(fmt.Sprintf("durability: DATA LOSS: %d acknowledged commit(s) missing after crash recovery (ids %v)", n, s.rep.missingIDs))
+	}
+	if s.px == nil || !s.running() {
+		b.rep.problem("durability: neonproxy is not running after the chaos cycles; commit latency skipped")
+		return
+	}
+	b.phase(ctx, "durability: commit latency", s.commitLatency)
+}
+
+func (s *durability) start(ctx context.Context) error {
+	if err := os.Mkdir(s.env.dir, 0o711); err != nil {
+		return err
+	}
+	if err := os.Chmod(s.env.dir, 0o711); err != nil { // umask
+		return err
+	}
+	o := s.opts
+	o.proxyLogLevel = "info"
+	px, err := startProxy(ctx, o, s.env)
+	if err != nil {
+		return err
+	}
+	s.px = px
+	s.rep.admin, s.rep.port = px.admin, px.port
+	return nil
+}
+
+func (s *durability) running() bool {
+	select {
+	case <-s.px.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+func (s *durability) url(name string) string { return s.px.branchURL(name, "disable") }
+
+// exec runs statements on branch name through neonproxy.
+func (s *durability) exec(ctx context.Context, name string, sqls ...string) error {
+	ctx, cancel := context.WithTimeout(ctx, connectLimit+time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.url(name))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", name, err)
+	}
+	defer closeConn(conn)
+	for _, q := range sqls {
+		if _, err := conn.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	return nil
+}
+
+// chaosSetup creates the chaos branch and its table.
+func (s *durability) chaosSetup(ctx context.Context) error {
+	if err := s.px.send(ctx, http.MethodPost, "/v1/branches", map[string]string{"name": chaosBranch, "parent": branch}, nil); err != nil {
+		return err
+	}
+	s.rep.command(fmt.Sprintf(`curl -X POST %s/v1/branches -d '{"name":"%s","parent":"%s"}'`, s.px.admin, chaosBranch, branch))
+	const ddl = "CREATE TABLE acked (id bigint PRIMARY KEY)"
+	s.rep.command(fmt.Sprintf("psql 'postgres://postgres:…@127.0.0.1:%d/%s?sslmode=disable' -c '%s'", s.px.port, chaosBranch, ddl))
+	return s.exec(ctx, chaosBranch, ddl)
+}
+
+// chaosCycles runs -chaos-cycles crash cycles. A cycle's failure to
+// recover ends the phase (there is no neonproxy to go on with).
+func (s *durability) chaosCycles(ctx context.Context) error {
+	s.rep.command(fmt.Sprintf("%d × pgx 'postgres://postgres:…@127.0.0.1:%d/%s?sslmode=disable': INSERT INTO acked (id) VALUES (<next id>)   # autocommit, simple protocol, until an error",
+		chaosWriters, s.px.port, chaosBranch))
+	s.rep.command(fmt.Sprintf("after %s–%s (seeded): curl %s/v1/branches/%s → compute.pid; kill -9 <neonproxy pid>; kill -9 -<compute.pid>",
+		chaosDelayMin, chaosDelayMax, s.px.admin, chaosBranch))
+	s.rep.command(fmt.Sprintf("rm -rf %s; neonproxy serve --config %s   # same config, ports, data dir",
+		filepath.Join(s.px.dataDir, "computes", "branches", chaosBranch), s.px.cfgPath))
+	s.rep.command(fmt.Sprintf("retry pgx connect + SELECT 1 on %s until it succeeds (recovery time), then SELECT id FROM acked", chaosBranch))
+	for i := 1; i <= s.opts.chaosCycles; i++ {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c, err := s.cycle(ctx, i)
+		s.rep.cycles = append(s.rep.cycles, c)
+		if err != nil {
+			return fmt.Errorf("cycle %d: %w", i, err)
+		}
+		logf("  cycle %d: delay %s, acked %d, unacked %d, rows %d, missing %d (+%d earlier), extra %d, recovery %s",
+			i, c.delay.Round(time.Millisecond), c.acked, c.unacked, c.rows, c.missingNew, c.missingOld, c.extra, ms(c.recovery))
+	}
+	return nil
+}
+
+// chaosCycle is one crash cycle's result.
+type chaosCycle struct {
+	n                int
+	delay            time.Duration // writers' start → kill
+	acked, unacked   int           // this cycle's INSERTs that returned success / did not
+	rows             int           // rows of acked after recovery
+	missingNew       int           // this cycle's acknowledged ids not recovered
+	missingOld       int           // earlier cycles' acknowledged ids not recovered
+	extra            int           // this cycle's unacknowledged ids that were recovered
+	unknown          int           // recovered ids never sent (must be 0)
+	ready            time.Duration // restart → connection string printed
+	recovery         time.Duration // restart → first successful SELECT 1 on the branch
+	computePID       int
+	dirExisted       bool
+	preKillErrs      []string // writer errors before the kill
+	postKillErr      string   // one writer's error after the kill (for the report)
+	connectAttempts  int      // until the first success
+	firstConnectFail string
+}
+
+// writer is one goroutine's INSERT loop.
+type writer struct {
+	acked     []int64
+	attempted []int64
+	err       error
+	errAt     time.Time
+}
+
+func (s *durability) cycle(ctx context.Context, n int) (chaosCycle, error) {
+	c := chaosCycle{n: n}
+	c.delay = chaosDelayMin + time.Duration(s.rng.Int64N(int64(chaosDelayMax-chaosDelayMin)+1))
+	startID := s.nextID
+
+	// Connect every writer first: the delay counts from the first INSERT.
+	cctx, cancel := context.WithTimeout(ctx, chaosConnectLimit)
+	conns := make([]*pgx.Conn, chaosWriters)
+	var err error
+	for i := range conns {
+		if conns[i], err = pgx.Connect(cctx, s.url(chaosBranch)); err != nil {
+			break
+		}
+	}
+	cancel()
+	if err != nil {
+		for _, conn := range conns {
+			if conn != nil {
+				closeConn(conn)
+			}
+		}
+		return c, fmt.Errorf("writer connect: %w", err)
+	}
+
+	var next atomic.Int64
+	next.Store(s.nextID)
+	ws := make([]*writer, chaosWriters)
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	var wg sync.WaitGroup
+	for i := range ws {
+		w := &writer{}
+		ws[i] = w
+		wg.Add(1)
+		go func(conn *pgx.Conn) {
+			defer wg.Done()
+			defer closeConn(conn)
+			for {
+				id := next.Add(1)
+				w.attempted = append(w.attempted, id)
+				_, err := conn.Exec(wctx, "INSERT INTO acked (id) VALUES ("+strconv.FormatInt(id, 10)+")", pgx.QueryExecModeSimpleProtocol)
+				if err != nil {
+					w.err, w.errAt = err, time.Now()
+					return
+				}
+				w.acked = append(w.acked, id)
+			}
+		}(conns[i])
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+
+	select {
+	case <-time.After(c.delay):
+	case <-done: // every writer failed before the kill
+	case <-ctx.Done():
+		wcancel()
+		<-done
+		return c, ctx.Err()
+	}
+	info, infoErr := s.px.branchInfo(ctx, chaosBranch) // just before the kill
+	c.computePID = info.Compute.PID
+	killedAt := time.Now()
+	proxyErr := syscall.Kill(s.px.pid(), syscall.SIGKILL)
+	var computeErr error
+	if c.computePID > 0 {
+		computeErr = syscall.Kill(-c.computePID, syscall.SIGKILL)
+	}
+	switch {
+	case infoErr != nil:
+		return c, fmt.Errorf("branch info before the kill: %w", infoErr)
+	case proxyErr != nil:
+		return c, fmt.Errorf("kill -9 neonproxy %d: %w", s.px.pid(), proxyErr)
+	case c.computePID <= 0:
+		return c, fmt.Errorf("branch %s: no compute.pid (state %q) before the kill", chaosBranch, info.Compute.State)
+	case computeErr != nil:
+		return c, fmt.Errorf("kill -9 -%d (compute): %w", c.computePID, computeErr)
+	}
+
+	select {
+	case <-done:
+	case <-time.After(chaosStopLimit):
+		wcancel() // a writer hangs on a dead connection
+		<-done
+	}
+	select {
+	case <-s.px.exited:
+	case <-time.After(chaosStopLimit):
+		return c, errors.New("neonproxy still running after SIGKILL")
+	}
+	if err := waitGroupGone(ctx, c.computePID, chaosStopLimit); err != nil {
+		return c, err
+	}
+
+	// Tally this cycle's ids.
+	maxID := next.Load()
+	s.nextID = maxID
+	if need := int(maxID) + 1; len(s.status) < need {
+		s.status = append(s.status, make([]byte, need-len(s.status))...)
+	}
+	for _, w := range ws {
+		for _, id := range w.attempted {
+			s.status[id] = idAttempted
+		}
+	}
+	for _, w := range ws {
+		for _, id := range w.acked {
+			s.status[id] = idAcked
+		}
+		c.acked += len(w.acked)
+		c.unacked += len(w.attempted) - len(w.acked)
+		if w.err != nil {
+			if w.errAt.Before(killedAt) {
+				c.preKillErrs = append(c.preKillErrs, firstLine(w.err.Error()))
+			} else if c.postKillErr == "" {
+				c.postKillErr = firstLine(w.err.Error())
+			}
+		}
+	}
+
+	// Lose the compute's local directory and restart.
+	dir := filepath.Join(s.px.dataDir, "computes", "branches", chaosBranch)
+	if _, err := os.Stat(dir); err == nil {
+		c.dirExisted = true
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return c, fmt.Errorf("remove %s: %w", dir, err)
+	}
+	start := time.Now()
+	if err := s.px.restart(ctx); err != nil {
+		return c, err
+	}
+	c.ready = time.Since(start)
+	conn, err := s.awaitBranch(ctx, &c)
+	if err != nil {
+		return c, err
+	}
+	c.recovery = time.Since(start)
+	defer closeConn(conn)
+
+	qctx, qcancel := context.WithTimeout(ctx, time.Minute)
+	defer qcancel()
+	rows, err := conn.Query(qctx, "SELECT id FROM acked", pgx.QueryExecModeSimpleProtocol)
+	if err != nil {
+		return c, fmt.Errorf("SELECT id FROM acked: %w", err)
+	}
+	present := make([]bool, len(s.status))
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return c, err
+		}
+		c.rows++
+		if id <= 0 || id >= int64(len(present)) || s.status[id] == 0 {
+			c.unknown++
+			continue
+		}
+		present[id] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return c, fmt.Errorf("SELECT id FROM acked: %w", err)
+	}
+	for id := int64(1); id < int64(len(s.status)); id++ {
+		switch {
+		case s.status[id] == idAcked && !present[id]:
+			if id > startID {
+				c.missingNew++
+			} else {
+				c.missingOld++
+			}
+			s.rep.noteMissing(id)
+		case s.status[id] == idAttempted && present[id] && id > startID:
+			c.extra++
+		}
+	}
+	return c, nil
+}
+
+// awaitBranch retries connect + SELECT 1 on the chaos branch until it
+// succeeds (the compute starts: materialization and crash recovery).
+func (s *durability) awaitBranch(ctx context.Context, c *chaosCycle) (*pgx.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, chaosRecoverLimit)
+	defer cancel()
+	for {
+		c.connectAttempts++
+		conn, err := s.trySelect(ctx)
+		if err == nil {
+			return conn, nil
+		}
+		if c.firstConnectFail == "" {
+			c.firstConnectFail = firstLine(err.Error())
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("branch %s not back after %s (%d attempts): %w", chaosBranch, chaosRecoverLimit, c.connectAttempts, err)
+		case <-time.After(chaosRetryEvery):
+		}
+	}
+}
+
+func (s *durability) trySelect(ctx context.Context) (*pgx.Conn, error) {
+	actx, cancel := context.WithTimeout(ctx, connectLimit)
+	defer cancel()
+	conn, err := pgx.Connect(actx, s.url(chaosBranch))
+	if err != nil {
+		return nil, err
+	}
+	var one int
+	if err := conn.QueryRow(actx, "SELECT 1", pgx.QueryExecModeSimpleProtocol).Scan(&one); err != nil {
+		closeConn(conn)
+		return nil, err
+	}
+	return conn, nil
+}
+
+// waitGroupGone waits until no live (non-zombie) process is in process
+// group pgid.
+func waitGroupGone(ctx context.Context, pgid int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		n := liveInGroup(pgid)
+		if n == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d process(es) of the compute's group %d still alive %s after SIGKILL", n, pgid, limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// liveInGroup counts the processes of group pgid that are not zombies,
+// from /proc/PID/stat (fields after the command: state, ppid, pgrp).
+func liveInGroup(pgid int) int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		st := string(b)
+		f := strings.Fields(st[strings.LastIndexByte(st, ')')+1:])
+		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
+			continue
+		}
+		if g, _ := strconv.Atoi(f[2]); g == pgid {
+			n++
+		}
+	}
+	return n
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}
+
+// commitLatency runs pgbench TPC-B on its own branch with the keeper wait
+// (default), with synchronous_commit=local and with off, -rounds times,
+// taking turns.
+func (s *durability) commitLatency(ctx context.Context) error {
+	// The chaos branch's compute would only idle; stop it (best effort).
+	if err := s.px.suspendBranch(ctx, chaosBranch); err == nil {
+		if err := s.px.waitBranchState(ctx, chaosBranch, "stopped", branchStopLimit); err != nil {
+			s.rep.note(fmt.Sprintf("suspend of %s after the cycles: %v", chaosBranch, err))
+		}
+	} else {
+		s.rep.note(fmt.Sprintf("suspend of %s after the cycles: %v", chaosBranch, err))
+	}
+	if err := s.px.send(ctx, http.MethodPost, "/v1/branches", map[string]string{"name": tpcbBranch, "parent": branch}, nil); err != nil {
+		return err
+	}
+	t := pgTarget{name: tpcbBranch, host: "127.0.0.1", port: s.px.port, dbname: tpcbBranch, password: s.px.password}
+	logf("  %s: pgbench -i -s %d", tpcbBranch, tpcbScale)
+	cmd, err := pgbenchInit(ctx, t, tpcbScale)
+	s.rep.command(cmd)
+	if err != nil {
+		return err
+	}
+	if err := s.settings(ctx); err != nil {
+		return err
+	}
+	if _, err := pgbenchTPCB(ctx, t, "", warmupDuration); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	s.rep.modes = make([]commitModeResult, len(commitModes))
+	for i, m := range commitModes {
+		s.rep.modes[i].name, s.rep.modes[i].pgoptions = m.name, m.pgoptions
+	}
+	for round := 1; round <= s.opts.durabilityRounds; round++ {
+		for i, m := range commitModes {
+			logf("  round %d: %s", round, m.name)
+			r, err := pgbenchTPCB(ctx, t, m.pgoptions, s.opts.duration)
+			if round == 1 {
+				s.rep.command(r.command)
+			}
+			if err != nil {
+				s.rep.modes[i].failedRuns = append(s.rep.modes[i].failedRuns, firstLine(err.Error()))
+				logf("  round %d %s FAILED: %v", round, m.name, err)
+				continue
+			}
+			s.rep.modes[i].runs = append(s.rep.modes[i].runs, r)
+		}
+	}
+	for _, m := range s.rep.modes {
+		if len(m.failedRuns) > 0 {
+			return fmt.Errorf("%d pgbench run(s) of %s failed: %s", len(m.failedRuns), m.name, m.failedRuns[0])
+		}
+	}
+	return nil
+}
+
+// settings records the compute's durability settings, and checks that
+// PGOPTIONS reaches the compute through neonproxy.
+func (s *durability) settings(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, connectLimit)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.url(tpcbBranch))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", tpcbBranch, err)
+	}
+	defer closeConn(conn)
+	for _, name := range []string{"fsync", "synchronous_commit", "synchronous_standby_names", "wal_sync_method", "full_page_writes", "wal_level", "shared_buffers"} {
+		var v string
+		if err := conn.QueryRow(ctx, "SHOW "+name, pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil {
+			return fmt.Errorf("SHOW %s: %w", name, err)
+		}
+		s.rep.settings = append(s.rep.settings, kv{name, v})
+	}
+	rows, err := conn.Query(ctx, "SELECT application_name, state, sync_state FROM pg_stat_replication", pgx.QueryExecModeSimpleProtocol)
+	if err != nil {
+		return fmt.Errorf("pg_stat_replication: %w", err)
+	}
+	var repl []string
+	for rows.Next() {
+		var app, state, sync string
+		if err := rows.Scan(&app, &state, &sync); err != nil {
+			rows.Close()
+			return err
+		}
+		repl = append(repl, fmt.Sprintf("%s (%s, %s)", app, state, sync))
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	s.rep.replication = strings.Join(repl, ", ")
+	if s.rep.replication == "" {
+		s.rep.replication = "none"
+	}
+	// Each mode's PGOPTIONS, as the compute sees it through neonproxy.
+	for _, m := range commitModes {
+		cfg, err := pgx.ParseConfig(s.url(tpcbBranch))
+		if err != nil {
+			return err
+		}
+		if m.pgoptions != "" {
+			cfg.RuntimeParams["options"] = m.pgoptions
+		}
+		c, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			return fmt.Errorf("connect with options %q: %w", m.pgoptions, err)
+		}
+		var v string
+		err = c.QueryRow(ctx, "SHOW synchronous_commit", pgx.QueryExecModeSimpleProtocol).Scan(&v)
+		closeConn(c)
+		if err != nil {
+			return fmt.Errorf("SHOW synchronous_commit with options %q: %w", m.pgoptions, err)
+		}
+		s.rep.seen = append(s.rep.seen, v)
+	}
+	return nil
+}
+
+// pgbenchTPCB runs pgbench's default TPC-B-like script against t for d,
+// with PGOPTIONS set when pgoptions is not empty.
+func pgbenchTPCB(ctx context.Context, t pgTarget, pgoptions string, d time.Duration) (pgbenchResult, error) {
+	args := []string{"-c", strconv.Itoa(tpcbClients), "-j", strconv.Itoa(tpcbThreads),
+		"-T", strconv.Itoa(int(d.Round(time.Second) / time.Second)), "-n"}
+	args = append(append(args, t.args()...), t.dbname)
+	env := t.env()
+	cmdline := printable(t, args)
+	if pgoptions != "" {
+		env = append(env, "PGOPTIONS="+pgoptions)
+		cmdline = "PGOPTIONS='" + pgoptions + "' " + cmdline
+	}
+	ctx, cancel := context.WithTimeout(ctx, d+pgbenchSlack)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "pgbench", args...)
+	cmd.Env = cleanEnv(env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%v)", err, context.Cause(ctx))
+		}
+		msg := lastLines(string(out), 10)
+		if first := errorLines(string(out), 5); first != "" && !strings.Contains(msg, first) {
+			msg = first + "\n…\n" + msg
+		}
+		return pgbenchResult{command: cmdline}, fmt.Errorf("%s: %w\n%s", cmdline, err, msg)
+	}
+	r, err := parsePgbench(string(out))
+	r.command = cmdline
+	return r, err
+}
+
+// commitModeResult is one synchronous_commit variant's pgbench runs.
+type commitModeResult struct {
+	name, pgoptions string
+	runs            []pgbenchResult
+	failedRuns      []string
+}
+
+func (m commitModeResult) medians() (tps, latMS float64) {
+	var t, l []float64
+	for _, r := range m.runs {
+		t = append(t, r.tps)
+		l = append(l, r.latencyMS)
+	}
+	if len(t) == 0 {
+		return 0, 0
+	}
+	return medianFloat(t), medianFloat(l)
+}
+
+// sortedMissing is for tests and the report: ascending ids.
+func sortedMissing(ids []int64) []int64 {
+	out := slices.Clone(ids)
+	slices.Sort(out)
+	return out
+}

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// durabilityReport is the durability section's results.
+type durabilityReport struct {
+	admin           string // the section's admin API, for the printed requests
+	port            int
+	seed            int64
+	cycles          []chaosCycle
+	missingIDs      []int64 // the first chaosMissingShown distinct missing ids
+	distinctMissing int
+	missingSeen     map[int64]bool
+	settings        []kv     // SHOW … on the tpcb branch, default options
+	seen            []string // SHOW synchronous_commit with each mode's PGOPTIONS
+	replication     string   // pg_stat_replication of the tpcb compute
+	modes           []commitModeResult
+	commands        []string
+	notes           []string
+}
+
+func (r *durabilityReport) command(c string) {
+	if c != "" {
+		r.commands = append(r.commands, c)
+	}
+}
+
+func (r *durabilityReport) note(s string) { r.notes = append(r.notes, s) }
+
+// noteMissing records an acknowledged id that a recovery did not return
+// (counted once however many checks miss it).
+func (r *durabilityReport) noteMissing(id int64) {
+	if r.missingSeen == nil {
+		r.missingSeen = map[int64]bool{}
+	}
+	if r.missingSeen[id] {
+		return
+	}
+	r.missingSeen[id] = true
+	r.distinctMissing++
+	if len(r.missingIDs) < chaosMissingShown {
+		r.missingIDs = append(r.missingIDs, id)
+	}
+}
+
+func (r *report) printDurability(p printer) {
+	d := r.durability
+	if d.admin == "" {
+		return
+	}
+	p("")
+	p("## Durability (issue 5): crash cycles with lost local data, commit latency")
+	p("")
+	p("A separate neonproxy (own data dir, log.level info, same config otherwise) with its embedded WAL keeper")
+	p("(quorum 1): computes stream WAL to it as a synchronous standby, so a COMMIT returns once the keeper fsynced it.")
+	r.printChaos(p)
+	r.printCommitLatency(p)
+	for _, n := range d.notes {
+		p("- note: %s", n)
+	}
+	p("")
+	p("### Commands and requests (durability)")
+	p("")
+	p("```")
+	for _, c := range d.commands {
+		p("%s", c)
+	}
+	p("```")
+}
+
+func (r *report) printChaos(p printer) {
+	d := r.durability
+	if len(d.cycles) == 0 {
+		return
+	}
+	p("")
+	p("### 1. Chaos cycles: kill -9 neonproxy and the compute together, delete the local data directory, restart")
+	p("")
+	p("Each cycle: %d pgx writers (TCP, SCRAM, database %s) insert consecutive ids into `acked`, one autocommit", chaosWriters, chaosBranch)
+	p("INSERT at a time; an id counts as acknowledged once its INSERT returned success. After a random delay")
+	p("(%s–%s, seed %d) neonproxy (SIGKILL) and the compute's postmaster process group (kill -9 -PID, pid from", ms(chaosDelayMin), ms(chaosDelayMax), d.seed)
+	p("the branch JSON read just before) are killed; then `<data_dir>/computes/branches/%s` is deleted and", chaosBranch)
+	p("neonproxy restarted on the same config. Recovery = restart → first successful `SELECT 1` on the branch")
+	p("(neonproxy start, materialization of the stored image, replay of the keeper's WAL, connect); then every")
+	p("acknowledged id so far must be in `SELECT id FROM acked`. Extra = this cycle's unacknowledged INSERTs")
+	p("(in flight at the kill) whose commit survived: allowed.")
+	p("")
+	if d.distinctMissing > 0 {
+		p("**DATA LOSS — PRODUCT BUG: %d acknowledged commit(s) missing after recovery.** First ids: %v.",
+			d.distinctMissing, sortedMissing(d.missingIDs))
+		p("")
+	}
+	p("| cycle | kill after | compute pid | local dir deleted | acked | unacked | rows after | missing (this cycle) | missing (earlier) | extra | neonproxy ready | recovery |")
+	p("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	var totalAcked, totalUnacked, totalExtra, unknown int
+	var rec, ready []time.Duration
+	var preKill []string
+	recovered := 0
+	for _, c := range d.cycles {
+		totalAcked += c.acked
+		totalUnacked += c.unacked
+		unknown += c.unknown
+		for _, e := range c.preKillErrs {
+			preKill = append(preKill, fmt.Sprintf("cycle %d: %s", c.n, e))
+		}
+		if c.recovery == 0 { // did not recover: the phase failed here
+			p("| %d | %s | %d | %s | %d | %d | – | – | – | – | %s | **not recovered** |", c.n, ms(c.delay), c.computePID,
+				yesNo(c.dirExisted), c.acked, c.unacked, msOrDash(c.ready))
+			continue
+		}
+		recovered++
+		totalExtra += c.extra
+		rec, ready = append(rec, c.recovery), append(ready, c.ready)
+		miss := fmt.Sprint(c.missingNew)
+		if c.missingNew > 0 {
+			miss = "**" + miss + "**"
+		}
+		old := fmt.Sprint(c.missingOld)
+		if c.missingOld > 0 {
+			old = "**" + old + "**"
+		}
+		p("| %d | %s | %d | %s | %d | %d | %d | %s | %s | %d | %s | %s |", c.n, ms(c.delay), c.computePID, yesNo(c.dirExisted),
+			c.acked, c.unacked, c.rows, miss, old, c.extra, ms(c.ready), ms(c.recovery))
+	}
+	missing := fmt.Sprint(d.distinctMissing)
+	if d.distinctMissing > 0 {
+		missing = "**" + missing + "**"
+	}
+	p("| **%d cycles (%d recovered)** | | | | **%d** | %d | | **%s** (distinct ids) | | %d | median %s | median %s |",
+		len(d.cycles), recovered, totalAcked, totalUnacked, missing, totalExtra, msOrDash(medianDuration(ready)), msOrDash(medianDuration(rec)))
+	p("")
+	if len(rec) > 0 {
+		s := summarize(rec)
+		p("Recovery time over %d cycles: median %s, p90 %s, min %s, max %s.", s.n, ms(s.median), ms(s.p90), ms(s.min), ms(s.max))
+	}
+	if d.distinctMissing == 0 && recovered == len(d.cycles) {
+		p("Every acknowledged commit (%d over %d cycles) was there after every recovery.", totalAcked, len(d.cycles))
+	}
+	if unknown > 0 {
+		p("- **%d row(s) with ids the writers never sent** (should be 0).", unknown)
+	}
+	if len(preKill) > 0 {
+		p("- writer errors before the kill (the writer stopped early): %s", strings.Join(preKill, "; "))
+	}
+	for _, c := range d.cycles {
+		if c.postKillErr != "" {
+			p("- a writer's error after the kill (cycle %d): `%s`", c.n, c.postKillErr)
+			break
+		}
+	}
+	var attempts []string
+	for _, c := range d.cycles {
+		if c.connectAttempts > 1 {
+			attempts = append(attempts, fmt.Sprintf("cycle %d: %d (first error: %s)", c.n, c.connectAttempts, c.firstConnectFail))
+		}
+	}
+	if len(attempts) > 0 {
+		p("- recovery needed more than one connect attempt (every %s): %s", ms(chaosRetryEvery), strings.Join(attempts, "; "))
+	}
+}
+
+func (r *report) printCommitLatency(p printer) {
+	d := r.durability
+	if len(d.modes) == 0 {
+		return
+	}
+	p("")
+	p("### 2. Commit latency: pgbench TPC-B (`-s %d`, `-c %d -j %d -T %d -n`) through neonproxy, branch %s",
+		tpcbScale, tpcbClients, tpcbThreads, int(r.opts.duration.Round(time.Second)/time.Second), tpcbBranch)
+	p("")
+	p("Medians over %d round(s), the variants taking turns in each round; a 2 s unreported warm-up with the default first.", r.opts.durabilityRounds)
+	p("Each variant's setting is chosen per connection with PGOPTIONS, which neonproxy passes to the compute.")
+	p("")
+	p("| synchronous_commit (PGOPTIONS) | compute saw | runs | TPS (median) | latency avg (median) | TPS per run | failed tx |")
+	p("|---|---|---:|---:|---:|---|---:|")
+	var keeperLat, keeperTPS float64
+	for i, m := range d.modes {
+		tps, lat := m.medians()
+		if i == 0 {
+			keeperTPS, keeperLat = tps, lat
+		}
+		var per []string
+		var failed int64
+		for _, run := range m.runs {
+			per = append(per, fmt.Sprintf("%.0f", run.tps))
+			failed += run.failed
+		}
+		seen := "?"
+		if i < len(d.seen) {
+			seen = d.seen[i]
+		}
+		opts := m.pgoptions
+		if opts == "" {
+			opts = "(none)"
+		}
+		p("| %s `%s` | %s | %d | %.0f | %.3f ms | %s | %d |", m.name, opts, seen, len(m.runs), tps, lat, strings.Join(per, ", "), failed)
+	}
+	p("")
+	for _, m := range d.modes[1:] {
+		tps, lat := m.medians()
+		if tps == 0 || keeperTPS == 0 {
+			continue
+		}
+		p("- keeper wait vs %s: latency %+.3f ms per transaction, TPS %s", m.name, keeperLat-lat, ratio(keeperTPS, tps))
+	}
+	if len(d.settings) > 0 {
+		var s []string
+		for _, kv := range d.settings {
+			s = append(s, fmt.Sprintf("%s=%s", kv.key, kv.value))
+		}
+		p("- compute settings (SHOW, default connection): %s.", strings.Join(s, ", "))
+	}
+	if d.replication != "" {
+		p("- pg_stat_replication of the compute: %s.", d.replication)
+	}
+	p("- `local` waits for the compute's own WAL fsync only (with fsync=on); `off` waits for nothing, a crash can")
+	p("  lose the last transactions (never corrupts). The default waits for the compute's fsync and the keeper's.")
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func msOrDash(d time.Duration) string {
+	if d == 0 {
+		return "–"
+	}
+	return ms(d)
+}
