@@ -450,6 +450,20 @@ func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string) error
 	if err != nil {
 		return fmt.Errorf("wake: create %s from %s: %w", branch, parent, err)
 	}
+	// A running (or crashed) parent has durable commits after its image:
+	// the child starts from the image plus that WAL, replayed at its first
+	// start, so it sees every commit acknowledged before it was created.
+	if d.keeper != nil {
+		end, err := d.keeper.Branch(uint64(ptl.ID), uint64(tl.ID), uint64(ptl.Head()))
+		if err != nil {
+			_ = d.store.DropTimeline(context.WithoutCancel(ctx), tl.ID)
+			return fmt.Errorf("wake: create %s from %s: %w", branch, parent, err)
+		}
+		if end > 0 {
+			d.log.Info("branch starts at the parent's latest durable WAL", zap.String("parent", parent),
+				zap.String("branch", branch), zap.Stringer("image", ptl.Head()), zap.Stringer("lsn", pagestore.LSN(end)))
+		}
+	}
 	d.log.Debug("timeline created", zap.String("parent", parent), zap.String("branch", branch),
 		zap.Uint64("timeline", uint64(tl.ID)), zap.Stringer("parent_lsn", tl.ParentLSN))
 	return nil

@@ -281,7 +281,13 @@ func (d *PostgresDriver) Storage(branch string) (Storage, error) {
 	}
 	s.Timeline = uint64(tl.ID)
 	if tl.Parent != 0 {
-		s.ParentLSN = tl.ParentLSN.String()
+		at := tl.ParentLSN
+		// Until its first stop a child created from a running parent
+		// starts where the parent's durable WAL ended.
+		if d.keeper != nil && len(tl.Images) == 0 {
+			at = max(at, pagestore.LSN(d.keeper.FlushLSN(uint64(tl.ID))))
+		}
+		s.ParentLSN = at.String()
 	}
 	s.LogicalBytes, s.UniqueBytes = tl.LogicalSize, tl.StoredBytes
 	if st, ok := d.readState(branch); ok {

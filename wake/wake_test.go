@@ -957,3 +957,64 @@ func TestKeeperDurability(t *testing.T) {
 		t.Fatalf("%s rows from the stored image, want %d", got[0], acked)
 	}
 }
+
+// TestBranchFromRunningParentWithKeeper: with the WAL keeper, a branch
+// created while its parent runs starts at the parent's latest durable
+// commit (image + the keeper's WAL), and the two then diverge.
+func TestBranchFromRunningParentWithKeeper(t *testing.T) {
+	k, err := walkeeper.Open(walkeeper.Options{Dir: filepath.Join(mkTemp(t), "walkeeper"), NoSync: true, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	e := newEnvDriver(t, Options{}, DriverOptions{Keeper: k}, "main")
+	ctx := ctxT(t)
+	l, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	c := connect(t, l.Endpoint)
+	query(t, c, "create table t(x int); insert into t select generate_series(1, 500)")
+	if err := e.m.Clone(ctx, "main", "child"); err != nil {
+		t.Fatal(err)
+	}
+	query(t, c, "insert into t values (501)") // after the branch point
+	mainSt, _ := e.m.Storage("main")
+	childSt, err := e.m.Storage("child")
+	if err != nil || childSt.ParentLSN == "" || childSt.ParentLSN == mainSt.ParentLSN {
+		t.Fatalf("child storage %+v, %v", childSt, err)
+	}
+	lc, err := e.m.Acquire(ctx, "child")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lc.Release()
+	cc := connect(t, lc.Endpoint)
+	if got := query(t, cc, "select count(*) from t"); got[0] != "500" {
+		t.Fatalf("child sees %s rows, want the 500 committed before it was created", got[0])
+	}
+	query(t, cc, "insert into t values (-1)")
+	if got := query(t, c, "select count(*) from t where x < 0"); got[0] != "0" {
+		t.Fatal("the child's write reached the parent")
+	}
+	// The child's own WAL goes to its own namespace: lose its directory
+	// and it still has its write.
+	pid := e.m.Status("child").PID
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	lc.Release()
+	e.waitState("child", StateStopped)
+	if err := os.RemoveAll(e.drv.branchDir("child")); err != nil {
+		t.Fatal(err)
+	}
+	lc2, err := e.m.Acquire(ctx, "child")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lc2.Release()
+	if got := query(t, connect(t, lc2.Endpoint), "select count(*), min(x) from t"); got[0] != "501" {
+		t.Fatalf("child after losing its directory: %v", got)
+	}
+}

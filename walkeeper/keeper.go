@@ -132,20 +132,7 @@ func (k *Keeper) FlushLSN(ns uint64) LSN {
 	return lsn
 }
 
-func (k *Keeper) flushLSN(ns uint64) (LSN, error) {
-	v, closer, err := k.db.Get(flushKey(ns))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("walkeeper: read flush LSN of %d: %w", ns, err)
-	}
-	defer closer.Close()
-	if len(v) != 8 {
-		return 0, fmt.Errorf("walkeeper: flush LSN of %d: bad value length %d", ns, len(v))
-	}
-	return binary.BigEndian.Uint64(v), nil
-}
+func (k *Keeper) flushLSN(ns uint64) (LSN, error) { return readFlush(k.db, ns) }
 
 // StartLSN is the first LSN stored for ns (0 if none).
 func (k *Keeper) StartLSN(ns uint64) LSN {

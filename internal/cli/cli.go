@@ -152,7 +152,7 @@ func branchCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	create := &cobra.Command{
 		Use:   "create NAME",
-		Short: "Create a branch in O(1) from its parent's newest stored image (a running parent's changes since its last clean stop are not included)",
+		Short: "Create a branch from its parent's latest durable state (a stored image plus the WAL keeper's WAL since)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
@@ -263,7 +263,7 @@ func printBranch(cmd *cobra.Command, b admin.BranchJSON, asJSON bool) error {
 	if asJSON {
 		return writeJSON(cmd, b)
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "created branch %s (parent %s at %s, its newest stored image)\n", b.Name, dash(b.Parent), dash(b.ParentLSN))
+	fmt.Fprintf(cmd.OutOrStdout(), "created branch %s (parent %s at %s)\n", b.Name, dash(b.Parent), dash(b.ParentLSN))
 	return nil
 }
 
