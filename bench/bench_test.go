@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -134,5 +135,38 @@ func TestSummarizeRuns(t *testing.T) {
 	}
 	if m := medianFloat([]float64{4, 1, 3, 2}); m != 2.5 {
 		t.Errorf("even median %v", m)
+	}
+}
+
+// TestDurabilityReportMissing checks that a lost acknowledged commit is
+// reported loudly and counted once however many checks miss it.
+func TestDurabilityReportMissing(t *testing.T) {
+	r := newReport(options{sections: []string{sectionDurability}})
+	d := &r.durability
+	d.admin = "http://127.0.0.1:1"
+	d.noteMissing(7)
+	d.noteMissing(7)
+	d.noteMissing(3)
+	d.cycles = []chaosCycle{
+		{n: 1, acked: 10, rows: 9, missingNew: 1, recovery: time.Second, ready: time.Millisecond},
+		{n: 2, acked: 5, rows: 13, missingNew: 1, missingOld: 1, recovery: time.Second, ready: time.Millisecond},
+	}
+	if d.distinctMissing != 2 || len(d.missingIDs) != 2 {
+		t.Fatalf("distinct missing %d, ids %v; want 2", d.distinctMissing, d.missingIDs)
+	}
+	var b strings.Builder
+	r.print(&b)
+	out := b.String()
+	for _, want := range []string{"DATA LOSS", "[3 7]", "**2** (distinct ids)", "**15**"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestInGroup(t *testing.T) {
+	// The test's own process group has at least this process.
+	if n := inGroup(syscall.Getpgrp()); n < 1 {
+		t.Errorf("inGroup(own group) = %d, want ≥ 1", n)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -92,6 +93,7 @@ func (b *bench) runDurability(ctx context.Context) {
 	}()
 	if b.phase(ctx, "durability: chaos setup", s.chaosSetup) {
 		b.phase(ctx, "durability: chaos cycles", s.chaosCycles)
+		s.readLog()
 	}
 	if n := s.rep.distinctMissing; n > 0 {
 		b.rep.problem(fmt.Sprintf("durability: DATA LOSS: %d acknowledged commit(s) missing after crash recovery (ids %v)", n, s.rep.missingIDs))
@@ -195,6 +197,7 @@ type chaosCycle struct {
 	missingOld       int           // earlier cycles' acknowledged ids not recovered
 	extra            int           // this cycle's unacknowledged ids that were recovered
 	unknown          int           // recovered ids never sent (must be 0)
+	gone             time.Duration // kill → neonproxy and every compute process gone (reaped)
 	ready            time.Duration // restart → connection string printed
 	recovery         time.Duration // restart → first successful SELECT 1 on the branch
 	computePID       int
@@ -306,6 +309,7 @@ func (s *durability) cycle(ctx context.Context, n int) (chaosCycle, error) {
 	if err := waitGroupGone(ctx, c.computePID, chaosStopLimit); err != nil {
 		return c, err
 	}
+	c.gone = time.Since(killedAt)
 
 	// Tally this cycle's ids.
 	maxID := next.Load()
@@ -430,12 +434,15 @@ func (s *durability) trySelect(ctx context.Context) (*pgx.Conn, error) {
 	return conn, nil
 }
 
-// waitGroupGone waits until no live (non-zombie) process is in process
-// group pgid.
+// waitGroupGone waits until no process is in process group pgid, zombies
+// included: until init has reaped the orphaned postmaster, PostgreSQL's
+// socket lock check (kill(pid, 0)) still sees it alive, which a real crash
+// (or an init that reaps at once) would not show. This VM's init reaps
+// orphans about once a second.
 func waitGroupGone(ctx context.Context, pgid int, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for {
-		n := liveInGroup(pgid)
+		n := inGroup(pgid)
 		if n == 0 {
 			return nil
 		}
@@ -450,9 +457,9 @@ func waitGroupGone(ctx context.Context, pgid int, limit time.Duration) error {
 	}
 }
 
-// liveInGroup counts the processes of group pgid that are not zombies,
-// from /proc/PID/stat (fields after the command: state, ppid, pgrp).
-func liveInGroup(pgid int) int {
+// inGroup counts the processes of group pgid (zombies too), from
+// /proc/PID/stat (fields after the command: state, ppid, pgrp).
+func inGroup(pgid int) int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return 0
@@ -468,7 +475,7 @@ func liveInGroup(pgid int) int {
 		}
 		st := string(b)
 		f := strings.Fields(st[strings.LastIndexByte(st, ')')+1:])
-		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
+		if len(f) < 3 || f[0] == "X" {
 			continue
 		}
 		if g, _ := strconv.Atoi(f[2]); g == pgid {
@@ -476,6 +483,29 @@ func liveInGroup(pgid int) int {
 		}
 	}
 	return n
+}
+
+// readLog counts the chaos branch's WAL replays, materializations and
+// failed starts in neonproxy's log (JSON, one object per line).
+func (s *durability) readLog() {
+	b, err := os.ReadFile(s.px.logPath)
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		var m struct{ Msg, Branch string }
+		if json.Unmarshal([]byte(line), &m) != nil || m.Branch != chaosBranch {
+			continue
+		}
+		switch m.Msg {
+		case "replaying WAL from the keeper on top of the stored image":
+			s.rep.logReplays++
+		case "data directory materialized":
+			s.rep.logMaterialized++
+		case "compute start failed":
+			s.rep.logStartFailed++
+		}
+	}
 }
 
 func firstLine(s string) string {

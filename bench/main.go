@@ -1,12 +1,15 @@
 // Command bench measures neonproxy against direct PostgreSQL and PgBouncer:
 // cold wake (stopped compute → first row), warm connection setup, and pgbench
 // throughput / per-query latency; and neonproxy's branches (create latency,
-// storage, cold and warm start). It starts its own neonproxy (and
+// storage, cold and warm start); and durability (kill -9 of neonproxy and the
+// compute with the local data lost, then a check that every acknowledged
+// commit is back; commit latency with and without the WAL keeper's wait). It
+// starts its own neonproxy (and
 // PgBouncer) on free 127.0.0.1 ports in a temporary data directory and prints
 // a plain-text report. Timings are never pass/fail; the exit status is
 // non-zero only when the harness itself fails.
 //
-//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching]
+//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching,durability]
 package main
 
 import (

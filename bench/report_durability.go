@@ -15,12 +15,14 @@ type durabilityReport struct {
 	missingIDs      []int64 // the first chaosMissingShown distinct missing ids
 	distinctMissing int
 	missingSeen     map[int64]bool
-	settings        []kv     // SHOW … on the tpcb branch, default options
-	seen            []string // SHOW synchronous_commit with each mode's PGOPTIONS
-	replication     string   // pg_stat_replication of the tpcb compute
-	modes           []commitModeResult
-	commands        []string
-	notes           []string
+	// From neonproxy's log, for the chaos branch.
+	logReplays, logMaterialized, logStartFailed int
+	settings                                    []kv     // SHOW … on the tpcb branch, default options
+	seen                                        []string // SHOW synchronous_commit with each mode's PGOPTIONS
+	replication                                 string   // pg_stat_replication of the tpcb compute
+	modes                                       []commitModeResult
+	commands                                    []string
+	notes                                       []string
 }
 
 func (r *durabilityReport) command(c string) {
@@ -82,20 +84,22 @@ func (r *report) printChaos(p printer) {
 	p("")
 	p("Each cycle: %d pgx writers (TCP, SCRAM, database %s) insert consecutive ids into `acked`, one autocommit", chaosWriters, chaosBranch)
 	p("INSERT at a time; an id counts as acknowledged once its INSERT returned success. After a random delay")
-	p("(%s–%s, seed %d) neonproxy (SIGKILL) and the compute's postmaster process group (kill -9 -PID, pid from", ms(chaosDelayMin), ms(chaosDelayMax), d.seed)
+	p("(%s–%s, seed %d) neonproxy (SIGKILL) and the compute's postmaster process group (kill -9 -PID, pid from", chaosDelayMin, chaosDelayMax, d.seed)
 	p("the branch JSON read just before) are killed; then `<data_dir>/computes/branches/%s` is deleted and", chaosBranch)
 	p("neonproxy restarted on the same config. Recovery = restart → first successful `SELECT 1` on the branch")
 	p("(neonproxy start, materialization of the stored image, replay of the keeper's WAL, connect); then every")
 	p("acknowledged id so far must be in `SELECT id FROM acked`. Extra = this cycle's unacknowledged INSERTs")
-	p("(in flight at the kill) whose commit survived: allowed.")
+	p("(in flight at the kill) whose commit survived: allowed. Processes gone = kill → neonproxy exited and every")
+	p("process of the compute's group reaped (zombies included: this VM's init reaps orphans about once a second,")
+	p("and until then PostgreSQL's socket lock check sees the dead postmaster as alive); the restart waits for it.")
 	p("")
 	if d.distinctMissing > 0 {
 		p("**DATA LOSS — PRODUCT BUG: %d acknowledged commit(s) missing after recovery.** First ids: %v.",
 			d.distinctMissing, sortedMissing(d.missingIDs))
 		p("")
 	}
-	p("| cycle | kill after | compute pid | local dir deleted | acked | unacked | rows after | missing (this cycle) | missing (earlier) | extra | neonproxy ready | recovery |")
-	p("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	p("| cycle | kill after | compute pid | processes gone | local dir deleted | acked | unacked | rows after | missing (this cycle) | missing (earlier) | extra | neonproxy ready | recovery |")
+	p("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	var totalAcked, totalUnacked, totalExtra, unknown int
 	var rec, ready []time.Duration
 	var preKill []string
@@ -108,8 +112,8 @@ func (r *report) printChaos(p printer) {
 			preKill = append(preKill, fmt.Sprintf("cycle %d: %s", c.n, e))
 		}
 		if c.recovery == 0 { // did not recover: the phase failed here
-			p("| %d | %s | %d | %s | %d | %d | – | – | – | – | %s | **not recovered** |", c.n, ms(c.delay), c.computePID,
-				yesNo(c.dirExisted), c.acked, c.unacked, msOrDash(c.ready))
+			p("| %d | %s | %d | %s | %s | %d | %d | – | – | – | – | %s | **not recovered** |", c.n, ms(c.delay), c.computePID,
+				msOrDash(c.gone), yesNo(c.dirExisted), c.acked, c.unacked, msOrDash(c.ready))
 			continue
 		}
 		recovered++
@@ -123,15 +127,12 @@ func (r *report) printChaos(p printer) {
 		if c.missingOld > 0 {
 			old = "**" + old + "**"
 		}
-		p("| %d | %s | %d | %s | %d | %d | %d | %s | %s | %d | %s | %s |", c.n, ms(c.delay), c.computePID, yesNo(c.dirExisted),
+		p("| %d | %s | %d | %s | %s | %d | %d | %d | %s | %s | %d | %s | %s |", c.n, ms(c.delay), c.computePID, ms(c.gone), yesNo(c.dirExisted),
 			c.acked, c.unacked, c.rows, miss, old, c.extra, ms(c.ready), ms(c.recovery))
 	}
-	missing := fmt.Sprint(d.distinctMissing)
-	if d.distinctMissing > 0 {
-		missing = "**" + missing + "**"
-	}
-	p("| **%d cycles (%d recovered)** | | | | **%d** | %d | | **%s** (distinct ids) | | %d | median %s | median %s |",
-		len(d.cycles), recovered, totalAcked, totalUnacked, missing, totalExtra, msOrDash(medianDuration(ready)), msOrDash(medianDuration(rec)))
+	missing := fmt.Sprintf("**%d**", d.distinctMissing)
+	p("| **%d cycles (%d recovered)** | | | | | **%d** | %d | | %s (distinct ids) | | %d | median %s | median %s |",
+		len(d.cycles), recovered, totalAcked, totalUnacked, missing, totalExtra, msOrDash(summarize(ready).median), msOrDash(summarize(rec).median))
 	p("")
 	if len(rec) > 0 {
 		s := summarize(rec)
@@ -140,6 +141,9 @@ func (r *report) printChaos(p printer) {
 	if d.distinctMissing == 0 && recovered == len(d.cycles) {
 		p("Every acknowledged commit (%d over %d cycles) was there after every recovery.", totalAcked, len(d.cycles))
 	}
+	p("- neonproxy's log for branch %s: %d \"data directory materialized\", %d \"replaying WAL from the keeper on top of",
+		chaosBranch, d.logMaterialized, d.logReplays)
+	p("  the stored image\", %d \"compute start failed\" (the first materialization is the branch's first start).", d.logStartFailed)
 	if unknown > 0 {
 		p("- **%d row(s) with ids the writers never sent** (should be 0).", unknown)
 	}

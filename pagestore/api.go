@@ -45,6 +45,12 @@ type Timeline struct {
 	// (0: none). Its leftover versions are removed before the next ingest
 	// or by GC.
 	Pending LSN `json:"pending,omitempty"`
+	// Target is the LSN a branch created at a point in its parent's
+	// history starts at when that point is after ParentLSN (the parent's
+	// newest image at or before it): its first start replays the parent's
+	// WAL from ParentLSN to Target. 0 once the branch has an image of its
+	// own, or when it starts at ParentLSN itself.
+	Target LSN `json:"target,omitempty"`
 }
 
 // Head is the LSN a start of the timeline reads: its newest image, or

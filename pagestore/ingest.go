@@ -318,6 +318,7 @@ func (s *Store) ingest(ctx context.Context, id TimelineID, head LSN, lv []level,
 		t.LogicalSize = st.LogicalSize
 		t.StoredBytes += st.BytesWritten
 		t.Pending = 0
+		t.Target = 0 // the image is past any replay target
 	}); err != nil {
 		return st, fmt.Errorf("commit: %w", err)
 	}

@@ -154,7 +154,10 @@ func (s *Store) waitGCLocked(id TimelineID) {
 }
 
 // CreateTimeline creates a timeline branching off parent at LSN at (see
-// the package documentation); parent 0 creates an empty root.
+// the package documentation); parent 0 creates an empty root. at 0 is the
+// parent's newest image; otherwise the branch reads the parent's newest
+// image at or before at (ErrInvalidLSN when there is none) and, when at is
+// after it, records at as its Target (reached by replaying WAL).
 func (s *Store) CreateTimeline(ctx context.Context, name string, parent TimelineID, at LSN) (Timeline, error) {
 	if err := ctx.Err(); err != nil {
 		return Timeline{}, err
@@ -175,16 +178,17 @@ func (s *Store) CreateTimeline(ctx context.Context, name string, parent Timeline
 		if at == 0 {
 			tl.ParentLSN = p.Head()
 		} else {
-			if at > p.Head() {
-				s.mu.Unlock()
-				return Timeline{}, fmt.Errorf("create timeline %q: %s is after the head %s of parent %d: %w", name, at, p.Head(), parent, ErrInvalidLSN)
-			}
+			// A point after the newest image is reached by replaying
+			// WAL (Target); whether that WAL exists is the caller's to know.
 			found := false
 			for i := len(p.Images) - 1; i >= 0; i-- {
 				if p.Images[i] <= at {
 					tl.ParentLSN, found = p.Images[i], true
 					break
 				}
+			}
+			if found && at > tl.ParentLSN {
+				tl.Target = at
 			}
 			if !found {
 				s.mu.Unlock()

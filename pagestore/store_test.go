@@ -107,8 +107,12 @@ func TestReadAtLSN(t *testing.T) {
 	if _, err := s.CreateTimeline(ctx, "bad", root.ID, 5); !errors.Is(err, ErrInvalidLSN) {
 		t.Fatalf("branch before first image: %v", err)
 	}
-	if _, err := s.CreateTimeline(ctx, "bad", root.ID, 31); !errors.Is(err, ErrInvalidLSN) {
-		t.Fatalf("branch after head: %v", err)
+	// After the head: the branch reads the head image and records the
+	// point as the target its WAL replay reaches.
+	if tl, err := s.CreateTimeline(ctx, "later", root.ID, 31); err != nil || tl.ParentLSN != 30 || tl.Target != 31 {
+		t.Fatalf("branch after head: %+v, %v", tl, err)
+	} else if err := s.DropTimeline(ctx, tl.ID); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := s.CreateTimeline(ctx, "bad", 999, 0); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown parent: %v", err)

@@ -13,11 +13,6 @@ import (
 	"github.com/neonproxy/neonproxy/walkeeper"
 )
 
-// pgTimeline is the PostgreSQL timeline every compute runs on. Recovery
-// from the WAL keeper is crash recovery on the same timeline (no archive
-// recovery, no promotion), so it never changes.
-const pgTimeline = 1
-
 // keeperSlot is the physical replication slot the keeper streams from: the
 // compute keeps the WAL the keeper has not confirmed.
 const keeperSlot = "neonproxy_walkeeper"
@@ -47,7 +42,7 @@ func (d *PostgresDriver) replayFromKeeper(ctx context.Context, branch string, tl
 	}
 	ns := uint64(tl.ID)
 	flush := d.keeper.FlushLSN(ns)
-	if flush <= uint64(tl.Head()) {
+	if flush <= max(uint64(tl.Head()), d.keeper.Covered(ns)) {
 		return false, nil
 	}
 	cp, err := d.controlData(ctx, tmp)
@@ -111,7 +106,7 @@ func (d *PostgresDriver) startKeeper(ctx context.Context, branch string, ns uint
 	conn := fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", sock, Port)
 	start := func(ctx context.Context) (*walkeeper.Stream, error) {
 		at := max(uint64(from), d.keeper.FlushLSN(ns))
-		return d.keeper.Stream(ctx, ns, conn, keeperSlot, at, pgTimeline)
+		return d.keeper.Stream(ctx, ns, conn, keeperSlot, at, 0) // 0: the compute's current timeline
 	}
 	// The stream lives as long as the compute, not as the start request.
 	sctx, cancel := context.WithCancel(context.Background())

@@ -572,6 +572,12 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 		logStart = fi.Size()
 	}
 	_ = d.chown(logPath)
+	// A postmaster killed together with neonproxy is reparented to init
+	// and stays a zombie until init reaps it; PostgreSQL's stale-lock check
+	// takes a zombie for a live postmaster and refuses to start.
+	for _, lock := range []string{filepath.Join(sock, ".s.PGSQL."+strconv.Itoa(Port)+".lock"), filepath.Join(pgdata, "postmaster.pid")} {
+		d.removeStaleLock(branch, lock)
+	}
 	args := append([]string{
 		"-D", pgdata,
 		"-c", "listen_addresses=",
@@ -638,6 +644,25 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 		zap.Int("pid", pid), zap.Bool("materialized", materialized), zap.Duration("prepare", tPrepare),
 		zap.Duration("spawn", tSpawn), zap.Duration("ready", tReady-tSpawn-tPrepare), zap.Duration("total", tReady))
 	return p, nil
+}
+
+// removeStaleLock removes a PostgreSQL lock file (socket lock or
+// postmaster.pid) whose process is gone or a zombie.
+func (d *PostgresDriver) removeStaleLock(branch, path string) {
+	lines, err := readPidFile(path)
+	if err != nil || len(lines) == 0 {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(lines[0]))
+	if err != nil || pid <= 0 {
+		return
+	}
+	if state, _, ok := procStat(pid); ok && state != "Z" && state != "X" {
+		return // alive: PostgreSQL decides
+	}
+	if err := os.Remove(path); err == nil {
+		d.log.Info("removed the lock file of a dead postmaster", zap.String("branch", branch), zap.String("path", path), zap.Int("pid", pid))
+	}
 }
 
 // readPidFile returns the lines of postmaster.pid.

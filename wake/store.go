@@ -257,9 +257,10 @@ func (d *PostgresDriver) Stopped(ctx context.Context, branch string, clean bool)
 	if !ok {
 		err = fmt.Errorf("wake: branch %s has no timeline", branch)
 	} else if err = d.ingest(ctx, branch, tl.ID); err == nil && d.keeper != nil {
-		// The new image holds everything the keeper had for the branch.
-		// (Kept WAL for point-in-time branching is issue 5's next step.)
-		err = d.keeper.Drop(uint64(tl.ID))
+		// The new image holds everything the keeper has for the branch
+		// (a fast shutdown waits for the keeper to confirm all WAL); the
+		// WAL stays for point-in-time branching.
+		err = d.keeper.SetCovered(uint64(tl.ID), d.keeper.FlushLSN(uint64(tl.ID)))
 	}
 	l.Unlock()
 	if err != nil {

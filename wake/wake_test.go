@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -942,8 +943,8 @@ func TestKeeperDurability(t *testing.T) {
 		t.Fatal(err)
 	}
 	st, _ := e.m.Storage("main")
-	if k.FlushLSN(st.Timeline) != 0 {
-		t.Fatalf("keeper still holds WAL for the branch after its image was stored")
+	if f := k.FlushLSN(st.Timeline); f == 0 || k.Covered(st.Timeline) != f {
+		t.Fatalf("after a clean stop the image should cover the keeper's WAL (flush %X, covered %X)", f, k.Covered(st.Timeline))
 	}
 	if err := os.RemoveAll(e.drv.branchDir("main")); err != nil {
 		t.Fatal(err)
@@ -1016,5 +1017,36 @@ func TestBranchFromRunningParentWithKeeper(t *testing.T) {
 	defer lc2.Release()
 	if got := query(t, connect(t, lc2.Endpoint), "select count(*), min(x) from t"); got[0] != "501" {
 		t.Fatalf("child after losing its directory: %v", got)
+	}
+}
+
+// TestRemoveStaleLock: a lock file naming a dead process goes; one naming
+// a live process stays.
+func TestRemoveStaleLock(t *testing.T) {
+	d := &PostgresDriver{log: testLogger()}
+	dir := mkTemp(t)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		pid  int
+		kept bool
+	}{
+		{"dead process", dead.Process.Pid, false},
+		{"live process", os.Getpid(), true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, ".s.PGSQL.5432.lock")
+			if err := os.WriteFile(p, []byte(strconv.Itoa(tc.pid)+"\n/data\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			d.removeStaleLock("b", p)
+			if _, err := os.Stat(p); (err == nil) != tc.kept {
+				t.Fatalf("lock kept = %v, want %v", err == nil, tc.kept)
+			}
+		})
 	}
 }

@@ -189,6 +189,9 @@ func (k *Keeper) Drop(ns uint64) error {
 	if err := b.Delete(flushKey(ns), nil); err != nil {
 		return fmt.Errorf("walkeeper: drop %d: %w", ns, err)
 	}
+	if err := b.Delete(coveredKey(ns), nil); err != nil {
+		return fmt.Errorf("walkeeper: drop %d: %w", ns, err)
+	}
 	if err := b.Commit(k.wo); err != nil {
 		return fmt.Errorf("walkeeper: drop %d: %w", ns, err)
 	}
