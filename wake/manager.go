@@ -647,7 +647,7 @@ func (m *Manager) Bootstrap(ctx context.Context, name, password string) error {
 // Clone creates branch as a child of parent (the driver makes it in O(1)
 // from the parent's newest stored image). A parent that is stopping is
 // waited for, so the child gets what the parent had at its stop.
-func (m *Manager) Clone(ctx context.Context, parent, name string) error {
+func (m *Manager) Clone(ctx context.Context, parent, name string, at uint64) error {
 	if parent == name {
 		return fmt.Errorf("wake: cannot create branch %s from itself", name)
 	}
@@ -682,7 +682,7 @@ func (m *Manager) Clone(ctx context.Context, parent, name string) error {
 	c.op = "clone"
 	m.mu.Unlock()
 
-	err := m.drv.Clone(ctx, parent, name)
+	err := m.drv.Clone(ctx, parent, name, at)
 
 	m.mu.Lock()
 	c.op = ""

@@ -420,7 +420,7 @@ func (d *PostgresDriver) Bootstrap(ctx context.Context, branch, password string)
 // Clone creates branch as a new timeline whose parent is parent's, at the
 // parent's newest stored image: O(1), nothing is copied. The child's data
 // directory is materialized at its first start.
-func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string) error {
+func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, at uint64) error {
 	if err := validBranch(parent); err != nil {
 		return err
 	}
@@ -430,6 +430,17 @@ func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string) error
 	ptl, ok := d.timeline(parent)
 	if !ok || ptl.Head() == 0 {
 		return fmt.Errorf("wake: parent branch %s has no data", parent)
+	}
+	if at != 0 {
+		if d.keeper == nil {
+			return errors.New("wake: branching at an LSN needs the WAL keeper")
+		}
+		if err := d.pointInTime(ptl, pagestore.LSN(at)); err != nil {
+			return err
+		}
+		if at >= d.keeper.FlushLSN(uint64(ptl.ID)) && ptl.Head() < pagestore.LSN(at) {
+			at = 0 // the newest durable commit: replay to the end
+		}
 	}
 	l := d.locks.get(branch)
 	l.Lock()
@@ -446,15 +457,15 @@ func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string) error
 	if err := os.RemoveAll(d.branchDir(branch)); err != nil {
 		return fmt.Errorf("wake: create %s: %w", branch, err)
 	}
-	tl, err := d.store.CreateTimeline(ctx, branch, ptl.ID, 0)
+	tl, err := d.store.CreateTimeline(ctx, branch, ptl.ID, pagestore.LSN(at))
 	if err != nil {
 		return fmt.Errorf("wake: create %s from %s: %w", branch, parent, err)
 	}
 	// A running (or crashed) parent has durable commits after its image:
 	// the child starts from the image plus that WAL, replayed at its first
 	// start, so it sees every commit acknowledged before it was created.
-	if d.keeper != nil {
-		end, err := d.keeper.Branch(uint64(ptl.ID), uint64(tl.ID), uint64(ptl.Head()))
+	if d.keeper != nil && (at == 0 || tl.Target != 0) {
+		end, err := d.keeper.Branch(uint64(ptl.ID), uint64(tl.ID), uint64(tl.ParentLSN))
 		if err != nil {
 			_ = d.store.DropTimeline(context.WithoutCancel(ctx), tl.ID)
 			return fmt.Errorf("wake: create %s from %s: %w", branch, parent, err)

@@ -216,13 +216,26 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 		_ = os.RemoveAll(tmp)
 		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
 	}
-	replay, err := d.replayFromKeeper(ctx, branch, tl, tmp)
+	pointInTime := tl.Target != 0 && len(tl.Images) == 0
+	replay := false
+	if !pointInTime {
+		replay, err = d.replayFromKeeper(ctx, branch, tl, tmp)
+	}
 	if err != nil {
 		_ = os.RemoveAll(tmp)
 		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
 	}
 	if err := os.Rename(tmp, pgdata); err != nil {
 		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
+	}
+	if pointInTime {
+		// A branch at a point in its parent's history: its first start
+		// replays the parent's WAL to that point and stores the result.
+		if err := d.recoverToTarget(ctx, branch, tl); err != nil {
+			_ = os.RemoveAll(pgdata)
+			return false, fmt.Errorf("wake: branch %s at %s: %w", branch, tl.Target, err)
+		}
+		return true, nil
 	}
 	// Replayed WAL makes the directory newer than the store's image.
 	if err := d.writeState(branch, localState{Timeline: tl.ID, LSN: tl.Head(), Unstored: replay, UsedAt: time.Now().UTC()}); err != nil {
@@ -283,9 +296,13 @@ func (d *PostgresDriver) Storage(branch string) (Storage, error) {
 	s.Timeline = uint64(tl.ID)
 	if tl.Parent != 0 {
 		at := tl.ParentLSN
-		// Until its first stop a child created from a running parent
-		// starts where the parent's durable WAL ended.
-		if d.keeper != nil && len(tl.Images) == 0 {
+		// Until its first stop a child starts at its point in time, or,
+		// created from a running parent, where the parent's durable WAL
+		// ended.
+		switch {
+		case tl.Target != 0:
+			at = tl.Target
+		case d.keeper != nil && len(tl.Images) == 0:
 			at = max(at, pagestore.LSN(d.keeper.FlushLSN(uint64(tl.ID))))
 		}
 		s.ParentLSN = at.String()

@@ -70,9 +70,11 @@ type Driver interface {
 	// Bootstrap creates the data of a root branch (initdb) whose superuser
 	// "postgres" has the given password (stored as a SCRAM-SHA-256 verifier).
 	Bootstrap(ctx context.Context, branch, password string) error
-	// Clone creates branch as a child of parent, reading the parent's
-	// newest stored image; it copies nothing.
-	Clone(ctx context.Context, parent, branch string) error
+	// Clone creates branch as a child of parent at LSN at of the parent's
+	// history (0: its latest durable state). It copies no data; the
+	// child's first start reaches that point (*TargetError when the parent
+	// cannot reach it).
+	Clone(ctx context.Context, parent, branch string, at uint64) error
 	// Start launches the compute and returns once it accepts connections.
 	Start(ctx context.Context, branch string, generation uint64) (Process, error)
 	// Stopped is called after a requested stop, with clean set when the

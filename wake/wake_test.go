@@ -490,7 +490,7 @@ func TestClone(t *testing.T) {
 				t.Fatal(err)
 			}
 			t0 := time.Now()
-			if err := e.m.Clone(ctx, "main", tc.branch); err != nil {
+			if err := e.m.Clone(ctx, "main", tc.branch, 0); err != nil {
 				t.Fatal(err)
 			}
 			t.Logf("%s clone took %s", tc.name, time.Since(t0))
@@ -520,14 +520,14 @@ func TestClone(t *testing.T) {
 			if err != nil || st.ParentLSN == "" || st.Timeline == mainSt.Timeline {
 				t.Fatalf("clone storage %+v (%v), parent %+v", st, err, mainSt)
 			}
-			if err := e.m.Clone(ctx, "main", tc.branch); err == nil {
+			if err := e.m.Clone(ctx, "main", tc.branch, 0); err == nil {
 				t.Fatal("clone onto an existing branch succeeded")
 			}
 		})
 	}
 
 	// A failed clone leaves nothing behind.
-	if err := e.m.Clone(ctx, "nosuch", "x"); err == nil {
+	if err := e.m.Clone(ctx, "nosuch", "x", 0); err == nil {
 		t.Fatal("clone of a missing parent succeeded")
 	}
 	if _, err := os.Stat(e.drv.branchDir("x")); !os.IsNotExist(err) {
@@ -977,7 +977,7 @@ func TestBranchFromRunningParentWithKeeper(t *testing.T) {
 	defer l.Release()
 	c := connect(t, l.Endpoint)
 	query(t, c, "create table t(x int); insert into t select generate_series(1, 500)")
-	if err := e.m.Clone(ctx, "main", "child"); err != nil {
+	if err := e.m.Clone(ctx, "main", "child", 0); err != nil {
 		t.Fatal(err)
 	}
 	query(t, c, "insert into t values (501)") // after the branch point
@@ -1048,5 +1048,85 @@ func TestRemoveStaleLock(t *testing.T) {
 				t.Fatalf("lock kept = %v, want %v", err == nil, tc.kept)
 			}
 		})
+	}
+}
+
+// TestPointInTimeBranch: a branch at a recorded LSN has exactly the rows
+// committed before it; a branch of that branch at an LSN of its own works
+// too (across PostgreSQL timelines); unreachable points are refused with
+// the valid range.
+func TestPointInTimeBranch(t *testing.T) {
+	k, err := walkeeper.Open(walkeeper.Options{Dir: filepath.Join(mkTemp(t), "walkeeper"), NoSync: true, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	e := newEnvDriver(t, Options{}, DriverOptions{Keeper: k}, "main")
+	ctx := ctxT(t)
+	lsnAfter := func(branch, sql string) uint64 {
+		t.Helper()
+		l, err := e.m.Acquire(ctx, branch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Release()
+		c := connect(t, l.Endpoint)
+		query(t, c, sql) // committed (and flushed) before the LSN is read
+		got := query(t, c, "select pg_current_wal_lsn()")
+		lsn, err := pagestore.ParseLSN(got[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return uint64(lsn)
+	}
+	count := func(branch string) string {
+		t.Helper()
+		l, err := e.m.Acquire(ctx, branch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Release()
+		return query(t, connect(t, l.Endpoint), "select count(*) from t")[0]
+	}
+
+	at1 := lsnAfter("main", "create table t(x int); insert into t select generate_series(1, 100)")
+	lsnAfter("main", "insert into t select generate_series(101, 200)")
+	if err := e.m.Clone(ctx, "main", "pitr", at1); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := e.m.Storage("pitr"); st.ParentLSN != pagestore.LSN(at1).String() {
+		t.Fatalf("pitr parent_lsn %s, want %s", st.ParentLSN, pagestore.LSN(at1))
+	}
+	if got := count("pitr"); got != "100" {
+		t.Fatalf("branch at %s sees %s rows, want the 100 committed before it", pagestore.LSN(at1), got)
+	}
+	if got := count("main"); got != "200" {
+		t.Fatalf("main has %s rows", got)
+	}
+
+	// A branch of the branch, at an LSN of the branch's own history (after
+	// its own image, so its WAL is replayed on its new PostgreSQL timeline).
+	at2 := lsnAfter("pitr", "insert into t select -generate_series(1, 10)")
+	lsnAfter("pitr", "insert into t select -generate_series(11, 20)")
+	if err := e.m.Suspend(ctx, "pitr"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Clone(ctx, "pitr", "pitr2", at2); err != nil {
+		t.Fatal(err)
+	}
+	if got := count("pitr2"); got != "110" {
+		t.Fatalf("branch of a branch at %s sees %s rows, want 110", pagestore.LSN(at2), got)
+	}
+
+	// Before the parent's history, or after its latest durable commit.
+	var te *TargetError
+	if err := e.m.Clone(ctx, "main", "early", 1); !errors.As(err, &te) || te.To == 0 {
+		t.Fatalf("branch before the history: %v", err)
+	}
+	if err := e.m.Clone(ctx, "main", "late", uint64(1)<<60); !errors.As(err, &te) || !strings.Contains(err.Error(), "valid LSNs are") {
+		t.Fatalf("branch in the future: %v", err)
+	}
+	if e.drv.Exists("early") || e.drv.Exists("late") {
+		t.Fatal("a refused branch left a timeline")
 	}
 }

@@ -24,8 +24,8 @@ import (
 // maxBodyBytes bounds request bodies.
 const maxBodyBytes = 1 << 20
 
-// msgPointInTimeUnsupported answers lsn/at until the pagestore lands.
-const msgPointInTimeUnsupported = "branching at an LSN or time needs the pagestore (not yet available); omit lsn/at to branch from the parent's current state"
+// msgTimeUnsupported answers "at" until branching by time is built.
+const msgTimeUnsupported = "branching at a time is not supported yet; give the LSN (\"lsn\": \"X/Y\", e.g. from SELECT pg_current_wal_lsn()) or omit both to branch from the parent's latest durable state"
 
 // HandlerOptions tunes NewHandlerWithOptions.
 type HandlerOptions struct {
@@ -343,8 +343,8 @@ func (h *Handler) createBranch(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if req.LSN != "" || req.At != "" {
-		writeError(w, r, http.StatusBadRequest, msgPointInTimeUnsupported)
+	if req.At != "" {
+		writeError(w, r, http.StatusBadRequest, msgTimeUnsupported)
 		return
 	}
 
@@ -371,7 +371,7 @@ func (h *Handler) createBranch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	if err := h.comp.Clone(ctx, req.Parent, req.Name); err != nil {
+	if err := h.comp.Clone(ctx, req.Parent, req.Name, req.LSN); err != nil {
 		h.cleanup(req.Name, "clone failed")
 		writeError(w, r, cloneStatus(err), fmt.Sprintf("create branch %s from %s: %v", req.Name, req.Parent, err))
 		return
@@ -404,6 +404,9 @@ func (h *Handler) createBranch(w http.ResponseWriter, r *http.Request) {
 func cloneStatus(err error) int {
 	if errors.Is(err, router.ErrBranchNotFound) {
 		return http.StatusNotFound
+	}
+	if errors.Is(err, ErrInvalidTarget) {
+		return http.StatusBadRequest
 	}
 	if s := errorStatus(err); s != http.StatusBadRequest && s != http.StatusConflict {
 		return s

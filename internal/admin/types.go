@@ -5,6 +5,7 @@ package admin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -26,8 +27,10 @@ type ComputeStatus struct {
 // drives.
 type Computes interface {
 	Status(branch string) ComputeStatus
-	// Clone creates branch as a child of parent (O(1), nothing copied).
-	Clone(ctx context.Context, parent, branch string) error
+	// Clone creates branch as a child of parent (nothing copied) at LSN
+	// lsn of the parent's history ("": its latest durable state). An lsn
+	// the parent cannot reach fails with ErrInvalidTarget.
+	Clone(ctx context.Context, parent, branch, lsn string) error
 	// Suspend stops branch's compute (no-op when it is stopped).
 	Suspend(ctx context.Context, branch string) error
 	// Delete stops branch's compute and removes its data.
@@ -47,6 +50,10 @@ type Storage struct {
 	WALKeeper    string
 	WALKeeperLag int64
 }
+
+// ErrInvalidTarget marks a branch point outside the parent's reachable
+// history (answered with 400 and the valid range).
+var ErrInvalidTarget = errors.New("invalid branch point")
 
 // BranchJSON is a branch as the admin API shows it.
 type BranchJSON struct {

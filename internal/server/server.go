@@ -500,8 +500,19 @@ func (a computesAdapter) Status(branch string) admin.ComputeStatus {
 	}
 }
 
-func (a computesAdapter) Clone(ctx context.Context, parent, branch string) error {
-	return a.s.Computes.Clone(ctx, parent, branch)
+func (a computesAdapter) Clone(ctx context.Context, parent, branch, lsn string) error {
+	var at pagestore.LSN
+	if lsn != "" {
+		var err error
+		if at, err = pagestore.ParseLSN(lsn); err != nil {
+			return fmt.Errorf("%w: %v", admin.ErrInvalidTarget, err)
+		}
+	}
+	err := a.s.Computes.Clone(ctx, parent, branch, uint64(at))
+	if te := (*wake.TargetError)(nil); errors.As(err, &te) {
+		return fmt.Errorf("%w: %v", admin.ErrInvalidTarget, err)
+	}
+	return err
 }
 
 func (a computesAdapter) Suspend(ctx context.Context, branch string) error {

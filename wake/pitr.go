@@ -1,0 +1,190 @@
+package wake
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
+
+	"github.com/neonproxy/neonproxy/pagestore"
+)
+
+// TargetError is a branch point outside what the parent's images and the
+// WAL keeper can reach. The admin API answers it with 400.
+type TargetError struct {
+	Target, From, To pagestore.LSN
+}
+
+func (e *TargetError) Error() string {
+	return fmt.Sprintf("LSN %s is outside the parent's reachable history: valid LSNs are %s to %s", e.Target, e.From, e.To)
+}
+
+// pointInTime checks that a branch of ptl at `at` is reachable: an image at
+// or before it, and the keeper's WAL from that image up to it.
+func (d *PostgresDriver) pointInTime(ptl pagestore.Timeline, at pagestore.LSN) error {
+	ns := uint64(ptl.ID)
+	durable := ptl.Head()
+	var walFrom pagestore.LSN // oldest image the keeper has WAL from
+	if d.keeper != nil {
+		durable = max(durable, pagestore.LSN(d.keeper.FlushLSN(ns)))
+		start := pagestore.LSN(d.keeper.StartLSN(ns))
+		for _, img := range ptl.Images {
+			if start != 0 && img&^(8192-1) >= start {
+				walFrom = img
+				break
+			}
+		}
+	}
+	from := ptl.ParentLSN // a child reads its parent's image until it has its own
+	if len(ptl.Images) > 0 {
+		from = ptl.Images[0]
+	}
+	terr := &TargetError{Target: at, From: from, To: durable}
+	if walFrom != 0 {
+		terr.From = min(from, walFrom)
+	}
+	switch {
+	case at < from || at > durable:
+		return terr
+	case slicesContains(ptl.Images, at) || at == ptl.Head():
+		return nil // an image itself: no WAL needed
+	case walFrom == 0 || at < walFrom:
+		terr.From = max(from, walFrom)
+		if walFrom == 0 {
+			terr.From, terr.To = ptl.Head(), ptl.Head()
+		}
+		return terr
+	}
+	return nil
+}
+
+func slicesContains(s []pagestore.LSN, v pagestore.LSN) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// recoverToTarget brings a freshly materialized directory of a branch
+// created at a point in its parent's history to that point: the parent's
+// WAL after the image is put in pg_wal, PostgreSQL's archive recovery
+// replays it to the target and promotes (a new PostgreSQL timeline), then
+// it shuts down and the result is stored as the branch's first image. The
+// caller holds the branch's lock; pgdata is in place.
+func (d *PostgresDriver) recoverToTarget(ctx context.Context, branch string, tl pagestore.Timeline) error {
+	if d.keeper == nil {
+		return errors.New("point-in-time branch without a WAL keeper")
+	}
+	pgdata := d.pgdata(branch)
+	cp, err := d.controlData(ctx, pgdata)
+	if err != nil {
+		return err
+	}
+	ns := uint64(tl.ID)
+	if _, err := d.keeper.WriteSegments(ns, uint64(cp.LSN), cp.TimeLineID, cp.WALSegSize, filepath.Join(pgdata, "pg_wal"),
+		d.owner().UID, d.owner().GID); err != nil {
+		return fmt.Errorf("write the parent's WAL: %w", err)
+	}
+	signal := filepath.Join(pgdata, "recovery.signal")
+	if err := os.WriteFile(signal, nil, 0o600); err != nil {
+		return err
+	}
+	if err := d.chown(signal); err != nil {
+		return err
+	}
+	sock := d.SocketDir(branch)
+	if err := d.mkdirOwned(sock, 0o700); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	// Not the keeper settings: nothing streams from this short-lived run.
+	cmd := d.command(context.Background(), d.branchDir(branch), "postgres",
+		"-D", pgdata,
+		"-c", "listen_addresses=",
+		"-c", "unix_socket_directories="+sock,
+		"-c", "port="+strconv.Itoa(Port),
+		"-c", "shared_buffers="+d.o.SharedBuffers,
+		"-c", "recovery_target_lsn="+tl.Target.String(),
+		"-c", "recovery_target_inclusive=off",
+		"-c", "recovery_target_action=promote",
+		// The WAL is already in pg_wal; there is no archive.
+		"-c", "restore_command=false",
+	)
+	logPath := d.logPath(branch)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	err = cmd.Start()
+	logf.Close()
+	if err != nil {
+		return fmt.Errorf("start recovery: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := func() error {
+		_ = cmd.Process.Signal(syscall.SIGINT) // fast shutdown: a shutdown checkpoint
+		select {
+		case err := <-exited:
+			return err
+		case <-time.After(d.stopWait()):
+			killGroup(cmd.Process.Pid)
+			<-exited
+			return errors.New("recovery run did not shut down in time")
+		}
+	}
+	if err := d.waitPromoted(ctx, sock, exited); err != nil {
+		_ = stop()
+		return fmt.Errorf("recover to %s: %w; last lines of %s:\n%s", tl.Target, err, logPath, fileTail(logPath, 0, 10))
+	}
+	if err := stop(); err != nil {
+		return fmt.Errorf("stop after recovery to %s: %w", tl.Target, err)
+	}
+	// The branch's own history starts here: store it, and forget the
+	// parent's WAL it was rebuilt from.
+	if err := d.ingest(ctx, branch, tl.ID); err != nil {
+		return err
+	}
+	if err := d.keeper.Drop(ns); err != nil {
+		return err
+	}
+	d.log.Info("branch recovered to its point in time", zap.String("branch", branch),
+		zap.Stringer("image", tl.ParentLSN), zap.Stringer("target", tl.Target), zap.Duration("took", time.Since(t0)))
+	return nil
+}
+
+// waitPromoted polls the recovering server until it has left recovery.
+func (d *PostgresDriver) waitPromoted(ctx context.Context, sock string, exited <-chan error) error {
+	conn := fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres connect_timeout=2", sock, Port)
+	for {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("postgres exited during recovery (%v)", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		c, err := pgconn.Connect(ctx, conn)
+		if err != nil {
+			continue // not accepting connections yet
+		}
+		res, err := c.Exec(ctx, "SELECT pg_is_in_recovery()").ReadAll()
+		c.Close(context.Background())
+		if err == nil && len(res) == 1 && len(res[0].Rows) == 1 && string(res[0].Rows[0][0]) == "f" {
+			return nil
+		}
+	}
+}
+
+// stopWait bounds the fast shutdown of a recovery run.
+func (d *PostgresDriver) stopWait() time.Duration { return time.Minute }
