@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -122,5 +123,39 @@ func TestNoAcknowledgedCommitLost(t *testing.T) {
 		if missing > 0 {
 			t.Fatalf("cycle %d: %d acknowledged commits lost", cycle, missing)
 		}
+	}
+}
+
+// TestBranchAtLSN: through the admin API and the CLI, a branch at an LSN
+// recorded between two inserts has the first rows and not the second.
+func TestBranchAtLSN(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := pgx.Connect(ctx, e.url("postgres", testPassword, "main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g"); err != nil {
+		t.Fatal(err)
+	}
+	var lsn string
+	if err := c.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "INSERT INTO t SELECT generate_series(101, 150)"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runCLI(t, e, "branch", "create", "before", "--lsn", lsn)
+	if err != nil || !strings.Contains(out, "created branch before (parent main at "+lsn+")") {
+		t.Fatalf("branch create --lsn: %v\n%s", err, out)
+	}
+	if n := e.mustQueryInt(e.url("postgres", testPassword, "before"), "SELECT count(*) FROM t"); n != 100 {
+		t.Fatalf("branch at %s has %d rows, want 100", lsn, n)
+	}
+	api := &admin.Client{BaseURL: e.srv.AdminAddr().String()}
+	if _, err := api.Create(ctx, admin.CreateBranchRequest{Name: "nope", LSN: "FF/0"}); !isStatus(err, 400) || !strings.Contains(err.Error(), "valid LSNs are") {
+		t.Fatalf("branch in the future: %v", err)
 	}
 }
