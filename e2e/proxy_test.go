@@ -28,7 +28,7 @@ func TestRoutingAndAuth(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if err := e.srv.Computes.Clone(ctx, "main", "dev", 0); err != nil {
+	if err := e.srv.Computes.Clone(ctx, "main", "dev", wake.Point{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.srv.Registry.Create(ctx, branch("dev", "main")); err != nil {
@@ -439,7 +439,7 @@ func TestBrokenComputeGets57P03(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := e.srv.Computes.Clone(ctx, "main", "broken", 0); err != nil {
+	if err := e.srv.Computes.Clone(ctx, "main", "broken", wake.Point{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.srv.Registry.Create(ctx, branch("broken", "main")); err != nil {

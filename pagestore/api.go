@@ -51,6 +51,22 @@ type Timeline struct {
 	// WAL from ParentLSN to Target. 0 once the branch has an image of its
 	// own, or when it starts at ParentLSN itself.
 	Target LSN `json:"target,omitempty"`
+	// TargetTime is, for a branch created at a time, that time: its first
+	// start replays the parent's WAL from ParentLSN up to it.
+	TargetTime time.Time `json:"target_time,omitzero"`
+	// ImageTimes says when each image was stored (after its compute's
+	// shutdown checkpoint): every commit in an image is older.
+	ImageTimes map[LSN]time.Time `json:"image_times,omitempty"`
+}
+
+// ImageAt returns the newest image stored at or before t (ok false: none).
+func (t Timeline) ImageAt(at time.Time) (LSN, bool) {
+	for i := len(t.Images) - 1; i >= 0; i-- {
+		if it, ok := t.ImageTimes[t.Images[i]]; ok && !it.After(at) {
+			return t.Images[i], true
+		}
+	}
+	return 0, false
 }
 
 // Head is the LSN a start of the timeline reads: its newest image, or
@@ -78,6 +94,16 @@ type Checkpoint struct {
 	LSN        LSN    // "Latest checkpoint location"
 	TimeLineID uint32 // "Latest checkpoint's TimeLineID" (PostgreSQL's, not ours)
 	WALSegSize int    // "Bytes per WAL segment"
+}
+
+// CreateOptions tune CreateTimelineWith.
+type CreateOptions struct {
+	// At is the LSN of the parent's history to branch at (0: its newest
+	// image); see CreateTimeline.
+	At LSN
+	// AtTime, when set, branches at a time instead: the parent's newest
+	// image stored at or before it, with TargetTime set.
+	AtTime time.Time
 }
 
 // Owner is who materialized files belong to; UID -1 leaves them to the

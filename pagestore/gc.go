@@ -186,6 +186,11 @@ func (s *Store) gcTimeline(ctx context.Context, id TimelineID) (int, int64, erro
 		t.StoredBytes = max(0, t.StoredBytes-res.freedCommitted)
 		if !ingesting {
 			t.Images = slices.DeleteFunc(t.Images, func(x LSN) bool { return !need[x] })
+			for l := range t.ImageTimes {
+				if !need[l] {
+					delete(t.ImageTimes, l)
+				}
+			}
 			t.Pending = 0
 		}
 	})

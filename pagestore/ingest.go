@@ -157,6 +157,7 @@ func (s *Store) Ingest(ctx context.Context, id TimelineID, pgdata string, cp Che
 
 func (s *Store) ingest(ctx context.Context, id TimelineID, head LSN, lv []level, pending LSN, images []LSN,
 	pgdata string, cp Checkpoint, manifestPath string) (IngestStats, error) {
+	begun := time.Now()
 	var st IngestStats
 	if pending != 0 {
 		// A previous ingest did not commit: remove its versions so they
@@ -315,10 +316,14 @@ func (s *Store) ingest(ctx context.Context, id TimelineID, head LSN, lv []level,
 	// syncs the pebble WAL holding the earlier batches).
 	if _, err := s.updateMeta(id, nil, func(t *Timeline) {
 		t.Images = append(t.Images, cp.LSN)
+		if t.ImageTimes == nil {
+			t.ImageTimes = map[LSN]time.Time{}
+		}
+		t.ImageTimes[cp.LSN] = begun.UTC()
 		t.LogicalSize = st.LogicalSize
 		t.StoredBytes += st.BytesWritten
 		t.Pending = 0
-		t.Target = 0 // the image is past any replay target
+		t.Target, t.TargetTime = 0, time.Time{} // the image is past any replay target
 	}); err != nil {
 		return st, fmt.Errorf("commit: %w", err)
 	}

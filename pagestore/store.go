@@ -159,6 +159,14 @@ func (s *Store) waitGCLocked(id TimelineID) {
 // image at or before at (ErrInvalidLSN when there is none) and, when at is
 // after it, records at as its Target (reached by replaying WAL).
 func (s *Store) CreateTimeline(ctx context.Context, name string, parent TimelineID, at LSN) (Timeline, error) {
+	return s.CreateTimelineWith(ctx, name, parent, CreateOptions{At: at})
+}
+
+// CreateTimelineWith is CreateTimeline with a choice of branch point: an
+// LSN, or a time (the parent's newest image stored at or before it, and
+// TargetTime for the WAL replay after it).
+func (s *Store) CreateTimelineWith(ctx context.Context, name string, parent TimelineID, o CreateOptions) (Timeline, error) {
+	at := o.At
 	if err := ctx.Err(); err != nil {
 		return Timeline{}, err
 	}
@@ -175,7 +183,14 @@ func (s *Store) CreateTimeline(ctx context.Context, name string, parent Timeline
 		// branch point; the parent's newest image's size is exact for a
 		// branch at the head (the only kind the API makes before issue 5).
 		tl.LogicalSize = p.LogicalSize
-		if at == 0 {
+		if !o.AtTime.IsZero() {
+			img, ok := p.ImageAt(o.AtTime)
+			if !ok {
+				s.mu.Unlock()
+				return Timeline{}, fmt.Errorf("create timeline %q: parent %d has no image stored at or before %s: %w", name, parent, o.AtTime.Format(time.RFC3339), ErrInvalidLSN)
+			}
+			tl.ParentLSN, tl.TargetTime = img, o.AtTime.UTC()
+		} else if at == 0 {
 			tl.ParentLSN = p.Head()
 		} else {
 			// A point after the newest image is reached by replaying

@@ -647,7 +647,7 @@ func (m *Manager) Bootstrap(ctx context.Context, name, password string) error {
 // Clone creates branch as a child of parent (the driver makes it in O(1)
 // from the parent's newest stored image). A parent that is stopping is
 // waited for, so the child gets what the parent had at its stop.
-func (m *Manager) Clone(ctx context.Context, parent, name string, at uint64) error {
+func (m *Manager) Clone(ctx context.Context, parent, name string, at Point) error {
 	if parent == name {
 		return fmt.Errorf("wake: cannot create branch %s from itself", name)
 	}

@@ -420,7 +420,8 @@ func (d *PostgresDriver) Bootstrap(ctx context.Context, branch, password string)
 // Clone creates branch as a new timeline whose parent is parent's, at the
 // parent's newest stored image: O(1), nothing is copied. The child's data
 // directory is materialized at its first start.
-func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, at uint64) error {
+func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, point Point) error {
+	at := point.LSN
 	if err := validBranch(parent); err != nil {
 		return err
 	}
@@ -431,7 +432,14 @@ func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, at ui
 	if !ok || ptl.Head() == 0 {
 		return fmt.Errorf("wake: parent branch %s has no data", parent)
 	}
-	if at != 0 {
+	if !point.Time.IsZero() {
+		if d.keeper == nil {
+			return errors.New("wake: branching at a time needs the WAL keeper")
+		}
+		if err := d.pointInTimeAt(ptl, point.Time); err != nil {
+			return err
+		}
+	} else if at != 0 {
 		if d.keeper == nil {
 			return errors.New("wake: branching at an LSN needs the WAL keeper")
 		}
@@ -457,7 +465,7 @@ func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, at ui
 	if err := os.RemoveAll(d.branchDir(branch)); err != nil {
 		return fmt.Errorf("wake: create %s: %w", branch, err)
 	}
-	tl, err := d.store.CreateTimeline(ctx, branch, ptl.ID, pagestore.LSN(at))
+	tl, err := d.store.CreateTimelineWith(ctx, branch, ptl.ID, pagestore.CreateOptions{At: pagestore.LSN(at), AtTime: point.Time})
 	if err != nil {
 		return fmt.Errorf("wake: create %s from %s: %w", branch, parent, err)
 	}
@@ -465,6 +473,7 @@ func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, at ui
 	// the child starts from the image plus that WAL, replayed at its first
 	// start, so it sees every commit acknowledged before it was created.
 	if d.keeper != nil && (at == 0 || tl.Target != 0) {
+		// Latest, or replay up to an LSN or a time: the WAL after the image.
 		end, err := d.keeper.Branch(uint64(ptl.ID), uint64(tl.ID), uint64(tl.ParentLSN))
 		if err != nil {
 			_ = d.store.DropTimeline(context.WithoutCancel(ctx), tl.ID)

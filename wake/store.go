@@ -216,7 +216,7 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 		_ = os.RemoveAll(tmp)
 		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
 	}
-	pointInTime := tl.Target != 0 && len(tl.Images) == 0
+	pointInTime := (tl.Target != 0 || !tl.TargetTime.IsZero()) && len(tl.Images) == 0
 	replay := false
 	if !pointInTime {
 		replay, err = d.replayFromKeeper(ctx, branch, tl, tmp)
@@ -233,7 +233,7 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 		// replays the parent's WAL to that point and stores the result.
 		if err := d.recoverToTarget(ctx, branch, tl); err != nil {
 			_ = os.RemoveAll(pgdata)
-			return false, fmt.Errorf("wake: branch %s at %s: %w", branch, tl.Target, err)
+			return false, fmt.Errorf("wake: branch %s at its point in time: %w", branch, err)
 		}
 		return true, nil
 	}
@@ -302,6 +302,8 @@ func (d *PostgresDriver) Storage(branch string) (Storage, error) {
 		switch {
 		case tl.Target != 0:
 			at = tl.Target
+		case !tl.TargetTime.IsZero():
+			// replayed up to a time: the LSN is known after the first start
 		case d.keeper != nil && len(tl.Images) == 0:
 			at = max(at, pagestore.LSN(d.keeper.FlushLSN(uint64(tl.ID))))
 		}

@@ -74,7 +74,7 @@ type Driver interface {
 	// history (0: its latest durable state). It copies no data; the
 	// child's first start reaches that point (*TargetError when the parent
 	// cannot reach it).
-	Clone(ctx context.Context, parent, branch string, at uint64) error
+	Clone(ctx context.Context, parent, branch string, at Point) error
 	// Start launches the compute and returns once it accepts connections.
 	Start(ctx context.Context, branch string, generation uint64) (Process, error)
 	// Stopped is called after a requested stop, with clean set when the
@@ -87,6 +87,14 @@ type Driver interface {
 	Destroy(ctx context.Context, branch string) error
 	// Storage reports where branch's data is and how big it is.
 	Storage(branch string) (Storage, error)
+}
+
+// Point is where in its parent's history a branch starts: an LSN, a time
+// (its WAL is replayed up to the last commit at or before it), or, zero,
+// the parent's latest durable state.
+type Point struct {
+	LSN  uint64
+	Time time.Time
 }
 
 // Storage describes a branch's data.

@@ -490,7 +490,7 @@ func TestClone(t *testing.T) {
 				t.Fatal(err)
 			}
 			t0 := time.Now()
-			if err := e.m.Clone(ctx, "main", tc.branch, 0); err != nil {
+			if err := e.m.Clone(ctx, "main", tc.branch, Point{}); err != nil {
 				t.Fatal(err)
 			}
 			t.Logf("%s clone took %s", tc.name, time.Since(t0))
@@ -520,14 +520,14 @@ func TestClone(t *testing.T) {
 			if err != nil || st.ParentLSN == "" || st.Timeline == mainSt.Timeline {
 				t.Fatalf("clone storage %+v (%v), parent %+v", st, err, mainSt)
 			}
-			if err := e.m.Clone(ctx, "main", tc.branch, 0); err == nil {
+			if err := e.m.Clone(ctx, "main", tc.branch, Point{}); err == nil {
 				t.Fatal("clone onto an existing branch succeeded")
 			}
 		})
 	}
 
 	// A failed clone leaves nothing behind.
-	if err := e.m.Clone(ctx, "nosuch", "x", 0); err == nil {
+	if err := e.m.Clone(ctx, "nosuch", "x", Point{}); err == nil {
 		t.Fatal("clone of a missing parent succeeded")
 	}
 	if _, err := os.Stat(e.drv.branchDir("x")); !os.IsNotExist(err) {
@@ -977,7 +977,7 @@ func TestBranchFromRunningParentWithKeeper(t *testing.T) {
 	defer l.Release()
 	c := connect(t, l.Endpoint)
 	query(t, c, "create table t(x int); insert into t select generate_series(1, 500)")
-	if err := e.m.Clone(ctx, "main", "child", 0); err != nil {
+	if err := e.m.Clone(ctx, "main", "child", Point{}); err != nil {
 		t.Fatal(err)
 	}
 	query(t, c, "insert into t values (501)") // after the branch point
@@ -1090,8 +1090,9 @@ func TestPointInTimeBranch(t *testing.T) {
 	}
 
 	at1 := lsnAfter("main", "create table t(x int); insert into t select generate_series(1, 100)")
+	t1 := time.Now() // after the commit of rows 1-100, before that of 101-200
 	lsnAfter("main", "insert into t select generate_series(101, 200)")
-	if err := e.m.Clone(ctx, "main", "pitr", at1); err != nil {
+	if err := e.m.Clone(ctx, "main", "pitr", Point{LSN: at1}); err != nil {
 		t.Fatal(err)
 	}
 	if st, _ := e.m.Storage("pitr"); st.ParentLSN != pagestore.LSN(at1).String() {
@@ -1103,6 +1104,20 @@ func TestPointInTimeBranch(t *testing.T) {
 	if got := count("main"); got != "200" {
 		t.Fatalf("main has %s rows", got)
 	}
+	// The same point by time.
+	if err := e.m.Clone(ctx, "main", "bytime", Point{Time: t1}); err != nil {
+		t.Fatal(err)
+	}
+	if got := count("bytime"); got != "100" {
+		t.Fatalf("branch at %s sees %s rows, want the 100 committed before it", t1.Format(time.RFC3339Nano), got)
+	}
+	// A time after the last commit: everything up to the end of the WAL.
+	if err := e.m.Clone(ctx, "main", "latest", Point{Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := count("latest"); got != "200" {
+		t.Fatalf("branch at now sees %s rows, want 200", got)
+	}
 
 	// A branch of the branch, at an LSN of the branch's own history (after
 	// its own image, so its WAL is replayed on its new PostgreSQL timeline).
@@ -1111,7 +1126,7 @@ func TestPointInTimeBranch(t *testing.T) {
 	if err := e.m.Suspend(ctx, "pitr"); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.m.Clone(ctx, "pitr", "pitr2", at2); err != nil {
+	if err := e.m.Clone(ctx, "pitr", "pitr2", Point{LSN: at2}); err != nil {
 		t.Fatal(err)
 	}
 	if got := count("pitr2"); got != "110" {
@@ -1120,13 +1135,16 @@ func TestPointInTimeBranch(t *testing.T) {
 
 	// Before the parent's history, or after its latest durable commit.
 	var te *TargetError
-	if err := e.m.Clone(ctx, "main", "early", 1); !errors.As(err, &te) || te.To == 0 {
+	if err := e.m.Clone(ctx, "main", "early", Point{LSN: 1}); !errors.As(err, &te) || te.To == 0 {
 		t.Fatalf("branch before the history: %v", err)
 	}
-	if err := e.m.Clone(ctx, "main", "late", uint64(1)<<60); !errors.As(err, &te) || !strings.Contains(err.Error(), "valid LSNs are") {
+	if err := e.m.Clone(ctx, "main", "late", Point{LSN: uint64(1) << 60}); !errors.As(err, &te) || !strings.Contains(err.Error(), "valid LSNs are") {
 		t.Fatalf("branch in the future: %v", err)
 	}
-	if e.drv.Exists("early") || e.drv.Exists("late") {
+	if err := e.m.Clone(ctx, "main", "tomorrow", Point{Time: time.Now().Add(24 * time.Hour)}); !errors.As(err, &te) || !strings.Contains(err.Error(), "valid times are") {
+		t.Fatalf("branch at a future time: %v", err)
+	}
+	if e.drv.Exists("early") || e.drv.Exists("late") || e.drv.Exists("tomorrow") {
 		t.Fatal("a refused branch left a timeline")
 	}
 }

@@ -55,9 +55,9 @@ func TestClient(t *testing.T) {
 		},
 		{name: "create exists", call: func() (any, error) { return c.CreateBranch(ctx, "dev", "main") }, wantStatus: 409, wantErr: "already exists"},
 		{name: "create bad parent", call: func() (any, error) { return c.CreateBranch(ctx, "y", "ghost") }, wantStatus: 404, wantErr: "parent branch ghost"},
-		{name: "create at a time", call: func() (any, error) {
-			return c.Create(ctx, CreateBranchRequest{Name: "y", At: "2024-05-01T12:00:00Z"})
-		}, wantStatus: 400, wantErr: "give the LSN"},
+		{name: "create at a bad time", call: func() (any, error) {
+			return c.Create(ctx, CreateBranchRequest{Name: "y", At: "yesterday"})
+		}, wantStatus: 400, wantErr: "RFC 3339"},
 		{
 			name: "suspend",
 			call: func() (any, error) { return c.Suspend(ctx, "main") },

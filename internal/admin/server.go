@@ -24,9 +24,6 @@ import (
 // maxBodyBytes bounds request bodies.
 const maxBodyBytes = 1 << 20
 
-// msgTimeUnsupported answers "at" until branching by time is built.
-const msgTimeUnsupported = "branching at a time is not supported yet; give the LSN (\"lsn\": \"X/Y\", e.g. from SELECT pg_current_wal_lsn()) or omit both to branch from the parent's latest durable state"
-
 // HandlerOptions tunes NewHandlerWithOptions.
 type HandlerOptions struct {
 	// DefaultBranch (config default_branch) cannot be deleted and is the
@@ -343,10 +340,6 @@ func (h *Handler) createBranch(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if req.At != "" {
-		writeError(w, r, http.StatusBadRequest, msgTimeUnsupported)
-		return
-	}
 
 	ctx := r.Context()
 	if !h.acquire(req.Name, req.Parent) {
@@ -371,7 +364,7 @@ func (h *Handler) createBranch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	if err := h.comp.Clone(ctx, req.Parent, req.Name, req.LSN); err != nil {
+	if err := h.comp.Clone(ctx, req.Parent, req.Name, req.LSN, req.At); err != nil {
 		h.cleanup(req.Name, "clone failed")
 		writeError(w, r, cloneStatus(err), fmt.Sprintf("create branch %s from %s: %v", req.Name, req.Parent, err))
 		return

@@ -66,9 +66,9 @@ func (f *fakeComputes) Status(branch string) ComputeStatus {
 	return f.state[branch]
 }
 
-func (f *fakeComputes) Clone(ctx context.Context, parent, branch, lsn string) error {
-	if lsn != "" {
-		f.record("clone " + parent + " " + branch + " at " + lsn)
+func (f *fakeComputes) Clone(ctx context.Context, parent, branch, lsn, at string) error {
+	if lsn+at != "" {
+		f.record("clone " + parent + " " + branch + " at " + lsn + at)
 	} else {
 		f.record("clone " + parent + " " + branch)
 	}
@@ -337,7 +337,14 @@ func TestRoutes(t *testing.T) {
 		},
 		{name: "create at an unreachable lsn", method: "POST", path: "/v1/branches", body: `{"name":"x","lsn":"0/1"}`, wantStatus: 400,
 			wantErr: "valid LSNs are", setup: func(f *fixture) { f.comp.cloneErr = fmt.Errorf("%w: valid LSNs are 0/2 to 0/3", ErrInvalidTarget) }},
-		{name: "create with at", method: "POST", path: "/v1/branches", body: `{"name":"x","at":"2024-05-01T12:00:00Z"}`, wantStatus: 400, wantErr: "give the LSN"},
+		{
+			name: "create with at", method: "POST", path: "/v1/branches", body: `{"name":"x","at":"2024-05-01T12:00:00Z"}`, wantStatus: 201,
+			check: func(t *testing.T, f *fixture, _ []byte) {
+				if calls := f.comp.Calls(); len(calls) != 1 || calls[0] != "clone main x at 2024-05-01T12:00:00Z" {
+					t.Errorf("calls = %v", calls)
+				}
+			},
+		},
 		{name: "create bad lsn", method: "POST", path: "/v1/branches", body: `{"name":"x","lsn":"16B3748"}`, wantStatus: 400, wantErr: "0/16B3748"},
 		{name: "create bad at", method: "POST", path: "/v1/branches", body: `{"name":"x","at":"yesterday"}`, wantStatus: 400, wantErr: "RFC 3339"},
 		{name: "create lsn and at", method: "POST", path: "/v1/branches", body: `{"name":"x","lsn":"0/1","at":"2024-05-01T12:00:00Z"}`, wantStatus: 400, wantErr: "not both"},

@@ -28,9 +28,10 @@ type ComputeStatus struct {
 type Computes interface {
 	Status(branch string) ComputeStatus
 	// Clone creates branch as a child of parent (nothing copied) at LSN
-	// lsn of the parent's history ("": its latest durable state). An lsn
-	// the parent cannot reach fails with ErrInvalidTarget.
-	Clone(ctx context.Context, parent, branch, lsn string) error
+	// lsn or RFC 3339 time at of the parent's history (both "": its latest
+	// durable state). A point the parent cannot reach fails with
+	// ErrInvalidTarget.
+	Clone(ctx context.Context, parent, branch, lsn, at string) error
 	// Suspend stops branch's compute (no-op when it is stopped).
 	Suspend(ctx context.Context, branch string) error
 	// Delete stops branch's compute and removes its data.

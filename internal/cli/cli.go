@@ -168,7 +168,7 @@ func branchCmd(g *globals) *cobra.Command {
 	}
 	create.Flags().StringVar(&parent, "parent", "", "parent branch (default: the default branch, main)")
 	create.Flags().StringVar(&lsn, "lsn", "", "branch at this LSN of the parent's history, e.g. from SELECT pg_current_wal_lsn() (rows committed before it are in the branch)")
-	create.Flags().StringVar(&at, "at", "", "branch at this RFC 3339 time of the parent (not supported yet: use --lsn)")
+	create.Flags().StringVar(&at, "at", "", "branch at this RFC 3339 time of the parent's history (rows committed at or before it are in the branch)")
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List branches as a tree, with their compute state and storage",

@@ -500,15 +500,23 @@ func (a computesAdapter) Status(branch string) admin.ComputeStatus {
 	}
 }
 
-func (a computesAdapter) Clone(ctx context.Context, parent, branch, lsn string) error {
-	var at pagestore.LSN
+func (a computesAdapter) Clone(ctx context.Context, parent, branch, lsn, at string) error {
+	var p wake.Point
 	if lsn != "" {
-		var err error
-		if at, err = pagestore.ParseLSN(lsn); err != nil {
+		l, err := pagestore.ParseLSN(lsn)
+		if err != nil {
 			return fmt.Errorf("%w: %v", admin.ErrInvalidTarget, err)
 		}
+		p.LSN = uint64(l)
 	}
-	err := a.s.Computes.Clone(ctx, parent, branch, uint64(at))
+	if at != "" {
+		t, err := time.Parse(time.RFC3339Nano, at)
+		if err != nil {
+			return fmt.Errorf("%w: %v", admin.ErrInvalidTarget, err)
+		}
+		p.Time = t
+	}
+	err := a.s.Computes.Clone(ctx, parent, branch, p)
 	if te := (*wake.TargetError)(nil); errors.As(err, &te) {
 		return fmt.Errorf("%w: %v", admin.ErrInvalidTarget, err)
 	}
