@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/neonproxy/neonproxy/internal/admin"
+	"github.com/neonproxy/neonproxy/internal/config"
 )
 
 // TestBranchesOnThePagestore: copy-on-write isolation between a parent and
@@ -18,7 +19,8 @@ import (
 // a restart of neonproxy, deletion with and without children, and GC
 // keeping what live branches read.
 func TestBranchesOnThePagestore(t *testing.T) {
-	e := newEnv(t, nil)
+	// No retention window: GC keeps only what heads and branch points read.
+	e := newEnv(t, func(c *config.Config) { c.Walkeeper.Retention = 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	api := &admin.Client{BaseURL: e.srv.AdminAddr().String()}

@@ -154,6 +154,7 @@ func (s *Store) gcTimeline(ctx context.Context, id TimelineID) (int, int64, erro
 	for _, c := range s.childrenLocked(id) {
 		rps = append(rps, s.mu.timelines[c].ParentLSN)
 	}
+	rps = append(rps, retained(t, s.opts.Retention, time.Now())...)
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -195,4 +196,40 @@ func (s *Store) gcTimeline(ctx context.Context, id TimelineID) (int, int64, erro
 		}
 	})
 	return res.deleted, res.freed, err
+}
+
+// retained are the images of t a retention window keeps as read points:
+// those stored within it, and the newest one stored before it (a branch
+// at the window's start replays WAL from there).
+func retained(t *Timeline, window time.Duration, now time.Time) []LSN {
+	if window <= 0 {
+		return nil
+	}
+	cutoff := now.Add(-window)
+	var keep []LSN
+	for i := len(t.Images) - 1; i >= 0; i-- {
+		img := t.Images[i]
+		keep = append(keep, img)
+		if at, ok := t.ImageTimes[img]; ok && at.Before(cutoff) {
+			break
+		}
+	}
+	return keep
+}
+
+// OldestRetained is the oldest image of timeline id that GC keeps for the
+// retention window (0: none recorded); WAL before it is not needed for
+// point-in-time branching.
+func (s *Store) OldestRetained(id TimelineID) LSN {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.mu.timelines[id]
+	if !ok || len(t.Images) == 0 {
+		return 0
+	}
+	keep := retained(t, s.opts.Retention, time.Now())
+	if len(keep) == 0 {
+		return t.Head()
+	}
+	return keep[len(keep)-1]
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"time"
 )
 
 func TestDropAndGC(t *testing.T) {
@@ -114,5 +115,29 @@ func TestDropAndGC(t *testing.T) {
 	}
 	if s.DiskUsage() == 0 {
 		t.Fatal("disk usage 0")
+	}
+}
+
+func TestRetained(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	tl := &Timeline{Images: []LSN{10, 20, 30, 40}, ImageTimes: map[LSN]time.Time{
+		10: now.Add(-10 * 24 * time.Hour), 20: now.Add(-8 * 24 * time.Hour), 30: now.Add(-2 * 24 * time.Hour), 40: now.Add(-time.Hour),
+	}}
+	tests := []struct {
+		name   string
+		window time.Duration
+		want   []LSN
+	}{
+		{"no window", 0, nil},
+		{"7 days: two inside and the newest before", 7 * 24 * time.Hour, []LSN{40, 30, 20}},
+		{"1 minute: only the newest before", time.Minute, []LSN{40}},
+		{"30 days: all", 30 * 24 * time.Hour, []LSN{40, 30, 20, 10}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := retained(tl, tc.window, now); !slices.Equal(got, tc.want) {
+				t.Fatalf("retained = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

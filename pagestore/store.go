@@ -23,6 +23,10 @@ type Options struct {
 	Logger      *zap.Logger // nil: zap.NewNop()
 	Parallelism int         // materialize/ingest workers; default max(2, GOMAXPROCS)
 	CacheBytes  int64       // pebble block cache; default 64 MiB
+	// Retention keeps, besides each head and child branch point, every
+	// image stored within this long and the newest one before it, so that
+	// a branch can start at any point of the window (0: no window).
+	Retention time.Duration
 }
 
 // Store is the page store. It is safe for concurrent use.

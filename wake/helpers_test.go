@@ -150,7 +150,7 @@ func newEnv(t *testing.T, o Options, branches ...string) *env {
 func newEnvDriver(t *testing.T, o Options, do DriverOptions, branches ...string) *env {
 	t.Helper()
 	dir := mkTemp(t)
-	store, err := pagestore.Open(pagestore.Options{Dir: filepath.Join(dir, "pagestore"), NoSync: true})
+	store, err := pagestore.Open(pagestore.Options{Dir: filepath.Join(dir, "pagestore"), NoSync: true, Retention: 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

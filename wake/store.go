@@ -273,7 +273,14 @@ func (d *PostgresDriver) Stopped(ctx context.Context, branch string, clean bool)
 		// The new image holds everything the keeper has for the branch
 		// (a fast shutdown waits for the keeper to confirm all WAL); the
 		// WAL stays for point-in-time branching.
-		err = d.keeper.SetCovered(uint64(tl.ID), d.keeper.FlushLSN(uint64(tl.ID)))
+		ns := uint64(tl.ID)
+		if err = d.keeper.SetCovered(ns, d.keeper.FlushLSN(ns)); err == nil {
+			// WAL before the oldest image the retention window keeps can
+			// serve no branch any more.
+			if oldest := d.store.OldestRetained(tl.ID); oldest != 0 {
+				err = d.keeper.Trim(ns, uint64(oldest))
+			}
+		}
 	}
 	l.Unlock()
 	if err != nil {

@@ -153,6 +153,9 @@ type Pool struct {
 type Walkeeper struct {
 	Peers  []string `yaml:"peers"`
 	Quorum int      `yaml:"quorum"`
+	// Retention is how far back a branch can be created at an LSN or a
+	// time: the images and WAL of that window are kept.
+	Retention Duration `yaml:"retention"`
 }
 
 // Consul configures the distributed registry (issue 6).
@@ -234,7 +237,7 @@ func Default() Config {
 			ServerIdleTimeout: Duration(600 * time.Second),
 			ServerLifetime:    Duration(3600 * time.Second),
 		},
-		Walkeeper: Walkeeper{Quorum: 1},
+		Walkeeper: Walkeeper{Quorum: 1, Retention: Duration(7 * 24 * time.Hour)},
 		Log:       Log{Level: "info", Format: "json"},
 	}
 }
@@ -283,6 +286,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Compute.SpareFiles < 0 {
 		errs = append(errs, errors.New("compute.spare_files must be >= 0"))
+	}
+	if c.Walkeeper.Retention < 0 {
+		errs = append(errs, errors.New("walkeeper.retention must be >= 0"))
 	}
 	if c.Pagestore.GCInterval < 0 {
 		errs = append(errs, errors.New("pagestore.gc_interval must be >= 0"))

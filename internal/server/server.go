@@ -99,9 +99,10 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		return nil, err
 	}
 	s.Store, err = pagestore.Open(pagestore.Options{
-		Dir:    filepath.Join(dataDir, "pagestore"),
-		NoSync: opt.NoSync,
-		Logger: log.Named("pagestore"),
+		Dir:       filepath.Join(dataDir, "pagestore"),
+		NoSync:    opt.NoSync,
+		Logger:    log.Named("pagestore"),
+		Retention: cfg.Walkeeper.Retention.D(),
 	})
 	if err != nil {
 		_ = s.Registry.Close()
