@@ -299,6 +299,25 @@ func TestStreamSyncCommit(t *testing.T) {
 	if _, err := k.Stream(ctx, 1, c.connString(), "wk_1", from, 1); err == nil {
 		t.Fatal("a second stream of the same namespace started")
 	}
+	// Bad requests fail cleanly and leave the keeper serving: a timeline
+	// the server does not have, a bad slot name.
+	for _, bad := range []struct {
+		name string
+		from LSN
+		tli  uint32
+		slot string
+	}{
+		{"unknown timeline", from, 7, "wk_2"},
+		{"invalid slot name", from, 1, "Bad-Slot"},
+	} {
+		if _, err := k.Stream(ctx, 2, c.connString(), bad.slot, bad.from, bad.tli); err == nil {
+			t.Fatalf("%s: stream started", bad.name)
+		}
+	}
+	query(ctx, t, conn, "INSERT INTO t VALUES (-1)") // still acknowledged through stream 1
+	if got := k.FlushLSN(1); got < parseLSN(t, query(ctx, t, conn, "SELECT pg_current_wal_flush_lsn()")) {
+		t.Fatalf("keeper stopped keeping up after bad requests: %s", fmtLSN(got))
+	}
 	s.Stop()
 	if err := s.Err(); err != nil {
 		t.Fatalf("stopped stream: %v", err)
