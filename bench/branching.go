@@ -70,15 +70,7 @@ func (b *bench) runBranching(ctx context.Context) {
 // start starts a second neonproxy in a subdirectory of the bench's temp
 // dir (mode 0711 like it: computes run as the OS user postgres).
 func (s *branching) start(ctx context.Context) error {
-	if err := os.Mkdir(s.env.dir, 0o711); err != nil {
-		return err
-	}
-	if err := os.Chmod(s.env.dir, 0o711); err != nil { // umask
-		return err
-	}
-	o := s.opts
-	o.proxyLogLevel = "info"
-	px, err := startProxy(ctx, o, s.env)
+	px, err := startOwnProxy(ctx, s.opts, s.env)
 	if err != nil {
 		return err
 	}
@@ -396,4 +388,18 @@ func (s *branching) readMaterializations() {
 			s.rep.start.materialized = append(s.rep.start.materialized, m)
 		}
 	}
+}
+
+// startOwnProxy starts a section's own neonproxy (log.level info) in env's
+// directory, made 0711 like the bench's temp dir: computes run as the OS
+// user postgres.
+func startOwnProxy(ctx context.Context, o options, e *env) (*proxy, error) {
+	if err := os.Mkdir(e.dir, 0o711); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(e.dir, 0o711); err != nil { // umask
+		return nil, err
+	}
+	o.proxyLogLevel = "info"
+	return startProxy(ctx, o, e)
 }

@@ -106,15 +106,7 @@ func (b *bench) runDurability(ctx context.Context) {
 }
 
 func (s *durability) start(ctx context.Context) error {
-	if err := os.Mkdir(s.env.dir, 0o711); err != nil {
-		return err
-	}
-	if err := os.Chmod(s.env.dir, 0o711); err != nil { // umask
-		return err
-	}
-	o := s.opts
-	o.proxyLogLevel = "info"
-	px, err := startProxy(ctx, o, s.env)
+	px, err := startOwnProxy(ctx, s.opts, s.env)
 	if err != nil {
 		return err
 	}

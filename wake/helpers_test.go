@@ -312,3 +312,18 @@ func counter(t *testing.T, v *prometheus.CounterVec, label string) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// crashAndLoseLocalDir kills branch's running compute (SIGKILL of its
+// process group), waits for the manager to notice, and deletes the
+// branch's local directory.
+func (e *env) crashAndLoseLocalDir(branch string) {
+	e.t.Helper()
+	pid := e.m.Status(branch).PID
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+		e.t.Fatal(err)
+	}
+	e.waitState(branch, StateStopped)
+	if err := os.RemoveAll(e.drv.branchDir(branch)); err != nil {
+		e.t.Fatal(err)
+	}
+}

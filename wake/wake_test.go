@@ -919,15 +919,8 @@ func TestKeeperDurability(t *testing.T) {
 			query(t, c, "insert into t values (1)") // returns only once the keeper has it
 			acked++
 		}
-		pid := e.m.Status("main").PID
-		if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
 		l.Release()
-		e.waitState("main", StateStopped)
-		if err := os.RemoveAll(e.drv.branchDir("main")); err != nil {
-			t.Fatal(err)
-		}
+		e.crashAndLoseLocalDir("main")
 	}
 	l, err := e.m.Acquire(ctx, "main")
 	if err != nil {
@@ -1001,15 +994,8 @@ func TestBranchFromRunningParentWithKeeper(t *testing.T) {
 	}
 	// The child's own WAL goes to its own namespace: lose its directory
 	// and it still has its write.
-	pid := e.m.Status("child").PID
-	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
 	lc.Release()
-	e.waitState("child", StateStopped)
-	if err := os.RemoveAll(e.drv.branchDir("child")); err != nil {
-		t.Fatal(err)
-	}
+	e.crashAndLoseLocalDir("child")
 	lc2, err := e.m.Acquire(ctx, "child")
 	if err != nil {
 		t.Fatal(err)
