@@ -178,7 +178,10 @@ func (s *Store) materialize(ctx context.Context, id TimelineID, at LSN, dst stri
 		}
 	}
 	if manifestPath != "" {
-		if err := writeManifest(manifestPath, mf, s.opts.NoSync); err != nil {
+		// Not fsynced, like the files it describes: after a crash of the
+		// machine the caller rebuilds the directory, and a manifest that
+		// does not decode or match is ignored.
+		if err := writeManifest(manifestPath, mf, true); err != nil {
 			return st, err
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -32,6 +33,20 @@ type localState struct {
 	// holds changes the store does not have, so it is the branch's truth.
 	Unstored bool      `json:"unstored"`
 	UsedAt   time.Time `json:"used_at"` // last start or stop, for LRU eviction
+	// BootID is the kernel's boot id when the state was written. Data
+	// files are not fsynced when they are materialized (nor are the ones
+	// PostgreSQL never rewrote), so after a reboot the directory is only
+	// trusted where nothing better exists.
+	BootID string `json:"boot_id,omitempty"`
+}
+
+// bootID is this boot's id ("" where the kernel does not say).
+func bootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // branchLocks serialises the driver's own work on one branch (start,
@@ -86,6 +101,7 @@ func (d *PostgresDriver) readState(branch string) (localState, bool) {
 
 // writeState replaces state.json atomically and durably.
 func (d *PostgresDriver) writeState(branch string, st localState) error {
+	st.BootID = bootID()
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
@@ -181,10 +197,19 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 	pgdata := d.pgdata(branch)
 	st, hasState := d.readState(branch)
 	_, verErr := os.Stat(filepath.Join(pgdata, "PG_VERSION"))
-	if verErr == nil && hasState && st.Timeline == tl.ID && (st.Unstored || st.LSN == tl.Head()) {
+	// After a reboot the files may not all have reached the disk: rebuild
+	// from the store (and the keeper's WAL for unstored changes), unless
+	// the directory is the only copy of its changes (no keeper).
+	rebooted := hasState && st.BootID != "" && st.BootID != bootID()
+	trusted := !rebooted || (st.Unstored && d.keeper == nil)
+	if verErr == nil && hasState && trusted && st.Timeline == tl.ID && (st.Unstored || st.LSN == tl.Head()) {
 		return false, nil
 	}
-	if verErr == nil && hasState && st.Unstored {
+	if rebooted && verErr == nil {
+		d.log.Info("rebuilding the local data directory after a reboot (its files were not all fsynced)",
+			zap.String("branch", branch), zap.Bool("unstored_changes", st.Unstored))
+	}
+	if verErr == nil && hasState && st.Unstored && st.Timeline != tl.ID {
 		// Unstored changes of another timeline of the same name: not
 		// thrown away silently, they may be the only copy of commits.
 		return false, fmt.Errorf("wake: branch %s: local data directory %s holds unstored changes of timeline %d, not of the branch's timeline %d; move it away to start from the store",

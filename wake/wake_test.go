@@ -2,6 +2,7 @@ package wake
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"os"
@@ -1132,5 +1133,53 @@ func TestPointInTimeBranch(t *testing.T) {
 	}
 	if e.drv.Exists("early") || e.drv.Exists("late") || e.drv.Exists("tomorrow") {
 		t.Fatal("a refused branch left a timeline")
+	}
+}
+
+// TestRebootRebuildsLocalDirectory: after a reboot a local directory is
+// not trusted (materialized files are never fsynced): it is rebuilt from
+// the store and the keeper's WAL, even one holding unstored changes whose
+// files were lost.
+func TestRebootRebuildsLocalDirectory(t *testing.T) {
+	k, err := walkeeper.Open(walkeeper.Options{Dir: filepath.Join(mkTemp(t), "walkeeper"), NoSync: true, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	e := newEnvDriver(t, Options{}, DriverOptions{Keeper: k}, "main")
+	ctx := ctxT(t)
+	l, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, l.Endpoint)
+	file := query(t, c, "create table t(x int); insert into t select generate_series(1, 300); select pg_relation_filepath('t')")[0]
+	l.Release()
+	pid := e.m.Status("main").PID
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState("main", StateStopped)
+	// A reboot lost the table's file, which PostgreSQL had not fsynced
+	// yet; the state file says it was written in an earlier boot.
+	if err := os.Remove(filepath.Join(e.drv.pgdata("main"), file)); err != nil {
+		t.Fatal(err)
+	}
+	st, ok := e.drv.readState("main")
+	if !ok || !st.Unstored {
+		t.Fatalf("state %+v", st)
+	}
+	b, _ := json.Marshal(localState{Timeline: st.Timeline, LSN: st.LSN, Unstored: true, BootID: "an-earlier-boot"})
+	if err := os.WriteFile(e.drv.statePath("main"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := e.cd.starts.Load()
+	l2, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Release()
+	if got := query(t, connect(t, l2.Endpoint), "select count(*) from t"); got[0] != "300" || e.cd.starts.Load() != before+1 {
+		t.Fatalf("after the reboot: %v rows", got)
 	}
 }
