@@ -19,6 +19,7 @@ import (
 
 	"github.com/neonproxy/neonproxy/internal/metrics"
 	"github.com/neonproxy/neonproxy/pagestore"
+	"github.com/neonproxy/neonproxy/walkeeper"
 )
 
 // tmpl is a driver holding one bootstrapped branch "tmpl" (password
@@ -326,4 +327,16 @@ func (e *env) crashAndLoseLocalDir(branch string) {
 	if err := os.RemoveAll(e.drv.branchDir(branch)); err != nil {
 		e.t.Fatal(err)
 	}
+}
+
+// newKeeperEnv is newEnv with a WAL keeper (e.drv.keeper, closed after
+// the env) and the template's data as branch "main".
+func newKeeperEnv(t *testing.T) *env {
+	t.Helper()
+	k, err := walkeeper.Open(walkeeper.Options{Dir: filepath.Join(mkTemp(t), "walkeeper"), NoSync: true, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() }) // after the env's cleanup (LIFO)
+	return newEnvDriver(t, Options{}, DriverOptions{Keeper: k}, "main")
 }

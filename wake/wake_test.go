@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/neonproxy/neonproxy/pagestore"
-	"github.com/neonproxy/neonproxy/walkeeper"
 )
 
 func TestNewPostgresDriverChecks(t *testing.T) {
@@ -872,12 +871,8 @@ func TestSpareFiles(t *testing.T) {
 // loses no acknowledged commit: the next start materializes the stored
 // image and PostgreSQL replays the keeper's WAL. Three cycles.
 func TestKeeperDurability(t *testing.T) {
-	k, err := walkeeper.Open(walkeeper.Options{Dir: filepath.Join(mkTemp(t), "walkeeper"), NoSync: true, Logger: testLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() }) // after the env's cleanup (LIFO)
-	e := newEnvDriver(t, Options{}, DriverOptions{Keeper: k}, "main")
+	e := newKeeperEnv(t)
+	k := e.drv.keeper
 	ctx := ctxT(t)
 
 	// While the keeper does not stream, commits wait (and the branch says
@@ -957,12 +952,7 @@ func TestKeeperDurability(t *testing.T) {
 // created while its parent runs starts at the parent's latest durable
 // commit (image + the keeper's WAL), and the two then diverge.
 func TestBranchFromRunningParentWithKeeper(t *testing.T) {
-	k, err := walkeeper.Open(walkeeper.Options{Dir: filepath.Join(mkTemp(t), "walkeeper"), NoSync: true, Logger: testLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
-	e := newEnvDriver(t, Options{}, DriverOptions{Keeper: k}, "main")
+	e := newKeeperEnv(t)
 	ctx := ctxT(t)
 	l, err := e.m.Acquire(ctx, "main")
 	if err != nil {
@@ -1043,12 +1033,7 @@ func TestRemoveStaleLock(t *testing.T) {
 // too (across PostgreSQL timelines); unreachable points are refused with
 // the valid range.
 func TestPointInTimeBranch(t *testing.T) {
-	k, err := walkeeper.Open(walkeeper.Options{Dir: filepath.Join(mkTemp(t), "walkeeper"), NoSync: true, Logger: testLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
-	e := newEnvDriver(t, Options{}, DriverOptions{Keeper: k}, "main")
+	e := newKeeperEnv(t)
 	ctx := ctxT(t)
 	lsnAfter := func(branch, sql string) uint64 {
 		t.Helper()
@@ -1141,12 +1126,7 @@ func TestPointInTimeBranch(t *testing.T) {
 // the store and the keeper's WAL, even one holding unstored changes whose
 // files were lost.
 func TestRebootRebuildsLocalDirectory(t *testing.T) {
-	k, err := walkeeper.Open(walkeeper.Options{Dir: filepath.Join(mkTemp(t), "walkeeper"), NoSync: true, Logger: testLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
-	e := newEnvDriver(t, Options{}, DriverOptions{Keeper: k}, "main")
+	e := newKeeperEnv(t)
 	ctx := ctxT(t)
 	l, err := e.m.Acquire(ctx, "main")
 	if err != nil {
