@@ -260,7 +260,10 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 			_ = os.RemoveAll(pgdata)
 			return false, fmt.Errorf("wake: branch %s at its point in time: %w", branch, err)
 		}
-		return true, nil
+		if _, ok := d.readState(branch); ok {
+			return true, nil // recovered and stored as the branch's first image
+		}
+		// No WAL after the image: the image itself is the point.
 	}
 	// Replayed WAL makes the directory newer than the store's image.
 	if err := d.writeState(branch, localState{Timeline: tl.ID, LSN: tl.Head(), Unstored: replay, UsedAt: time.Now().UTC()}); err != nil {

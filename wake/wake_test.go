@@ -1061,6 +1061,23 @@ func TestPointInTimeBranch(t *testing.T) {
 		return query(t, connect(t, l.Endpoint), "select count(*) from t")[0]
 	}
 
+	// A time after the parent's image when the keeper has no WAL of it
+	// (main never ran): the image itself is the branch point.
+	if err := e.m.Clone(ctx, "main", "imageonly", Point{Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	li, err := e.m.Acquire(ctx, "imageonly")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := query(t, connect(t, li.Endpoint), "select count(*) > 0 from pg_class"); got[0] != "t" {
+		t.Fatalf("imageonly: %v", got)
+	}
+	li.Release()
+	if st, _ := e.drv.readState("imageonly"); st.Timeline == 0 || uint64(st.Timeline) != mustStorage(t, e, "imageonly").Timeline {
+		t.Fatalf("imageonly local state %+v", st)
+	}
+
 	at1 := lsnAfter("main", "create table t(x int); insert into t select generate_series(1, 100)")
 	t1 := time.Now() // after the commit of rows 1-100, before that of 101-200
 	lsnAfter("main", "insert into t select generate_series(101, 200)")
@@ -1162,4 +1179,13 @@ func TestRebootRebuildsLocalDirectory(t *testing.T) {
 	if got := query(t, connect(t, l2.Endpoint), "select count(*) from t"); got[0] != "300" || e.cd.starts.Load() != before+1 {
 		t.Fatalf("after the reboot: %v rows", got)
 	}
+}
+
+func mustStorage(t *testing.T, e *env, branch string) Storage {
+	t.Helper()
+	st, err := e.m.Storage(branch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
