@@ -199,8 +199,15 @@ type cursor struct {
 	group []byte // current group key without the kind+tl prefix and LSN
 	val   []byte
 	valid bool
-	skip  []byte // seek target to leave the current group
+	// done is the full key (without LSN) of the group just yielded, which
+	// advance leaves first.
+	done []byte
 }
+
+// nextsBeforeSeek is how many older versions of a group advance steps
+// over with Next before it seeks past the group: most groups have one or
+// two versions, and a seek costs a search of every file of every level
+// (many small L0 files right after ingests), a Next almost nothing.
 
 func newCursor(r reader, lv *level, lower, upper []byte) (*cursor, error) {
 	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
@@ -213,11 +220,22 @@ func newCursor(r reader, lv *level, lower, upper []byte) (*cursor, error) {
 	return c, nil
 }
 
+const nextsBeforeSeek = 8
+
 func (c *cursor) advance() {
 	c.valid = false
-	if c.skip != nil {
-		c.it.SeekGE(c.skip)
-		c.skip = nil
+	if len(c.done) > 0 {
+		for n := 0; c.it.Next(); n++ {
+			k := c.it.Key()
+			if !bytes.Equal(k[:len(k)-8], c.done) {
+				break // the next group
+			}
+			if n == nextsBeforeSeek {
+				c.it.SeekGE(groupEnd(c.done))
+				break
+			}
+		}
+		c.done = c.done[:0]
 	}
 	for c.it.Valid() {
 		k := c.it.Key()
@@ -234,7 +252,7 @@ func (c *cursor) advance() {
 		c.group = append(c.group[:0], g[9:]...)
 		c.val = append(c.val[:0], c.it.Value()...)
 		c.valid = true
-		c.skip = groupEnd(g)
+		c.done = append(c.done[:0], g...)
 		return
 	}
 }
