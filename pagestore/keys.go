@@ -230,19 +230,3 @@ func decodeSparse(v []byte) (uint64, []sparseChunk, error) {
 	}
 	return size, chunks, nil
 }
-
-// fileLogicalSize is the size of the file a value materializes to.
-func fileLogicalSize(v []byte) int64 {
-	if len(v) == 0 {
-		return 0
-	}
-	switch v[0] {
-	case fileContent:
-		return int64(len(v) - 1)
-	case fileSparse:
-		if len(v) >= 9 {
-			return int64(binary.BigEndian.Uint64(v[1:]))
-		}
-	}
-	return 0
-}
