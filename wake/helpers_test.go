@@ -340,3 +340,22 @@ func newKeeperEnv(t *testing.T) *env {
 	t.Cleanup(func() { k.Close() }) // after the env's cleanup (LIFO)
 	return newEnvDriver(t, Options{}, DriverOptions{Keeper: k}, "main")
 }
+
+// on wakes branch, runs each statement on one connection in turn, and
+// returns the first column of the last one's rows.
+func (e *env) on(branch string, sqls ...string) []string {
+	e.t.Helper()
+	ctx := ctxT(e.t)
+	l, err := e.m.Acquire(ctx, branch)
+	if err != nil {
+		e.t.Fatalf("acquire %s: %v", branch, err)
+	}
+	defer l.Release()
+	c := connect(e.t, l.Endpoint)
+	defer c.Close(ctx)
+	var out []string
+	for _, sql := range sqls {
+		out = query(e.t, c, sql)
+	}
+	return out
+}

@@ -566,17 +566,7 @@ func TestClone(t *testing.T) {
 func TestStoreIsTheTruth(t *testing.T) {
 	e := newEnv(t, Options{}, "main")
 	ctx := ctxT(t)
-	run := func(sql string) []string {
-		t.Helper()
-		l, err := e.m.Acquire(ctx, "main")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Release()
-		c := connect(t, l.Endpoint)
-		defer c.Close(ctx)
-		return query(t, c, sql)
-	}
+	run := func(sql string) []string { t.Helper(); return e.on("main", sql) }
 	run("create table t(x int); insert into t select generate_series(1, 1000)")
 	if err := e.m.Suspend(ctx, "main"); err != nil {
 		t.Fatal(err)
@@ -651,12 +641,7 @@ func TestCacheEviction(t *testing.T) {
 	if local("a") || !local("b") {
 		t.Fatalf("after using b: local a=%v b=%v", local("a"), local("b"))
 	}
-	l, err := e.m.Acquire(ctx, "a") // rebuilt from the store, with its row
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Release()
-	if got := query(t, connect(t, l.Endpoint), "select count(*) from t"); got[0] != "1" {
+	if got := e.on("a", "select count(*) from t"); got[0] != "1" { // rebuilt from the store, with its row
 		t.Fatalf("a after eviction: %v", got)
 	}
 }
@@ -987,12 +972,7 @@ func TestBranchFromRunningParentWithKeeper(t *testing.T) {
 	// and it still has its write.
 	lc.Release()
 	e.crashAndLoseLocalDir("child")
-	lc2, err := e.m.Acquire(ctx, "child")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lc2.Release()
-	if got := query(t, connect(t, lc2.Endpoint), "select count(*), min(x) from t"); got[0] != "501" {
+	if got := e.on("child", "select count(*) from t"); got[0] != "501" {
 		t.Fatalf("child after losing its directory: %v", got)
 	}
 }
@@ -1037,29 +1017,15 @@ func TestPointInTimeBranch(t *testing.T) {
 	ctx := ctxT(t)
 	lsnAfter := func(branch, sql string) uint64 {
 		t.Helper()
-		l, err := e.m.Acquire(ctx, branch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Release()
-		c := connect(t, l.Endpoint)
-		query(t, c, sql) // committed (and flushed) before the LSN is read
-		got := query(t, c, "select pg_current_wal_lsn()")
+		// Committed (and flushed) before the LSN is read.
+		got := e.on(branch, sql, "select pg_current_wal_lsn()")
 		lsn, err := pagestore.ParseLSN(got[0])
 		if err != nil {
 			t.Fatal(err)
 		}
 		return uint64(lsn)
 	}
-	count := func(branch string) string {
-		t.Helper()
-		l, err := e.m.Acquire(ctx, branch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Release()
-		return query(t, connect(t, l.Endpoint), "select count(*) from t")[0]
-	}
+	count := func(branch string) string { t.Helper(); return e.on(branch, "select count(*) from t")[0] }
 
 	// A time after the parent's image when the keeper has no WAL of it
 	// (main never ran): the image itself is the branch point.
