@@ -156,11 +156,7 @@ func TestServeBinary(t *testing.T) {
 	if err := os.Chmod(dir, 0o711); err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(dir, "neonproxy")
-	build := exec.Command("go", "build", "-o", bin, "../cmd/neonproxy")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, dir)
 	cfgPath := filepath.Join(dir, "config.yaml")
 	cfg := fmt.Sprintf("listen: 127.0.0.1:%d\nadmin_listen: 127.0.0.1:%d\ndata_dir: %s\nlog:\n  level: info\n",
 		freePort(t), freePort(t), filepath.Join(dir, "data"))

@@ -137,6 +137,8 @@ type env struct {
 	cd    *countingDriver
 	m     *Manager
 	met   *metrics.Metrics
+	// keeper is the embedded WAL keeper of newKeeperEnv.
+	keeper *walkeeper.Keeper
 }
 
 // newEnv makes a fresh data dir and store with the template branch's data
@@ -329,8 +331,8 @@ func (e *env) crashAndLoseLocalDir(branch string) {
 	}
 }
 
-// newKeeperEnv is newEnv with a WAL keeper (e.drv.keeper, closed after
-// the env) and the template's data as branch "main".
+// newKeeperEnv is newEnv with a WAL keeper (e.keeper, closed after the
+// env) and the template's data as branch "main".
 func newKeeperEnv(t *testing.T) *env {
 	t.Helper()
 	k, err := walkeeper.Open(walkeeper.Options{Dir: filepath.Join(mkTemp(t), "walkeeper"), NoSync: true, Logger: testLogger()})
@@ -338,7 +340,9 @@ func newKeeperEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { k.Close() }) // after the env's cleanup (LIFO)
-	return newEnvDriver(t, Options{}, DriverOptions{Keeper: k}, "main")
+	e := newEnvDriver(t, Options{}, DriverOptions{Keepers: []walkeeper.Service{k}}, "main")
+	e.keeper = k
+	return e
 }
 
 // on wakes branch, runs each statement on one connection in turn, and

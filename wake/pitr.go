@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/neonproxy/neonproxy/pagestore"
+	"github.com/neonproxy/neonproxy/walkeeper"
 )
 
 // TargetError is a branch point outside what the parent's images and the
@@ -37,11 +38,11 @@ func (e *TargetError) Error() string {
 }
 
 // pointInTimeAt checks that a branch of ptl at time at is reachable: an
-// image of ptl stored at or before it, with the keeper's WAL after it.
-func (d *PostgresDriver) pointInTimeAt(ptl pagestore.Timeline, at time.Time) error {
+// image of ptl stored at or before it, with the keepers' WAL after it
+// (which starts at start).
+func pointInTimeAt(ptl pagestore.Timeline, at time.Time, start pagestore.LSN) error {
 	now := time.Now()
 	terr := &TargetError{Time: at, ToTime: now}
-	start := pagestore.LSN(d.keeper.StartLSN(uint64(ptl.ID)))
 	// The oldest image a replay can start from.
 	for _, img := range ptl.Images {
 		if img == ptl.Head() || (start != 0 && img&^(8192-1) >= start) {
@@ -56,19 +57,15 @@ func (d *PostgresDriver) pointInTimeAt(ptl pagestore.Timeline, at time.Time) err
 }
 
 // pointInTime checks that a branch of ptl at `at` is reachable: an image at
-// or before it, and the keeper's WAL from that image up to it.
-func (d *PostgresDriver) pointInTime(ptl pagestore.Timeline, at pagestore.LSN) error {
-	ns := uint64(ptl.ID)
-	durable := ptl.Head()
-	var walFrom pagestore.LSN // oldest image the keeper has WAL from
-	if d.keeper != nil {
-		durable = max(durable, pagestore.LSN(d.keeper.FlushLSN(ns)))
-		start := pagestore.LSN(d.keeper.StartLSN(ns))
-		for _, img := range ptl.Images {
-			if start != 0 && img&^(8192-1) >= start {
-				walFrom = img
-				break
-			}
+// or before it, and the keepers' WAL (start to flush) from that image up
+// to it.
+func pointInTime(ptl pagestore.Timeline, at, start, flush pagestore.LSN) error {
+	durable := max(ptl.Head(), flush)
+	var walFrom pagestore.LSN // oldest image the keepers have WAL from
+	for _, img := range ptl.Images {
+		if start != 0 && img&^(8192-1) >= start {
+			walFrom = img
+			break
 		}
 	}
 	from := ptl.ParentLSN // a child reads its parent's image until it has its own
@@ -110,7 +107,7 @@ func slicesContains(s []pagestore.LSN, v pagestore.LSN) bool {
 // it shuts down and the result is stored as the branch's first image. The
 // caller holds the branch's lock; pgdata is in place.
 func (d *PostgresDriver) recoverToTarget(ctx context.Context, branch string, tl pagestore.Timeline) error {
-	if d.keeper == nil {
+	if d.keepers == nil {
 		return errors.New("point-in-time branch without a WAL keeper")
 	}
 	pgdata := d.pgdata(branch)
@@ -119,10 +116,14 @@ func (d *PostgresDriver) recoverToTarget(ctx context.Context, branch string, tl 
 		return err
 	}
 	ns := uint64(tl.ID)
-	if d.keeper.FlushLSN(ns) <= uint64(cp.LSN) {
+	v, err := d.keepers.durable(ctx, ns)
+	if err != nil {
+		return err
+	}
+	if v.info.Flush <= uint64(cp.LSN) {
 		return nil // no WAL after the image: the image is the branch point
 	}
-	if _, err := d.keeper.WriteSegments(ns, uint64(cp.LSN), cp.TimeLineID, cp.WALSegSize, filepath.Join(pgdata, "pg_wal"),
+	if _, err := walkeeper.WriteSegments(ctx, v.src, ns, uint64(cp.LSN), cp.TimeLineID, cp.WALSegSize, filepath.Join(pgdata, "pg_wal"),
 		d.owner().UID, d.owner().GID); err != nil {
 		return fmt.Errorf("write the parent's WAL: %w", err)
 	}
@@ -154,7 +155,7 @@ func (d *PostgresDriver) recoverToTarget(ctx context.Context, branch string, tl 
 	if err := d.ingest(ctx, branch, tl.ID); err != nil {
 		return err
 	}
-	if err := d.keeper.Drop(ns); err != nil {
+	if err := d.keepers.all(ctx, "drop the parent's WAL copy", func(ctx context.Context, m keeperMember) error { return m.svc.Drop(ctx, ns) }); err != nil {
 		return err
 	}
 	d.log.Info("branch recovered to its point in time", zap.String("branch", branch),

@@ -67,10 +67,14 @@ type DriverOptions struct {
 	// limit); beyond it the least recently used stopped branches' copies
 	// are evicted.
 	CacheBytes int64
-	// Keeper is the WAL keeper every compute streams to as a synchronous
-	// standby (nil: none; commits are then durable only in the local
-	// directory until the next clean stop).
-	Keeper *walkeeper.Keeper
+	// Keepers are the WAL keepers every compute streams to as a
+	// synchronous standby (none: commits are then durable only in the
+	// local directory until the next clean stop). They are known to the
+	// computes as wk1, wk2, … in this order.
+	Keepers []walkeeper.Service
+	// KeeperQuorum is how many keepers must have flushed a commit before
+	// it is acknowledged (default 1).
+	KeeperQuorum int
 	// SpareFiles is how many empty files to keep made ahead of time for
 	// cold starts (0: none; each file of a materialized directory is then
 	// created on the start's critical path).
@@ -90,10 +94,10 @@ type PostgresDriver struct {
 	gid    uint32
 	groups []uint32
 
-	store  *pagestore.Store
-	locks  branchLocks
-	spares *spares // nil without DriverOptions.SpareFiles
-	keeper *walkeeper.Keeper
+	store   *pagestore.Store
+	locks   branchLocks
+	spares  *spares    // nil without DriverOptions.SpareFiles
+	keepers *keeperSet // nil: no WAL keepers
 	// streams are the keeper streams of running computes.
 	streams keeperStreams
 }
@@ -131,7 +135,14 @@ func NewPostgresDriver(o DriverOptions) (*PostgresDriver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wake: data dir: %w", err)
 	}
-	d := &PostgresDriver{o: o, dataDir: abs, log: o.Logger, store: o.Store, keeper: o.Keeper}
+	if o.KeeperQuorum == 0 {
+		o.KeeperQuorum = 1
+	}
+	keepers, err := newKeeperSet(o.Keepers, o.KeeperQuorum, o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	d := &PostgresDriver{o: o, dataDir: abs, log: o.Logger, store: o.Store, keepers: keepers}
 
 	if fi, err := os.Stat(filepath.Join(o.BinDir, "postgres")); err != nil || fi.IsDir() {
 		return nil, fmt.Errorf("wake: PostgreSQL 15 not found: %s/postgres is missing (set compute.postgres_bin_dir; `make run` installs postgresql-15)", o.BinDir)
@@ -432,22 +443,26 @@ func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, point
 	if !ok || ptl.Head() == 0 {
 		return fmt.Errorf("wake: parent branch %s has no data", parent)
 	}
-	if !point.Time.IsZero() {
-		if d.keeper == nil {
-			return errors.New("wake: branching at a time needs the WAL keeper")
+	if !point.Time.IsZero() || at != 0 {
+		if d.keepers == nil {
+			return errors.New("wake: branching at an LSN or a time needs the WAL keeper")
 		}
-		if err := d.pointInTimeAt(ptl, point.Time); err != nil {
-			return err
+		v, err := d.keepers.durable(ctx, uint64(ptl.ID))
+		if err != nil {
+			return fmt.Errorf("wake: create %s: %w", branch, err)
 		}
-	} else if at != 0 {
-		if d.keeper == nil {
-			return errors.New("wake: branching at an LSN needs the WAL keeper")
-		}
-		if err := d.pointInTime(ptl, pagestore.LSN(at)); err != nil {
-			return err
-		}
-		if at >= d.keeper.FlushLSN(uint64(ptl.ID)) && ptl.Head() < pagestore.LSN(at) {
-			at = 0 // the newest durable commit: replay to the end
+		start, flush := pagestore.LSN(v.info.Start), pagestore.LSN(v.info.Flush)
+		if !point.Time.IsZero() {
+			if err := pointInTimeAt(ptl, point.Time, start); err != nil {
+				return err
+			}
+		} else {
+			if err := pointInTime(ptl, pagestore.LSN(at), start, flush); err != nil {
+				return err
+			}
+			if pagestore.LSN(at) >= flush && ptl.Head() < pagestore.LSN(at) {
+				at = 0 // the newest durable commit: replay to the end
+			}
 		}
 	}
 	l := d.locks.get(branch)
@@ -472,9 +487,9 @@ func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, point
 	// A running (or crashed) parent has durable commits after its image:
 	// the child starts from the image plus that WAL, replayed at its first
 	// start, so it sees every commit acknowledged before it was created.
-	if d.keeper != nil && (at == 0 || tl.Target != 0) {
+	if d.keepers != nil && (at == 0 || tl.Target != 0) {
 		// Latest, or replay up to an LSN or a time: the WAL after the image.
-		end, err := d.keeper.Branch(uint64(ptl.ID), uint64(tl.ID), uint64(tl.ParentLSN))
+		end, err := d.keepers.branch(ctx, uint64(ptl.ID), uint64(tl.ID), tl.ParentLSN)
 		if err != nil {
 			_ = d.store.DropTimeline(context.WithoutCancel(ctx), tl.ID)
 			return fmt.Errorf("wake: create %s from %s: %w", branch, parent, err)
@@ -504,8 +519,9 @@ func (d *PostgresDriver) Destroy(ctx context.Context, branch string) error {
 		if !ok {
 			break
 		}
-		if d.keeper != nil {
-			if err := d.keeper.Drop(uint64(tl.ID)); err != nil {
+		if d.keepers != nil {
+			ns := uint64(tl.ID)
+			if err := d.keepers.all(ctx, "drop the branch's WAL", func(ctx context.Context, m keeperMember) error { return m.svc.Drop(ctx, ns) }); err != nil {
 				return fmt.Errorf("wake: destroy %s: %w", branch, err)
 			}
 		}
@@ -574,6 +590,13 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 	tPrepare := time.Since(t0)
 	st, _ := d.readState(branch)
 	st.Unstored, st.UsedAt = true, time.Now().UTC()
+	if d.keepers != nil {
+		// A generation above every earlier start's fences off what an
+		// earlier compute of the branch left in the keepers.
+		if st.Gen, err = d.nextGeneration(ctx, uint64(st.Timeline)); err != nil {
+			return nil, fmt.Errorf("wake: start %s: %w", branch, err)
+		}
+	}
 	if err := d.writeState(branch, st); err != nil {
 		return nil, fmt.Errorf("wake: start %s: %w", branch, err)
 	}
@@ -654,10 +677,18 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 	tReady := time.Since(t0)
 	// Running for clients only once the keeper streams: before that every
 	// commit would wait.
-	ks, err := d.startKeeper(ctx, branch, uint64(st.Timeline), st.LSN, sock, p.done)
-	if err != nil {
-		_ = p.kill()
-		return nil, err
+	var ks *keeperStream
+	if d.keepers != nil {
+		// The compute's own history begins at its first checkpoint (the
+		// shutdown checkpoint it started from, or the end-of-recovery one).
+		genStart, err := walkeeper.CheckpointLSN(pgdata)
+		if err == nil {
+			ks, err = d.startKeeper(ctx, branch, uint64(st.Timeline), st.LSN, st.Gen, genStart, sock, p.done)
+		}
+		if err != nil {
+			_ = p.kill()
+			return nil, err
+		}
 	}
 	d.streams.set(branch, ks)
 	d.log.Debug("postgres started", zap.String("branch", branch), zap.Uint64("generation", generation),
@@ -761,8 +792,12 @@ func (d *PostgresDriver) Adopt(ctx context.Context, branch string, generation ui
 	}()
 	// The keeper's stream from the earlier neonproxy went with it: until a
 	// new one streams, the adopted compute's commits wait.
-	if st, ok := d.readState(branch); ok {
-		ks, err := d.startKeeper(ctx, branch, uint64(st.Timeline), st.LSN, ep.SocketDir, p.done)
+	if st, ok := d.readState(branch); ok && d.keepers != nil {
+		gen, genStart, err := d.adoptedGeneration(ctx, st, pgdata)
+		var ks *keeperStream
+		if err == nil {
+			ks, err = d.startKeeper(ctx, branch, uint64(st.Timeline), st.LSN, gen, genStart, ep.SocketDir, p.done)
+		}
 		if err != nil {
 			return nil, false, fmt.Errorf("wake: adopt %s: %w", branch, err)
 		}

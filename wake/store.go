@@ -38,6 +38,10 @@ type localState struct {
 	// PostgreSQL never rewrote), so after a reboot the directory is only
 	// trusted where nothing better exists.
 	BootID string `json:"boot_id,omitempty"`
+	// Gen is the compute generation the WAL keepers know the running
+	// compute by (see walkeeper.FollowRequest), for a later neonproxy that
+	// adopts it.
+	Gen uint64 `json:"gen,omitempty"`
 }
 
 // bootID is this boot's id ("" where the kernel does not say).
@@ -201,7 +205,7 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 	// from the store (and the keeper's WAL for unstored changes), unless
 	// the directory is the only copy of its changes (no keeper).
 	rebooted := hasState && st.BootID != "" && st.BootID != bootID()
-	trusted := !rebooted || (st.Unstored && d.keeper == nil)
+	trusted := !rebooted || (st.Unstored && d.keepers == nil)
 	if verErr == nil && hasState && trusted && st.Timeline == tl.ID && (st.Unstored || st.LSN == tl.Head()) {
 		return false, nil
 	}
@@ -297,18 +301,28 @@ func (d *PostgresDriver) Stopped(ctx context.Context, branch string, clean bool)
 	var err error
 	if !ok {
 		err = fmt.Errorf("wake: branch %s has no timeline", branch)
-	} else if err = d.ingest(ctx, branch, tl.ID); err == nil && d.keeper != nil {
-		// The new image holds everything the keeper has for the branch
-		// (a fast shutdown waits for the keeper to confirm all WAL); the
-		// WAL stays for point-in-time branching.
+	} else if err = d.ingest(ctx, branch, tl.ID); err == nil && d.keepers != nil {
+		// The new image holds all the WAL the compute wrote (a fast
+		// shutdown waits for the keepers to confirm it); the WAL stays
+		// for point-in-time branching, but WAL before the oldest image the
+		// retention window keeps can serve no branch any more.
 		ns := uint64(tl.ID)
-		if err = d.keeper.SetCovered(ns, d.keeper.FlushLSN(ns)); err == nil {
-			// WAL before the oldest image the retention window keeps can
-			// serve no branch any more.
-			if oldest := d.store.OldestRetained(tl.ID); oldest != 0 {
-				err = d.keeper.Trim(ns, uint64(oldest))
-			}
+		covered, oldest := uint64(tl.Head()), d.store.OldestRetained(tl.ID)
+		if ntl, ok := d.timeline(branch); ok {
+			covered = uint64(ntl.Head())
 		}
+		err = d.keepers.all(ctx, "record the stored image", func(ctx context.Context, m keeperMember) error {
+			// The image holds all this keeper has, up to the shutdown
+			// checkpoint's end.
+			in, err := m.svc.Info(ctx, ns)
+			if err != nil {
+				return err
+			}
+			if err := m.svc.SetCovered(ctx, ns, max(covered, in.Flush)); err != nil || oldest == 0 {
+				return err
+			}
+			return m.svc.Trim(ctx, ns, uint64(oldest))
+		})
 	}
 	l.Unlock()
 	if err != nil {
@@ -339,8 +353,10 @@ func (d *PostgresDriver) Storage(branch string) (Storage, error) {
 			at = tl.Target
 		case !tl.TargetTime.IsZero():
 			// replayed up to a time: the LSN is known after the first start
-		case d.keeper != nil && len(tl.Images) == 0:
-			at = max(at, pagestore.LSN(d.keeper.FlushLSN(uint64(tl.ID))))
+		case d.keepers != nil && len(tl.Images) == 0:
+			if v, err := d.keepers.durable(context.Background(), uint64(tl.ID)); err == nil {
+				at = max(at, pagestore.LSN(v.info.Flush))
+			}
 		}
 		s.ParentLSN = at.String()
 	}
@@ -349,8 +365,8 @@ func (d *PostgresDriver) Storage(branch string) (Storage, error) {
 		s.Unstored = st.Unstored
 	}
 	s.LocalBytes = diskUsage(d.pgdata(branch))
-	state, lag := d.keeperState(branch)
-	s.WALKeeper, s.WALKeeperLagBytes = state, int64(lag)
+	state, lag, each := d.keeperState(branch)
+	s.WALKeeper, s.WALKeeperLagBytes, s.WALKeepers = state, int64(lag), each
 	return s, nil
 }
 

@@ -116,9 +116,18 @@ type Storage struct {
 	// keeper, "disconnected" while it does not (its commits then wait),
 	// "" when the compute is not running or there is no keeper.
 	WALKeeper string
-	// WALKeeperLagBytes is the WAL the compute wrote that the keeper has
-	// not made durable yet.
+	// WALKeeperLagBytes is the WAL the compute wrote that a quorum of
+	// keepers has not made durable yet.
 	WALKeeperLagBytes int64
+	// WALKeepers is each keeper's stream while the compute runs.
+	WALKeepers []KeeperStatus
+}
+
+// KeeperStatus is one WAL keeper's stream from a running compute.
+type KeeperStatus struct {
+	Name     string // wk1, wk2, … (as in synchronous_standby_names)
+	State    string // "streaming" or "disconnected"
+	LagBytes int64  // WAL the compute wrote that this keeper has not made durable
 }
 
 // WakeKind says whether a client had to wait for a start.

@@ -857,7 +857,7 @@ func TestSpareFiles(t *testing.T) {
 // image and PostgreSQL replays the keeper's WAL. Three cycles.
 func TestKeeperDurability(t *testing.T) {
 	e := newKeeperEnv(t)
-	k := e.drv.keeper
+	k := e.keeper
 	ctx := ctxT(t)
 
 	// While the keeper does not stream, commits wait (and the branch says
@@ -869,10 +869,10 @@ func TestKeeperDurability(t *testing.T) {
 	if st, _ := e.m.Storage("main"); st.WALKeeper != "streaming" {
 		t.Fatalf("running compute: wal keeper %q", st.WALKeeper)
 	}
-	ks := e.drv.streams.get("main")
-	ks.mu.Lock()
-	cur := ks.mu.cur
-	ks.mu.Unlock()
+	ms := e.drv.streams.get("main").members[0]
+	ms.mu.Lock()
+	cur := ms.mu.cur
+	ms.mu.Unlock()
 	cur.Stop()
 	if st, _ := e.m.Storage("main"); st.WALKeeper != "disconnected" {
 		t.Fatalf("after the stream stopped: wal keeper %q", st.WALKeeper)
@@ -1154,4 +1154,23 @@ func mustStorage(t *testing.T, e *env, branch string) Storage {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// TestStaleKeeperSlotDropped: a replication slot of a keeper the compute no
+// longer streams to (an older neonproxy's, or a peer removed from the
+// configuration) is dropped at the next start, so it cannot keep WAL
+// forever; the current keeper's slot stays.
+func TestStaleKeeperSlotDropped(t *testing.T) {
+	e := newKeeperEnv(t)
+	ctx := ctxT(t)
+	slots := "select string_agg(slot_name, ',' order by slot_name) from pg_replication_slots"
+	if got := e.on("main", "select pg_create_physical_replication_slot('neonproxy_walkeeper')", slots); got[0] != "neonproxy_walkeeper,neonproxy_wk1" {
+		t.Fatalf("slots before the restart: %q", got)
+	}
+	if err := e.m.Suspend(ctx, "main"); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.on("main", slots); got[0] != "neonproxy_wk1" {
+		t.Fatalf("slots after the restart: %q, want only the keeper's", got)
+	}
 }

@@ -65,3 +65,25 @@ func controlCRCOffset(buf []byte) (int, error) {
 	}
 	return 0, errors.New("no valid CRC32C found: not a PostgreSQL control file")
 }
+
+// controlCheckpointOffset is the offset of ControlFileData.checkPoint: after
+// state (a 4-byte enum, padded to 8) and time (int64).
+const controlCheckpointOffset = 32
+
+// CheckpointLSN reads the latest checkpoint location from pgdata's
+// global/pg_control (what pg_controldata calls "Latest checkpoint
+// location") without running pg_controldata. Right after a start it is
+// where the compute's own history begins: the shutdown checkpoint of a
+// clean start, or the end-of-recovery checkpoint written at the end of
+// crash recovery.
+func CheckpointLSN(pgdata string) (LSN, error) {
+	path := filepath.Join(pgdata, "global", "pg_control")
+	buf, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("walkeeper: read control file: %w", err)
+	}
+	if _, err := controlCRCOffset(buf); err != nil {
+		return 0, fmt.Errorf("walkeeper: %s: %w", path, err)
+	}
+	return binary.LittleEndian.Uint64(buf[controlCheckpointOffset:]), nil
+}

@@ -10,11 +10,26 @@
 //
 // The API is transport-agnostic: a namespace (ns) is a uint64 chosen by the
 // caller (the branch's pagestore timeline id); LSNs are plain uint64.
+// Service is what a compute node uses: *Keeper in the same process, or
+// *Client for a standalone keeper (`neonproxy walkeeper`) serving Handler's
+// HTTP API. Several keepers with a quorum are combined in wake/ through
+// PostgreSQL's synchronous_standby_names = 'ANY k (...)'.
+//
+// # Generations (fencing)
+//
+// Each start of a compute streams with a generation above every earlier one
+// and the LSN its own history starts at (FollowRequest.Gen, GenStart). The
+// first stream of a newer generation cuts the namespace's stored WAL back to
+// that start (what lies beyond was never acknowledged: the compute
+// recovered without it), and streams of an older generation are refused
+// (ErrFenced).
 //
 // # Storage layout (pebble)
 //
 //	'w' + ns (8 bytes, big-endian) + pageLSN (8 bytes, big-endian)  ->  WAL page
 //	'f' + ns (8 bytes, big-endian)                                   ->  flush LSN (8 bytes, big-endian)
+//	'c' + ns                                                         ->  covered LSN (SetCovered)
+//	'g' + ns                                                         ->  generation, its start LSN (8 + 8 bytes)
 //
 // pageLSN is a multiple of PageSize (8192). Every stored page value is exactly
 // PageSize bytes: the last, partial page is zero-padded beyond the flush LSN

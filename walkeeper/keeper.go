@@ -1,6 +1,7 @@
 package walkeeper
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -71,6 +72,9 @@ func (k *Keeper) Name() string { return k.opts.Name }
 
 // Close stops all streams and closes the store.
 func (k *Keeper) Close() error {
+	if k == nil {
+		return nil
+	}
 	k.mu.Lock()
 	if k.mu.closed {
 		k.mu.Unlock()
@@ -158,7 +162,7 @@ func (k *Keeper) startLSN(ns uint64) (LSN, error) {
 
 // Trim deletes the WAL of ns before `before` (page granularity: the page
 // holding before is kept). The page holding the flush LSN is always kept.
-func (k *Keeper) Trim(ns uint64, before LSN) error {
+func (k *Keeper) Trim(ctx context.Context, ns uint64, before LSN) error {
 	flush, err := k.flushLSN(ns)
 	if err != nil {
 		return err
@@ -174,7 +178,7 @@ func (k *Keeper) Trim(ns uint64, before LSN) error {
 }
 
 // Drop deletes all WAL of ns; an active stream of ns is stopped first.
-func (k *Keeper) Drop(ns uint64) error {
+func (k *Keeper) Drop(ctx context.Context, ns uint64) error {
 	k.mu.Lock()
 	s := k.mu.streams[ns]
 	k.mu.Unlock()
@@ -190,6 +194,9 @@ func (k *Keeper) Drop(ns uint64) error {
 		return fmt.Errorf("walkeeper: drop %d: %w", ns, err)
 	}
 	if err := b.Delete(coveredKey(ns), nil); err != nil {
+		return fmt.Errorf("walkeeper: drop %d: %w", ns, err)
+	}
+	if err := b.Delete(genKey(ns), nil); err != nil {
 		return fmt.Errorf("walkeeper: drop %d: %w", ns, err)
 	}
 	if err := b.Commit(k.wo); err != nil {

@@ -2,6 +2,7 @@ package walkeeper
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -72,7 +73,7 @@ func TestWriteSegmentsAcrossBoundary(t *testing.T) {
 		t.Fatal(err)
 	}
 	from := start + PageSize + 100 // rounded down to its page
-	got, err := k.WriteSegments(ns, from, 1, seg, dir, -1, -1)
+	got, err := WriteSegments(context.Background(), k, ns, from, 1, seg, dir, -1, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +121,7 @@ func TestWriteSegmentsAcrossBoundary(t *testing.T) {
 
 	// A missing segment created for `from` gets its first page too.
 	dir2 := t.TempDir()
-	if _, err := k.WriteSegments(ns, 4*seg+5*PageSize, 1, seg, dir2, -1, -1); err != nil {
+	if _, err := WriteSegments(context.Background(), k, ns, 4*seg+5*PageSize, 1, seg, dir2, -1, -1); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(filepath.Join(dir2, SegmentName(1, 4, seg)))
@@ -132,13 +133,13 @@ func TestWriteSegmentsAcrossBoundary(t *testing.T) {
 	}
 
 	// No WAL at from.
-	if _, err := k.WriteSegments(ns, start-1, 1, seg, t.TempDir(), -1, -1); err == nil {
+	if _, err := WriteSegments(context.Background(), k, ns, start-1, 1, seg, t.TempDir(), -1, -1); err == nil {
 		t.Fatal("WriteSegments before the stored WAL succeeded")
 	}
-	if _, err := k.WriteSegments(ns, end+1, 1, seg, t.TempDir(), -1, -1); err == nil {
+	if _, err := WriteSegments(context.Background(), k, ns, end+1, 1, seg, t.TempDir(), -1, -1); err == nil {
 		t.Fatal("WriteSegments after the stored WAL succeeded")
 	}
-	if _, err := k.WriteSegments(99, 0, 1, seg, t.TempDir(), -1, -1); err == nil {
+	if _, err := WriteSegments(context.Background(), k, 99, 0, 1, seg, t.TempDir(), -1, -1); err == nil {
 		t.Fatal("WriteSegments of an empty namespace succeeded")
 	}
 }
@@ -150,7 +151,7 @@ func TestTrimDropReopen(t *testing.T) {
 	feed(t, k, 1, start, end, 5000, 1<<20)
 	feed(t, k, 2, start, end, 5000, 1<<20)
 
-	if err := k.Trim(1, start+3*PageSize+5); err != nil {
+	if err := k.Trim(context.Background(), 1, start+3*PageSize+5); err != nil {
 		t.Fatal(err)
 	}
 	if got := k.StartLSN(1); got != start+3*PageSize {
@@ -160,13 +161,13 @@ func TestTrimDropReopen(t *testing.T) {
 		t.Fatalf("FlushLSN after trim %x", got)
 	}
 	// Trimming beyond the flush keeps the last page.
-	if err := k.Trim(1, end+100*PageSize); err != nil {
+	if err := k.Trim(context.Background(), 1, end+100*PageSize); err != nil {
 		t.Fatal(err)
 	}
 	if got := k.StartLSN(1); got != pageOf(end) {
 		t.Fatalf("StartLSN after trim past flush %x", got)
 	}
-	if err := k.Drop(2); err != nil {
+	if err := k.Drop(context.Background(), 2); err != nil {
 		t.Fatal(err)
 	}
 	if k.FlushLSN(2) != 0 || k.StartLSN(2) != 0 {

@@ -543,7 +543,7 @@ func TestRecoverFromKeeper(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	end, err := k.WriteSegments(ns, checkpoint, 1, segSize, pgwal, o.uid, o.gid)
+	end, err := WriteSegments(context.Background(), k, ns, checkpoint, 1, segSize, pgwal, o.uid, o.gid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -577,13 +577,18 @@ func TestMarkCrashed(t *testing.T) {
 	o := requirePG(t)
 	t.Parallel()
 	c := newCluster(t, o)
-	if st := controlData(t, o, c.data)["Database cluster state"]; st != "shut down" {
+	cd := controlData(t, o, c.data)
+	if st := cd["Database cluster state"]; st != "shut down" {
 		t.Fatalf("fresh cluster state %q", st)
+	}
+	// CheckpointLSN reads what pg_controldata prints.
+	if got, err := CheckpointLSN(c.data); err != nil || got != parseLSN(t, cd["Latest checkpoint location"]) {
+		t.Fatalf("CheckpointLSN = %s, %v; pg_controldata says %s", fmtLSN(got), err, cd["Latest checkpoint location"])
 	}
 	if err := MarkCrashed(c.data); err != nil {
 		t.Fatal(err)
 	}
-	cd := controlData(t, o, c.data)
+	cd = controlData(t, o, c.data)
 	if st := cd["Database cluster state"]; st != "in production" {
 		t.Fatalf("cluster state %q", st)
 	}

@@ -1,14 +1,13 @@
 package walkeeper
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-
-	"github.com/cockroachdb/pebble/v2"
-	"go.uber.org/zap"
 )
 
 // SegmentName is the pg_wal file name of segment segno on timeline tli for
@@ -18,93 +17,62 @@ func SegmentName(tli uint32, segno uint64, segSize int) string {
 	return fmt.Sprintf("%08X%08X%08X", tli, segno/perID, segno%perID)
 }
 
-// WriteSegments writes the stored WAL of ns from `from` (rounded down to its
-// page) to FlushLSN(ns) into WAL segment files in pgwal (PostgreSQL's pg_wal
-// directory), named for timeline tli and segment size segSize. An existing
-// segment file is written into in place; a missing one is created as a full
-// segSize file (sparse beyond what is written), mode 0600, chowned to
-// uid/gid unless uid is -1. When a missing segment is created, its first page
-// (which PostgreSQL validates whenever it opens a segment) is written too if
-// the keeper has it. The last, partial page is written whole (zero beyond the
-// flush LSN). All written files and pgwal are fsynced. It returns the end LSN
-// written (the flush LSN). It is an error if the keeper has no WAL at `from`.
-func (k *Keeper) WriteSegments(ns uint64, from LSN, tli uint32, segSize int, pgwal string, uid, gid int) (LSN, error) {
+// WriteSegments writes k's stored WAL of ns from `from` (rounded down to
+// its page) to its flush LSN into WAL segment files in pgwal (PostgreSQL's
+// pg_wal directory), named for timeline tli and segment size segSize. An
+// existing segment file is written into in place; a missing one is created
+// as a full segSize file (sparse beyond what is written), mode 0600, chowned
+// to uid/gid unless uid is -1. When a missing segment is created, its first
+// page (which PostgreSQL validates whenever it opens a segment) is written
+// too if the keeper has it. The last, partial page is written whole (zero
+// beyond the flush LSN). All written files and pgwal are fsynced. It returns
+// the end LSN written (the flush LSN). ErrNoWAL if k has no WAL at `from`.
+func WriteSegments(ctx context.Context, k Service, ns uint64, from LSN, tli uint32, segSize int, pgwal string, uid, gid int) (LSN, error) {
 	if segSize < PageSize || segSize&(segSize-1) != 0 || segSize > 1<<30 {
 		return 0, fmt.Errorf("walkeeper: invalid WAL segment size %d", segSize)
 	}
-	flush, err := k.flushLSN(ns)
+	wal, err := k.Export(ctx, ns, from, 0)
 	if err != nil {
 		return 0, err
 	}
-	start, err := k.startLSN(ns)
-	if err != nil {
-		return 0, err
-	}
-	first := pageOf(from)
-	if flush == 0 || first < start || from > flush {
-		return 0, fmt.Errorf("walkeeper: no WAL of %d at %s (stored: %s to %s)", ns, fmtLSN(from), fmtLSN(start), fmtLSN(flush))
-	}
-	if from == flush && from == first {
-		return flush, nil // nothing to write
+	defer wal.Body.Close()
+	if from == wal.Flush && from == wal.Start {
+		return wal.Flush, nil // nothing to write
 	}
 
 	w := &segWriter{dir: pgwal, tli: tli, segSize: segSize, uid: uid, gid: gid, files: map[uint64]*os.File{}}
 	defer w.closeAll()
 	w.created = func(segno uint64) error {
 		segStart := segno * uint64(segSize)
-		if segStart >= first {
+		if segStart >= wal.Start {
 			return nil
 		}
-		page, err := k.readPage(ns, segStart)
-		if err != nil {
+		head, err := k.Export(ctx, ns, segStart, segStart+PageSize)
+		if errors.Is(err, ErrNoWAL) {
+			return nil // PostgreSQL ends recovery before this segment
+		} else if err != nil {
 			return err
 		}
-		if page == nil {
-			k.log.Warn("walkeeper: created a WAL segment without its first page; PostgreSQL may not accept it",
-				zap.String("segment", SegmentName(tli, segno, segSize)))
-			return nil
+		defer head.Body.Close()
+		page := make([]byte, PageSize)
+		if _, err := io.ReadFull(head.Body, page); err != nil {
+			return fmt.Errorf("walkeeper: read the first page of segment %s: %w", SegmentName(tli, segno, segSize), err)
 		}
 		return w.writePage(segStart, page)
 	}
-
-	it, err := k.db.NewIter(&pebble.IterOptions{LowerBound: pageKey(ns, first), UpperBound: pageKey(ns, flush+PageSize-1)})
-	if err != nil {
-		return 0, fmt.Errorf("walkeeper: iterate %d: %w", ns, err)
-	}
-	defer it.Close()
-	want := first
-	for ok := it.First(); ok && want < flush; ok = it.Next() {
-		lsn := pageKeyLSN(it.Key())
-		if lsn != want {
-			return 0, fmt.Errorf("walkeeper: WAL of %d is missing page %s", ns, fmtLSN(want))
-		}
-		v, err := it.ValueAndErr()
-		if err != nil {
-			return 0, fmt.Errorf("walkeeper: read page %s of %d: %w", fmtLSN(lsn), ns, err)
-		}
-		page := v
-		if n := flush - lsn; n < PageSize {
-			// Never write anything beyond the flush LSN.
-			page = make([]byte, PageSize)
-			copy(page[:n], v)
+	page := make([]byte, PageSize)
+	for lsn := wal.Start; lsn < wal.Flush; lsn += PageSize {
+		if _, err := io.ReadFull(wal.Body, page); err != nil {
+			return 0, fmt.Errorf("walkeeper: read WAL page %s of %d: %w", fmtLSN(lsn), ns, err)
 		}
 		if err := w.writePage(lsn, page); err != nil {
 			return 0, err
 		}
-		want += PageSize
-	}
-	if err := it.Error(); err != nil {
-		return 0, fmt.Errorf("walkeeper: iterate %d: %w", ns, err)
-	}
-	if want < flush {
-		return 0, fmt.Errorf("walkeeper: WAL of %d is missing page %s", ns, fmtLSN(want))
 	}
 	if err := w.syncAll(); err != nil {
 		return 0, err
 	}
-	k.log.Info("walkeeper: wrote WAL segments", zap.Uint64("ns", ns), zap.String("from", fmtLSN(first)),
-		zap.String("to", fmtLSN(flush)), zap.String("pg_wal", pgwal))
-	return flush, nil
+	return wal.Flush, nil
 }
 
 // segWriter writes WAL pages into segment files.

@@ -66,24 +66,51 @@ type Stream struct {
 // just ended stream still holds the slot, START_REPLICATION is retried for a
 // few seconds.
 func (k *Keeper) Stream(ctx context.Context, ns uint64, connString, slot string, from LSN, tli uint32) (*Stream, error) {
+	return k.stream(ctx, FollowRequest{NS: ns, ConnString: connString, Slot: slot, From: from, Timeline: tli}, false)
+}
+
+// Follow is Stream for a Service caller: the stream starts at the newer of
+// req.From and the stored flush LSN, after req's generation is applied
+// (see FollowRequest), and ctx bounds only the start: the stream runs
+// until Stop or its end.
+func (k *Keeper) Follow(ctx context.Context, req FollowRequest) (Follower, error) {
+	s, err := k.stream(ctx, req, true)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (k *Keeper) stream(ctx context.Context, req FollowRequest, catchUp bool) (*Stream, error) {
+	ns, slot := req.NS, req.Slot
 	if !slotNameRE.MatchString(slot) {
 		return nil, fmt.Errorf("walkeeper: invalid replication slot name %q", slot)
 	}
-	cfg, err := pgconn.ParseConfig(connString)
+	cfg, err := pgconn.ParseConfig(req.ConnString)
 	if err != nil {
 		return nil, fmt.Errorf("walkeeper: parse connection string: %w", err)
 	}
 	cfg.RuntimeParams["replication"] = "true"
 	cfg.RuntimeParams["application_name"] = k.Name()
+	if req.AppName != "" {
+		cfg.RuntimeParams["application_name"] = req.AppName
+	}
 
-	sctx, cancel := context.WithCancel(ctx)
+	parent := ctx
+	if catchUp {
+		parent = context.Background()
+	}
+	sctx, cancel := context.WithCancel(parent)
+	if catchUp {
+		stopOnCtx := context.AfterFunc(ctx, cancel)
+		defer stopOnCtx()
+	}
 	s := &Stream{
 		k:      k,
 		ns:     ns,
 		log:    k.log.With(zap.Uint64("ns", ns), zap.String("slot", slot)),
 		cancel: cancel,
 		done:   make(chan struct{}),
-		start:  pageOf(from),
 		first:  true,
 	}
 	s.m.load = func(lsn LSN) ([]byte, error) { return k.readPage(ns, lsn) }
@@ -102,7 +129,19 @@ func (k *Keeper) Stream(ctx context.Context, ns uint64, connString, slot string,
 	k.mu.streams[ns] = s
 	k.mu.Unlock()
 
-	if err := s.connect(sctx, cfg, slot, tli); err != nil {
+	from := req.From
+	err = k.fence(ns, req.Gen, req.GenStart)
+	if err == nil && catchUp {
+		var flush LSN
+		if flush, err = k.flushLSN(ns); err == nil {
+			from = max(from, flush)
+		}
+	}
+	s.start = pageOf(from)
+	if err == nil {
+		err = s.connect(sctx, cfg, slot, req.Timeline)
+	}
+	if err != nil {
 		if ctx.Err() == nil && sctx.Err() != nil {
 			err = errors.New("walkeeper: stream stopped while connecting")
 		}

@@ -248,7 +248,7 @@ func (h *Handler) branchJSON(b router.Branch) BranchJSON {
 	out.LogicalSizeBytes, out.UniqueBytes = sto.LogicalBytes, sto.UniqueBytes
 	out.Timeline, out.LocalBytes, out.UnstoredChanges = sto.Timeline, sto.LocalBytes, sto.Unstored
 	if sto.WALKeeper != "" {
-		out.WALKeeper = &WALKeeperJSON{State: sto.WALKeeper, FlushLagBytes: sto.WALKeeperLag}
+		out.WALKeeper = &WALKeeperJSON{State: sto.WALKeeper, FlushLagBytes: sto.WALKeeperLag, Keepers: sto.WALKeepers}
 	}
 	return out
 }

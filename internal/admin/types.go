@@ -50,6 +50,7 @@ type Storage struct {
 	Unstored     bool
 	WALKeeper    string
 	WALKeeperLag int64
+	WALKeepers   []KeeperJSON
 }
 
 // ErrInvalidTarget marks a branch point outside the parent's reachable
@@ -91,9 +92,19 @@ type BranchJSON struct {
 // WALKeeperJSON is the WAL keeper part of BranchJSON.
 type WALKeeperJSON struct {
 	State string `json:"state"`
-	// FlushLagBytes is WAL the compute wrote that the keeper has not yet
-	// made durable.
+	// FlushLagBytes is WAL the compute wrote that a quorum of keepers
+	// has not yet made durable (what commits wait for).
 	FlushLagBytes int64 `json:"flush_lag_bytes"`
+	// Keepers is each keeper's stream (wk1, wk2, … as in
+	// synchronous_standby_names).
+	Keepers []KeeperJSON `json:"keepers,omitempty"`
+}
+
+// KeeperJSON is one WAL keeper's stream from a running compute.
+type KeeperJSON struct {
+	Name          string `json:"name"`
+	State         string `json:"state"` // streaming | disconnected
+	FlushLagBytes int64  `json:"flush_lag_bytes"`
 }
 
 // ComputeJSON is the compute part of BranchJSON.

@@ -151,8 +151,15 @@ type Pool struct {
 
 // Walkeeper configures the WAL keepers (issue 5).
 type Walkeeper struct {
-	Peers  []string `yaml:"peers"`
-	Quorum int      `yaml:"quorum"`
+	// Peers are the standalone keepers (host:port of their HTTP API) the
+	// computes stream to, known to them as wk1, wk2, … in this order;
+	// empty: one keeper embedded in serve.
+	Peers []string `yaml:"peers"`
+	// Quorum is how many of the peers must have flushed a commit before
+	// it is acknowledged.
+	Quorum int `yaml:"quorum"`
+	// Listen is where `neonproxy walkeeper` serves its HTTP API.
+	Listen string `yaml:"listen"`
 	// Retention is how far back a branch can be created at an LSN or a
 	// time: the images and WAL of that window are kept.
 	Retention Duration `yaml:"retention"`
@@ -237,7 +244,7 @@ func Default() Config {
 			ServerIdleTimeout: Duration(600 * time.Second),
 			ServerLifetime:    Duration(3600 * time.Second),
 		},
-		Walkeeper: Walkeeper{Quorum: 1, Retention: Duration(7 * 24 * time.Hour)},
+		Walkeeper: Walkeeper{Quorum: 1, Retention: Duration(7 * 24 * time.Hour), Listen: "127.0.0.1:7000"},
 		Log:       Log{Level: "info", Format: "json"},
 	}
 }
@@ -289,6 +296,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Walkeeper.Retention < 0 {
 		errs = append(errs, errors.New("walkeeper.retention must be >= 0"))
+	}
+	if n := max(len(c.Walkeeper.Peers), 1); c.Walkeeper.Quorum < 1 || c.Walkeeper.Quorum > n {
+		errs = append(errs, fmt.Errorf("walkeeper.quorum %d: want 1 to %d (the number of walkeeper.peers, or 1 for the embedded keeper)", c.Walkeeper.Quorum, n))
 	}
 	if c.Pagestore.GCInterval < 0 {
 		errs = append(errs, errors.New("pagestore.gc_interval must be >= 0"))

@@ -109,21 +109,30 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		return nil, fmt.Errorf("open pagestore: %w", err)
 	}
 	s.Metrics.RegisterPagestore(func() float64 { return float64(s.Store.DiskUsage()) })
-	if len(cfg.Walkeeper.Peers) > 0 {
-		_ = s.Store.Close()
-		_ = s.Registry.Close()
-		return nil, fmt.Errorf("walkeeper.peers is set, but standalone WAL keepers are not supported yet: leave it empty to use the embedded keeper")
+	// Standalone keepers (walkeeper.peers) with their quorum, or one
+	// embedded keeper, quorum 1: every commit waits for their fsync.
+	var keepers []walkeeper.Service
+	for _, addr := range cfg.Walkeeper.Peers {
+		c, err := walkeeper.NewClient(addr)
+		if err != nil {
+			_ = s.Store.Close()
+			_ = s.Registry.Close()
+			return nil, fmt.Errorf("walkeeper.peers: %w", err)
+		}
+		keepers = append(keepers, c)
 	}
-	// One embedded keeper, quorum 1: every commit waits for its fsync.
-	s.Keeper, err = walkeeper.Open(walkeeper.Options{
-		Dir:    filepath.Join(dataDir, "walkeeper"),
-		NoSync: opt.NoSync,
-		Logger: log.Named("walkeeper"),
-	})
-	if err != nil {
-		_ = s.Store.Close()
-		_ = s.Registry.Close()
-		return nil, fmt.Errorf("open WAL keeper: %w", err)
+	if len(keepers) == 0 {
+		s.Keeper, err = walkeeper.Open(walkeeper.Options{
+			Dir:    filepath.Join(dataDir, "walkeeper"),
+			NoSync: opt.NoSync,
+			Logger: log.Named("walkeeper"),
+		})
+		if err != nil {
+			_ = s.Store.Close()
+			_ = s.Registry.Close()
+			return nil, fmt.Errorf("open WAL keeper: %w", err)
+		}
+		keepers = []walkeeper.Service{s.Keeper}
 	}
 	drv, err := wake.NewPostgresDriver(wake.DriverOptions{
 		DataDir:        filepath.Join(dataDir, "computes"),
@@ -133,7 +142,8 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		MaxConnections: cfg.Compute.MaxConnections,
 		NoSync:         opt.NoSync,
 		Store:          s.Store,
-		Keeper:         s.Keeper,
+		Keepers:        keepers,
+		KeeperQuorum:   cfg.Walkeeper.Quorum,
 		CacheBytes:     int64(cfg.Compute.CacheBytes),
 		SpareFiles:     cfg.Compute.SpareFiles,
 		Logger:         log.Named("compute"),
@@ -541,7 +551,11 @@ func (a computesAdapter) Delete(ctx context.Context, branch string) error {
 
 func (a computesAdapter) Storage(branch string) (admin.Storage, error) {
 	st, err := a.s.Computes.Storage(branch)
+	var keepers []admin.KeeperJSON
+	for _, k := range st.WALKeepers {
+		keepers = append(keepers, admin.KeeperJSON{Name: k.Name, State: k.State, FlushLagBytes: k.LagBytes})
+	}
 	return admin.Storage{ParentLSN: st.ParentLSN, LogicalBytes: st.LogicalBytes, UniqueBytes: st.UniqueBytes,
 		LocalBytes: st.LocalBytes, Unstored: st.Unstored, Timeline: st.Timeline,
-		WALKeeper: st.WALKeeper, WALKeeperLag: st.WALKeeperLagBytes}, err
+		WALKeeper: st.WALKeeper, WALKeeperLag: st.WALKeeperLagBytes, WALKeepers: keepers}, err
 }

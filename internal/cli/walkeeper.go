@@ -1,0 +1,80 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/neonproxy/neonproxy/walkeeper"
+)
+
+func walkeeperCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "walkeeper",
+		Short: "Run a standalone WAL keeper (for walkeeper.peers of serve)",
+		Long: `Run a standalone WAL keeper: it stores the WAL of the computes of every
+neonproxy serve that lists it in walkeeper.peers, in <data_dir>/walkeeper (pebble),
+and serves its HTTP API on walkeeper.listen (default 127.0.0.1:7000). serve asks it to
+stream each running compute's WAL as a synchronous standby, reads the WAL back
+to recover a branch, and copies WAL between namespaces for new branches.
+
+Three keepers with different data_dir and walkeeper.listen, and serve with
+walkeeper.peers listing them and walkeeper.quorum: 2, survive the loss of any one.
+The keeper reaches computes at the connection strings serve gives it (unix
+sockets on the same machine). SIGINT/SIGTERM stop it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(g.configPath)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(cfg.Log)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = log.Sync() }()
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			dir, err := filepath.Abs(filepath.Join(cfg.DataDir, "walkeeper"))
+			if err != nil {
+				return err
+			}
+			k, err := walkeeper.Open(walkeeper.Options{Dir: dir, Logger: log.Named("walkeeper")})
+			if err != nil {
+				return err
+			}
+			defer func() { _ = k.Close() }()
+			ln, err := net.Listen("tcp", cfg.Walkeeper.Listen)
+			if err != nil {
+				return fmt.Errorf("walkeeper.listen: %w", err)
+			}
+			srv := &http.Server{Handler: walkeeper.Handler(k, log.Named("http")), ReadHeaderTimeout: 10 * time.Second}
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(ln) }()
+			fmt.Fprintf(cmd.OutOrStdout(), "walkeeper is ready: http://%s (data in %s)\n", ln.Addr(), dir)
+			log.Info("walkeeper serving", zap.Stringer("addr", ln.Addr()), zap.String("dir", dir))
+			select {
+			case <-ctx.Done():
+				log.Info("walkeeper shutting down")
+			case err := <-served:
+				return fmt.Errorf("walkeeper: serve: %w", err)
+			}
+			// Streams are long requests: closing their connections ends
+			// them (the computes' commits then wait for the other keepers).
+			if err := srv.Close(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+	}
+}
