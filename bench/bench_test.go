@@ -4,10 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/neonproxy/neonproxy/internal/config"
 )
 
 func TestParsePgbench(t *testing.T) {
@@ -168,5 +171,58 @@ func TestInGroup(t *testing.T) {
 	// The test's own process group has at least this process.
 	if n := inGroup(syscall.Getpgrp()); n < 1 {
 		t.Errorf("inGroup(own group) = %d, want ≥ 1", n)
+	}
+}
+
+// TestWriteConfigWalkeeperPeers checks that the generated serve config
+// loads with the standalone keepers and their quorum, and that without
+// peers it keeps the embedded keeper.
+func TestWriteConfigWalkeeperPeers(t *testing.T) {
+	for _, peers := range [][]string{nil, {"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"}} {
+		e := &env{dir: t.TempDir()}
+		o := options{poolSize: 20, walkeeperPeers: peers, walkeeperQuorum: standaloneQuorum}
+		p := &proxy{dataDir: e.path("data")}
+		path, err := p.writeConfig(e, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config.Load(path, nil)
+		if err != nil {
+			t.Fatalf("peers %v: %v", peers, err)
+		}
+		wantQuorum := 1
+		if len(peers) > 0 {
+			wantQuorum = standaloneQuorum
+		}
+		if !slices.Equal(cfg.Walkeeper.Peers, peers) || cfg.Walkeeper.Quorum != wantQuorum {
+			t.Errorf("peers %v: loaded walkeeper %+v", peers, cfg.Walkeeper)
+		}
+	}
+	if got := wantStandbyNames(); got != "ANY 2 (wk1, wk2, wk3)" {
+		t.Errorf("wantStandbyNames() = %q", got)
+	}
+}
+
+// TestCommitLatencyReport checks the standalone keepers' row and lines.
+func TestCommitLatencyReport(t *testing.T) {
+	r := newReport(options{sections: []string{sectionDurability}, durabilityRounds: 1, duration: time.Second})
+	d := &r.durability
+	d.admin = "http://127.0.0.1:1"
+	for i, m := range commitModes {
+		d.modes = append(d.modes, commitModeResult{commitMode: m, seen: "on",
+			runs: []pgbenchResult{{tps: float64(100 * (i + 1)), latencyMS: float64(i + 1)}}})
+	}
+	d.standbyNames, d.standaloneReplication = "ANY 2 (wk1, wk2)", "wk1 (streaming, quorum)"
+	var b strings.Builder
+	r.print(&b)
+	out := b.String()
+	for _, want := range []string{
+		"| synchronous_commit=on (3 standalone keepers, quorum 2) `(none)` | on | 1 | 400 | 4.000 ms |",
+		"3 standalone keepers (quorum 2) vs the embedded keeper: latency +3.000 ms per transaction, TPS 4.00×",
+		"= 'ANY 2 (wk1, wk2)' (**expected 'ANY 2 (wk1, wk2, wk3)'**)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
 	}
 }

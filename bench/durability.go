@@ -43,21 +43,53 @@ const (
 	chaosMissingShown = 20 // missing ids listed in the report
 )
 
+// The standalone-keepers variant of the commit latency: a second serve
+// with walkeeper.peers listing this many `neonproxy walkeeper` processes
+// and walkeeper.quorum.
+const (
+	standaloneKeepers = 3
+	standaloneQuorum  = 2
+)
+
+// commitMode is one pgbench TPC-B variant: a per-connection setting
+// (PGOPTIONS), on the section's serve (embedded keeper) or, with
+// standalone, on the serve with the standalone keepers.
+type commitMode struct {
+	name, pgoptions string
+	standalone      bool
+}
+
 // commitModes are the pgbench TPC-B variants, in the order each round runs
 // them.
-var commitModes = []struct{ name, pgoptions string }{
-	{"synchronous_commit=on (keeper fsync; default)", ""},
-	{"synchronous_commit=local (local fsync only)", "-c synchronous_commit=local"},
-	{"synchronous_commit=off (no wait)", "-c synchronous_commit=off"},
+var commitModes = []commitMode{
+	{"synchronous_commit=on (keeper fsync; default)", "", false},
+	{"synchronous_commit=local (local fsync only)", "-c synchronous_commit=local", false},
+	{"synchronous_commit=off (no wait)", "-c synchronous_commit=off", false},
+	{fmt.Sprintf("synchronous_commit=on (%d standalone keepers, quorum %d)", standaloneKeepers, standaloneQuorum), "", true},
+}
+
+// wantStandbyNames is the synchronous_standby_names that serve gives a
+// compute with standaloneKeepers peers and standaloneQuorum:
+// 'ANY 2 (wk1, wk2, wk3)'.
+func wantStandbyNames() string {
+	names := make([]string, standaloneKeepers)
+	for i := range names {
+		names[i] = fmt.Sprintf("wk%d", i+1)
+	}
+	return fmt.Sprintf("ANY %d (%s)", standaloneQuorum, strings.Join(names, ", "))
 }
 
 // durability runs the section's phases against one neonproxy.
 type durability struct {
-	px   *proxy
-	env  *env
-	rep  *durabilityReport
-	opts options
-	rng  *rand.Rand
+	px *proxy
+	// The standalone-keepers variant's serve and keepers (nil until
+	// started by commitLatency).
+	spx     *proxy
+	keepers *walkeepers
+	env     *env
+	rep     *durabilityReport
+	opts    options
+	rng     *rand.Rand
 
 	nextID int64  // last id handed to a writer (ids are 1, 2, 3, … over all cycles)
 	status []byte // by id: idAttempted or idAcked
@@ -86,11 +118,7 @@ func (b *bench) runDurability(ctx context.Context) {
 	if !b.phase(ctx, "durability: start neonproxy", s.start) {
 		return
 	}
-	defer func() {
-		if s.px != nil {
-			s.px.stop()
-		}
-	}()
+	defer s.stop()
 	if b.phase(ctx, "durability: chaos setup", s.chaosSetup) {
 		b.phase(ctx, "durability: chaos cycles", s.chaosCycles)
 		s.readLog()
@@ -115,12 +143,18 @@ func (s *durability) start(ctx context.Context) error {
 	return nil
 }
 
-func (s *durability) running() bool {
-	select {
-	case <-s.px.exited:
-		return false
-	default:
-		return true
+func (s *durability) running() bool { return s.px.running() }
+
+// stop stops the section's processes: each serve before the keepers its
+// computes stream to.
+func (s *durability) stop() {
+	for _, px := range []*proxy{s.spx, s.px} {
+		if px != nil {
+			px.stop()
+		}
+	}
+	if s.keepers != nil {
+		s.keepers.stop()
 	}
 }
 
@@ -506,8 +540,10 @@ func firstLine(s string) string {
 }
 
 // commitLatency runs pgbench TPC-B on its own branch with the keeper wait
-// (default), with synchronous_commit=local and with off, -rounds times,
-// taking turns.
+// (default), with synchronous_commit=local and with off, and on a second
+// serve with standalone keepers, -rounds times, taking turns. Without the
+// standalone keepers (they or their serve fail to start) the other
+// variants still run and the phase fails at the end.
 func (s *durability) commitLatency(ctx context.Context) error {
 	// The chaos branch's compute would only idle; stop it (best effort).
 	if err := s.px.suspendBranch(ctx, chaosBranch); err == nil {
@@ -517,30 +553,58 @@ func (s *durability) commitLatency(ctx context.Context) error {
 	} else {
 		s.rep.note(fmt.Sprintf("suspend of %s after the cycles: %v", chaosBranch, err))
 	}
-	if err := s.px.send(ctx, http.MethodPost, "/v1/branches", map[string]string{"name": tpcbBranch, "parent": branch}, nil); err != nil {
-		return err
-	}
-	t := pgTarget{name: tpcbBranch, host: "127.0.0.1", port: s.px.port, dbname: tpcbBranch, password: s.px.password}
-	logf("  %s: pgbench -i -s %d", tpcbBranch, tpcbScale)
-	cmd, err := pgbenchInit(ctx, t, tpcbScale)
-	s.rep.command(cmd)
+	t, err := s.tpcbSetup(ctx, s.px)
 	if err != nil {
 		return err
 	}
-	if err := s.settings(ctx); err != nil {
+	if s.rep.settings, s.rep.replication, err = s.settings(ctx, s.px); err != nil {
 		return err
 	}
-	if _, err := pgbenchTPCB(ctx, t, "", warmupDuration); err != nil {
-		return fmt.Errorf("warm-up: %w", err)
+	var errs []error
+	var st pgTarget // the standalone keepers' serve; zero when it did not start
+	if err := s.startStandalone(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("standalone keepers: %w", err))
+		logf("  standalone keepers FAILED (their variant is skipped): %v", err)
+	} else {
+		st, err = s.tpcbSetup(ctx, s.spx)
+		if err == nil {
+			err = s.standaloneSettings(ctx)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("standalone keepers' serve: %w", err))
+			logf("  standalone keepers' serve FAILED (its variant is skipped): %v", err)
+			st = pgTarget{}
+		} else if want := wantStandbyNames(); s.rep.standbyNames != want {
+			// Measured anyway; the report shows the setting.
+			errs = append(errs, fmt.Errorf("standalone keepers' compute: SHOW synchronous_standby_names = %q, want %q", s.rep.standbyNames, want))
+		}
 	}
 	s.rep.modes = make([]commitModeResult, len(commitModes))
 	for i, m := range commitModes {
-		s.rep.modes[i].name, s.rep.modes[i].pgoptions = m.name, m.pgoptions
+		s.rep.modes[i].commitMode = m
+		px := s.px
+		if m.standalone {
+			if st.port == 0 {
+				s.rep.modes[i].seen = "not started"
+				continue
+			}
+			px = s.spx
+		}
+		if s.rep.modes[i].seen, err = showSyncCommit(ctx, px, m.pgoptions); err != nil {
+			return err
+		}
 	}
 	for round := 1; round <= s.opts.durabilityRounds; round++ {
 		for i, m := range commitModes {
+			target := t
+			if m.standalone {
+				if st.port == 0 {
+					continue
+				}
+				target = st
+			}
 			logf("  round %d: %s", round, m.name)
-			r, err := pgbenchTPCB(ctx, t, m.pgoptions, s.opts.duration)
+			r, err := pgbenchTPCB(ctx, target, m.pgoptions, s.opts.duration)
 			if round == 1 {
 				s.rep.command(r.command)
 			}
@@ -554,72 +618,138 @@ func (s *durability) commitLatency(ctx context.Context) error {
 	}
 	for _, m := range s.rep.modes {
 		if len(m.failedRuns) > 0 {
-			return fmt.Errorf("%d pgbench run(s) of %s failed: %s", len(m.failedRuns), m.name, m.failedRuns[0])
+			errs = append(errs, fmt.Errorf("%d pgbench run(s) of %s failed: %s", len(m.failedRuns), m.name, m.failedRuns[0]))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// tpcbSetup creates the tpcb branch on px, loads it with pgbench -i and
+// runs the unreported warm-up (default options), and returns pgbench's
+// target for it.
+func (s *durability) tpcbSetup(ctx context.Context, px *proxy) (pgTarget, error) {
+	if err := px.send(ctx, http.MethodPost, "/v1/branches", map[string]string{"name": tpcbBranch, "parent": branch}, nil); err != nil {
+		return pgTarget{}, err
+	}
+	t := pgTarget{name: tpcbBranch, host: "127.0.0.1", port: px.port, dbname: tpcbBranch, password: px.password}
+	logf("  %s on :%d: pgbench -i -s %d", tpcbBranch, px.port, tpcbScale)
+	cmd, err := pgbenchInit(ctx, t, tpcbScale)
+	s.rep.command(cmd)
+	if err != nil {
+		return pgTarget{}, err
+	}
+	if _, err := pgbenchTPCB(ctx, t, "", warmupDuration); err != nil {
+		return pgTarget{}, fmt.Errorf("warm-up: %w", err)
+	}
+	return t, nil
+}
+
+// startStandalone starts standaloneKeepers keepers in
+// <tmp>/durability/walkeepers and a second serve in
+// <tmp>/durability/standalone (own data dir and ports) whose
+// walkeeper.peers lists them, with walkeeper.quorum standaloneQuorum.
+func (s *durability) startStandalone(ctx context.Context) error {
+	ks, err := startWalkeepers(ctx, s.opts, &env{dir: s.env.path("walkeepers"), keep: s.env.keep}, standaloneKeepers)
+	if err != nil {
+		return err
+	}
+	s.keepers = ks
+	s.rep.keeperAddrs = ks.addrs
+	for i, addr := range ks.addrs {
+		s.rep.command(fmt.Sprintf("neonproxy walkeeper --config %s   # data_dir: %s, walkeeper.listen: %s",
+			s.env.path("walkeepers", fmt.Sprintf("wk%d.yaml", i+1)), ks.dirs[i], addr))
+	}
+	o := s.opts
+	o.walkeeperPeers, o.walkeeperQuorum = ks.addrs, standaloneQuorum
+	px, err := startOwnProxy(ctx, o, &env{dir: s.env.path("standalone"), keep: s.env.keep})
+	if err != nil {
+		return err
+	}
+	s.spx = px
+	s.rep.command(fmt.Sprintf("neonproxy serve --config %s   # walkeeper: {peers: [%s], quorum: %d}",
+		px.cfgPath, strings.Join(ks.addrs, ", "), standaloneQuorum))
+	return nil
+}
+
+// standaloneSettings records the standalone keepers' compute's
+// synchronous_standby_names (SHOW through neonproxy) and
+// pg_stat_replication.
+func (s *durability) standaloneSettings(ctx context.Context) error {
+	settings, repl, err := s.settings(ctx, s.spx)
+	if err != nil {
+		return err
+	}
+	s.rep.standaloneReplication = repl
+	for _, kv := range settings {
+		if kv.key == "synchronous_standby_names" {
+			s.rep.standbyNames = kv.value
 		}
 	}
 	return nil
 }
 
-// settings records the compute's durability settings, and checks that
-// PGOPTIONS reaches the compute through neonproxy.
-func (s *durability) settings(ctx context.Context) error {
+// settings reads the durability settings of px's tpcb compute (SHOW
+// through neonproxy, default options) and its pg_stat_replication.
+func (s *durability) settings(ctx context.Context, px *proxy) (settings []kv, replication string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, connectLimit)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, s.url(tpcbBranch))
+	conn, err := pgx.Connect(ctx, px.branchURL(tpcbBranch, "disable"))
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w", tpcbBranch, err)
+		return nil, "", fmt.Errorf("connect to %s: %w", tpcbBranch, err)
 	}
 	defer closeConn(conn)
 	for _, name := range []string{"fsync", "synchronous_commit", "synchronous_standby_names", "wal_sync_method", "full_page_writes", "wal_level", "shared_buffers"} {
 		var v string
 		if err := conn.QueryRow(ctx, "SHOW "+name, pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil {
-			return fmt.Errorf("SHOW %s: %w", name, err)
+			return nil, "", fmt.Errorf("SHOW %s: %w", name, err)
 		}
-		s.rep.settings = append(s.rep.settings, kv{name, v})
+		settings = append(settings, kv{name, v})
 	}
-	rows, err := conn.Query(ctx, "SELECT application_name, state, sync_state FROM pg_stat_replication", pgx.QueryExecModeSimpleProtocol)
+	rows, err := conn.Query(ctx, "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY application_name", pgx.QueryExecModeSimpleProtocol)
 	if err != nil {
-		return fmt.Errorf("pg_stat_replication: %w", err)
+		return nil, "", fmt.Errorf("pg_stat_replication: %w", err)
 	}
 	var repl []string
 	for rows.Next() {
 		var app, state, sync string
 		if err := rows.Scan(&app, &state, &sync); err != nil {
 			rows.Close()
-			return err
+			return nil, "", err
 		}
 		repl = append(repl, fmt.Sprintf("%s (%s, %s)", app, state, sync))
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return err
+		return nil, "", err
 	}
-	s.rep.replication = strings.Join(repl, ", ")
-	if s.rep.replication == "" {
-		s.rep.replication = "none"
+	if len(repl) == 0 {
+		return settings, "none", nil
 	}
-	// Each mode's PGOPTIONS, as the compute sees it through neonproxy.
-	for _, m := range commitModes {
-		cfg, err := pgx.ParseConfig(s.url(tpcbBranch))
-		if err != nil {
-			return err
-		}
-		if m.pgoptions != "" {
-			cfg.RuntimeParams["options"] = m.pgoptions
-		}
-		c, err := pgx.ConnectConfig(ctx, cfg)
-		if err != nil {
-			return fmt.Errorf("connect with options %q: %w", m.pgoptions, err)
-		}
-		var v string
-		err = c.QueryRow(ctx, "SHOW synchronous_commit", pgx.QueryExecModeSimpleProtocol).Scan(&v)
-		closeConn(c)
-		if err != nil {
-			return fmt.Errorf("SHOW synchronous_commit with options %q: %w", m.pgoptions, err)
-		}
-		s.rep.seen = append(s.rep.seen, v)
+	return settings, strings.Join(repl, ", "), nil
+}
+
+// showSyncCommit is SHOW synchronous_commit on px's tpcb branch with
+// pgoptions, as the compute sees it (PGOPTIONS passes through neonproxy).
+func showSyncCommit(ctx context.Context, px *proxy, pgoptions string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, connectLimit)
+	defer cancel()
+	cfg, err := pgx.ParseConfig(px.branchURL(tpcbBranch, "disable"))
+	if err != nil {
+		return "", err
 	}
-	return nil
+	if pgoptions != "" {
+		cfg.RuntimeParams["options"] = pgoptions
+	}
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return "", fmt.Errorf("connect with options %q: %w", pgoptions, err)
+	}
+	defer closeConn(c)
+	var v string
+	if err := c.QueryRow(ctx, "SHOW synchronous_commit", pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil {
+		return "", fmt.Errorf("SHOW synchronous_commit with options %q: %w", pgoptions, err)
+	}
+	return v, nil
 }
 
 // pgbenchTPCB runs pgbench's default TPC-B-like script against t for d,
@@ -656,9 +786,10 @@ func pgbenchTPCB(ctx context.Context, t pgTarget, pgoptions string, d time.Durat
 
 // commitModeResult is one synchronous_commit variant's pgbench runs.
 type commitModeResult struct {
-	name, pgoptions string
-	runs            []pgbenchResult
-	failedRuns      []string
+	commitMode
+	seen       string // SHOW synchronous_commit with the variant's PGOPTIONS
+	runs       []pgbenchResult
+	failedRuns []string
 }
 
 func (m commitModeResult) medians() (tps, latMS float64) {

@@ -3,7 +3,8 @@
 // throughput / per-query latency; and neonproxy's branches (create latency,
 // storage, cold and warm start); and durability (kill -9 of neonproxy and the
 // compute with the local data lost, then a check that every acknowledged
-// commit is back; commit latency with and without the WAL keeper's wait). It
+// commit is back; commit latency with and without the WAL keeper's wait,
+// and with three standalone keepers, quorum 2). It
 // starts its own neonproxy (and
 // PgBouncer) on free 127.0.0.1 ports in a temporary data directory and prints
 // a plain-text report. Timings are never pass/fail; the exit status is
@@ -59,6 +60,11 @@ type options struct {
 	// proxyLogLevel is neonproxy's log.level (empty: warn); the branching
 	// section sets info for the "data directory materialized" lines.
 	proxyLogLevel string
+	// walkeeperPeers and walkeeperQuorum are neonproxy's walkeeper.peers
+	// and walkeeper.quorum (no peers: the embedded keeper); the durability
+	// section sets them for its standalone-keepers variant.
+	walkeeperPeers  []string
+	walkeeperQuorum int
 }
 
 // has reports whether section s runs.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -12,28 +11,23 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
 const (
 	branch           = "main"
-	proxyStartLimit  = 60 * time.Second
-	proxyStopLimit   = 30 * time.Second
 	adminCallTimeout = 60 * time.Second
 )
 
 // proxy is a running neonproxy serve subprocess.
 type proxy struct {
-	cmd      *exec.Cmd
-	exited   chan struct{} // closed when cmd.Wait returns
-	bin      string        // absolute path of the binary
-	cfgPath  string        // the generated config: a restart reuses it (same ports, data dir)
+	*daemon         // the serve process; a restart replaces it
+	bin      string // absolute path of the binary
+	cfgPath  string // the generated config: a restart reuses it (same ports, data dir)
 	dataDir  string
 	logPath  string
 	port     int
@@ -44,15 +38,25 @@ type proxy struct {
 
 var readyLine = regexp.MustCompile(`psql '(postgres://[^']+)'`)
 
+// neonproxyBin is the absolute path of the binary under test (-neonproxy),
+// which runs both serve and walkeeper.
+func neonproxyBin(o options) (string, error) {
+	bin, err := filepath.Abs(o.neonproxy)
+	if err != nil {
+		return "", fmt.Errorf("neonproxy path: %w", err)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Errorf("neonproxy binary (build it with make build): %w", err)
+	}
+	return bin, nil
+}
+
 // startProxy writes a config into e and starts neonproxy, returning once it
 // has printed its connection string.
 func startProxy(ctx context.Context, o options, e *env) (*proxy, error) {
-	bin, err := filepath.Abs(o.neonproxy)
+	bin, err := neonproxyBin(o)
 	if err != nil {
-		return nil, fmt.Errorf("neonproxy path: %w", err)
-	}
-	if _, err := os.Stat(bin); err != nil {
-		return nil, fmt.Errorf("neonproxy binary (build it with make build): %w", err)
+		return nil, err
 	}
 	p := &proxy{bin: bin, dataDir: e.path("data"), logPath: e.path("neonproxy.log"),
 		http: &http.Client{Timeout: adminCallTimeout}}
@@ -69,43 +73,30 @@ func startProxy(ctx context.Context, o options, e *env) (*proxy, error) {
 // dir) after its process has exited (e.g. was killed); the log is appended
 // to.
 func (p *proxy) restart(ctx context.Context) error {
-	select {
-	case <-p.exited:
-	default:
+	if p.running() {
 		return errors.New("restart: neonproxy is still running")
 	}
 	return p.launch(ctx)
 }
 
 // launch starts the neonproxy process and returns once it has printed its
-// connection string.
+// connection string. On failure p keeps its previous (exited) process.
 func (p *proxy) launch(ctx context.Context) error {
-	p.exited = make(chan struct{})
-	logf, err := os.OpenFile(p.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	d, conn, err := startDaemon(ctx, "neonproxy", p.bin, p.logPath, readyLine, "serve", "--config", p.cfgPath)
 	if err != nil {
-		return fmt.Errorf("open neonproxy log: %w", err)
+		return err
 	}
-	defer logf.Close() // the child keeps its own descriptor
-	p.cmd = exec.Command(p.bin, "serve", "--config", p.cfgPath)
-	p.cmd.Stderr = logf
-	p.cmd.Env = cleanEnv()
-	// Own process group: a terminal Ctrl-C reaches only the bench, which then
-	// stops neonproxy in order.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := p.cmd.StdoutPipe()
+	u, err := url.Parse(conn)
 	if err != nil {
-		return fmt.Errorf("neonproxy stdout: %w", err)
+		d.stop()
+		return fmt.Errorf("parse connection string: %w", err)
 	}
-	if err := p.cmd.Start(); err != nil {
-		return fmt.Errorf("start neonproxy: %w", err)
+	pw, ok := u.User.Password()
+	if !ok {
+		d.stop()
+		return errors.New("connection string has no password")
 	}
-	exited := p.exited
-	cmd := p.cmd
-	go func() { cmd.Wait(); close(exited) }()
-	if err := p.awaitReady(ctx, stdout); err != nil {
-		p.stop()
-		return fmt.Errorf("neonproxy did not become ready: %w\n--- last lines of %s ---\n%s", err, p.logPath, tail(p.logPath, 20))
-	}
+	p.daemon, p.password = d, pw
 	return nil
 }
 
@@ -116,7 +107,8 @@ const computeMaxConnections = manyClients + 100
 
 // writeConfig writes the neonproxy config. The pool keys are written out
 // even where they equal the defaults, so that the comparison with
-// PgBouncer's default_pool_size is explicit.
+// PgBouncer's default_pool_size is explicit. Without o.walkeeperPeers
+// serve embeds its WAL keeper.
 func (p *proxy) writeConfig(e *env, o options) (string, error) {
 	port, err := freePort()
 	if err != nil {
@@ -140,71 +132,18 @@ pool:
 log:
   level: %s
 `, port, adminPort, p.dataDir, branch, computeMaxConnections, o.poolSize, maxClientConn(o), cmp.Or(o.proxyLogLevel, "warn"))
+	if len(o.walkeeperPeers) > 0 {
+		peers := make([]string, len(o.walkeeperPeers))
+		for i, addr := range o.walkeeperPeers {
+			peers[i] = strconv.Quote(addr)
+		}
+		cfg += fmt.Sprintf("walkeeper:\n  peers: [%s]\n  quorum: %d\n", strings.Join(peers, ", "), o.walkeeperQuorum)
+	}
 	path := e.path("neonproxy.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return "", fmt.Errorf("write neonproxy config: %w", err)
 	}
 	return path, nil
-}
-
-// awaitReady reads stdout until the connection string appears. It keeps
-// copying stdout to neonproxy.stdout so the child never blocks on a full
-// pipe.
-func (p *proxy) awaitReady(ctx context.Context, stdout io.Reader) error {
-	found := make(chan string, 1)
-	out, err := os.OpenFile(strings.TrimSuffix(p.logPath, ".log")+".stdout", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return fmt.Errorf("create neonproxy stdout file: %w", err)
-	}
-	go func() {
-		defer out.Close()
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			fmt.Fprintln(out, sc.Text())
-			if m := readyLine.FindStringSubmatch(sc.Text()); m != nil {
-				select {
-				case found <- m[1]:
-				default:
-				}
-			}
-		}
-	}()
-	ctx, cancel := context.WithTimeout(ctx, proxyStartLimit)
-	defer cancel()
-	select {
-	case s := <-found:
-		u, err := url.Parse(s)
-		if err != nil {
-			return fmt.Errorf("parse connection string: %w", err)
-		}
-		pw, ok := u.User.Password()
-		if !ok {
-			return errors.New("connection string has no password")
-		}
-		p.password = pw
-		return nil
-	case <-p.exited:
-		return fmt.Errorf("neonproxy exited: %v", p.cmd.ProcessState)
-	case <-ctx.Done():
-		return fmt.Errorf("waiting for the connection string on stdout: %w", context.Cause(ctx))
-	}
-}
-
-// stop sends SIGTERM and waits; SIGKILL after proxyStopLimit.
-func (p *proxy) stop() {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(proxyStopLimit):
-		fmt.Fprintf(os.Stderr, "bench: neonproxy did not stop within %s; killing it\n", proxyStopLimit)
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
 }
 
 // url is the client connection string through the proxy.
@@ -216,9 +155,6 @@ func (p *proxy) branchURL(name, sslmode string) string {
 	return fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/%s?sslmode=%s",
 		url.QueryEscape(p.password), p.port, name, sslmode)
 }
-
-// pid is the neonproxy process id (for its RSS).
-func (p *proxy) pid() int { return p.cmd.Process.Pid }
 
 // computeStatus is the part of GET /v1/branches/NAME the bench reads.
 type computeStatus struct {

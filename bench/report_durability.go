@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"strings"
 	"time"
@@ -17,12 +18,16 @@ type durabilityReport struct {
 	missingSeen     map[int64]bool
 	// From neonproxy's log, for the chaos branch.
 	logReplays, logMaterialized, logStartFailed int
-	settings                                    []kv     // SHOW … on the tpcb branch, default options
-	seen                                        []string // SHOW synchronous_commit with each mode's PGOPTIONS
-	replication                                 string   // pg_stat_replication of the tpcb compute
+	settings                                    []kv   // SHOW … on the tpcb branch, default options
+	replication                                 string // pg_stat_replication of the tpcb compute
 	modes                                       []commitModeResult
-	commands                                    []string
-	notes                                       []string
+	// The standalone keepers' variant: their HTTP addresses, and SHOW
+	// synchronous_standby_names and pg_stat_replication of its compute.
+	keeperAddrs           []string
+	standbyNames          string
+	standaloneReplication string
+	commands              []string
+	notes                 []string
 }
 
 func (r *durabilityReport) command(c string) {
@@ -177,36 +182,41 @@ func (r *report) printCommitLatency(p printer) {
 		tpcbScale, tpcbClients, tpcbThreads, int(r.opts.duration.Round(time.Second)/time.Second), tpcbBranch)
 	p("")
 	p("Medians over %d round(s), the variants taking turns in each round; a 2 s unreported warm-up with the default first.", r.opts.durabilityRounds)
-	p("Each variant's setting is chosen per connection with PGOPTIONS, which neonproxy passes to the compute.")
+	p("Each variant's setting is chosen per connection with PGOPTIONS, which neonproxy passes to the compute. The last")
+	p("variant runs on a second neonproxy serve (own data dir and ports, running meanwhile) whose `walkeeper.peers`")
+	p("lists %d standalone `neonproxy walkeeper` processes with `walkeeper.quorum: %d`: a commit waits for %d of their fsyncs.",
+		standaloneKeepers, standaloneQuorum, standaloneQuorum)
 	p("")
 	p("| synchronous_commit (PGOPTIONS) | compute saw | runs | TPS (median) | latency avg (median) | TPS per run | failed tx |")
 	p("|---|---|---:|---:|---:|---|---:|")
-	var keeperLat, keeperTPS float64
-	for i, m := range d.modes {
+	for _, m := range d.modes {
 		tps, lat := m.medians()
-		if i == 0 {
-			keeperTPS, keeperLat = tps, lat
-		}
 		var per []string
 		var failed int64
 		for _, run := range m.runs {
 			per = append(per, fmt.Sprintf("%.0f", run.tps))
 			failed += run.failed
 		}
-		seen := "?"
-		if i < len(d.seen) {
-			seen = d.seen[i]
-		}
 		opts := m.pgoptions
 		if opts == "" {
 			opts = "(none)"
 		}
-		p("| %s `%s` | %s | %d | %.0f | %.3f ms | %s | %d |", m.name, opts, seen, len(m.runs), tps, lat, strings.Join(per, ", "), failed)
+		tpsCol, latCol := "–", "–"
+		if len(m.runs) > 0 {
+			tpsCol, latCol = fmt.Sprintf("%.0f", tps), fmt.Sprintf("%.3f ms", lat)
+		}
+		p("| %s `%s` | %s | %d | %s | %s | %s | %d |", m.name, opts, cmp.Or(m.seen, "?"), len(m.runs), tpsCol, latCol, strings.Join(per, ", "), failed)
 	}
 	p("")
+	keeperTPS, keeperLat := d.modes[0].medians()
 	for _, m := range d.modes[1:] {
 		tps, lat := m.medians()
 		if tps == 0 || keeperTPS == 0 {
+			continue
+		}
+		if m.standalone {
+			p("- %d standalone keepers (quorum %d) vs the embedded keeper: latency %+.3f ms per transaction, TPS %s",
+				standaloneKeepers, standaloneQuorum, lat-keeperLat, ratio(tps, keeperTPS))
 			continue
 		}
 		p("- keeper wait vs %s: latency %+.3f ms per transaction, TPS %s", m.name, keeperLat-lat, ratio(keeperTPS, tps))
@@ -221,8 +231,21 @@ func (r *report) printCommitLatency(p printer) {
 	if d.replication != "" {
 		p("- pg_stat_replication of the compute: %s.", d.replication)
 	}
+	if len(d.keeperAddrs) > 0 {
+		p("- standalone keepers (wk1, wk2, …): %s.", strings.Join(d.keeperAddrs, ", "))
+	}
+	if d.standbyNames != "" {
+		verdict := "as expected"
+		if want := wantStandbyNames(); d.standbyNames != want {
+			verdict = fmt.Sprintf("**expected '%s'**", want)
+		}
+		p("- standalone keepers' compute: `SHOW synchronous_standby_names` through neonproxy = '%s' (%s); pg_stat_replication: %s.",
+			d.standbyNames, verdict, d.standaloneReplication)
+	}
 	p("- `local` waits for the compute's own WAL fsync only (with fsync=on); `off` waits for nothing, a crash can")
-	p("  lose the last transactions (never corrupts). The default waits for the compute's fsync and the keeper's.")
+	p("  lose the last transactions (never corrupts). The default waits for the compute's fsync and the keeper's;")
+	p("  with standalone keepers, for the fastest %d of %d keepers' fsyncs (each a separate process with its own pebble", standaloneQuorum, standaloneKeepers)
+	p("  store and replication connection to the compute; all on this machine's disk and CPUs).")
 }
 
 func yesNo(b bool) string {
