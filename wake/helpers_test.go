@@ -137,8 +137,10 @@ type env struct {
 	cd    *countingDriver
 	m     *Manager
 	met   *metrics.Metrics
-	// keeper is the embedded WAL keeper of newKeeperEnv.
-	keeper *walkeeper.Keeper
+	// keeper is the (first) embedded WAL keeper of newKeeperEnv
+	// (newKeepersEnv: keepers).
+	keeper  *walkeeper.Keeper
+	keepers []*walkeeper.Keeper
 }
 
 // newEnv makes a fresh data dir and store with the template branch's data
@@ -335,13 +337,25 @@ func (e *env) crashAndLoseLocalDir(branch string) {
 // env) and the template's data as branch "main".
 func newKeeperEnv(t *testing.T) *env {
 	t.Helper()
-	k, err := walkeeper.Open(walkeeper.Options{Dir: filepath.Join(mkTemp(t), "walkeeper"), NoSync: true, Logger: testLogger()})
-	if err != nil {
-		t.Fatal(err)
+	return newKeepersEnv(t, 1, 1)
+}
+
+// newKeepersEnv is newKeeperEnv with n embedded keepers (e.keepers, wk1 …
+// wkn) and a quorum.
+func newKeepersEnv(t *testing.T, n, quorum int) *env {
+	t.Helper()
+	var ks []*walkeeper.Keeper
+	var svcs []walkeeper.Service
+	for i := range n {
+		k, err := walkeeper.Open(walkeeper.Options{Dir: filepath.Join(mkTemp(t), fmt.Sprintf("wk%d", i+1)), NoSync: true, Logger: testLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { k.Close() }) // after the env's cleanup (LIFO)
+		ks, svcs = append(ks, k), append(svcs, k)
 	}
-	t.Cleanup(func() { k.Close() }) // after the env's cleanup (LIFO)
-	e := newEnvDriver(t, Options{}, DriverOptions{Keepers: []walkeeper.Service{k}}, "main")
-	e.keeper = k
+	e := newEnvDriver(t, Options{}, DriverOptions{Keepers: svcs, KeeperQuorum: quorum}, "main")
+	e.keeper, e.keepers = ks[0], ks
 	return e
 }
 

@@ -1,6 +1,7 @@
 package wake
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -141,23 +142,86 @@ type durableView struct {
 // durable finds the keeper with the newest WAL of ns: among the keepers of
 // the newest compute generation (older ones may hold WAL that generation
 // cut off), the one with the highest flush LSN. Every acknowledged commit
-// is there.
+// is there, unless its copy is damaged: readSource checks that.
 func (s *keeperSet) durable(ctx context.Context, ns uint64) (durableView, error) {
-	ok, err := s.infos(ctx, ns)
+	views, err := s.candidates(ctx, ns)
 	if err != nil {
 		return durableView{}, err
 	}
-	var v durableView
-	best := -1
-	for j, mi := range ok {
-		v.covered = max(v.covered, pagestore.LSN(mi.in.Covered))
-		if best < 0 || mi.in.Gen > ok[best].in.Gen || (mi.in.Gen == ok[best].in.Gen && mi.in.Flush > ok[best].in.Flush) {
-			best = j
+	return views[0], nil
+}
+
+// candidates are the keepers of the newest generation that answered,
+// highest flush LSN first.
+func (s *keeperSet) candidates(ctx context.Context, ns uint64) ([]durableView, error) {
+	ok, err := s.infos(ctx, ns)
+	if err != nil {
+		return nil, err
+	}
+	var covered pagestore.LSN
+	var gen uint64
+	for _, mi := range ok {
+		covered = max(covered, pagestore.LSN(mi.in.Covered))
+		gen = max(gen, mi.in.Gen)
+	}
+	var views []durableView
+	for _, mi := range ok {
+		if mi.in.Gen == gen {
+			m := s.members[mi.i]
+			views = append(views, durableView{src: m.svc, srcName: m.name, info: mi.in, covered: covered, gen: gen})
 		}
 	}
-	m := s.members[ok[best].i]
-	v.src, v.srcName, v.info, v.gen = m.svc, m.name, ok[best].in, ok[best].in.Gen
+	slices.SortStableFunc(views, func(a, b durableView) int { return cmp.Compare(b.info.Flush, a.info.Flush) })
+	return views, nil
+}
+
+// readSource picks the keeper to read ns's WAL from `from` (a record
+// start) for a replay: of the candidates, the one whose records check out
+// (CRC32C, back-links: walkeeper.ValidEnd) furthest. A copy damaged on one
+// keeper is then read from another. The view's info.Flush is that valid
+// end.
+func (s *keeperSet) readSource(ctx context.Context, ns uint64, from pagestore.LSN) (durableView, error) {
+	views, err := s.candidates(ctx, ns)
+	if err != nil {
+		return durableView{}, err
+	}
+	best, bestEnd := -1, walkeeper.LSN(0)
+	for i, v := range views {
+		if best >= 0 && bestEnd >= v.info.Flush {
+			break // no later candidate can have more
+		}
+		if v.info.Flush <= uint64(from) {
+			continue
+		}
+		end, err := s.validEnd(ctx, v, ns, from)
+		if err != nil {
+			s.log.Warn("cannot check a WAL keeper's copy", zap.String("keeper", v.srcName), zap.Error(err))
+			continue
+		}
+		if end < v.info.Flush&^(walkeeper.PageSize-1) {
+			s.log.Warn("a WAL keeper's copy ends in a damaged or foreign record before its flush position",
+				zap.String("keeper", v.srcName), zap.Uint64("ns", ns), zap.Stringer("valid_end", pagestore.LSN(end)),
+				zap.Stringer("flush", pagestore.LSN(v.info.Flush)))
+		}
+		if best < 0 || end > bestEnd {
+			best, bestEnd = i, end
+		}
+	}
+	if best < 0 {
+		return views[0], nil // nothing after `from` anywhere
+	}
+	v := views[best]
+	v.info.Flush = max(bestEnd, uint64(from))
 	return v, nil
+}
+
+func (s *keeperSet) validEnd(ctx context.Context, v durableView, ns uint64, from pagestore.LSN) (walkeeper.LSN, error) {
+	w, err := v.src.Export(ctx, ns, uint64(from), 0)
+	if err != nil {
+		return 0, err
+	}
+	defer w.Body.Close()
+	return walkeeper.ValidEnd(w, uint64(from))
 }
 
 // each runs op on every keeper in parallel and returns how many succeeded
@@ -203,7 +267,7 @@ func (s *keeperSet) all(ctx context.Context, what string, op func(ctx context.Co
 // has the newest, so each holds all of it), and returns that end (0: no
 // WAL after `at`).
 func (s *keeperSet) branch(ctx context.Context, from, to uint64, at pagestore.LSN) (pagestore.LSN, error) {
-	v, err := s.durable(ctx, from)
+	v, err := s.readSource(ctx, from, at)
 	if err != nil {
 		return 0, err
 	}
@@ -249,6 +313,9 @@ func (d *PostgresDriver) replayFromKeeper(ctx context.Context, branch string, tl
 	if err != nil {
 		return false, err
 	}
+	if v, err = d.keepers.readSource(ctx, uint64(tl.ID), cp.LSN); err != nil {
+		return false, err
+	}
 	end, err := walkeeper.WriteSegments(ctx, v.src, uint64(tl.ID), uint64(cp.LSN), cp.TimeLineID, cp.WALSegSize,
 		filepath.Join(tmp, "pg_wal"), d.owner().UID, d.owner().GID)
 	if err != nil {
@@ -258,7 +325,8 @@ func (d *PostgresDriver) replayFromKeeper(ctx context.Context, branch string, tl
 		return false, err
 	}
 	d.log.Info("replaying WAL from the keepers on top of the stored image", zap.String("branch", branch),
-		zap.String("keeper", v.srcName), zap.Stringer("image", tl.Head()), zap.Stringer("wal_end", pagestore.LSN(end)))
+		zap.String("keeper", v.srcName), zap.Stringer("image", tl.Head()), zap.Stringer("valid_end", pagestore.LSN(v.info.Flush)),
+		zap.Stringer("wal_end", pagestore.LSN(end)))
 	return true, nil
 }
 

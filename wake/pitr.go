@@ -116,7 +116,7 @@ func (d *PostgresDriver) recoverToTarget(ctx context.Context, branch string, tl 
 		return err
 	}
 	ns := uint64(tl.ID)
-	v, err := d.keepers.durable(ctx, ns)
+	v, err := d.keepers.readSource(ctx, ns, cp.LSN)
 	if err != nil {
 		return err
 	}

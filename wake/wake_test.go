@@ -1,9 +1,11 @@
 package wake
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/neonproxy/neonproxy/pagestore"
+	"github.com/neonproxy/neonproxy/walkeeper"
 )
 
 func TestNewPostgresDriverChecks(t *testing.T) {
@@ -1172,5 +1175,58 @@ func TestStaleKeeperSlotDropped(t *testing.T) {
 	}
 	if got := e.on("main", slots); got[0] != "neonproxy_wk1" {
 		t.Fatalf("slots after the restart: %q, want only the keeper's", got)
+	}
+}
+
+// TestDamagedKeeperCopy: three keepers, quorum 2. The copy of the keeper a
+// recovery would read first has one byte flipped in the middle of the
+// committed WAL; the recovery checks records (CRC32C) and reads another
+// keeper's copy instead, so no acknowledged commit is lost. The damaged
+// keeper serves on.
+func TestDamagedKeeperCopy(t *testing.T) {
+	e := newKeepersEnv(t, 3, 2)
+	ctx := ctxT(t)
+	e.on("main", "create table t(id int)")
+	for range 20 {
+		e.on("main", "insert into t select generate_series(1, 50)")
+	}
+	st, err := e.m.Storage("main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := st.Timeline
+	e.crashAndLoseLocalDir("main")
+
+	// Damage wk1, the keeper with the highest flush (all equal: the
+	// first), in the middle of its WAL.
+	k := e.keepers[0]
+	in, err := k.Info(ctx, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range e.keepers[1:] {
+		if oi, _ := o.Info(ctx, ns); oi.Flush > in.Flush {
+			t.Fatalf("wk1 flush %X is behind another keeper's %X", in.Flush, oi.Flush)
+		}
+	}
+	w, err := k.Export(ctx, ns, in.Start, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf, err := io.ReadAll(w.Body)
+	w.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := (in.Start+(in.Flush-in.Start)/2)&^(walkeeper.PageSize-1) + 4000
+	buf[at-w.Start] ^= 0x40
+	if err := k.Import(ctx, ns, &walkeeper.WAL{Start: w.Start, Flush: w.Flush, Body: io.NopCloser(bytes.NewReader(buf))}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.on("main", "select count(*) from t"); got[0] != "1000" {
+		t.Fatalf("%s rows after recovery with wk1's copy damaged, want 1000", got[0])
+	}
+	if _, err := k.Info(ctx, ns); err != nil {
+		t.Fatalf("the damaged keeper: %v", err)
 	}
 }

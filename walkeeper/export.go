@@ -146,7 +146,8 @@ func (r *pageReader) Close() error {
 	return r.closeErr
 }
 
-// Import replaces ns's WAL with w's pages. The pages go in unsynced
+// Import replaces ns's WAL with w's pages (an active stream of ns is the
+// caller's to stop first). The pages go in unsynced
 // batches; the flush position last, in a synced batch, so a crash in
 // between leaves ns without WAL rather than with a part of it.
 func (k *Keeper) Import(ctx context.Context, ns uint64, w *WAL) error {
@@ -154,8 +155,17 @@ func (k *Keeper) Import(ctx context.Context, ns uint64, w *WAL) error {
 	if w.Start != pageOf(w.Start) || w.Flush < w.Start {
 		return fmt.Errorf("walkeeper: import %d: bad range %s to %s", ns, fmtLSN(w.Start), fmtLSN(w.Flush))
 	}
-	if err := k.Drop(ctx, ns); err != nil {
-		return err
+	// The WAL only: the namespace's generation and covered position stay.
+	clearWAL := k.db.NewBatch()
+	defer clearWAL.Close()
+	if err := clearWAL.DeleteRange(pageKey(ns, 0), pageKeyEnd(ns), nil); err != nil {
+		return fmt.Errorf("walkeeper: import %d: %w", ns, err)
+	}
+	if err := clearWAL.Delete(flushKey(ns), nil); err != nil {
+		return fmt.Errorf("walkeeper: import %d: %w", ns, err)
+	}
+	if err := clearWAL.Commit(k.wo); err != nil {
+		return fmt.Errorf("walkeeper: import %d: %w", ns, err)
 	}
 	if w.Flush == w.Start {
 		return nil

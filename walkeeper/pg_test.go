@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/user"
@@ -506,6 +507,33 @@ func TestRecoverFromKeeper(t *testing.T) {
 	if flush < committed {
 		t.Fatalf("keeper flush %s < committed %s", fmtLSN(flush), fmtLSN(committed))
 	}
+	// Every record up to the last commit checks out (CRC, back-links)...
+	valid := validEnd(t, k, ns, checkpoint)
+	if (valid+7)&^7 < committed || valid > flush {
+		t.Fatalf("ValidEnd = %s, want the committed end %s (keeper flush %s)", fmtLSN(valid), fmtLSN(committed), fmtLSN(flush))
+	}
+	// ...and a copy with one flipped byte ends before it: a recovery
+	// reading that copy would stop there, so the keepers' set reads
+	// another. The keeper serves on.
+	corrupt := pageOf(checkpoint+(committed-checkpoint)/2) + 4000
+	wal, err := k.Export(ctx, ns, checkpoint, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf, err := io.ReadAll(wal.Body)
+	wal.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf[corrupt-wal.Start] ^= 0x40
+	if err := k.Import(ctx, ns+100, &WAL{Start: wal.Start, Flush: wal.Flush, Body: io.NopCloser(bytes.NewReader(buf))}); err != nil {
+		t.Fatal(err)
+	}
+	if bad := validEnd(t, k, ns+100, checkpoint); bad > corrupt || bad <= checkpoint {
+		t.Fatalf("ValidEnd of the corrupted copy = %s, want between %s and the corrupt byte at %s", fmtLSN(bad), fmtLSN(checkpoint), fmtLSN(corrupt))
+	} else {
+		t.Logf("valid end %s; with a byte flipped at %s: %s", fmtLSN(valid), fmtLSN(corrupt), fmtLSN(bad))
+	}
 
 	// Rebuild: the image, without its WAL except the first page of the
 	// checkpoint's segment (what the caller's sparse segment holds).
@@ -598,4 +626,19 @@ func TestMarkCrashed(t *testing.T) {
 	if err := MarkCrashed(t.TempDir()); err == nil {
 		t.Fatal("MarkCrashed of a directory without pg_control succeeded")
 	}
+}
+
+// validEnd is ValidEnd over k's WAL of ns from `from`.
+func validEnd(t *testing.T, k *Keeper, ns uint64, from LSN) LSN {
+	t.Helper()
+	w, err := k.Export(context.Background(), ns, from, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Body.Close()
+	end, err := ValidEnd(w, from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return end
 }
