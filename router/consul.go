@@ -1,0 +1,171 @@
+package router
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// DefaultConsulPrefix is where branches live in Consul KV: one key per
+// branch, <prefix>NAME, holding the Branch as JSON. Keys below a branch
+// (<prefix>NAME/compute: the lock of the node that runs its compute) belong
+// to it.
+const DefaultConsulPrefix = "neonproxy/branches/"
+
+// ConsulRegistry keeps branches in Consul KV. Create and Delete are
+// check-and-set operations, so two nodes creating the same name get one
+// success and one ErrBranchExists, whatever their timing.
+type ConsulRegistry struct {
+	kv     *api.KV
+	prefix string
+}
+
+var _ Registry = (*ConsulRegistry)(nil)
+
+// OpenConsul connects to the Consul agent at addr (host:port of its HTTP
+// API) and keeps branches under prefix (DefaultConsulPrefix when empty).
+// It checks that the agent answers and has a leader.
+func OpenConsul(ctx context.Context, addr, prefix string) (*ConsulRegistry, error) {
+	if prefix == "" {
+		prefix = DefaultConsulPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	cfg := api.DefaultConfig()
+	cfg.Address = addr
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consul %s: %w", addr, err)
+	}
+	// A registry without a leader would fail every write: say so at start.
+	for {
+		leader, err := c.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+		if err == nil && leader != "" {
+			break
+		}
+		if err == nil {
+			err = errors.New("no leader elected")
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("consul %s: %w (%v)", addr, err, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return &ConsulRegistry{kv: c.KV(), prefix: prefix}, nil
+}
+
+func (r *ConsulRegistry) key(name string) string { return r.prefix + name }
+
+func decodeBranch(p *api.KVPair) (Branch, error) {
+	var b Branch
+	if err := json.Unmarshal(p.Value, &b); err != nil {
+		return b, fmt.Errorf("consul key %s: %w", p.Key, err)
+	}
+	return b, nil
+}
+
+// Get returns the branch called name, or an error wrapping ErrBranchNotFound.
+func (r *ConsulRegistry) Get(ctx context.Context, name string) (Branch, error) {
+	if err := ValidateName(name); err != nil {
+		return Branch{}, fmt.Errorf("get branch %s: %w", name, ErrBranchNotFound)
+	}
+	p, _, err := r.kv.Get(r.key(name), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil {
+		return Branch{}, fmt.Errorf("get branch %s: %w", name, err)
+	}
+	if p == nil {
+		return Branch{}, fmt.Errorf("get branch %s: %w", name, ErrBranchNotFound)
+	}
+	return decodeBranch(p)
+}
+
+// List returns all branches ordered by name.
+func (r *ConsulRegistry) List(ctx context.Context) ([]Branch, error) {
+	pairs, _, err := r.kv.List(r.prefix, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("list branches: %w", err)
+	}
+	out := make([]Branch, 0, len(pairs))
+	for _, p := range pairs {
+		if strings.Contains(strings.TrimPrefix(p.Key, r.prefix), "/") {
+			continue // a key of a branch (its compute lock), not a branch
+		}
+		b, err := decodeBranch(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// Create adds b if no branch has its name (check-and-set on index 0). It
+// validates names as EmbeddedRegistry.Create does and sets CreatedAt when
+// zero.
+func (r *ConsulRegistry) Create(ctx context.Context, b Branch) error {
+	if err := ValidateName(b.Name); err != nil {
+		return fmt.Errorf("create branch: %w", err)
+	}
+	if b.Parent != "" {
+		if err := ValidateName(b.Parent); err != nil {
+			return fmt.Errorf("create branch %s: parent: %w", b.Name, err)
+		}
+	}
+	if b.CreatedAt.IsZero() {
+		b.CreatedAt = time.Now().UTC()
+	}
+	v, err := json.Marshal(b)
+	if err != nil {
+		return err
+	}
+	ok, _, err := r.kv.CAS(&api.KVPair{Key: r.key(b.Name), Value: v, ModifyIndex: 0}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("create branch %s: %w", b.Name, err)
+	}
+	if !ok {
+		return fmt.Errorf("create branch %s: %w", b.Name, ErrBranchExists)
+	}
+	return nil
+}
+
+// Delete removes the branch called name (check-and-set on the index it was
+// read at, so a branch re-created in between is not deleted by mistake) and
+// the keys below it.
+func (r *ConsulRegistry) Delete(ctx context.Context, name string) error {
+	if err := ValidateName(name); err != nil {
+		return fmt.Errorf("delete branch %s: %w", name, ErrBranchNotFound)
+	}
+	for {
+		p, _, err := r.kv.Get(r.key(name), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+		if err != nil {
+			return fmt.Errorf("delete branch %s: %w", name, err)
+		}
+		if p == nil {
+			return fmt.Errorf("delete branch %s: %w", name, ErrBranchNotFound)
+		}
+		ok, _, err := r.kv.DeleteCAS(p, (&api.WriteOptions{}).WithContext(ctx))
+		if err != nil {
+			return fmt.Errorf("delete branch %s: %w", name, err)
+		}
+		if ok {
+			break
+		}
+		// Changed since it was read: read it again.
+	}
+	if _, err := r.kv.DeleteTree(r.key(name)+"/", (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("delete branch %s: keys below it: %w", name, err)
+	}
+	return nil
+}
+
+// Close releases nothing: the client holds no connection of its own.
+func (r *ConsulRegistry) Close() error { return nil }

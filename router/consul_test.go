@@ -1,0 +1,137 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/neonproxy/neonproxy/internal/testconsul"
+)
+
+// TestConsulRegistry runs the Registry contract on Consul KV (a real
+// `consul agent -dev`), then checks what only a shared store shows: two
+// clients (two nodes) racing to create one name get one success, and keys
+// below a branch (its compute lock) are neither branches nor left behind.
+func TestConsulRegistry(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs a Consul agent")
+	}
+	agent := testconsul.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	n := 0
+	open := func(t *testing.T, prefix string) *ConsulRegistry {
+		t.Helper()
+		r, err := OpenConsul(ctx, agent.Addr, prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	registryContract(t, func(t *testing.T) Registry {
+		n++
+		return open(t, fmt.Sprintf("contract%d/branches", n))
+	})
+
+	t.Run("two nodes race", func(t *testing.T) {
+		raceCreate(t, open(t, "race/branches/"), open(t, "race/branches/"))
+	})
+
+	t.Run("keys below a branch", func(t *testing.T) {
+		r := open(t, "")
+		if err := r.Create(ctx, Branch{Name: "main"}); err != nil {
+			t.Fatal(err)
+		}
+		c, err := api.NewClient(&api.Config{Address: agent.Addr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.KV().Put(&api.KVPair{Key: DefaultConsulPrefix + "main/compute", Value: []byte("node-a")}, nil); err != nil {
+			t.Fatal(err)
+		}
+		bs, err := r.List(ctx)
+		if err != nil || len(bs) != 1 || bs[0].Name != "main" {
+			t.Fatalf("List = %+v, %v; want only main", bs, err)
+		}
+		if err := r.Delete(ctx, "main"); err != nil {
+			t.Fatal(err)
+		}
+		if keys, _, err := c.KV().Keys(DefaultConsulPrefix, "", nil); err != nil || len(keys) != 0 {
+			t.Fatalf("keys left after Delete: %v, %v", keys, err)
+		}
+	})
+
+	t.Run("one owner per branch", func(t *testing.T) {
+		a, err := NewConsulOwners(agent.Addr, "own/", "node-a:5432")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := NewConsulOwners(agent.Addr, "own/", "node-b:5432")
+		if err != nil {
+			t.Fatal(err)
+		}
+		oa, err := a.TryAcquire(ctx, "main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.TryAcquire(ctx, "main"); !errors.Is(err, ErrOwned) || !strings.Contains(err.Error(), "node-a:5432") {
+			t.Fatalf("second owner: %v, want ErrOwned naming node-a", err)
+		}
+		if got, err := b.Owner(ctx, "main"); err != nil || got != "node-a:5432" {
+			t.Fatalf("Owner = %q, %v", got, err)
+		}
+		// Another branch is free for b.
+		ob, err := b.TryAcquire(ctx, "dev")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ob.Release()
+		// a's session ends as when a dies and its TTL runs out: a learns
+		// it lost the branch, b can take it.
+		c, err := api.NewClient(&api.Config{Address: agent.Addr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, _, err := c.KV().Get("own/main/compute", nil)
+		if err != nil || p == nil || p.Session == "" {
+			t.Fatalf("lock key: %+v, %v", p, err)
+		}
+		if _, err := c.Session().Destroy(p.Session, nil); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-oa.Lost():
+		case <-time.After(30 * time.Second):
+			t.Fatal("a did not learn that it lost main")
+		}
+		ob2, err := b.TryAcquire(ctx, "main")
+		if err != nil {
+			t.Fatalf("b takes main after a's session ended: %v", err)
+		}
+		if got, _ := a.Owner(ctx, "main"); got != "node-b:5432" {
+			t.Fatalf("Owner after the move = %q", got)
+		}
+		if err := ob2.Release(); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := a.Owner(ctx, "main"); got != "" {
+			t.Fatalf("Owner after Release = %q", got)
+		}
+		if err := oa.Release(); err != nil {
+			t.Fatalf("Release of a lost ownership: %v", err)
+		}
+	})
+
+	t.Run("agent unreachable", func(t *testing.T) {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if _, err := OpenConsul(sctx, "127.0.0.1:1", ""); err == nil {
+			t.Fatal("OpenConsul of a closed port succeeded")
+		}
+	})
+}

@@ -1,0 +1,132 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Owners decides which node runs a branch's compute: at most one node holds
+// a branch at a time, cluster-wide. A node that wants to start a compute
+// must hold the branch; the others route to the holder.
+type Owners interface {
+	// TryAcquire makes this node the branch's owner if no node is. It
+	// returns ErrOwned (wrapped, naming the owner) when another node is.
+	TryAcquire(ctx context.Context, branch string) (Ownership, error)
+	// Owner is the address of the node that holds branch ("" when none).
+	Owner(ctx context.Context, branch string) (string, error)
+}
+
+// Ownership is a held branch.
+type Ownership interface {
+	// Lost is closed when the ownership ends without Release (the node's
+	// Consul session expired or was invalidated): the compute must stop,
+	// another node may start it.
+	Lost() <-chan struct{}
+	// Release gives the branch up.
+	Release() error
+}
+
+// ErrOwned: another node holds the branch.
+var ErrOwned = errors.New("branch is owned by another node")
+
+// ConsulOwners keeps branch ownership as Consul session locks on
+// <prefix>NAME/compute, whose value is the holder's address. A node's
+// session lives as long as it renews it (SessionTTL); when the node dies,
+// the session expires and the lock is free at once (lock-delay off: the
+// compute's WAL keepers fence a stale compute, see walkeeper).
+type ConsulOwners struct {
+	client *api.Client
+	prefix string
+	node   string // this node's address (the lock's value)
+	ttl    time.Duration
+}
+
+var _ Owners = (*ConsulOwners)(nil)
+
+// SessionTTL is how long a dead node keeps its branches: Consul's minimum.
+const SessionTTL = 10 * time.Second
+
+// NewConsulOwners returns ownership for node (its address, what other nodes
+// route to) on the agent at addr, under prefix (DefaultConsulPrefix when
+// empty).
+func NewConsulOwners(addr, prefix, node string) (*ConsulOwners, error) {
+	if prefix == "" {
+		prefix = DefaultConsulPrefix
+	}
+	cfg := api.DefaultConfig()
+	cfg.Address = addr
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consul %s: %w", addr, err)
+	}
+	return &ConsulOwners{client: c, prefix: prefix, node: node, ttl: SessionTTL}, nil
+}
+
+func (o *ConsulOwners) key(branch string) string { return o.prefix + branch + "/compute" }
+
+// TryAcquire implements Owners.
+func (o *ConsulOwners) TryAcquire(ctx context.Context, branch string) (Ownership, error) {
+	if err := ValidateName(branch); err != nil {
+		return nil, err
+	}
+	lock, err := o.client.LockOpts(&api.LockOptions{
+		Key:          o.key(branch),
+		Value:        []byte(o.node),
+		SessionName:  "neonproxy compute " + branch + " on " + o.node,
+		SessionTTL:   o.ttl.String(),
+		SessionOpts:  &api.SessionEntry{LockDelay: time.Millisecond, Behavior: api.SessionBehaviorDelete},
+		LockTryOnce:  true,
+		LockWaitTime: 100 * time.Millisecond,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("own branch %s: %w", branch, err)
+	}
+	stop := make(chan struct{})
+	cancelStop := context.AfterFunc(ctx, func() { close(stop) })
+	lost, err := lock.Lock(stop)
+	if !cancelStop() {
+		// ctx ended during the attempt: give back what was won.
+		if lost != nil {
+			_ = lock.Unlock()
+		}
+		return nil, fmt.Errorf("own branch %s: %w", branch, ctx.Err())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("own branch %s: %w", branch, err)
+	}
+	if lost == nil {
+		owner, _ := o.Owner(ctx, branch)
+		return nil, fmt.Errorf("own branch %s: %w (%s)", branch, ErrOwned, owner)
+	}
+	return &consulOwnership{lock: lock, lost: lost}, nil
+}
+
+// Owner implements Owners.
+func (o *ConsulOwners) Owner(ctx context.Context, branch string) (string, error) {
+	p, _, err := o.client.KV().Get(o.key(branch), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil {
+		return "", fmt.Errorf("owner of branch %s: %w", branch, err)
+	}
+	if p == nil || p.Session == "" {
+		return "", nil
+	}
+	return string(p.Value), nil
+}
+
+type consulOwnership struct {
+	lock *api.Lock
+	lost <-chan struct{}
+}
+
+func (c *consulOwnership) Lost() <-chan struct{} { return c.lost }
+
+func (c *consulOwnership) Release() error {
+	if err := c.lock.Unlock(); err != nil && !errors.Is(err, api.ErrLockNotHeld) {
+		return err
+	}
+	return nil
+}
