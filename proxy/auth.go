@@ -41,9 +41,9 @@ func errAuthFailed(user string, cause error) *pgwire.Error {
 	}
 }
 
-// parseVerifier reads PostgreSQL's SCRAM-SHA-256 verifier format:
+// ParseVerifier reads PostgreSQL's SCRAM-SHA-256 verifier format:
 // SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> (base64 parts).
-func parseVerifier(v string) (scram.StoredCredentials, error) {
+func ParseVerifier(v string) (scram.StoredCredentials, error) {
 	var sc scram.StoredCredentials
 	rest, ok := strings.CutPrefix(v, mechSCRAM+"$")
 	if !ok {
@@ -173,7 +173,7 @@ func (a *authenticator) lookup(ctx context.Context, branch string, ep wake.Endpo
 	case verifier == nil:
 		return a.mockCredentials(branch, user), false, nil
 	}
-	sc, err := parseVerifier(*verifier)
+	sc, err := ParseVerifier(*verifier)
 	if err != nil {
 		// md5 or plaintext passwords: SCRAM is the only method offered.
 		return a.mockCredentials(branch, user), false, nil

@@ -41,9 +41,9 @@ func TestParseVerifier(t *testing.T) {
 		{"SCRAM-SHA-256$4096:c2FsdA==$YQ==:YQ==$extra", false},
 	}
 	for _, tt := range tests {
-		sc, err := parseVerifier(tt.in)
+		sc, err := ParseVerifier(tt.in)
 		if (err == nil) != tt.ok {
-			t.Errorf("parseVerifier(%q) = %v", tt.in, err)
+			t.Errorf("ParseVerifier(%q) = %v", tt.in, err)
 		}
 		if tt.ok && (sc.Iters != 4096 || sc.Salt != "0123456789abcdef" || len(sc.StoredKey) != 32) {
 			t.Errorf("parsed %+v", sc)
@@ -54,7 +54,7 @@ func TestParseVerifier(t *testing.T) {
 // TestSCRAMExchange runs the proxy's server side against a real SCRAM
 // client over an in-memory connection, as a PostgreSQL client would.
 func TestSCRAMExchange(t *testing.T) {
-	creds, err := parseVerifier(verifierFor(t, "pencil"))
+	creds, err := ParseVerifier(verifierFor(t, "pencil"))
 	if err != nil {
 		t.Fatal(err)
 	}
