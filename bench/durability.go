@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/neonproxy/neonproxy/wake"
 )
 
 // The durability section (issue 5): every acknowledged commit survives a
@@ -524,11 +526,11 @@ func (s *durability) readLog() {
 			continue
 		}
 		switch m.Msg {
-		case "replaying WAL from the keeper on top of the stored image":
+		case wake.LogReplayingWAL:
 			s.rep.logReplays++
-		case "data directory materialized":
+		case wake.LogMaterialized:
 			s.rep.logMaterialized++
-		case "compute start failed":
+		case wake.LogStartFailed:
 			s.rep.logStartFailed++
 		}
 	}

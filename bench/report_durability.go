@@ -146,7 +146,7 @@ func (r *report) printChaos(p printer) {
 	if d.distinctMissing == 0 && recovered == len(d.cycles) {
 		p("Every acknowledged commit (%d over %d cycles) was there after every recovery.", totalAcked, len(d.cycles))
 	}
-	p("- neonproxy's log for branch %s: %d \"data directory materialized\", %d \"replaying WAL from the keeper on top of",
+	p("- neonproxy's log for branch %s: %d \"data directory materialized\", %d \"replaying WAL from the keepers on top of",
 		chaosBranch, d.logMaterialized, d.logReplays)
 	p("  the stored image\", %d \"compute start failed\" (the first materialization is the branch's first start).", d.logStartFailed)
 	if unknown > 0 {

@@ -688,7 +688,11 @@ func wakeError(branch string, err error) *pgwire.Error {
 			hint = fmt.Sprintf("Retry in %s; the neonproxy log has the compute's own error.", se.RetryAfter.Round(time.Second))
 		}
 		msg := fmt.Sprintf("compute for branch %q could not be started", branch)
-		if se.BreakerOpen {
+		if errors.Is(err, wake.ErrOwnedElsewhere) {
+			// The lock holder's address is in the error.
+			msg = fmt.Sprintf("branch %q runs on another neonproxy node: %v", branch, se.Err)
+			hint = "Connect through the node that runs it (this node does not forward between nodes yet), or retry once it has stopped."
+		} else if se.BreakerOpen {
 			msg = fmt.Sprintf("compute for branch %q is failing to start; not retrying for %s", branch, se.RetryAfter.Round(time.Second))
 		}
 		return &pgwire.Error{Code: pgwire.CodeCannotConnectNow, Message: msg, Hint: hint, Err: err}

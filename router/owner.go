@@ -68,8 +68,13 @@ func NewConsulOwners(addr, prefix, node string) (*ConsulOwners, error) {
 
 func (o *ConsulOwners) key(branch string) string { return o.prefix + branch + "/compute" }
 
-// TryAcquire implements Owners.
+// TryAcquire implements Owners. A lock this node's previous process still
+// holds (same node address, session not expired yet) is taken over.
 func (o *ConsulOwners) TryAcquire(ctx context.Context, branch string) (Ownership, error) {
+	return o.tryAcquire(ctx, branch, false)
+}
+
+func (o *ConsulOwners) tryAcquire(ctx context.Context, branch string, retried bool) (Ownership, error) {
 	if err := ValidateName(branch); err != nil {
 		return nil, err
 	}
@@ -99,6 +104,14 @@ func (o *ConsulOwners) TryAcquire(ctx context.Context, branch string) (Ownership
 		return nil, fmt.Errorf("own branch %s: %w", branch, err)
 	}
 	if lost == nil {
+		p, _, err := o.client.KV().Get(o.key(branch), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+		if err == nil && p != nil && p.Session != "" && string(p.Value) == o.node && !retried {
+			// Held by this node's previous process, whose session has not
+			// expired yet (a restart): this node takes it over.
+			if _, err := o.client.Session().Destroy(p.Session, (&api.WriteOptions{}).WithContext(ctx)); err == nil {
+				return o.tryAcquire(ctx, branch, true)
+			}
+		}
 		owner, _ := o.Owner(ctx, branch)
 		return nil, fmt.Errorf("own branch %s: %w (%s)", branch, ErrOwned, owner)
 	}

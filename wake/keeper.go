@@ -324,7 +324,7 @@ func (d *PostgresDriver) replayFromKeeper(ctx context.Context, branch string, tl
 	if err := walkeeper.MarkCrashed(tmp); err != nil {
 		return false, err
 	}
-	d.log.Info("replaying WAL from the keepers on top of the stored image", zap.String("branch", branch),
+	d.log.Info(LogReplayingWAL, zap.String("branch", branch),
 		zap.String("keeper", v.srcName), zap.Stringer("image", tl.Head()), zap.Stringer("valid_end", pagestore.LSN(v.info.Flush)),
 		zap.Stringer("wal_end", pagestore.LSN(end)))
 	return true, nil

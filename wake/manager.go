@@ -205,6 +205,8 @@ func (m *Manager) getLocked(name string) *branch {
 		ReadyToTrip: func(c gobreaker.Counts) bool {
 			return c.ConsecutiveFailures >= uint32(m.o.BreakerFailures)
 		},
+		// Another node running the branch is not this compute failing.
+		IsSuccessful: func(err error) bool { return err == nil || errors.Is(err, ErrOwnedElsewhere) },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			if to == gobreaker.StateOpen {
 				b.openedAt.Store(time.Now().UnixNano())
@@ -457,7 +459,7 @@ func (m *Manager) runStart(b *branch, f *flight, gen uint64, waitFor <-chan stru
 			m.met.ComputeStarts.WithLabelValues("error").Inc()
 		}
 		logf = func() {
-			m.log.Error("compute start failed", zap.String("branch", b.name), zap.Uint64("generation", gen),
+			m.log.Error(LogStartFailed, zap.String("branch", b.name), zap.Uint64("generation", gen),
 				zap.Duration("took", took), zap.Error(err))
 		}
 		m.setStateLocked(b, StateStopped)

@@ -277,7 +277,7 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 	if d.spares != nil {
 		spareLeft = d.spares.count()
 	}
-	d.log.Info("data directory materialized", zap.String("branch", branch), zap.Uint64("timeline", uint64(tl.ID)),
+	d.log.Info(LogMaterialized, zap.String("branch", branch), zap.Uint64("timeline", uint64(tl.ID)),
 		zap.Stringer("lsn", tl.Head()), zap.Int("files", ms.Files), zap.Int("pages", ms.Pages),
 		zap.Int64("bytes", ms.Bytes), zap.Float64("mb_per_s", ms.ThroughputMB), zap.Int("spare_files_left", spareLeft),
 		zap.Duration("took", time.Since(t0)))

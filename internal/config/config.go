@@ -167,7 +167,12 @@ type Walkeeper struct {
 
 // Consul configures the distributed registry (issue 6).
 type Consul struct {
+	// Address is the Consul agent's HTTP API (host:port); empty: the
+	// embedded single-node registry.
 	Address string `yaml:"address"`
+	// Node is this node's address as other nodes reach it, unique in the
+	// cluster: the value of the branch locks it holds (default: listen).
+	Node string `yaml:"node"`
 }
 
 // Bootstrap configures the first start.

@@ -51,7 +51,7 @@ type Server struct {
 	cfg      config.Config
 	log      *zap.Logger
 	Metrics  *metrics.Metrics
-	Registry *router.EmbeddedRegistry
+	Registry registry
 	Store    *pagestore.Store
 	Keeper   *walkeeper.Keeper // the embedded WAL keeper
 	Computes *wake.Manager
@@ -94,8 +94,25 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	}
 	s := &Server{cfg: cfg, log: log, Metrics: metrics.New(), serveCh: make(chan error, 2), configPath: opt.ConfigPath}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
-	s.Registry, err = router.OpenEmbedded(filepath.Join(dataDir, "branches.json"))
-	if err != nil {
+	var owners wake.Owners
+	if cfg.Consul.Address != "" {
+		// Branches in Consul KV, and a Consul lock per running compute.
+		node := cfg.Consul.Node
+		if node == "" {
+			node = cfg.Listen
+		}
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		s.Registry, err = router.OpenConsul(cctx, cfg.Consul.Address, "")
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("consul.address: %w", err)
+		}
+		co, err := router.NewConsulOwners(cfg.Consul.Address, "", node)
+		if err != nil {
+			return nil, fmt.Errorf("consul.address: %w", err)
+		}
+		owners = consulOwners{co}
+	} else if s.Registry, err = router.OpenEmbedded(filepath.Join(dataDir, "branches.json")); err != nil {
 		return nil, err
 	}
 	s.Store, err = pagestore.Open(pagestore.Options{
@@ -167,7 +184,11 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		st := s.Pool.Stats()
 		return metrics.PoolCounts{Active: st.Active, Idle: st.Idle, Waiting: st.Waiting}
 	})
-	s.Computes = wake.NewManager(drv, wake.Options{
+	var managed wake.Driver = drv
+	if owners != nil {
+		managed = wake.OwnedDriver(drv, owners, log.Named("owner"))
+	}
+	s.Computes = wake.NewManager(managed, wake.Options{
 		SuspendTimeout:  cfg.Compute.SuspendTimeout.D(),
 		WakeTimeout:     cfg.Compute.WakeTimeout.D(),
 		MaxRunning:      cfg.Compute.MaxRunning,
@@ -547,6 +568,23 @@ func (a computesAdapter) Delete(ctx context.Context, branch string) error {
 		a.s.background(func(ctx context.Context) { a.s.gcLogged(ctx, "branch deleted") })
 	}
 	return err
+}
+
+// registry is a branch registry the server closes.
+type registry interface {
+	router.Registry
+	Close() error
+}
+
+// consulOwners adapts router.ConsulOwners to wake.Owners.
+type consulOwners struct{ o *router.ConsulOwners }
+
+func (c consulOwners) Own(ctx context.Context, branch string) (wake.Ownership, error) {
+	own, err := c.o.TryAcquire(ctx, branch)
+	if errors.Is(err, router.ErrOwned) {
+		return nil, fmt.Errorf("%w: %w", wake.ErrOwnedElsewhere, err)
+	}
+	return own, err
 }
 
 func (a computesAdapter) Storage(branch string) (admin.Storage, error) {
