@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -106,4 +107,93 @@ func TestConsulMode(t *testing.T) {
 	if p, _, err := cc.KV().Get(router.DefaultConsulPrefix+"dev", nil); err != nil || p != nil {
 		t.Fatalf("dev still in Consul: %+v, %v", p, err)
 	}
+}
+
+// TestConsulRelay: two nodes on one Consul. A runs main's compute; clients
+// of main reaching B (by database name, by SNI over TLS, on the -pooler
+// route) are relayed to A and served there; B runs nothing. A cancel for a
+// query running through B works whether it is sent to B or to A.
+func TestConsulRelay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	agent := testconsul.Start(t)
+	node := func(c *config.Config) {
+		c.Consul.Address = agent.Addr
+		c.Listen = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		c.Consul.Node = c.Listen
+	}
+	a := newEnv(t, node)
+	b := newEnv(t, node)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if a.mustQueryInt(a.url("postgres", testPassword, "main"), "SELECT 1") != 1 {
+		t.Fatal("main on A")
+	}
+	cb, err := pgx.Connect(ctx, b.url("postgres", testPassword, "main"))
+	if err != nil {
+		t.Fatalf("main through B: %v", err)
+	}
+	defer cb.Close(ctx)
+	if _, err := cb.Exec(ctx, "CREATE TABLE relayed (x int); INSERT INTO relayed VALUES (42)"); err != nil {
+		t.Fatal(err)
+	}
+	if a.mustQueryInt(a.url("postgres", testPassword, "main"), "SELECT x FROM relayed") != 42 {
+		t.Fatal("a row written through B is not on A's compute")
+	}
+	sni := parseConfig(t, b.url("postgres", testPassword, "postgres"))
+	sni.TLSConfig = tlsConfig("main." + b.cfg.TLS.SNISuffix)
+	for name, cfg := range map[string]*pgx.ConnConfig{
+		"sni over tls":  sni,
+		"pooler route":  parseConfig(t, b.url("postgres", testPassword, "main-pooler")),
+		"database name": parseConfig(t, b.url("postgres", testPassword, "main.postgres")),
+	} {
+		c, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatalf("%s through B: %v", name, err)
+		}
+		var x int
+		if err := c.QueryRow(ctx, "SELECT x FROM relayed").Scan(&x); err != nil || x != 42 {
+			t.Fatalf("%s through B: %d, %v", name, x, err)
+		}
+		c.Close(ctx)
+	}
+	if st := b.srv.Computes.Status("main").State; st != wake.StateStopped {
+		t.Fatalf("B's compute for main is %s; it should run nowhere but on A", st)
+	}
+
+	// Cancels: sent to B (the node the client reached) and to A.
+	for _, via := range []string{"B", "A"} {
+		done := make(chan error, 1)
+		go func() {
+			_, err := cb.Exec(ctx, "SELECT pg_sleep(60)")
+			done <- err
+		}()
+		waitFor(t, "the sleep to run", func() bool {
+			return a.mustQueryInt(a.url("postgres", testPassword, "main"),
+				"SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'") == 1
+		})
+		if via == "B" {
+			if err := cb.PgConn().CancelRequest(ctx); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			sendCancel(t, a, cb.PgConn().PID(), cb.PgConn().SecretKey())
+		}
+		select {
+		case err := <-done:
+			wantPgError(t, err, "57014", "cancel")
+		case <-time.After(20 * time.Second):
+			t.Fatalf("cancel sent to %s did not cancel the query", via)
+		}
+	}
+}
+
+func parseConfig(t *testing.T, url string) *pgx.ConnConfig {
+	t.Helper()
+	c, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

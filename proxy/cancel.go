@@ -20,7 +20,8 @@ type cancelTarget struct {
 	branch string
 	mu     struct {
 		sync.Mutex
-		socket  string // compute's unix socket
+		network string // "unix" (a compute's socket) or "tcp" (another node's front door)
+		socket  string // compute's unix socket, or the node's host:port
 		pid     uint32 // real backend pid
 		realKey []byte // real backend secret
 	}
@@ -29,7 +30,15 @@ type cancelTarget struct {
 // set points the key at a backend.
 func (t *cancelTarget) set(socket string, pid uint32, key []byte) {
 	t.mu.Lock()
-	t.mu.socket, t.mu.pid, t.mu.realKey = socket, pid, key
+	t.mu.network, t.mu.socket, t.mu.pid, t.mu.realKey = "unix", socket, pid, key
+	t.mu.Unlock()
+}
+
+// setNode points the key at a session another node serves (a relayed
+// client): the cancel goes to that node's front door, which knows the key.
+func (t *cancelTarget) setNode(addr string, pid uint32, key []byte) {
+	t.mu.Lock()
+	t.mu.network, t.mu.socket, t.mu.pid, t.mu.realKey = "tcp", addr, pid, key
 	t.mu.Unlock()
 }
 
@@ -76,6 +85,18 @@ func (c *cancelKeys) issue(t *cancelTarget) (*pgproto3.BackendKeyData, error) {
 	}
 }
 
+// register files t under a key another node issued (relayed sessions keep
+// the owner's key); false if this node uses that pid already.
+func (c *cancelKeys) register(pid uint32, t *cancelTarget) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, taken := c.mu.byPID[pid]; taken {
+		return false
+	}
+	c.mu.byPID[pid] = t
+	return true
+}
+
 func (c *cancelKeys) revoke(pid uint32) {
 	c.mu.Lock()
 	delete(c.mu.byPID, pid)
@@ -102,13 +123,13 @@ func (c *cancelKeys) len() int {
 // no backend attached there is nothing to cancel.
 func (t *cancelTarget) forward(ctx context.Context) error {
 	t.mu.Lock()
-	socket, pid, realKey := t.mu.socket, t.mu.pid, t.mu.realKey
+	network, socket, pid, realKey := t.mu.network, t.mu.socket, t.mu.pid, t.mu.realKey
 	t.mu.Unlock()
 	if socket == "" {
 		return nil
 	}
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", socket)
+	conn, err := d.DialContext(ctx, network, socket)
 	if err != nil {
 		return fmt.Errorf("cancel on branch %s: %w", t.branch, err)
 	}

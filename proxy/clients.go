@@ -15,9 +15,10 @@ const (
 	clientWaiting int32 = iota // for its compute or a server connection
 	clientActive               // holds a server connection
 	clientIdle                 // transaction mode, between transactions
+	clientRelayed              // passed to the node that runs its branch
 )
 
-var clientStateNames = [...]string{clientWaiting: "waiting", clientActive: "active", clientIdle: "idle"}
+var clientStateNames = [...]string{clientWaiting: "waiting", clientActive: "active", clientIdle: "idle", clientRelayed: "relayed"}
 
 // clientInfo is one routed client session, as the admin console lists it.
 // Only state and since change after registration; they are atomics so the

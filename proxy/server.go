@@ -57,6 +57,10 @@ type Options struct {
 	TLS *tls.Config
 	// RequireTLS refuses clients that did not negotiate TLS.
 	RequireTLS bool
+	// Relay passes a client whose branch runs on another node (a Consul
+	// lock held elsewhere) to that node's front door instead of refusing
+	// it.
+	Relay bool
 	// Limits on the startup packet (default 10000 bytes, 64 parameters).
 	Limits pgwire.Limits
 	// StartupTimeout bounds TLS handshake, startup packet and SCRAM
@@ -381,6 +385,11 @@ func (s *Server) serve(ss *session, active int64) error {
 	// Acquire) bounds this, not the startup timeout.
 	_ = ss.raw.SetDeadline(time.Time{})
 	lease, err := s.opt.Waker.Acquire(ctx, route.Branch)
+	var elsewhere *wake.OwnedElsewhereError
+	if s.opt.Relay && errors.As(err, &elsewhere) && elsewhere.Owner != "" {
+		info.setState(clientRelayed)
+		return s.relay(ss, route, params, elsewhere.Owner)
+	}
 	if err != nil {
 		return s.fail(ss, "wake_failed", wakeError(route.Branch, err))
 	}

@@ -30,8 +30,19 @@ type Ownership interface {
 	Release() error
 }
 
-// ErrOwned: another node holds the branch.
+// ErrOwned: another node holds the branch (see OwnedError).
 var ErrOwned = errors.New("branch is owned by another node")
+
+// OwnedError says which node holds a branch; it is ErrOwned.
+type OwnedError struct {
+	Branch, Owner string
+}
+
+func (e *OwnedError) Error() string {
+	return fmt.Sprintf("own branch %s: %v (%s)", e.Branch, ErrOwned, e.Owner)
+}
+
+func (e *OwnedError) Is(target error) bool { return target == ErrOwned }
 
 // ConsulOwners keeps branch ownership as Consul session locks on
 // <prefix>NAME/compute, whose value is the holder's address. A node's
@@ -113,7 +124,7 @@ func (o *ConsulOwners) tryAcquire(ctx context.Context, branch string, retried bo
 			}
 		}
 		owner, _ := o.Owner(ctx, branch)
-		return nil, fmt.Errorf("own branch %s: %w (%s)", branch, ErrOwned, owner)
+		return nil, &OwnedError{Branch: branch, Owner: owner}
 	}
 	return &consulOwnership{lock: lock, lost: lost}, nil
 }

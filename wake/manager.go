@@ -422,15 +422,14 @@ func (m *Manager) runStart(b *branch, f *flight, gen uint64, waitFor <-chan stru
 	}
 	var proc Process
 	if err == nil {
-		if !m.drv.Exists(b.name) {
-			err = fmt.Errorf("branch %s has no data", b.name)
-		} else {
-			_, err = b.cb.Execute(func() (any, error) {
-				p, err := m.drv.Start(ctx, b.name, gen)
-				proc = p
-				return nil, err
-			})
-		}
+		// No Exists check first: in distributed mode a branch this node
+		// has no data of runs on another node, which Start reports (and
+		// the driver says "no data" itself otherwise).
+		_, err = b.cb.Execute(func() (any, error) {
+			p, err := m.drv.Start(ctx, b.name, gen)
+			proc = p
+			return nil, err
+		})
 	}
 	took := time.Since(t0)
 

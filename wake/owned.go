@@ -24,6 +24,19 @@ type Owners interface {
 // start for the branch's breaker.
 var ErrOwnedElsewhere = errors.New("the branch runs on another node")
 
+// OwnedElsewhereError names the node that runs the branch (its address,
+// where clients can be relayed); it is ErrOwnedElsewhere.
+type OwnedElsewhereError struct {
+	Owner string
+	Err   error
+}
+
+func (e *OwnedElsewhereError) Error() string {
+	return fmt.Sprintf("%v: %s (%v)", ErrOwnedElsewhere, e.Owner, e.Err)
+}
+func (e *OwnedElsewhereError) Unwrap() error        { return e.Err }
+func (e *OwnedElsewhereError) Is(target error) bool { return target == ErrOwnedElsewhere }
+
 // Ownership is a held branch.
 type Ownership interface {
 	// Lost is closed when the ownership ended without Release (the node's

@@ -237,6 +237,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		Waker:              s.Computes,
 		TLS:                tlsCfg.config,
 		RequireTLS:         cfg.TLS.Require,
+		Relay:              cfg.Consul.Address != "",
 		Limits:             pgwire.Limits{MaxPacket: cfg.Proxy.MaxStartupPacket, MaxParams: cfg.Proxy.MaxStartupParams},
 		StartupTimeout:     cfg.Proxy.StartupTimeout.D(),
 		MaxClientConn:      cfg.Pool.MaxClientConn,
@@ -581,8 +582,9 @@ type consulOwners struct{ o *router.ConsulOwners }
 
 func (c consulOwners) Own(ctx context.Context, branch string) (wake.Ownership, error) {
 	own, err := c.o.TryAcquire(ctx, branch)
-	if errors.Is(err, router.ErrOwned) {
-		return nil, fmt.Errorf("%w: %w", wake.ErrOwnedElsewhere, err)
+	var oe *router.OwnedError
+	if errors.As(err, &oe) {
+		return nil, &wake.OwnedElsewhereError{Owner: oe.Owner, Err: err}
 	}
 	return own, err
 }
