@@ -101,6 +101,12 @@ func TestConsulRegistry(t *testing.T) {
 		if err != nil || p == nil || p.Session == "" {
 			t.Fatalf("lock key: %+v, %v", p, err)
 		}
+		// A dead node's session expires: it has a TTL, and its lock key
+		// goes with it.
+		se, _, err := c.Session().Info(p.Session, nil)
+		if err != nil || se == nil || se.TTL != SessionTTL.String() || se.Behavior != api.SessionBehaviorDelete {
+			t.Fatalf("lock session: %+v, %v; want TTL %s, behavior delete", se, err, SessionTTL)
+		}
 		if _, err := c.Session().Destroy(p.Session, nil); err != nil {
 			t.Fatal(err)
 		}

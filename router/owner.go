@@ -58,6 +58,9 @@ type ConsulOwners struct {
 
 var _ Owners = (*ConsulOwners)(nil)
 
+// lockAttempt bounds one try at a branch lock.
+const lockAttempt = 500 * time.Millisecond
+
 // SessionTTL is how long a dead node keeps its branches: Consul's minimum.
 const SessionTTL = 10 * time.Second
 
@@ -82,29 +85,39 @@ func (o *ConsulOwners) key(branch string) string { return o.prefix + branch + "/
 // TryAcquire implements Owners. A lock this node's previous process still
 // holds (same node address, session not expired yet) is taken over.
 func (o *ConsulOwners) TryAcquire(ctx context.Context, branch string) (Ownership, error) {
-	return o.tryAcquire(ctx, branch, false)
+	return o.tryAcquire(ctx, branch, false, 0)
 }
 
-func (o *ConsulOwners) tryAcquire(ctx context.Context, branch string, retried bool) (Ownership, error) {
+func (o *ConsulOwners) tryAcquire(ctx context.Context, branch string, retried bool, attempt int) (Ownership, error) {
 	if err := ValidateName(branch); err != nil {
 		return nil, err
 	}
 	lock, err := o.client.LockOpts(&api.LockOptions{
-		Key:          o.key(branch),
-		Value:        []byte(o.node),
-		SessionName:  "neonproxy compute " + branch + " on " + o.node,
-		SessionTTL:   o.ttl.String(),
-		SessionOpts:  &api.SessionEntry{LockDelay: time.Millisecond, Behavior: api.SessionBehaviorDelete},
+		Key:   o.key(branch),
+		Value: []byte(o.node),
+		// With SessionOpts the api package ignores SessionName and
+		// SessionTTL: everything goes here. No lock-delay: the keepers
+		// fence a stale compute, so the next owner need not wait.
+		SessionOpts: &api.SessionEntry{
+			Name:      "neonproxy compute " + branch + " on " + o.node,
+			TTL:       o.ttl.String(),
+			LockDelay: time.Millisecond,
+			Behavior:  api.SessionBehaviorDelete,
+		},
 		LockTryOnce:  true,
 		LockWaitTime: 100 * time.Millisecond,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("own branch %s: %w", branch, err)
 	}
+	// An attempt that meets a lock-delay (1 ms here) would wait the api
+	// package's fixed 5 s before looking again: stop it sooner and retry.
+	actx, cancelAttempt := context.WithTimeout(ctx, lockAttempt)
+	defer cancelAttempt()
 	stop := make(chan struct{})
-	cancelStop := context.AfterFunc(ctx, func() { close(stop) })
+	cancelStop := context.AfterFunc(actx, func() { close(stop) })
 	lost, err := lock.Lock(stop)
-	if !cancelStop() {
+	if !cancelStop() && ctx.Err() != nil {
 		// ctx ended during the attempt: give back what was won.
 		if lost != nil {
 			_ = lock.Unlock()
@@ -120,10 +133,19 @@ func (o *ConsulOwners) tryAcquire(ctx context.Context, branch string, retried bo
 			// Held by this node's previous process, whose session has not
 			// expired yet (a restart): this node takes it over.
 			if _, err := o.client.Session().Destroy(p.Session, (&api.WriteOptions{}).WithContext(ctx)); err == nil {
-				return o.tryAcquire(ctx, branch, true)
+				return o.tryAcquire(ctx, branch, true, attempt)
 			}
 		}
 		owner, _ := o.Owner(ctx, branch)
+		if owner == "" && attempt < 3 {
+			// Free again by now (released or expired while we tried).
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("own branch %s: %w", branch, ctx.Err())
+			case <-time.After(50 * time.Millisecond):
+			}
+			return o.tryAcquire(ctx, branch, retried, attempt+1)
+		}
 		return nil, &OwnedError{Branch: branch, Owner: owner}
 	}
 	return &consulOwnership{lock: lock, lost: lost}, nil
