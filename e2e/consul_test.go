@@ -107,6 +107,34 @@ func TestConsulMode(t *testing.T) {
 	if p, _, err := cc.KV().Get(router.DefaultConsulPrefix+"dev", nil); err != nil || p != nil {
 		t.Fatalf("dev still in Consul: %+v, %v", p, err)
 	}
+
+	// Consul goes away: sessions go on, new clients of the running branch
+	// are routed from what this node knows, and a branch that would need a
+	// start is refused with the reason.
+	if _, err := api2.CreateBranch(ctx, "asleep", "main"); err != nil {
+		t.Fatal(err)
+	}
+	held2, err := pgx.Connect(ctx, e.url("postgres", testPassword, "main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held2.Close(ctx)
+	agent.Stop()
+	var n int
+	if err := held2.QueryRow(ctx, "SELECT count(*) FROM pg_class").Scan(&n); err != nil {
+		t.Fatalf("a session of main with Consul down: %v", err)
+	}
+	if e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT 3") != 3 {
+		t.Fatal("a new client of running main with Consul down")
+	}
+	_, err = pgx.Connect(ctx, e.url("postgres", testPassword, "asleep"))
+	wantPgError(t, err, "57P03", "Consul")
+	// Still running after a while without Consul (the lock is not given
+	// up while Consul cannot say).
+	time.Sleep(2 * time.Second)
+	if st := e.srv.Computes.Status("main").State; st != wake.StateRunning {
+		t.Fatalf("main is %s after 2 s without Consul", st)
+	}
 }
 
 // TestConsulRelay: two nodes on one Consul. A runs main's compute; clients

@@ -697,7 +697,10 @@ func wakeError(branch string, err error) *pgwire.Error {
 			hint = fmt.Sprintf("Retry in %s; the neonproxy log has the compute's own error.", se.RetryAfter.Round(time.Second))
 		}
 		msg := fmt.Sprintf("compute for branch %q could not be started", branch)
-		if errors.Is(err, wake.ErrOwnedElsewhere) {
+		if errors.Is(err, wake.ErrNoLock) {
+			msg = fmt.Sprintf("compute for branch %q cannot be started: this node cannot take the branch's lock in Consul: %v", branch, se.Err)
+			hint = "Check that the Consul agent (consul.address) is up; branches already running keep working meanwhile."
+		} else if errors.Is(err, wake.ErrOwnedElsewhere) {
 			// The lock holder's address is in the error.
 			msg = fmt.Sprintf("branch %q runs on another neonproxy node: %v", branch, se.Err)
 			hint = "Connect through the node that runs it (this node does not forward between nodes yet), or retry once it has stopped."

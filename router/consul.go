@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -24,6 +25,13 @@ const DefaultConsulPrefix = "neonproxy/branches/"
 type ConsulRegistry struct {
 	kv     *api.KV
 	prefix string
+
+	// mu guards known: the branches last read or written, so that while
+	// Consul cannot be reached clients of known branches are still routed.
+	mu struct {
+		sync.Mutex
+		known map[string]Branch
+	}
 }
 
 var _ Registry = (*ConsulRegistry)(nil)
@@ -59,7 +67,21 @@ func OpenConsul(ctx context.Context, addr, prefix string) (*ConsulRegistry, erro
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	return &ConsulRegistry{kv: c.KV(), prefix: prefix}, nil
+	r := &ConsulRegistry{kv: c.KV(), prefix: prefix}
+	r.mu.known = map[string]Branch{}
+	return r, nil
+}
+
+func (r *ConsulRegistry) remember(b Branch) {
+	r.mu.Lock()
+	r.mu.known[b.Name] = b
+	r.mu.Unlock()
+}
+
+func (r *ConsulRegistry) forget(name string) {
+	r.mu.Lock()
+	delete(r.mu.known, name)
+	r.mu.Unlock()
 }
 
 func (r *ConsulRegistry) key(name string) string { return r.prefix + name }
@@ -79,12 +101,27 @@ func (r *ConsulRegistry) Get(ctx context.Context, name string) (Branch, error) {
 	}
 	p, _, err := r.kv.Get(r.key(name), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 	if err != nil {
+		// Consul out of reach: a branch known here still routes (its
+		// compute may be running); creating and deleting wait for Consul.
+		if api.IsRetryableError(err) {
+			r.mu.Lock()
+			b, ok := r.mu.known[name]
+			r.mu.Unlock()
+			if ok {
+				return b, nil
+			}
+		}
 		return Branch{}, fmt.Errorf("get branch %s: %w", name, err)
 	}
 	if p == nil {
+		r.forget(name)
 		return Branch{}, fmt.Errorf("get branch %s: %w", name, ErrBranchNotFound)
 	}
-	return decodeBranch(p)
+	b, err := decodeBranch(p)
+	if err == nil {
+		r.remember(b)
+	}
+	return b, err
 }
 
 // List returns all branches ordered by name.
@@ -102,6 +139,7 @@ func (r *ConsulRegistry) List(ctx context.Context) ([]Branch, error) {
 		if err != nil {
 			return nil, err
 		}
+		r.remember(b)
 		out = append(out, b)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -134,6 +172,7 @@ func (r *ConsulRegistry) Create(ctx context.Context, b Branch) error {
 	if !ok {
 		return fmt.Errorf("create branch %s: %w", b.Name, ErrBranchExists)
 	}
+	r.remember(b)
 	return nil
 }
 
@@ -161,6 +200,7 @@ func (r *ConsulRegistry) Delete(ctx context.Context, name string) error {
 		}
 		// Changed since it was read: read it again.
 	}
+	r.forget(name)
 	if _, err := r.kv.DeleteTree(r.key(name)+"/", (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		return fmt.Errorf("delete branch %s: keys below it: %w", name, err)
 	}

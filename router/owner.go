@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -106,6 +107,11 @@ func (o *ConsulOwners) tryAcquire(ctx context.Context, branch string, retried bo
 		},
 		LockTryOnce:  true,
 		LockWaitTime: 100 * time.Millisecond,
+		// While Consul cannot be reached the compute keeps running (its
+		// clients keep working): the lock counts as lost only when Consul
+		// answers that it is, e.g. after the session expired.
+		MonitorRetries:   math.MaxInt32,
+		MonitorRetryTime: time.Second,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("own branch %s: %w", branch, err)

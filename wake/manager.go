@@ -205,8 +205,11 @@ func (m *Manager) getLocked(name string) *branch {
 		ReadyToTrip: func(c gobreaker.Counts) bool {
 			return c.ConsecutiveFailures >= uint32(m.o.BreakerFailures)
 		},
-		// Another node running the branch is not this compute failing.
-		IsSuccessful: func(err error) bool { return err == nil || errors.Is(err, ErrOwnedElsewhere) },
+		// Another node running the branch, or Consul out of reach, is not
+		// this compute failing.
+		IsSuccessful: func(err error) bool {
+			return err == nil || errors.Is(err, ErrOwnedElsewhere) || errors.Is(err, ErrNoLock)
+		},
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			if to == gobreaker.StateOpen {
 				b.openedAt.Store(time.Now().UnixNano())

@@ -37,6 +37,11 @@ func (e *OwnedElsewhereError) Error() string {
 func (e *OwnedElsewhereError) Unwrap() error        { return e.Err }
 func (e *OwnedElsewhereError) Is(target error) bool { return target == ErrOwnedElsewhere }
 
+// ErrNoLock: this node could not learn whether it may run the branch
+// (the lock service cannot be reached). Not a failed start for the
+// breaker either.
+var ErrNoLock = errors.New("cannot take the branch's cluster lock")
+
 // Ownership is a held branch.
 type Ownership interface {
 	// Lost is closed when the ownership ended without Release (the node's
@@ -105,6 +110,9 @@ func (p *ownedProcess) release(log *zap.Logger, branch string) {
 func (d *ownedDriver) Start(ctx context.Context, branch string, generation uint64) (Process, error) {
 	own, err := d.owners.Own(ctx, branch)
 	if err != nil {
+		if !errors.Is(err, ErrOwnedElsewhere) {
+			err = fmt.Errorf("%w: %w", ErrNoLock, err)
+		}
 		return nil, fmt.Errorf("wake: start %s: %w", branch, err)
 	}
 	p, err := d.Driver.Start(ctx, branch, generation)
