@@ -140,7 +140,8 @@ func TestConsulMode(t *testing.T) {
 // TestConsulRelay: two nodes on one Consul. A runs main's compute; clients
 // of main reaching B (by database name, by SNI over TLS, on the -pooler
 // route) are relayed to A and served there; B runs nothing. A cancel for a
-// query running through B works whether it is sent to B or to A.
+// query running through B works whether it is sent to B, to A or to a
+// third node C (the key names the node that issued it).
 func TestConsulRelay(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test")
@@ -153,6 +154,7 @@ func TestConsulRelay(t *testing.T) {
 	}
 	a := newEnv(t, node)
 	b := newEnv(t, node)
+	c := newEnv(t, node)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if a.mustQueryInt(a.url("postgres", testPassword, "main"), "SELECT 1") != 1 {
@@ -191,7 +193,7 @@ func TestConsulRelay(t *testing.T) {
 	}
 
 	// Cancels: sent to B (the node the client reached) and to A.
-	for _, via := range []string{"B", "A"} {
+	for _, via := range []string{"B", "A", "C"} {
 		done := make(chan error, 1)
 		go func() {
 			_, err := cb.Exec(ctx, "SELECT pg_sleep(60)")
@@ -201,12 +203,15 @@ func TestConsulRelay(t *testing.T) {
 			return a.mustQueryInt(a.url("postgres", testPassword, "main"),
 				"SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'") == 1
 		})
-		if via == "B" {
+		switch via {
+		case "B":
 			if err := cb.PgConn().CancelRequest(ctx); err != nil {
 				t.Fatal(err)
 			}
-		} else {
+		case "A":
 			sendCancel(t, a, cb.PgConn().PID(), cb.PgConn().SecretKey())
+		case "C":
+			sendCancel(t, c, cb.PgConn().PID(), cb.PgConn().SecretKey())
 		}
 		select {
 		case err := <-done:

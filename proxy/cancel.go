@@ -34,8 +34,8 @@ func (t *cancelTarget) set(socket string, pid uint32, key []byte) {
 	t.mu.Unlock()
 }
 
-// setNode points the key at a session another node serves (a relayed
-// client): the cancel goes to that node's front door, which knows the key.
+// setNode points the key at a session another node serves: the cancel
+// goes to that node's front door, which knows the key.
 func (t *cancelTarget) setNode(addr string, pid uint32, key []byte) {
 	t.mu.Lock()
 	t.mu.network, t.mu.socket, t.mu.pid, t.mu.realKey = "tcp", addr, pid, key
@@ -49,14 +49,23 @@ func (t *cancelTarget) clear() { t.set("", 0, nil) }
 // backends. Clients never learn a compute's pid or secret, and a
 // CancelRequest is forwarded only to the backend its key was issued for.
 type cancelKeys struct {
-	mu struct {
+	// node is this node's index in a cluster (-1: none), carried in the
+	// high bits of every pid handed out (see nodeOfPID).
+	node int
+	mu   struct {
 		sync.Mutex
 		byPID map[uint32]*cancelTarget
 	}
 }
 
+// nodePIDShift: a cluster node's pids are node<<nodePIDShift | 21 random
+// bits (pids stay positive: 10 bits of node index, router.MaxNodes).
+const nodePIDShift = 21
+
+func nodeOfPID(pid uint32) int { return int(pid >> nodePIDShift) }
+
 func newCancelKeys() *cancelKeys {
-	c := &cancelKeys{}
+	c := &cancelKeys{node: -1}
 	c.mu.byPID = map[uint32]*cancelTarget{}
 	return c
 }
@@ -69,6 +78,9 @@ func (c *cancelKeys) issue(t *cancelTarget) (*pgproto3.BackendKeyData, error) {
 			return nil, fmt.Errorf("cancel key: %w", err)
 		}
 		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff // positive, as a real pid
+		if c.node >= 0 {
+			pid = uint32(c.node)<<nodePIDShift | pid&(1<<nodePIDShift-1)
+		}
 		if pid == 0 {
 			continue
 		}
@@ -83,18 +95,6 @@ func (c *cancelKeys) issue(t *cancelTarget) (*pgproto3.BackendKeyData, error) {
 			return &pgproto3.BackendKeyData{ProcessID: pid, SecretKey: append([]byte(nil), t.secret[:]...)}, nil
 		}
 	}
-}
-
-// register files t under a key another node issued (relayed sessions keep
-// the owner's key); false if this node uses that pid already.
-func (c *cancelKeys) register(pid uint32, t *cancelTarget) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, taken := c.mu.byPID[pid]; taken {
-		return false
-	}
-	c.mu.byPID[pid] = t
-	return true
 }
 
 func (c *cancelKeys) revoke(pid uint32) {

@@ -42,3 +42,23 @@ func TestCancelKeys(t *testing.T) {
 		t.Fatal("revoked key still valid")
 	}
 }
+
+// TestCancelKeysNameTheirNode: in a cluster every pid carries the node's
+// index (router.MaxNodes = 1024 fit), stays positive and unique.
+func TestCancelKeysNameTheirNode(t *testing.T) {
+	for _, node := range []int{0, 1, 5, 1023} {
+		c := newCancelKeys()
+		c.node = node
+		seen := map[uint32]bool{}
+		for range 2000 {
+			k, err := c.issue(&cancelTarget{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if nodeOfPID(k.ProcessID) != node || int32(k.ProcessID) <= 0 || seen[k.ProcessID] {
+				t.Fatalf("node %d: pid %#x (node %d, seen %v)", node, k.ProcessID, nodeOfPID(k.ProcessID), seen[k.ProcessID])
+			}
+			seen[k.ProcessID] = true
+		}
+	}
+}

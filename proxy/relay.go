@@ -18,8 +18,8 @@ import (
 // Relaying (distributed mode): a client whose branch runs on another node
 // is passed to that node's front door, which authenticates it against the
 // branch's verifiers and serves it as its own client; this node only
-// copies bytes. The owner's BackendKeyData reaches the client unchanged and
-// is remembered here too, so a CancelRequest for it works at either node.
+// copies bytes. The owner's BackendKeyData reaches the client unchanged; it
+// names the owner, so a CancelRequest for it works at any node.
 
 // relayDialTimeout bounds the connection to the owner node.
 const relayDialTimeout = 5 * time.Second
@@ -66,54 +66,18 @@ func (s *Server) relay(ss *session, rt router.Route, params map[string]string, o
 	_ = ss.raw.SetDeadline(time.Time{})
 	s.log.Debug("relaying client to the node that runs its branch", zap.String("branch", rt.Branch), zap.String("node", owner))
 
-	toOwner := make(chan error, 1)
+	// The owner's cancel key names the owner (see nodeOfPID): a cancel
+	// sent here is forwarded there.
+	done := make(chan struct{})
 	go func() {
-		_, err := io.Copy(up, ss.conn)
+		_, _ = io.Copy(up, ss.conn)
 		if tc, ok := up.(*net.TCPConn); ok {
 			_ = tc.CloseWrite()
 		}
-		toOwner <- err
+		close(done)
 	}()
-	// The owner's messages up to the first ReadyForQuery are decoded, to
-	// learn the key it gave the client; then bytes are copied as they are.
-	t := &cancelTarget{branch: rt.Branch}
-	var registered uint32
-	defer func() {
-		if registered != 0 {
-			s.cancel.revoke(registered)
-		}
-	}()
-	var buf []byte
-	for {
-		msg, err := fe.Receive()
-		if err != nil {
-			_ = ss.conn.Close()
-			<-toOwner
-			return nil // the owner or the client ended the session
-		}
-		if k, ok := msg.(*pgproto3.BackendKeyData); ok {
-			t.setNode(owner, k.ProcessID, append([]byte(nil), k.SecretKey...))
-			copy(t.secret[:], k.SecretKey)
-			if len(k.SecretKey) == len(t.secret) && s.cancel.register(k.ProcessID, t) {
-				registered = k.ProcessID
-			}
-		}
-		if buf, err = msg.Encode(buf[:0]); err != nil {
-			return err
-		}
-		if _, err := ss.conn.Write(buf); err != nil {
-			<-toOwner
-			return nil
-		}
-		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
-			break
-		}
-	}
-	// Nothing of the owner's can be buffered in fe past ReadyForQuery: it
-	// sends no more until the client, which has only now seen
-	// ReadyForQuery, sends a query.
 	_, _ = io.Copy(ss.conn, up)
 	_ = ss.conn.Close()
-	<-toOwner
+	<-done
 	return nil // the session ended, on one side or the other
 }

@@ -61,6 +61,10 @@ type Options struct {
 	// lock held elsewhere) to that node's front door instead of refusing
 	// it.
 	Relay bool
+	// Cluster, when several nodes serve together, numbers this node: its
+	// cancel keys carry the number, and a CancelRequest with another
+	// node's key is sent to that node.
+	Cluster Cluster
 	// Limits on the startup packet (default 10000 bytes, 64 parameters).
 	Limits pgwire.Limits
 	// StartupTimeout bounds TLS handshake, startup packet and SCRAM
@@ -141,6 +145,9 @@ func New(opt Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opt: opt, log: opt.Logger, m: opt.Metrics, auth: a, cancel: newCancelKeys()}
+	if opt.Cluster != nil {
+		s.cancel.node = opt.Cluster.Self()
+	}
 	s.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
 	s.mu.listeners = map[net.Listener]struct{}{}
 	s.mu.conns = map[net.Conn]struct{}{}
@@ -588,8 +595,20 @@ func (s *Server) startup(ss *session) (map[string]string, uint32, error) {
 	return nil, 0, s.fail(ss, "protocol_error", &pgwire.Error{Code: pgwire.CodeProtocolViolation, Message: "too many negotiation requests before the startup packet"})
 }
 
+// Cluster numbers the nodes of a cluster (router.ClusterNodes).
+type Cluster interface {
+	Self() int
+	Addr(ctx context.Context, idx int) (string, error)
+}
+
 func (s *Server) handleCancel(ss *session, req *pgproto3.CancelRequest) {
 	t := s.cancel.lookup(req.ProcessID, req.SecretKey)
+	if t == nil && s.opt.Cluster != nil {
+		if idx := nodeOfPID(req.ProcessID); idx != s.opt.Cluster.Self() {
+			s.cancelOnNode(ss, idx, req)
+			return
+		}
+	}
 	if t == nil {
 		// Unknown keys are ignored silently, as PostgreSQL does.
 		s.m.CancelRequests.WithLabelValues("unknown").Inc()
@@ -604,6 +623,27 @@ func (s *Server) handleCancel(ss *session, req *pgproto3.CancelRequest) {
 	}
 	s.m.CancelRequests.WithLabelValues("forwarded").Inc()
 	s.log.Info("cancel forwarded", zap.String("branch", t.branch), zap.String("client", ss.raw.RemoteAddr().String()))
+}
+
+// cancelOnNode passes a CancelRequest whose key another node issued to
+// that node's front door (where the key is its own).
+func (s *Server) cancelOnNode(ss *session, idx int, req *pgproto3.CancelRequest) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	addr, err := s.opt.Cluster.Addr(ctx, idx)
+	if err == nil {
+		t := &cancelTarget{branch: fmt.Sprintf("(node %d)", idx)}
+		t.setNode(addr, req.ProcessID, req.SecretKey)
+		err = t.forward(ctx)
+	}
+	if err != nil {
+		s.m.CancelRequests.WithLabelValues("unknown").Inc()
+		s.log.Warn("cancel for another node not delivered", zap.Int("node", idx), zap.Error(err))
+		return
+	}
+	s.m.CancelRequests.WithLabelValues("forwarded").Inc()
+	s.log.Info("cancel passed to the node that issued its key", zap.Int("node", idx), zap.String("node_addr", addr),
+		zap.String("client", ss.raw.RemoteAddr().String()))
 }
 
 func (s *Server) authenticate(ctx context.Context, ss *session, ep wake.Endpoint) error {

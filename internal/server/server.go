@@ -52,6 +52,7 @@ type Server struct {
 	log      *zap.Logger
 	Metrics  *metrics.Metrics
 	Registry registry
+	cluster  *router.ClusterNodes // Consul mode: this node's index
 	Store    *pagestore.Store
 	Keeper   *walkeeper.Keeper // the embedded WAL keeper
 	Computes *wake.Manager
@@ -112,6 +113,12 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 			return nil, fmt.Errorf("consul.address: %w", err)
 		}
 		owners = consulOwners{co}
+		jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		s.cluster, err = router.JoinCluster(jctx, cfg.Consul.Address, node)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("consul.address: %w", err)
+		}
 	} else if s.Registry, err = router.OpenEmbedded(filepath.Join(dataDir, "branches.json")); err != nil {
 		return nil, err
 	}
@@ -238,6 +245,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		TLS:                tlsCfg.config,
 		RequireTLS:         cfg.TLS.Require,
 		Relay:              cfg.Consul.Address != "",
+		Cluster:            s.proxyCluster(),
 		Limits:             pgwire.Limits{MaxPacket: cfg.Proxy.MaxStartupPacket, MaxParams: cfg.Proxy.MaxStartupParams},
 		StartupTimeout:     cfg.Proxy.StartupTimeout.D(),
 		MaxClientConn:      cfg.Pool.MaxClientConn,
@@ -453,6 +461,12 @@ func (s *Server) Close(ctx context.Context) error {
 	errs = append(errs, s.Computes.Close(ctx))
 	s.driver.Close()
 	s.stopBackground()
+	if s.cluster != nil {
+		// Without Consul the index is freed when the session expires.
+		if err := s.cluster.Leave(); err != nil {
+			s.log.Warn("leave the cluster", zap.Error(err))
+		}
+	}
 	errs = append(errs, s.Keeper.Close(), s.Store.Close(), s.Registry.Close())
 	return errors.Join(errs...)
 }
@@ -569,6 +583,15 @@ func (a computesAdapter) Delete(ctx context.Context, branch string) error {
 		a.s.background(func(ctx context.Context) { a.s.gcLogged(ctx, "branch deleted") })
 	}
 	return err
+}
+
+// proxyCluster is the cluster numbering for the proxy (nil on one node:
+// a nil *ClusterNodes must not become a non-nil interface).
+func (s *Server) proxyCluster() proxy.Cluster {
+	if s.cluster == nil {
+		return nil
+	}
+	return s.cluster
 }
 
 // registry is a branch registry the server closes.

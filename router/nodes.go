@@ -1,0 +1,119 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// MaxNodes bounds the cluster: a node's index fits the bits cancel keys
+// reserve for it.
+const MaxNodes = 1024
+
+// DefaultNodesPrefix is where nodes claim their index in Consul KV:
+// <prefix>N holds the address of the node with index N, under that node's
+// session lock.
+const DefaultNodesPrefix = "neonproxy/nodes/"
+
+// ClusterNodes gives each node of a Consul cluster a small index, unique
+// while the node lives, and finds a node's address from its index: cancel
+// keys carry the index of the node that issued them, so any node can send a
+// CancelRequest where it belongs.
+type ClusterNodes struct {
+	client *api.Client
+	prefix string
+	self   int
+	node   string
+	lock   *api.Lock
+}
+
+// JoinCluster claims the lowest free index for node (its front-door
+// address) on the agent at addr. A previous process of the same node that
+// still holds an index (its session not expired) is taken over.
+func JoinCluster(ctx context.Context, addr, node string) (*ClusterNodes, error) {
+	cfg := api.DefaultConfig()
+	cfg.Address = addr
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consul %s: %w", addr, err)
+	}
+	cn := &ClusterNodes{client: c, prefix: DefaultNodesPrefix, self: -1, node: node}
+	pairs, _, err := c.KV().List(cn.prefix, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("join cluster: %w", err)
+	}
+	taken := map[string]*api.KVPair{}
+	for _, p := range pairs {
+		taken[p.Key] = p
+	}
+	for i := 0; i < MaxNodes; i++ {
+		key := cn.prefix + strconv.Itoa(i)
+		if p := taken[key]; p != nil && p.Session != "" {
+			if string(p.Value) != node {
+				continue
+			}
+			// Our previous process: its session goes, the index is ours.
+			if _, err := c.Session().Destroy(p.Session, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+				return nil, fmt.Errorf("join cluster: %w", err)
+			}
+		}
+		lock, err := c.LockOpts(&api.LockOptions{
+			Key:   key,
+			Value: []byte(node),
+			SessionOpts: &api.SessionEntry{
+				Name: "neonproxy node " + node, TTL: SessionTTL.String(),
+				LockDelay: time.Millisecond, Behavior: api.SessionBehaviorDelete,
+			},
+			LockTryOnce: true, LockWaitTime: 100 * time.Millisecond,
+			MonitorRetries: math.MaxInt32, MonitorRetryTime: time.Second,
+		})
+		if err != nil {
+			return nil, err
+		}
+		actx, cancel := context.WithTimeout(ctx, lockAttempt)
+		stop := make(chan struct{})
+		stopAfter := context.AfterFunc(actx, func() { close(stop) })
+		lost, err := lock.Lock(stop)
+		stopAfter()
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("join cluster: %w", err)
+		}
+		if lost != nil {
+			cn.self, cn.lock = i, lock
+			return cn, nil
+		}
+	}
+	return nil, fmt.Errorf("join cluster: all %d node indexes are taken", MaxNodes)
+}
+
+// Self is this node's index.
+func (cn *ClusterNodes) Self() int { return cn.self }
+
+// Addr is the front-door address of the node with index idx (read from
+// Consul each time: an index is reused once its node is gone).
+func (cn *ClusterNodes) Addr(ctx context.Context, idx int) (string, error) {
+	if idx == cn.self {
+		return cn.node, nil
+	}
+	p, _, err := cn.client.KV().Get(cn.prefix+strconv.Itoa(idx), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil {
+		return "", fmt.Errorf("node %d: %w", idx, err)
+	}
+	if p == nil || p.Session == "" {
+		return "", fmt.Errorf("node %d: not in the cluster", idx)
+	}
+	return string(p.Value), nil
+}
+
+// Leave gives the index up.
+func (cn *ClusterNodes) Leave() error {
+	if cn.lock == nil {
+		return nil
+	}
+	return cn.lock.Unlock()
+}
