@@ -56,6 +56,7 @@ fuzz:
 	$(GO) test ./pagestore -run '^$$' -fuzz '^FuzzDecodeSparse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pagestore -run '^$$' -fuzz '^FuzzDecodeKey$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pagestore -run '^$$' -fuzz '^FuzzParseControlData$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./walkeeper -run '^$$' -fuzz '^FuzzValidEnd$$' -fuzztime $(FUZZTIME)
 
 # Latency and throughput against direct PostgreSQL and PgBouncer; prints a
 # report. Not part of `make test` (timings are not pass/fail here).

@@ -32,6 +32,9 @@ func walPages(start LSN, n int, sizes []int) ([]byte, LSN, []LSN) {
 		}
 		crc := crc32.Update(crc32.Checksum(rec[recordHeaderSize:], castagnoli), castagnoli, rec[:recordCRCOffset])
 		binary.LittleEndian.PutUint32(rec[recordCRCOffset:], crc)
+		if pos%PageSize == 0 {
+			pos += shortPageHeader // a record starting a page starts after its header
+		}
 		prev = pos
 		for len(rec) > 0 {
 			if pos%PageSize == 0 {
@@ -89,25 +92,51 @@ func TestValidEnd(t *testing.T) {
 	}
 }
 
-// FuzzValidEnd: any bytes, any start: no panic, no hang, and the valid end
-// lies between from and the flush.
+// FuzzValidEnd: WAL built from record sizes (up to six pages), then a byte
+// flipped, a page header overwritten and the flush cut: no panic, the
+// valid end lies between the start and the flush, and undamaged WAL checks
+// out to its last complete record.
 func FuzzValidEnd(f *testing.F) {
-	buf, _, _ := walPages(0x3000000, 3, []int{100, 9000, 24, 2000})
-	f.Add(buf, uint16(shortPageHeader))
-	f.Add(make([]byte, PageSize), uint16(0))
-	f.Fuzz(func(t *testing.T, data []byte, off uint16) {
+	f.Add([]byte{1, 125, 0, 255, 5}, uint16(0), byte(0), uint16(0), []byte{})
+	f.Add([]byte{200, 3}, uint16(700), byte(0x40), uint16(100), []byte{0xD1, 0x10})
+	f.Fuzz(func(t *testing.T, sizes []byte, at uint16, flip byte, cut uint16, header []byte) {
 		const start = LSN(0x3000000)
-		if len(data) > 8*PageSize {
-			data = data[:8*PageSize]
+		var recs []int
+		total := 0
+		for _, b := range sizes {
+			n := recordHeaderSize + int(b)*64
+			if total+n > 5*PageSize {
+				break
+			}
+			recs = append(recs, n)
+			total += n + 64
 		}
-		flush := start + LSN(len(data))
-		from := start + LSN(off)&^7
-		got, err := ValidEnd(walOf(start, data, flush), from)
-		if err != nil && len(data)%PageSize == 0 {
-			t.Fatalf("error on whole pages: %v", err)
+		buf, first, ends := walPages(start, 6, recs)
+		flush := start + LSN(len(buf)) - LSN(cut)%PageSize
+		damaged := flip != 0 || len(header) > 0
+		if flip != 0 {
+			buf[int(at)%len(buf)] ^= flip
 		}
-		if from < flush && (got < from || got > flush) {
-			t.Fatalf("ValidEnd %s outside [%s, %s]", fmtLSN(got), fmtLSN(from), fmtLSN(flush))
+		if len(header) > 0 {
+			copy(buf[(int(at)/PageSize%6)*PageSize:], header[:min(len(header), 16)])
+		}
+		got, err := ValidEnd(walOf(start, buf, flush), first)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got < first || got > flush {
+			t.Fatalf("ValidEnd %s outside [%s, %s]", fmtLSN(got), fmtLSN(first), fmtLSN(flush))
+		}
+		if !damaged {
+			want := first
+			for _, e := range ends {
+				if e <= flush {
+					want = e
+				}
+			}
+			if got != want {
+				t.Fatalf("undamaged WAL: ValidEnd %s, want %s", fmtLSN(got), fmtLSN(want))
+			}
 		}
 	})
 }
