@@ -9,9 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -176,52 +174,17 @@ func TestKeeperQuorum(t *testing.T) {
 
 	// Writers commit until stopped, recording each acknowledged id and the
 	// longest commit.
-	var (
-		mu      sync.Mutex
-		acked   = map[int64]bool{}
-		next    int64
-		longest time.Duration
-	)
-	countAcked := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	w := newAckWriters()
+	countAcked := w.count
 	wctx, stopWriters := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := pgx.Connect(wctx, url)
-			if err != nil {
-				return
-			}
-			defer c.Close(context.Background())
-			for wctx.Err() == nil {
-				mu.Lock()
-				next++
-				id := next
-				mu.Unlock()
-				t0 := time.Now()
-				if _, err := c.Exec(wctx, "INSERT INTO acked VALUES ($1)", id); err != nil {
-					return
-				}
-				d := time.Since(t0)
-				mu.Lock()
-				acked[id] = true
-				longest = max(longest, d)
-				mu.Unlock()
-			}
-		}()
-	}
+	w.run(wctx, url, 4)
 	waitFor(t, "commits before the kill", func() bool { return countAcked() >= 300 })
-	mu.Lock()
-	longest = 0
-	mu.Unlock()
+	w.resetLongest()
 	before := countAcked()
 	keepers[1].kill() // wk2
 	killedAt := time.Now()
 	waitFor(t, "commits after a keeper was killed", func() bool { return countAcked() >= before+500 })
-	mu.Lock()
-	stall := longest
-	mu.Unlock()
+	stall := w.longestCommit()
 	t.Logf("wk2 killed: %d commits in the %s after, longest commit %s", countAcked()-before,
 		time.Since(killedAt).Round(time.Millisecond), stall.Round(time.Microsecond))
 	waitFor(t, "the branch JSON to show wk2 down", func() bool {
@@ -264,44 +227,23 @@ func TestKeeperQuorum(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopWriters()
-	wg.Wait()
+	w.wait()
 	keepers[0].kill() // wk1
 	waitFor(t, "the killed compute to be gone", func() bool { return len(postgresProcesses(e.dir)) == 0 })
 	if err := os.RemoveAll(filepath.Join(e.cfg.DataDir, "computes", "branches", "main")); err != nil {
 		t.Fatal(err)
 	}
 	e.start()
-	c, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatalf("reconnect after the crash with wk1 down: %v", err)
-	}
-	defer c.Close(ctx)
-	rows, err := c.Query(ctx, "SELECT id FROM acked")
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[int64]bool{}
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			t.Fatal(err)
-		}
-		got[id] = true
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	var missing []int64
-	for id := range acked {
-		if !got[id] {
-			missing = append(missing, id)
-		}
-	}
-	sort.Slice(missing, func(i, j int) bool { return missing[i] < missing[j] })
-	t.Logf("recovered with wk1 down: %d acknowledged, %d rows, %d missing", len(acked), len(got), len(missing))
+	rows, missing := w.check(t, ctx, url)
+	t.Logf("recovered with wk1 down: %d acknowledged, %d rows, %d missing", w.count(), rows, len(missing))
 	if len(missing) > 0 {
 		t.Fatalf("%d acknowledged commits lost, first %v", len(missing), missing[:min(len(missing), 10)])
 	}
+	c, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
 	// Commits go on with two keepers.
 	if _, err := c.Exec(ctx, "INSERT INTO acked VALUES (-1)"); err != nil {
 		t.Fatalf("commit with wk1 down: %v", err)

@@ -150,16 +150,8 @@ func (r *ConsulRegistry) List(ctx context.Context) ([]Branch, error) {
 // validates names as EmbeddedRegistry.Create does and sets CreatedAt when
 // zero.
 func (r *ConsulRegistry) Create(ctx context.Context, b Branch) error {
-	if err := ValidateName(b.Name); err != nil {
-		return fmt.Errorf("create branch: %w", err)
-	}
-	if b.Parent != "" {
-		if err := ValidateName(b.Parent); err != nil {
-			return fmt.Errorf("create branch %s: parent: %w", b.Name, err)
-		}
-	}
-	if b.CreatedAt.IsZero() {
-		b.CreatedAt = time.Now().UTC()
+	if err := prepareCreate(&b); err != nil {
+		return err
 	}
 	v, err := json.Marshal(b)
 	if err != nil {

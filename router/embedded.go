@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
-	"time"
 )
 
 // embeddedFileVersion is written into the registry file so that a later
@@ -134,16 +133,8 @@ func (r *EmbeddedRegistry) List(ctx context.Context) ([]Branch, error) {
 // the name (ErrInvalidName), sets CreatedAt to now when zero, and fails with
 // an error wrapping ErrBranchExists when the name is taken.
 func (r *EmbeddedRegistry) Create(ctx context.Context, b Branch) error {
-	if err := ValidateName(b.Name); err != nil {
-		return fmt.Errorf("create branch: %w", err)
-	}
-	if b.Parent != "" {
-		if err := ValidateName(b.Parent); err != nil {
-			return fmt.Errorf("create branch %s: parent: %w", b.Name, err)
-		}
-	}
-	if b.CreatedAt.IsZero() {
-		b.CreatedAt = time.Now().UTC()
+	if err := prepareCreate(&b); err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err

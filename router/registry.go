@@ -64,3 +64,20 @@ func ValidateName(name string) error {
 	}
 	return nil
 }
+
+// prepareCreate validates a branch to create (ErrInvalidName) and sets
+// CreatedAt to now when zero: what every Registry's Create does first.
+func prepareCreate(b *Branch) error {
+	if err := ValidateName(b.Name); err != nil {
+		return fmt.Errorf("create branch: %w", err)
+	}
+	if b.Parent != "" {
+		if err := ValidateName(b.Parent); err != nil {
+			return fmt.Errorf("create branch %s: parent: %w", b.Name, err)
+		}
+	}
+	if b.CreatedAt.IsZero() {
+		b.CreatedAt = time.Now().UTC()
+	}
+	return nil
+}

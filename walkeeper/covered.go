@@ -29,13 +29,6 @@ func readFlush(r pebble.Reader, ns uint64) (LSN, error) {
 	return binary.BigEndian.Uint64(v), nil
 }
 
-func coveredKey(ns uint64) []byte {
-	k := make([]byte, 9)
-	k[0] = 'c'
-	binary.BigEndian.PutUint64(k[1:], ns)
-	return k
-}
-
 // SetCovered records that a stored image of the branch holds all of ns's
 // WAL up to lsn: only WAL after it needs replaying. The WAL itself is kept
 // (point-in-time branching reads it).

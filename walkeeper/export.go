@@ -205,13 +205,6 @@ func (k *Keeper) Import(ctx context.Context, ns uint64, w *WAL) error {
 
 // Generations (fencing).
 
-func genKey(ns uint64) []byte {
-	k := make([]byte, 9)
-	k[0] = 'g'
-	binary.BigEndian.PutUint64(k[1:], ns)
-	return k
-}
-
 func readGen(r pebble.Reader, ns uint64) (gen uint64, start LSN, err error) {
 	v, closer, err := r.Get(genKey(ns))
 	if errors.Is(err, pebble.ErrNotFound) {

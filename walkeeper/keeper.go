@@ -117,12 +117,17 @@ func pageKeyEnd(ns uint64) []byte {
 	return k
 }
 
-func flushKey(ns uint64) []byte {
+// nsKey is a per-namespace metadata key: a kind byte and the namespace.
+func nsKey(kind byte, ns uint64) []byte {
 	k := make([]byte, 9)
-	k[0] = 'f'
+	k[0] = kind
 	binary.BigEndian.PutUint64(k[1:], ns)
 	return k
 }
+
+func flushKey(ns uint64) []byte   { return nsKey('f', ns) }
+func coveredKey(ns uint64) []byte { return nsKey('c', ns) }
+func genKey(ns uint64) []byte     { return nsKey('g', ns) }
 
 func pageKeyLSN(key []byte) LSN { return binary.BigEndian.Uint64(key[9:]) }
 

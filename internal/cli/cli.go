@@ -69,6 +69,21 @@ func loadConfig(path string) (config.Config, error) {
 	return config.Load(path, os.Environ())
 }
 
+// daemon loads the configuration and the logger of a long-running command
+// and returns a context that ends on SIGINT/SIGTERM; done releases them.
+func (g *globals) daemon() (config.Config, *zap.Logger, context.Context, func(), error) {
+	cfg, err := loadConfig(g.configPath)
+	if err != nil {
+		return cfg, nil, nil, nil, err
+	}
+	log, err := newLogger(cfg.Log)
+	if err != nil {
+		return cfg, nil, nil, nil, err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	return cfg, log, ctx, func() { stop(); _ = log.Sync() }, nil
+}
+
 func newLogger(c config.Log) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(c.Level)
 	if err != nil {
@@ -97,17 +112,11 @@ superuser "postgres"; its password is bootstrap.password, or generated and kept 
 SIGINT/SIGTERM stop every compute cleanly before exiting.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(g.configPath)
+			cfg, log, ctx, done, err := g.daemon()
 			if err != nil {
 				return err
 			}
-			log, err := newLogger(cfg.Log)
-			if err != nil {
-				return err
-			}
-			defer func() { _ = log.Sync() }()
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
+			defer done()
 			srv, err := server.New(ctx, cfg, log, server.Options{ConfigPath: g.reloadPath()})
 			if err != nil {
 				return err

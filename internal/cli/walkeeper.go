@@ -1,15 +1,11 @@
 package cli
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -34,17 +30,11 @@ The keeper reaches computes at the connection strings serve gives it (unix
 sockets on the same machine). SIGINT/SIGTERM stop it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(g.configPath)
+			cfg, log, ctx, done, err := g.daemon()
 			if err != nil {
 				return err
 			}
-			log, err := newLogger(cfg.Log)
-			if err != nil {
-				return err
-			}
-			defer func() { _ = log.Sync() }()
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
+			defer done()
 			dir, err := filepath.Abs(filepath.Join(cfg.DataDir, "walkeeper"))
 			if err != nil {
 				return err

@@ -1,0 +1,109 @@
+package e2e
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ackWriters are clients that insert consecutive ids into the table acked
+// (id bigint primary key) as fast as they can, one autocommit INSERT at a
+// time, until their context ends or their connection breaks. An id counts
+// as acknowledged once its INSERT returned success. Ids are shared across
+// rounds of writers (run).
+type ackWriters struct {
+	mu      sync.Mutex
+	acked   map[int64]bool
+	next    int64
+	longest time.Duration // the longest INSERT since the last resetLongest
+	wg      sync.WaitGroup
+}
+
+func newAckWriters() *ackWriters { return &ackWriters{acked: map[int64]bool{}} }
+
+// run starts n writers on url.
+func (w *ackWriters) run(ctx context.Context, url string, n int) {
+	for range n {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			c, err := pgx.Connect(ctx, url)
+			if err != nil {
+				return
+			}
+			defer c.Close(context.Background())
+			for ctx.Err() == nil {
+				w.mu.Lock()
+				w.next++
+				id := w.next
+				w.mu.Unlock()
+				t0 := time.Now()
+				if _, err := c.Exec(ctx, "INSERT INTO acked VALUES ($1)", id); err != nil {
+					return
+				}
+				d := time.Since(t0)
+				w.mu.Lock()
+				w.acked[id] = true
+				w.longest = max(w.longest, d)
+				w.mu.Unlock()
+			}
+		}()
+	}
+}
+
+// wait waits for the writers to end.
+func (w *ackWriters) wait() { w.wg.Wait() }
+
+func (w *ackWriters) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.acked)
+}
+
+func (w *ackWriters) resetLongest() {
+	w.mu.Lock()
+	w.longest = 0
+	w.mu.Unlock()
+}
+
+func (w *ackWriters) longestCommit() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.longest
+}
+
+// check reads the table through url and returns how many rows it has and
+// the acknowledged ids missing from it (sorted).
+func (w *ackWriters) check(t *testing.T, ctx context.Context, url string) (rows int, missing []int64) {
+	t.Helper()
+	c, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatalf("connect to check the acknowledged rows: %v", err)
+	}
+	defer c.Close(ctx)
+	rows0, err := c.Query(ctx, "SELECT id FROM acked")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows0, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(map[int64]bool, len(ids))
+	for _, id := range ids {
+		got[id] = true
+	}
+	w.mu.Lock()
+	for id := range w.acked {
+		if !got[id] {
+			missing = append(missing, id)
+		}
+	}
+	w.mu.Unlock()
+	sort.Slice(missing, func(i, j int) bool { return missing[i] < missing[j] })
+	return len(got), missing
+}
