@@ -31,6 +31,9 @@ func buildBinary(t *testing.T, dir string) string {
 	return bin
 }
 
+// keeperToken is the keepers' shared secret in these tests (walkeeper.token).
+const keeperToken = "t0k3n"
+
 // keeperProc is a standalone `neonproxy walkeeper` process.
 type keeperProc struct {
 	t    *testing.T
@@ -50,7 +53,7 @@ func startKeeperProc(t *testing.T, bin, dir string, n int) *keeperProc {
 	}
 	k := &keeperProc{t: t, bin: bin, cfg: filepath.Join(kd, "config.yaml"), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		log: filepath.Join(kd, "walkeeper.log")}
-	cfg := fmt.Sprintf("data_dir: %s\nwalkeeper:\n  listen: %s\nlog:\n  level: info\n", kd, k.addr)
+	cfg := fmt.Sprintf("data_dir: %s\nwalkeeper:\n  listen: %s\n  token: %s\nlog:\n  level: info\n", kd, k.addr, keeperToken)
 	if err := os.WriteFile(k.cfg, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -118,6 +121,7 @@ func (k *keeperProc) flush(ctx context.Context, ns uint64) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	req.Header.Set("Authorization", "Bearer "+keeperToken)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, err
@@ -154,6 +158,7 @@ func TestKeeperQuorum(t *testing.T) {
 	e := newEnv(t, func(c *config.Config) {
 		c.Walkeeper.Peers = []string{keepers[0].addr, keepers[1].addr, keepers[2].addr}
 		c.Walkeeper.Quorum = 2
+		c.Walkeeper.Token = keeperToken
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

@@ -21,8 +21,16 @@ const requestTimeout = 5 * time.Second
 
 // Client reaches a standalone keeper's HTTP API (see Handler).
 type Client struct {
-	base string
-	hc   *http.Client
+	base  string
+	hc    *http.Client
+	token string
+}
+
+// WithToken makes the client send the keeper's shared secret
+// (walkeeper.token) with every request.
+func (c *Client) WithToken(token string) *Client {
+	c.token = token
+	return c
 }
 
 // NewClient returns a client for the keeper at addr ("host:port" or an
@@ -52,6 +60,9 @@ func (c *Client) nsURL(ns uint64, suffix string, q url.Values) string {
 // do sends a request and returns the response when its status is 2xx;
 // otherwise the keeper's error, mapped back to ErrNoWAL / ErrFenced.
 func (c *Client) do(req *http.Request) (*http.Response, error) {
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("walkeeper %s: %w", c.base, err)

@@ -2,6 +2,7 @@ package walkeeper
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -51,8 +52,9 @@ type followStatus struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Handler serves k's HTTP API.
-func Handler(k *Keeper, log *zap.Logger) http.Handler {
+// Handler serves k's HTTP API. With a token, every request but /healthz
+// must carry "Authorization: Bearer <token>" (401 otherwise).
+func Handler(k *Keeper, log *zap.Logger, token string) http.Handler {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -66,7 +68,19 @@ func Handler(k *Keeper, log *zap.Logger) http.Handler {
 	mux.HandleFunc("PUT /v1/wal/{ns}/covered", h.lsnOp("lsn", k.SetCovered))
 	mux.HandleFunc("POST /v1/wal/{ns}/trim", h.lsnOp("before", k.Trim))
 	mux.HandleFunc("DELETE /v1/wal/{ns}", h.drop)
-	return mux
+	if token == "" {
+		return mux
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			_ = json.NewEncoder(w).Encode(map[string]string{"error": "walkeeper: missing or wrong token (walkeeper.token)"})
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 type handler struct {

@@ -19,7 +19,7 @@ func openServed(t *testing.T) (*Keeper, *httptest.Server, *Client) {
 	t.Helper()
 	k := openTest(t, t.TempDir())
 	t.Cleanup(func() { _ = k.Close() })
-	srv := httptest.NewServer(Handler(k, nil))
+	srv := httptest.NewServer(Handler(k, nil, ""))
 	// Follow requests stay open: cut them so Close does not wait for them.
 	t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() })
 	c, err := NewClient(srv.Listener.Addr().String())
@@ -432,4 +432,32 @@ func TestHTTPFollowSyncCommit(t *testing.T) {
 		t.Fatalf("stopped follower: %v", err)
 	}
 	waitFor(t, 10*time.Second, "the keeper's stream to stop after Stop", func() bool { return !info(t, k, ns).Streaming })
+}
+
+// TestHTTPToken: a keeper with a token answers 401 without it (healthz
+// excepted) and serves a client that sends it.
+func TestHTTPToken(t *testing.T) {
+	k := openTest(t, t.TempDir())
+	t.Cleanup(func() { _ = k.Close() })
+	srv := httptest.NewServer(Handler(k, nil, "s3cret"))
+	t.Cleanup(srv.Close)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		token string
+		ok    bool
+	}{{"", false}, {"wrong", false}, {"s3cret", true}} {
+		c, err := NewClient(srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.WithToken(tc.token).Info(ctx, 1)
+		if (err == nil) != tc.ok || (!tc.ok && !strings.Contains(err.Error(), "401")) {
+			t.Errorf("token %q: %v", tc.token, err)
+		}
+	}
+	resp, err := http.Get(srv.URL + "/healthz")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("healthz without a token: %v %v", resp, err)
+	}
+	resp.Body.Close()
 }

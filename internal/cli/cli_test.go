@@ -44,3 +44,23 @@ func TestBranchTree(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckKeeperListen: the keeper's API beyond loopback needs a token.
+func TestCheckKeeperListen(t *testing.T) {
+	for _, tc := range []struct {
+		listen, token string
+		ok            bool
+	}{
+		{"127.0.0.1:7000", "", true},
+		{"localhost:7000", "", true},
+		{"[::1]:7000", "", true},
+		{"0.0.0.0:7000", "", false},
+		{"10.0.0.5:7000", "", false},
+		{"0.0.0.0:7000", "t", true},
+		{"no-port", "", false},
+	} {
+		if err := checkKeeperListen(tc.listen, tc.token); (err == nil) != tc.ok {
+			t.Errorf("checkKeeperListen(%q, %q) = %v", tc.listen, tc.token, err)
+		}
+	}
+}

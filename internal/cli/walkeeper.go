@@ -44,11 +44,14 @@ sockets on the same machine). SIGINT/SIGTERM stop it.`,
 				return err
 			}
 			defer func() { _ = k.Close() }()
+			if err := checkKeeperListen(cfg.Walkeeper.Listen, cfg.Walkeeper.Token); err != nil {
+				return err
+			}
 			ln, err := net.Listen("tcp", cfg.Walkeeper.Listen)
 			if err != nil {
 				return fmt.Errorf("walkeeper.listen: %w", err)
 			}
-			srv := &http.Server{Handler: walkeeper.Handler(k, log.Named("http")), ReadHeaderTimeout: 10 * time.Second}
+			srv := &http.Server{Handler: walkeeper.Handler(k, log.Named("http"), cfg.Walkeeper.Token), ReadHeaderTimeout: 10 * time.Second}
 			served := make(chan error, 1)
 			go func() { served <- srv.Serve(ln) }()
 			fmt.Fprintf(cmd.OutOrStdout(), "walkeeper is ready: http://%s (data in %s)\n", ln.Addr(), dir)
@@ -67,4 +70,17 @@ sockets on the same machine). SIGINT/SIGTERM stop it.`,
 			return nil
 		},
 	}
+}
+
+// checkKeeperListen refuses to serve the keeper's API beyond loopback
+// without a token: it streams any compute a caller names and hands out WAL.
+func checkKeeperListen(listen, token string) error {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return fmt.Errorf("walkeeper.listen %q: %w", listen, err)
+	}
+	if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) || token != "" {
+		return nil
+	}
+	return fmt.Errorf("walkeeper.listen %s is not a loopback address: set walkeeper.token (serve's walkeeper.token must match) or listen on 127.0.0.1", listen)
 }

@@ -160,6 +160,9 @@ type Walkeeper struct {
 	Quorum int `yaml:"quorum"`
 	// Listen is where `neonproxy walkeeper` serves its HTTP API.
 	Listen string `yaml:"listen"`
+	// Token is a shared secret: serve sends it to its peers, a standalone
+	// keeper requires it (needed when Listen is not a loopback address).
+	Token string `yaml:"token"`
 	// Retention is how far back a branch can be created at an LSN or a
 	// time: the images and WAL of that window are kept.
 	Retention Duration `yaml:"retention"`

@@ -143,7 +143,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 			_ = s.Registry.Close()
 			return nil, fmt.Errorf("walkeeper.peers: %w", err)
 		}
-		keepers = append(keepers, c)
+		keepers = append(keepers, c.WithToken(cfg.Walkeeper.Token))
 	}
 	if len(keepers) == 0 {
 		s.Keeper, err = walkeeper.Open(walkeeper.Options{
