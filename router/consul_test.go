@@ -75,9 +75,17 @@ func TestConsulRegistry(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		wctx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go b.Watch(wctx)
 		oa, err := a.TryAcquire(ctx, "main")
 		if err != nil {
 			t.Fatal(err)
+		}
+		// b's watched view learns it without asking.
+		until(t, "b to see node-a holding main", func() bool { return b.HeldElsewhere("main") == "node-a:5432" })
+		if a.HeldElsewhere("main") != "" {
+			t.Fatal("a's view (not watching) claims an owner")
 		}
 		if _, err := b.TryAcquire(ctx, "main"); !errors.Is(err, ErrOwned) || !strings.Contains(err.Error(), "node-a:5432") {
 			t.Fatalf("second owner: %v, want ErrOwned naming node-a", err)
@@ -128,6 +136,7 @@ func TestConsulRegistry(t *testing.T) {
 		if got, _ := a.Owner(ctx, "main"); got != "" {
 			t.Fatalf("Owner after Release = %q", got)
 		}
+		until(t, "b's view to drop main's owner", func() bool { return b.HeldElsewhere("main") == "" })
 		if err := oa.Release(); err != nil {
 			t.Fatalf("Release of a lost ownership: %v", err)
 		}
@@ -140,4 +149,16 @@ func TestConsulRegistry(t *testing.T) {
 			t.Fatal("OpenConsul of a closed port succeeded")
 		}
 	})
+}
+
+// until polls cond for up to 10 s.
+func until(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

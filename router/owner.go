@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -55,6 +57,14 @@ type ConsulOwners struct {
 	prefix string
 	node   string // this node's address (the lock's value)
 	ttl    time.Duration
+
+	// mu guards the owners Watch keeps: who holds each branch, as of the
+	// last answer of a blocking query (synced: at least one answer).
+	mu struct {
+		sync.Mutex
+		synced bool
+		owners map[string]string
+	}
 }
 
 var _ Owners = (*ConsulOwners)(nil)
@@ -167,6 +177,53 @@ func (o *ConsulOwners) Owner(ctx context.Context, branch string) (string, error)
 		return "", nil
 	}
 	return string(p.Value), nil
+}
+
+// Watch keeps a view of every branch's owner with blocking queries on the
+// lock keys (one outstanding query, answered when a lock changes hands)
+// until ctx ends, so that routing a client to the node that runs its branch
+// costs no Consul round trip. While Consul cannot be reached the view stays
+// as it was.
+func (o *ConsulOwners) Watch(ctx context.Context) {
+	var index uint64
+	for ctx.Err() == nil {
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx)
+		pairs, meta, err := o.client.KV().List(o.prefix, q)
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		owners := map[string]string{}
+		for _, p := range pairs {
+			name, ok := strings.CutSuffix(strings.TrimPrefix(p.Key, o.prefix), "/compute")
+			if ok && p.Session != "" {
+				owners[name] = string(p.Value)
+			}
+		}
+		o.mu.Lock()
+		o.mu.synced, o.mu.owners = true, owners
+		o.mu.Unlock()
+		if meta.LastIndex < index {
+			index = 0 // Consul's index went back (a restarted agent)
+		} else {
+			index = meta.LastIndex
+		}
+	}
+}
+
+// HeldElsewhere reports, from the watched view, the node that holds branch
+// when that is another node ("" when it is free, held here, or the view is
+// not synced yet).
+func (o *ConsulOwners) HeldElsewhere(branch string) string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if owner := o.mu.owners[branch]; o.mu.synced && owner != o.node {
+		return owner
+	}
+	return ""
 }
 
 type consulOwnership struct {

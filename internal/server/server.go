@@ -119,6 +119,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		if err != nil {
 			return nil, fmt.Errorf("consul.address: %w", err)
 		}
+		s.background(co.Watch)
 	} else if s.Registry, err = router.OpenEmbedded(filepath.Join(dataDir, "branches.json")); err != nil {
 		return nil, err
 	}
@@ -604,6 +605,11 @@ type registry interface {
 type consulOwners struct{ o *router.ConsulOwners }
 
 func (c consulOwners) Own(ctx context.Context, branch string) (wake.Ownership, error) {
+	// Held by another node as far as the watched view says: no lock
+	// attempt (a session and a write per client) needed to know it.
+	if owner := c.o.HeldElsewhere(branch); owner != "" {
+		return nil, &wake.OwnedElsewhereError{Owner: owner, Err: &router.OwnedError{Branch: branch, Owner: owner}}
+	}
 	own, err := c.o.TryAcquire(ctx, branch)
 	var oe *router.OwnedError
 	if errors.As(err, &oe) {
