@@ -31,8 +31,10 @@ func TestConsulMode(t *testing.T) {
 	agent := testconsul.Start(t)
 	e := newEnv(t, func(c *config.Config) {
 		c.Consul.Address = agent.Addr
-		c.Consul.Node = "node-a"
+		c.Listen = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		c.Consul.Node = c.Listen
 	})
+	nodeA := e.cfg.Consul.Node
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cc, err := api.NewClient(&api.Config{Address: agent.Addr})
@@ -58,8 +60,8 @@ func TestConsulMode(t *testing.T) {
 		}
 		return string(p.Value)
 	}
-	if got := owner("main"); got != "node-a" {
-		t.Fatalf("main's lock holder = %q, want node-a", got)
+	if got := owner("main"); got != nodeA {
+		t.Fatalf("main's lock holder = %q, want %s", got, nodeA)
 	}
 
 	// Node B holds dev: clients of dev here are told where it runs.
@@ -83,7 +85,7 @@ func TestConsulMode(t *testing.T) {
 			return false
 		}
 		c.Close(ctx)
-		return owner("dev") == "node-a"
+		return owner("dev") == nodeA
 	})
 
 	// This node loses main's lock (its session ends, as when Consul
@@ -97,7 +99,7 @@ func TestConsulMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitState("main", wake.StateStopped)
-	if e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT 2") != 2 || owner("main") != "node-a" {
+	if e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT 2") != 2 || owner("main") != nodeA {
 		t.Fatal("main after the lost lock")
 	}
 	// Deleting a branch removes it from Consul.
@@ -192,6 +194,20 @@ func TestConsulRelay(t *testing.T) {
 		t.Fatalf("B's compute for main is %s; it should run nowhere but on A", st)
 	}
 
+	// A's lock session is tied to A's front-door health check ...
+	cc, err := api.NewClient(&api.Config{Address: agent.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _, err := cc.KV().Get(router.DefaultConsulPrefix+"main/compute", nil)
+	if err != nil || p == nil || p.Session == "" {
+		t.Fatalf("main's lock: %+v, %v", p, err)
+	}
+	se, _, err := cc.Session().Info(p.Session, nil)
+	if err != nil || se == nil || !slices.ContainsFunc(se.Checks, func(c string) bool { return strings.HasSuffix(c, "-alive") }) {
+		t.Fatalf("main's lock session is not tied to A's front-door check: %+v, %v", se, err)
+	}
+
 	// Cancels: sent to B (the node the client reached) and to A.
 	for _, via := range []string{"B", "A", "C"} {
 		done := make(chan error, 1)
@@ -220,6 +236,21 @@ func TestConsulRelay(t *testing.T) {
 			t.Fatalf("cancel sent to %s did not cancel the query", via)
 		}
 	}
+
+	// ... so when A's front door dies, Consul frees main at once (not
+	// after the session TTL) and B's view learns it.
+	cb.Close(ctx)
+	if err := a.srv.Abandon(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.srv = nil
+	t0 := time.Now()
+	waitFor(t, "main's lock to be freed", func() bool {
+		p, _, err := cc.KV().Get(router.DefaultConsulPrefix+"main/compute", nil)
+		return err == nil && (p == nil || p.Session == "")
+	})
+	t.Logf("A's front door closed: main's lock freed after %s (session TTL %s)", time.Since(t0).Round(time.Millisecond), router.SessionTTL)
+	waitFor(t, "A's orphaned compute to be stopped", func() bool { return len(postgresProcesses(a.dir)) == 0 })
 }
 
 func parseConfig(t *testing.T, url string) *pgx.ConnConfig {

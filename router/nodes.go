@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -24,16 +26,20 @@ const DefaultNodesPrefix = "neonproxy/nodes/"
 // keys carry the index of the node that issued them, so any node can send a
 // CancelRequest where it belongs.
 type ClusterNodes struct {
-	client *api.Client
-	prefix string
-	self   int
-	node   string
-	lock   *api.Lock
+	client  *api.Client
+	prefix  string
+	self    int
+	node    string
+	lock    *api.Lock
+	service string // this node's Consul service ID
+	check   string // its health check: a TCP connect to the front door
 }
 
 // JoinCluster claims the lowest free index for node (its front-door
-// address) on the agent at addr. A previous process of the same node that
-// still holds an index (its session not expired) is taken over.
+// address, host:port) on the agent at addr. A previous process of the same
+// node that still holds an index (its session not expired) is taken over.
+// Once the front door listens, RegisterFrontDoor makes the node a Consul
+// service with a health check.
 func JoinCluster(ctx context.Context, addr, node string) (*ClusterNodes, error) {
 	cfg := api.DefaultConfig()
 	cfg.Address = addr
@@ -41,7 +47,11 @@ func JoinCluster(ctx context.Context, addr, node string) (*ClusterNodes, error) 
 	if err != nil {
 		return nil, fmt.Errorf("consul %s: %w", addr, err)
 	}
-	cn := &ClusterNodes{client: c, prefix: DefaultNodesPrefix, self: -1, node: node}
+	if _, _, err := net.SplitHostPort(node); err != nil {
+		return nil, fmt.Errorf("join cluster: node address %q: want host:port", node)
+	}
+	id := "neonproxy-" + strings.NewReplacer(":", "-", "[", "", "]", "").Replace(node)
+	cn := &ClusterNodes{client: c, prefix: DefaultNodesPrefix, self: -1, node: node, service: id, check: id + "-alive"}
 	pairs, _, err := c.KV().List(cn.prefix, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("join cluster: %w", err)
@@ -91,6 +101,42 @@ func JoinCluster(ctx context.Context, addr, node string) (*ClusterNodes, error) 
 	return nil, fmt.Errorf("join cluster: all %d node indexes are taken", MaxNodes)
 }
 
+// RegisterFrontDoor registers the node as a Consul service "neonproxy"
+// whose health check connects to its front door every second. Sessions tied
+// to SessionChecks end as soon as the front door stops answering. Call it
+// once the front door listens (the check must pass from the start).
+func (cn *ClusterNodes) RegisterFrontDoor(ctx context.Context) error {
+	host, portStr, _ := net.SplitHostPort(cn.node)
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return fmt.Errorf("node address %q: %w", cn.node, err)
+	}
+	c := cn.client
+	node := cn.node
+	id := cn.service
+	err = c.Agent().ServiceRegisterOpts(&api.AgentServiceRegistration{
+		ID: id, Name: "neonproxy", Address: host, Port: port,
+		Check: &api.AgentServiceCheck{
+			CheckID: cn.check, Name: "front door of " + node, TCP: node,
+			Interval: "1s", Timeout: "1s",
+			// Passing from the start, so sessions can be tied to it now.
+			Status:                         api.HealthPassing,
+			DeregisterCriticalServiceAfter: "1m",
+		},
+	}, api.ServiceRegisterOpts{}.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("register the node's service: %w", err)
+	}
+	return nil
+}
+
+// HealthCheck is the ID of the node's front-door check.
+func (cn *ClusterNodes) HealthCheck() string { return cn.check }
+
+// SessionChecks are the checks a session of this node is tied to: the
+// agent's own (serfHealth) and the front door's.
+func (cn *ClusterNodes) SessionChecks() []string { return []string{"serfHealth", cn.check} }
+
 // Self is this node's index.
 func (cn *ClusterNodes) Self() int { return cn.self }
 
@@ -110,10 +156,14 @@ func (cn *ClusterNodes) Addr(ctx context.Context, idx int) (string, error) {
 	return string(p.Value), nil
 }
 
-// Leave gives the index up.
+// Leave gives the index up and removes the node's service.
 func (cn *ClusterNodes) Leave() error {
-	if cn.lock == nil {
-		return nil
+	var err error
+	if cn.lock != nil {
+		err = cn.lock.Unlock()
 	}
-	return cn.lock.Unlock()
+	if derr := cn.client.Agent().ServiceDeregister(cn.service); err == nil {
+		err = derr
+	}
+	return err
 }

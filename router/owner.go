@@ -64,6 +64,7 @@ type ConsulOwners struct {
 		sync.Mutex
 		synced bool
 		owners map[string]string
+		checks []string // health checks the lock sessions are tied to (TieTo)
 	}
 }
 
@@ -93,6 +94,16 @@ func NewConsulOwners(addr, prefix, node string) (*ConsulOwners, error) {
 
 func (o *ConsulOwners) key(branch string) string { return o.prefix + branch + "/compute" }
 
+// TieTo ties the sessions of later locks to health checks (with
+// ClusterNodes.SessionChecks: the node's front door): when one goes
+// critical, Consul ends the session and frees the node's branches at once,
+// rather than after the session TTL.
+func (o *ConsulOwners) TieTo(checks []string) {
+	o.mu.Lock()
+	o.mu.checks = checks
+	o.mu.Unlock()
+}
+
 // TryAcquire implements Owners. A lock this node's previous process still
 // holds (same node address, session not expired yet) is taken over.
 func (o *ConsulOwners) TryAcquire(ctx context.Context, branch string) (Ownership, error) {
@@ -103,6 +114,9 @@ func (o *ConsulOwners) tryAcquire(ctx context.Context, branch string, retried bo
 	if err := ValidateName(branch); err != nil {
 		return nil, err
 	}
+	o.mu.Lock()
+	checks := o.mu.checks
+	o.mu.Unlock()
 	lock, err := o.client.LockOpts(&api.LockOptions{
 		Key:   o.key(branch),
 		Value: []byte(o.node),
@@ -114,6 +128,7 @@ func (o *ConsulOwners) tryAcquire(ctx context.Context, branch string, retried bo
 			TTL:       o.ttl.String(),
 			LockDelay: time.Millisecond,
 			Behavior:  api.SessionBehaviorDelete,
+			Checks:    checks,
 		},
 		LockTryOnce:  true,
 		LockWaitTime: 100 * time.Millisecond,

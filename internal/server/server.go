@@ -53,6 +53,7 @@ type Server struct {
 	Metrics  *metrics.Metrics
 	Registry registry
 	cluster  *router.ClusterNodes // Consul mode: this node's index
+	owners   *router.ConsulOwners // Consul mode: branch locks
 	Store    *pagestore.Store
 	Keeper   *walkeeper.Keeper // the embedded WAL keeper
 	Computes *wake.Manager
@@ -108,17 +109,18 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		if err != nil {
 			return nil, fmt.Errorf("consul.address: %w", err)
 		}
-		co, err := router.NewConsulOwners(cfg.Consul.Address, "", node)
-		if err != nil {
-			return nil, fmt.Errorf("consul.address: %w", err)
-		}
-		owners = consulOwners{co}
 		jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		s.cluster, err = router.JoinCluster(jctx, cfg.Consul.Address, node)
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("consul.address: %w", err)
 		}
+		co, err := router.NewConsulOwners(cfg.Consul.Address, "", node)
+		if err != nil {
+			return nil, fmt.Errorf("consul.address: %w", err)
+		}
+		s.owners = co
+		owners = consulOwners{co}
 		s.background(co.Watch)
 	} else if s.Registry, err = router.OpenEmbedded(filepath.Join(dataDir, "branches.json")); err != nil {
 		return nil, err
@@ -419,6 +421,17 @@ func (s *Server) Start() error {
 		}
 		s.serveCh <- err
 	}()
+	if s.cluster != nil {
+		// The front door listens: Consul may check it now, and this
+		// node's branches are freed as soon as it stops answering.
+		ctx, cancel := context.WithTimeout(s.bgCtx, 30*time.Second)
+		err := s.cluster.RegisterFrontDoor(ctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("consul: %w", err)
+		}
+		s.owners.TieTo(s.cluster.SessionChecks())
+	}
 	s.log.Info("neonproxy ready",
 		zap.String("listen", s.pgLn.Addr().String()),
 		zap.String("admin_listen", s.adminLn.Addr().String()),
