@@ -57,9 +57,11 @@ func (s *Server) relay(ss *session, rt router.Route, params map[string]string, o
 		})
 	}
 	defer up.Close()
-	fe := pgproto3.NewFrontend(up, up)
-	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: relayParams(rt, params)})
-	if err := fe.Flush(); err != nil {
+	startup, err := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: relayParams(rt, params)}).Encode(nil)
+	if err != nil {
+		return err
+	}
+	if _, err := up.Write(startup); err != nil {
 		return fmt.Errorf("relay to %s: %w", owner, err)
 	}
 	ss.result = "relayed"

@@ -466,17 +466,22 @@ func (d *PostgresDriver) startKeeper(ctx context.Context, branch string, ns uint
 	}()
 	streaming := 0
 	for streaming < d.keepers.quorum {
+		var why error
 		select {
 		case <-up:
 			streaming++
+			continue
 		case <-ctx.Done():
-			ks.stop()
-			errMu.Lock()
-			err := errors.Join(errs...)
-			errMu.Unlock()
-			return nil, fmt.Errorf("wake: WAL keepers for branch %s: %d of %d streaming, %d needed (%w): %v",
-				branch, streaming, len(d.keepers.members), d.keepers.quorum, ctx.Err(), err)
+			why = ctx.Err()
+		case <-ks.done:
+			why = errors.New("every keeper gave up (fenced, or the compute exited)")
 		}
+		ks.stop()
+		errMu.Lock()
+		err := errors.Join(errs...)
+		errMu.Unlock()
+		return nil, fmt.Errorf("wake: WAL keepers for branch %s: %d of %d streaming, %d needed (%w): %v",
+			branch, streaming, len(d.keepers.members), d.keepers.quorum, why, err)
 	}
 	return ks, nil
 }
