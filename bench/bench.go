@@ -79,6 +79,17 @@ func (b *bench) runPhases(ctx context.Context) {
 	b.phase(ctx, "compute unchanged", b.checkSameCompute)
 }
 
+// sectionMachine fills the machine section for a section with its own
+// neonproxy when the main neonproxy's phases (which fill it) did not run.
+func (b *bench) sectionMachine(ctx context.Context) {
+	if len(b.rep.machine) > 0 {
+		return
+	}
+	b.rep.machine = append(machineInfo(),
+		kv{"nofile", fmt.Sprintf("%d (RLIMIT_NOFILE of the bench and neonproxy)", b.nofile)},
+		kv{"pgbench", commandFirstLine(ctx, "pgbench", "--version")})
+}
+
 // phase runs f, logs progress on stderr and records a failure in the report.
 func (b *bench) phase(ctx context.Context, name string, f func(context.Context) error) bool {
 	if ctx.Err() != nil {

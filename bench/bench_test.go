@@ -226,3 +226,102 @@ func TestCommitLatencyReport(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteConfigConsul checks that a cluster node's config loads with
+// consul.address, consul.node = its listen address and bootstrap.password,
+// and that other sections' configs have no consul section.
+func TestWriteConfigConsul(t *testing.T) {
+	for _, addr := range []string{"", "127.0.0.1:8500"} {
+		e := &env{dir: t.TempDir()}
+		o := options{poolSize: 20, consulAddress: addr}
+		if addr != "" {
+			o.bootstrapPassword = "0123abcd"
+		}
+		p := &proxy{dataDir: e.path("data")}
+		path, err := p.writeConfig(e, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config.Load(path, nil)
+		if err != nil {
+			t.Fatalf("consul %q: %v", addr, err)
+		}
+		if cfg.Consul.Address != addr || cfg.Bootstrap.Password != o.bootstrapPassword {
+			t.Errorf("consul %q: loaded consul %+v, bootstrap %+v", addr, cfg.Consul, cfg.Bootstrap)
+		}
+		if addr != "" && (cfg.Consul.Node != cfg.Listen || cfg.Listen != p.listenAddr()) {
+			t.Errorf("consul.node %q, listen %q, want both %s", cfg.Consul.Node, cfg.Listen, p.listenAddr())
+		}
+	}
+}
+
+func TestParseLock(t *testing.T) {
+	held := `[{"LockIndex":1,"Key":"neonproxy/branches/main/compute","Flags":3304740253564472344,` +
+		`"Value":"MTI3LjAuMC4xOjU0MzI=","Session":"5e8c2f1e-0d1b-4a3e-9d7c-1f2e3d4c5b6a","CreateIndex":20,"ModifyIndex":21}]`
+	for _, tc := range []struct {
+		status int
+		body   string
+		want   branchLock
+		err    bool
+	}{
+		{200, held, branchLock{session: "5e8c2f1e-0d1b-4a3e-9d7c-1f2e3d4c5b6a", holder: "127.0.0.1:5432"}, false},
+		{200, `[{"Key":"neonproxy/branches/main/compute","Value":"MTI3LjAuMC4xOjU0MzI="}]`, branchLock{holder: "127.0.0.1:5432"}, false},
+		{404, "", branchLock{}, false},
+		{500, "rpc error", branchLock{}, true},
+		{200, "not json", branchLock{}, true},
+	} {
+		got, err := parseLock(tc.status, []byte(tc.body))
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("parseLock(%d, %q) = %+v, %v; want %+v, error %v", tc.status, tc.body, got, err, tc.want, tc.err)
+		}
+	}
+	if got := lockKey("main"); got != "neonproxy/branches/main/compute" {
+		t.Errorf("lockKey(main) = %q", got)
+	}
+}
+
+// TestClusterReport checks the relay ratio and the failover summary, and
+// the skipped section.
+func TestClusterReport(t *testing.T) {
+	r := newReport(options{sections: []string{sectionCluster}})
+	c := &r.cluster
+	c.consulAddr, c.nodeA, c.nodeB, c.stateB = "127.0.0.1:8500", "127.0.0.1:1", "127.0.0.1:2", "stopped"
+	c.connect = []namedStats{
+		{clusterNameOwner, stats{n: 40, median: 2 * time.Millisecond, p90: 3 * time.Millisecond}},
+		{clusterNameRelayed, stats{n: 40, median: 3 * time.Millisecond, p90: 6 * time.Millisecond}},
+	}
+	for i, d := range []time.Duration{900, 1100, 950, 1000, 1050} {
+		c.failovers = append(c.failovers, failoverRound{n: i + 1, freed: d * time.Millisecond, computeAlive: i != 2, holds: time.Second, attempts: 1})
+	}
+	c.failovers[3].attempts, c.failovers[3].firstErr = 4, "57P03 boom"
+	var b strings.Builder
+	r.print(&b)
+	out := b.String()
+	for _, want := range []string{
+		"relayed / owner: median 1.50× (+1.00 ms), p90 2.00× (+3.00 ms)",
+		"**Lock freed after the kill: median 1000.00 ms, max 1100.00 ms** (5 rounds), against the session TTL of 10s",
+		"still running when main's lock was free in 4 of 5 rounds",
+		"| 3 | 0 | 950.00 ms | 0 | no |",
+		"more than one connect attempt after its restart (round 4: 4); the first error (round 4): `57P03 boom`",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	r = newReport(options{sections: []string{sectionCluster}})
+	r.cluster.skipped = "skipped: run make consul (no binary)"
+	b.Reset()
+	r.print(&b)
+	if !strings.Contains(b.String(), "## Cluster") || !strings.Contains(b.String(), "skipped: run make consul") {
+		t.Errorf("skipped section:\n%s", b.String())
+	}
+}
+
+// TestConsulBinaryMissing: a NEONPROXY_CONSUL that does not exist is an
+// error (the section is then skipped), not a crash later.
+func TestConsulBinaryMissing(t *testing.T) {
+	t.Setenv("NEONPROXY_CONSUL", filepath.Join(t.TempDir(), "consul"))
+	if bin, err := consulBinary(); err == nil {
+		t.Errorf("consulBinary() = %q, want an error", bin)
+	}
+}

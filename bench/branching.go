@@ -48,11 +48,7 @@ type branching struct {
 // runBranching starts the section's neonproxy and runs its phases; each
 // phase's failure is recorded and the others still run.
 func (b *bench) runBranching(ctx context.Context) {
-	if len(b.rep.machine) == 0 { // the main neonproxy's phases did not run
-		b.rep.machine = append(machineInfo(),
-			kv{"nofile", fmt.Sprintf("%d (RLIMIT_NOFILE of the bench and neonproxy)", b.nofile)},
-			kv{"pgbench", commandFirstLine(ctx, "pgbench", "--version")})
-	}
+	b.sectionMachine(ctx)
 	s := &branching{env: &env{dir: b.env.path("branching"), keep: b.env.keep}, rep: &b.rep.branching, opts: b.opts}
 	if !b.phase(ctx, "branching: start neonproxy", s.start) {
 		return
@@ -394,10 +390,7 @@ func (s *branching) readMaterializations() {
 // directory, made 0711 like the bench's temp dir: computes run as the OS
 // user postgres.
 func startOwnProxy(ctx context.Context, o options, e *env) (*proxy, error) {
-	if err := os.Mkdir(e.dir, 0o711); err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(e.dir, 0o711); err != nil { // umask
+	if err := mkdirTraversable(e.dir); err != nil {
 		return nil, err
 	}
 	o.proxyLogLevel = "info"

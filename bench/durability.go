@@ -104,11 +104,7 @@ const (
 
 // runDurability starts the section's neonproxy and runs its phases.
 func (b *bench) runDurability(ctx context.Context) {
-	if len(b.rep.machine) == 0 {
-		b.rep.machine = append(machineInfo(),
-			kv{"nofile", fmt.Sprintf("%d (RLIMIT_NOFILE of the bench and neonproxy)", b.nofile)},
-			kv{"pgbench", commandFirstLine(ctx, "pgbench", "--version")})
-	}
+	b.sectionMachine(ctx)
 	seed := b.opts.chaosSeed
 	if seed == 0 {
 		seed = time.Now().UnixNano()
@@ -428,29 +424,42 @@ func (s *durability) cycle(ctx context.Context, n int) (chaosCycle, error) {
 // awaitBranch retries connect + SELECT 1 on the chaos branch until it
 // succeeds (the compute starts: materialization and crash recovery).
 func (s *durability) awaitBranch(ctx context.Context, c *chaosCycle) (*pgx.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, chaosRecoverLimit)
+	conn, attempts, firstErr, err := awaitSelect(ctx, s.url(chaosBranch), chaosRecoverLimit)
+	c.connectAttempts, c.firstConnectFail = attempts, firstErr
+	if err != nil {
+		return nil, fmt.Errorf("branch %s %w", chaosBranch, err)
+	}
+	return conn, nil
+}
+
+// awaitSelect retries connect + SELECT 1 on dsn every chaosRetryEvery
+// until it succeeds, for at most limit; it returns the open connection,
+// the attempts made and the first failure's first line.
+func awaitSelect(ctx context.Context, dsn string, limit time.Duration) (conn *pgx.Conn, attempts int, firstErr string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	for {
-		c.connectAttempts++
-		conn, err := s.trySelect(ctx)
-		if err == nil {
-			return conn, nil
+		attempts++
+		if conn, err = trySelect(ctx, dsn); err == nil {
+			return conn, attempts, firstErr, nil
 		}
-		if c.firstConnectFail == "" {
-			c.firstConnectFail = firstLine(err.Error())
+		if firstErr == "" {
+			firstErr = firstLine(err.Error())
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("branch %s not back after %s (%d attempts): %w", chaosBranch, chaosRecoverLimit, c.connectAttempts, err)
+			return nil, attempts, firstErr, fmt.Errorf("not back after %s (%d attempts): %w", limit, attempts, err)
 		case <-time.After(chaosRetryEvery):
 		}
 	}
 }
 
-func (s *durability) trySelect(ctx context.Context) (*pgx.Conn, error) {
+// trySelect connects to dsn and runs SELECT 1, returning the open
+// connection.
+func trySelect(ctx context.Context, dsn string) (*pgx.Conn, error) {
 	actx, cancel := context.WithTimeout(ctx, connectLimit)
 	defer cancel()
-	conn, err := pgx.Connect(actx, s.url(chaosBranch))
+	conn, err := pgx.Connect(actx, dsn)
 	if err != nil {
 		return nil, err
 	}

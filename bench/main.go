@@ -10,7 +10,7 @@
 // a plain-text report. Timings are never pass/fail; the exit status is
 // non-zero only when the harness itself fails.
 //
-//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching,durability]
+//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching,durability,cluster]
 package main
 
 import (
@@ -33,9 +33,10 @@ const (
 	sectionPooling    = "pooling"    // -pooler route vs PgBouncer transaction mode, idle clients
 	sectionBranching  = "branching"  // branch create latency, storage, cold/warm start (own neonproxy)
 	sectionDurability = "durability" // crash cycles with lost local data, commit latency (own neonproxy)
+	sectionCluster    = "cluster"    // Consul mode: relayed connect, lock failover (own agent, two nodes)
 )
 
-var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching, sectionDurability}
+var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching, sectionDurability, sectionCluster}
 
 // options are the command-line flags.
 type options struct {
@@ -65,6 +66,12 @@ type options struct {
 	// section sets them for its standalone-keepers variant.
 	walkeeperPeers  []string
 	walkeeperQuorum int
+	// consulAddress is neonproxy's consul.address (empty: no Consul;
+	// consul.node is then the node's listen address) and
+	// bootstrapPassword its bootstrap.password (empty: generated); the
+	// cluster section sets both, so that every node knows main's password.
+	consulAddress     string
+	bootstrapPassword string
 }
 
 // has reports whether section s runs.
@@ -212,6 +219,9 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if o.has(sectionDurability) {
 		b.runDurability(ctx)
+	}
+	if o.has(sectionCluster) {
+		b.runCluster(ctx)
 	}
 	b.rep.print(os.Stdout)
 	if ctx.Err() != nil {

@@ -108,16 +108,14 @@ const computeMaxConnections = manyClients + 100
 // writeConfig writes the neonproxy config. The pool keys are written out
 // even where they equal the defaults, so that the comparison with
 // PgBouncer's default_pool_size is explicit. Without o.walkeeperPeers
-// serve embeds its WAL keeper.
+// serve embeds its WAL keeper; with o.consulAddress it is a Consul node
+// whose consul.node is its listen address.
 func (p *proxy) writeConfig(e *env, o options) (string, error) {
-	port, err := freePort()
+	ports, err := freePorts(2)
 	if err != nil {
 		return "", err
 	}
-	adminPort, err := freePort()
-	if err != nil {
-		return "", err
-	}
+	port, adminPort := ports[0], ports[1]
 	p.port, p.admin = port, fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
 admin_listen: 127.0.0.1:%d
@@ -139,12 +137,22 @@ log:
 		}
 		cfg += fmt.Sprintf("walkeeper:\n  peers: [%s]\n  quorum: %d\n", strings.Join(peers, ", "), o.walkeeperQuorum)
 	}
+	if o.consulAddress != "" {
+		cfg += fmt.Sprintf("consul:\n  address: %s\n  node: %s\n", strconv.Quote(o.consulAddress), strconv.Quote(p.listenAddr()))
+	}
+	if o.bootstrapPassword != "" {
+		cfg += fmt.Sprintf("bootstrap:\n  password: %s\n", strconv.Quote(o.bootstrapPassword))
+	}
 	path := e.path("neonproxy.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return "", fmt.Errorf("write neonproxy config: %w", err)
 	}
 	return path, nil
 }
+
+// listenAddr is the front door's address (listen; in Consul mode also
+// consul.node, the value of the branch locks the node holds).
+func (p *proxy) listenAddr() string { return fmt.Sprintf("127.0.0.1:%d", p.port) }
 
 // url is the client connection string through the proxy.
 func (p *proxy) url(sslmode string) string { return p.branchURL(branch, sslmode) }

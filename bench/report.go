@@ -40,6 +40,7 @@ type report struct {
 	pooling       poolingReport
 	branching     branchingReport
 	durability    durabilityReport
+	cluster       clusterReport
 	problems      []string
 }
 
@@ -144,6 +145,9 @@ func (r *report) print(w io.Writer) {
 	if r.opts.has(sectionDurability) {
 		p("The durability section runs on its own neonproxy, which it kills and restarts (see there).")
 	}
+	if r.opts.has(sectionCluster) {
+		p("The cluster section runs its own Consul agent and two neonproxy nodes (see there).")
+	}
 	p("Settings: -tries %d, -duration %s, -clients %d, pgbench scale %d, -only %s; pooling: -rounds %d, -pool-size %d, -idle-clients %d; branching: -branch-big-scale %d.",
 		r.opts.tries, r.opts.duration, r.opts.clients, pgbenchScale, strings.Join(r.opts.sections, ","),
 		r.opts.rounds, r.opts.poolSize, r.opts.idleClients, r.opts.bigScale)
@@ -156,6 +160,7 @@ func (r *report) print(w io.Writer) {
 	r.printPooling(p)
 	r.printBranching(p)
 	r.printDurability(p)
+	r.printCluster(p)
 	r.printCommands(p)
 	r.printProblems(p)
 }
