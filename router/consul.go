@@ -26,11 +26,58 @@ type ConsulRegistry struct {
 	kv     *api.KV
 	prefix string
 
-	// mu guards known: the branches last read or written, so that while
-	// Consul cannot be reached clients of known branches are still routed.
+	// mu guards known: the branches last read, written or watched. Get
+	// answers from it while Watch runs (no Consul round trip per client)
+	// and, whatever the watch, while Consul cannot be reached.
 	mu struct {
 		sync.Mutex
-		known map[string]Branch
+		known    map[string]Branch
+		watching bool // known is kept current by Watch
+	}
+}
+
+// Watch keeps the known branches current with blocking queries on the
+// registry's keys until ctx ends, so that Get costs no Consul round trip
+// for a known branch (a branch created elsewhere a moment ago is still read
+// from Consul; one deleted elsewhere stays routable until the next answer,
+// milliseconds later).
+func (r *ConsulRegistry) Watch(ctx context.Context) {
+	defer func() {
+		r.mu.Lock()
+		r.mu.watching = false
+		r.mu.Unlock()
+	}()
+	var index uint64
+	for ctx.Err() == nil {
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx)
+		pairs, meta, err := r.kv.List(r.prefix, q)
+		if err != nil {
+			r.mu.Lock()
+			r.mu.watching = false // answers may be stale: read through
+			r.mu.Unlock()
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		known := map[string]Branch{}
+		for _, p := range pairs {
+			if strings.Contains(strings.TrimPrefix(p.Key, r.prefix), "/") {
+				continue
+			}
+			if b, err := decodeBranch(p); err == nil {
+				known[b.Name] = b
+			}
+		}
+		r.mu.Lock()
+		r.mu.known, r.mu.watching = known, true
+		r.mu.Unlock()
+		if meta.LastIndex < index {
+			index = 0 // Consul's index went back (a restarted agent)
+		} else {
+			index = meta.LastIndex
+		}
 	}
 }
 
@@ -99,17 +146,19 @@ func (r *ConsulRegistry) Get(ctx context.Context, name string) (Branch, error) {
 	if err := ValidateName(name); err != nil {
 		return Branch{}, fmt.Errorf("get branch %s: %w", name, ErrBranchNotFound)
 	}
+	r.mu.Lock()
+	b, ok := r.mu.known[name]
+	watching := r.mu.watching
+	r.mu.Unlock()
+	if ok && watching {
+		return b, nil
+	}
 	p, _, err := r.kv.Get(r.key(name), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 	if err != nil {
 		// Consul out of reach: a branch known here still routes (its
 		// compute may be running); creating and deleting wait for Consul.
-		if api.IsRetryableError(err) {
-			r.mu.Lock()
-			b, ok := r.mu.known[name]
-			r.mu.Unlock()
-			if ok {
-				return b, nil
-			}
+		if ok && api.IsRetryableError(err) {
+			return b, nil
 		}
 		return Branch{}, fmt.Errorf("get branch %s: %w", name, err)
 	}
@@ -117,7 +166,7 @@ func (r *ConsulRegistry) Get(ctx context.Context, name string) (Branch, error) {
 		r.forget(name)
 		return Branch{}, fmt.Errorf("get branch %s: %w", name, ErrBranchNotFound)
 	}
-	b, err := decodeBranch(p)
+	b, err = decodeBranch(p)
 	if err == nil {
 		r.remember(b)
 	}

@@ -42,6 +42,28 @@ func TestConsulRegistry(t *testing.T) {
 		raceCreate(t, open(t, "race/branches/"), open(t, "race/branches/"))
 	})
 
+	t.Run("watched cache", func(t *testing.T) {
+		r, other := open(t, "watched/branches/"), open(t, "watched/branches/")
+		wctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go r.Watch(wctx)
+		if err := other.Create(ctx, Branch{Name: "elsewhere"}); err != nil {
+			t.Fatal(err)
+		}
+		// Created by another node: found at once (read through on a miss).
+		if _, err := r.Get(ctx, "elsewhere"); err != nil {
+			t.Fatal(err)
+		}
+		// Deleted by another node: gone from the watched view shortly.
+		if err := other.Delete(ctx, "elsewhere"); err != nil {
+			t.Fatal(err)
+		}
+		until(t, "the deletion to reach the watched view", func() bool {
+			_, err := r.Get(ctx, "elsewhere")
+			return errors.Is(err, ErrBranchNotFound)
+		})
+	})
+
 	t.Run("keys below a branch", func(t *testing.T) {
 		r := open(t, "")
 		if err := r.Create(ctx, Branch{Name: "main"}); err != nil {

@@ -114,6 +114,11 @@ func (cn *ClusterNodes) RegisterFrontDoor(ctx context.Context) error {
 	c := cn.client
 	node := cn.node
 	id := cn.service
+	// A check left by this node's previous process is critical (it failed
+	// while the node was down) and keeps that status through a
+	// re-registration, and Consul refuses to tie sessions to a critical
+	// check: start from a fresh one.
+	_ = c.Agent().ServiceDeregisterOpts(id, (&api.QueryOptions{}).WithContext(ctx))
 	err = c.Agent().ServiceRegisterOpts(&api.AgentServiceRegistration{
 		ID: id, Name: "neonproxy", Address: host, Port: port,
 		Check: &api.AgentServiceCheck{

@@ -104,11 +104,12 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 			node = cfg.Listen
 		}
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		s.Registry, err = router.OpenConsul(cctx, cfg.Consul.Address, "")
+		reg, err := router.OpenConsul(cctx, cfg.Consul.Address, "")
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("consul.address: %w", err)
 		}
+		s.Registry = reg
 		jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		s.cluster, err = router.JoinCluster(jctx, cfg.Consul.Address, node)
 		cancel()
@@ -122,6 +123,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		s.owners = co
 		owners = consulOwners{co}
 		s.background(co.Watch)
+		s.background(reg.Watch)
 	} else if s.Registry, err = router.OpenEmbedded(filepath.Join(dataDir, "branches.json")); err != nil {
 		return nil, err
 	}
