@@ -92,7 +92,7 @@ func newEnvOpt(t *testing.T, mutate func(*config.Config), withFile bool) *env {
 		e.configPath = filepath.Join(dir, "config.yaml")
 		e.writeConfig()
 	}
-	e.start()
+	// Registered first, so a start that fails still removes the directory.
 	t.Cleanup(func() {
 		if e.srv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -111,6 +111,7 @@ func newEnvOpt(t *testing.T, mutate func(*config.Config), withFile bool) *env {
 		}
 		_ = os.RemoveAll(dir)
 	})
+	e.start()
 	return e
 }
 
