@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -323,5 +324,55 @@ func TestConsulBinaryMissing(t *testing.T) {
 	t.Setenv("NEONPROXY_CONSUL", filepath.Join(t.TempDir(), "consul"))
 	if bin, err := consulBinary(); err == nil {
 		t.Errorf("consulBinary() = %q, want an error", bin)
+	}
+}
+
+// TestKeeperLossReport checks the keeper-loss table, its medians and max,
+// the stall goal line and the final check.
+func TestKeeperLossReport(t *testing.T) {
+	r := newReport(options{sections: []string{sectionDurability}})
+	d := &r.durability
+	d.admin = "http://127.0.0.1:1"
+	d.keeperLoss = []keeperLossRound{
+		{n: 1, keeper: "wk1", commits: 900, longest: 30 * time.Millisecond, down: time.Second, streaming: 400 * time.Millisecond, caughtUp: 450 * time.Millisecond, acked: 1200},
+		{n: 2, keeper: "wk2", commits: 1000, longest: 1500 * time.Millisecond, streaming: 600 * time.Millisecond, acked: 1300},
+		{n: 3, keeper: "wk3", commits: 1100, longest: 20 * time.Millisecond, streaming: 500 * time.Millisecond, caughtUp: 550 * time.Millisecond, acked: 1400},
+	}
+	d.keeperLossChecked, d.keeperLossAcked, d.keeperLossRows = true, 3900, 3900
+	var b strings.Builder
+	r.print(&b)
+	out := b.String()
+	for _, want := range []string{
+		"| 1 | wk1 | 900 | 30.00 ms | 1000.00 ms | 400.00 ms | 450.00 ms | 1200 | 0 |",
+		"| 2 | wk2 | 1000 | **1500.00 ms** | – | 600.00 ms | **not within 10s** | 1300 | 0 |",
+		"| **median** | | 1000 | 30.00 ms | | 500.00 ms | 450.00 ms | | |",
+		"| **max** | | 1100 | 1500.00 ms | | 600.00 ms | 550.00 ms | | |",
+		"Longest commit over 3 round(s): 1500.00 ms (round 2): **over the goal**.",
+		"acknowledged 3900, missing 0",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestKeeperLossTally checks the window's commits and longest INSERT,
+// a failed one included.
+func TestKeeperLossTally(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(msec int) time.Time { return t0.Add(time.Duration(msec) * time.Millisecond) }
+	ws := []*writer{
+		{acked: []int64{1, 2, 3}, attempted: []int64{1, 2, 3}, spans: []span{
+			{at(0), at(50)},      // before the window: not counted
+			{at(80), at(400)},    // overlaps its start: 320 ms
+			{at(2000), at(2150)}, // ends after it: longest counts, commit not
+		}},
+		{acked: []int64{4}, attempted: []int64{4, 5}, spans: []span{{at(500), at(510)}},
+			err: errors.New("boom"), errAt: at(1200), pending: at(600)},
+	}
+	var r keeperLossRound
+	r.tally(ws, at(100), at(2100))
+	if r.commits != 2 || r.longest != 600*time.Millisecond || !r.longestFailed || r.acked != 4 || r.unacked != 1 || r.writerErr != "boom" {
+		t.Errorf("tally = %+v", r)
 	}
 }

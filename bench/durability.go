@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -129,6 +128,17 @@ func (b *bench) runDurability(ctx context.Context) {
 		return
 	}
 	b.phase(ctx, "durability: commit latency", s.commitLatency)
+	if s.opts.keeperKills == 0 || ctx.Err() != nil {
+		return
+	}
+	if s.spx == nil || !s.spx.running() || s.keepers == nil {
+		b.rep.problem("durability: the standalone keepers' serve is not running; keeper loss skipped")
+		return
+	}
+	b.phase(ctx, "durability: keeper loss", s.keeperLoss)
+	if n := s.rep.keeperLossMissing; n > 0 {
+		b.rep.problem(fmt.Sprintf("durability: DATA LOSS: %d acknowledged commit(s) missing after keeper loss (ids %v)", n, s.rep.keeperLossMissingIDs))
+	}
 }
 
 func (s *durability) start(ctx context.Context) error {
@@ -232,65 +242,21 @@ type chaosCycle struct {
 	firstConnectFail string
 }
 
-// writer is one goroutine's INSERT loop.
-type writer struct {
-	acked     []int64
-	attempted []int64
-	err       error
-	errAt     time.Time
-}
-
 func (s *durability) cycle(ctx context.Context, n int) (chaosCycle, error) {
 	c := chaosCycle{n: n}
 	c.delay = chaosDelayMin + time.Duration(s.rng.Int64N(int64(chaosDelayMax-chaosDelayMin)+1))
 	startID := s.nextID
 
 	// Connect every writer first: the delay counts from the first INSERT.
-	cctx, cancel := context.WithTimeout(ctx, chaosConnectLimit)
-	conns := make([]*pgx.Conn, chaosWriters)
-	var err error
-	for i := range conns {
-		if conns[i], err = pgx.Connect(cctx, s.url(chaosBranch)); err != nil {
-			break
-		}
-	}
-	cancel()
+	conns, err := connectWriters(ctx, s.url(chaosBranch), chaosWriters)
 	if err != nil {
-		for _, conn := range conns {
-			if conn != nil {
-				closeConn(conn)
-			}
-		}
-		return c, fmt.Errorf("writer connect: %w", err)
+		return c, err
 	}
-
 	var next atomic.Int64
 	next.Store(s.nextID)
-	ws := make([]*writer, chaosWriters)
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
-	var wg sync.WaitGroup
-	for i := range ws {
-		w := &writer{}
-		ws[i] = w
-		wg.Add(1)
-		go func(conn *pgx.Conn) {
-			defer wg.Done()
-			defer closeConn(conn)
-			for {
-				id := next.Add(1)
-				w.attempted = append(w.attempted, id)
-				_, err := conn.Exec(wctx, "INSERT INTO acked (id) VALUES ("+strconv.FormatInt(id, 10)+")", pgx.QueryExecModeSimpleProtocol)
-				if err != nil {
-					w.err, w.errAt = err, time.Now()
-					return
-				}
-				w.acked = append(w.acked, id)
-			}
-		}(conns[i])
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	ws, done := runWriters(wctx, conns, &next, nil, false)
 
 	select {
 	case <-time.After(c.delay):

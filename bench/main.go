@@ -55,6 +55,7 @@ type options struct {
 	bigScale      int      // branching: pgbench scale of the big parent
 	chaosCycles   int      // durability: kill/recover cycles
 	chaosSeed     int64    // durability: seed of the kill delays (0: from the clock)
+	keeperKills   int      // durability: kill -9 rounds of a standalone keeper (0: none)
 	// durabilityRounds is the durability section's pgbench rounds: -rounds,
 	// or 1 with -quick when -rounds is not given.
 	durabilityRounds int
@@ -91,13 +92,14 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.clients, "clients", 8, "pgbench clients (-c)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs, data) after the run")
 	flag.BoolVar(&o.skipPgBouncer, "skip-pgbouncer", false, "do not run the PgBouncer comparison")
-	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s -rounds 2 (durability: 1) -idle-clients 1000 -branch-big-scale 8 -chaos-cycles 3 (explicit flags win)")
+	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s -rounds 2 (durability: 1) -idle-clients 1000 -branch-big-scale 8 -chaos-cycles 3 -keeper-kills 2 (explicit flags win)")
 	flag.IntVar(&o.rounds, "rounds", 3, "pooling: runs per path and workload, alternating neonproxy, PgBouncer, direct")
 	flag.IntVar(&o.idleClients, "idle-clients", 10000, "pooling: idle client connections opened for the memory-per-client measure")
 	flag.IntVar(&o.poolSize, "pool-size", 20, "pooling: server connections per pool (neonproxy pool.default_pool_size, PgBouncer default_pool_size)")
 	flag.IntVar(&o.bigScale, "branch-big-scale", 64, "branching: pgbench scale of the big parent (64 ≈ 1 GB)")
 	flag.IntVar(&o.chaosCycles, "chaos-cycles", 20, "durability: kill -9 / lose local data / recover cycles")
 	flag.Int64Var(&o.chaosSeed, "chaos-seed", 0, "durability: seed of the random kill delays (0: from the clock; the report prints it)")
+	flag.IntVar(&o.keeperKills, "keeper-kills", 10, "durability: rounds of kill -9 of one standalone keeper under writes, then restart (0: none)")
 	only := flag.String("only", "", "comma-separated sections to run: "+strings.Join(allSections, ", ")+" (default: all)")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -117,6 +119,7 @@ func parseFlags() (options, error) {
 			"idle-clients":     func() { o.idleClients = 1000 },
 			"branch-big-scale": func() { o.bigScale = 8 },
 			"chaos-cycles":     func() { o.chaosCycles = 3 },
+			"keeper-kills":     func() { o.keeperKills = 2 },
 		}
 		for name, apply := range quick {
 			if !set[name] {
@@ -126,6 +129,9 @@ func parseFlags() (options, error) {
 	}
 	if o.tries < 1 || o.clients < 1 || o.duration < time.Second {
 		return o, errors.New("-tries and -clients must be ≥ 1 and -duration ≥ 1s")
+	}
+	if o.keeperKills < 0 {
+		return o, errors.New("-keeper-kills must be ≥ 0")
 	}
 	if o.rounds < 1 || o.idleClients < 0 || o.poolSize < 1 || o.bigScale < 1 || o.chaosCycles < 1 {
 		return o, errors.New("-rounds, -pool-size, -branch-big-scale and -chaos-cycles must be ≥ 1 and -idle-clients ≥ 0")

@@ -177,6 +177,15 @@ type branchInfo struct {
 	LogicalSizeBytes int64         `json:"logical_size_bytes"`
 	UniqueBytes      int64         `json:"unique_bytes"`
 	LocalBytes       int64         `json:"local_bytes"`
+	Timeline         uint64        `json:"timeline"`
+	// WALKeeper is set while the compute runs.
+	WALKeeper *struct {
+		State   string `json:"state"`
+		Keepers []struct {
+			Name  string `json:"name"`
+			State string `json:"state"`
+		} `json:"keepers"`
+	} `json:"wal_keeper"`
 }
 
 func (p *proxy) status(ctx context.Context) (computeStatus, error) {

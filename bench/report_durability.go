@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -26,8 +27,17 @@ type durabilityReport struct {
 	keeperAddrs           []string
 	standbyNames          string
 	standaloneReplication string
-	commands              []string
-	notes                 []string
+	// Keeper loss on the standalone keepers' serve: its port, the rounds,
+	// and the final check of the acknowledged ids.
+	keeperLossPort       int
+	keeperLoss           []keeperLossRound
+	keeperLossChecked    bool
+	keeperLossAcked      int
+	keeperLossRows       int
+	keeperLossMissing    int
+	keeperLossMissingIDs []int64
+	commands             []string
+	notes                []string
 }
 
 func (r *durabilityReport) command(c string) {
@@ -60,12 +70,13 @@ func (r *report) printDurability(p printer) {
 		return
 	}
 	p("")
-	p("## Durability (issue 5): crash cycles with lost local data, commit latency")
+	p("## Durability (issue 5): crash cycles with lost local data, commit latency, keeper loss")
 	p("")
 	p("A separate neonproxy (own data dir, log.level info, same config otherwise) with its embedded WAL keeper")
 	p("(quorum 1): computes stream WAL to it as a synchronous standby, so a COMMIT returns once the keeper fsynced it.")
 	r.printChaos(p)
 	r.printCommitLatency(p)
+	r.printKeeperLoss(p)
 	for _, n := range d.notes {
 		p("- note: %s", n)
 	}
@@ -260,4 +271,86 @@ func msOrDash(d time.Duration) string {
 		return "–"
 	}
 	return ms(d)
+}
+
+func (r *report) printKeeperLoss(p printer) {
+	d := r.durability
+	if len(d.keeperLoss) == 0 {
+		return
+	}
+	p("")
+	p("### 3. Keeper loss: kill -9 one of the %d standalone keepers (quorum %d) under writes, restart it", standaloneKeepers, standaloneQuorum)
+	p("")
+	p("On the standalone keepers' serve (section 2), branch %s: %d pgx writers insert consecutive ids into `acked`", keeperLossBranch, chaosWriters)
+	p("(one autocommit INSERT at a time, as fast as they can). %s after they start, one keeper is killed (kill -9;", keeperLossBefore)
+	p("wk1, wk2, wk3 in turn); they write on for %s, then stop. Window = %s before the kill to %s after:", keeperLossWindow, keeperLossLead, keeperLossWindow)
+	p("commits = INSERTs acknowledged in it, longest = the longest INSERT overlapping it (a commit waits for %d keepers'", standaloneQuorum)
+	p("fsyncs). Then the keeper is restarted (same config, port, data dir); back to streaming = restart → the branch JSON")
+	p("(`wal_keeper.keepers[]`) shows it `streaming`; caught up = restart → its `GET /v1/wal/<timeline>` flush ≥ the other")
+	p("keepers' (checked for at most %s after streaming; no writes meanwhile). Seen not streaming = kill → the branch", keeperCatchUpLimit)
+	p("JSON shows the killed keeper other than `streaming` (polled every %s from the kill on).", keeperPollEvery)
+	p("")
+	p("| round | killed keeper | commits in window | longest commit | seen not streaming after kill | back to streaming after | caught up after | acked | unacked |")
+	p("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+	var commits []float64
+	var longest, streaming, caught []time.Duration
+	var stall time.Duration
+	stallRound := 0
+	for _, k := range d.keeperLoss {
+		long := ms(k.longest)
+		if k.longestFailed {
+			long += " (failed)"
+		}
+		if k.longest > stallGoal {
+			long = "**" + long + "**"
+		}
+		caughtCol := msOrDash(k.caughtUp)
+		if k.caughtUp == 0 && k.streaming > 0 {
+			caughtCol = fmt.Sprintf("**not within %s**", keeperCatchUpLimit)
+		}
+		streamCol := msOrDash(k.streaming)
+		if k.err != "" {
+			streamCol += " (" + k.err + ")"
+		}
+		p("| %d | %s | %d | %s | %s | %s | %s | %d | %d |", k.n, k.keeper, k.commits, long, msOrDash(k.down), streamCol, caughtCol, k.acked, k.unacked)
+		commits = append(commits, float64(k.commits))
+		longest = append(longest, k.longest)
+		if k.longest > stall {
+			stall, stallRound = k.longest, k.n
+		}
+		if k.streaming > 0 {
+			streaming = append(streaming, k.streaming)
+		}
+		if k.caughtUp > 0 {
+			caught = append(caught, k.caughtUp)
+		}
+	}
+	ls, ss, cs := summarize(longest), summarize(streaming), summarize(caught)
+	p("| **median** | | %.0f | %s | | %s | %s | | |", medianFloat(commits), msOrDash(ls.median), msOrDash(ss.median), msOrDash(cs.median))
+	p("| **max** | | %.0f | %s | | %s | %s | | |", slices.Max(commits), msOrDash(ls.max), msOrDash(ss.max), msOrDash(cs.max))
+	p("")
+	verdict := "within the goal"
+	if stall > stallGoal {
+		verdict = "**over the goal**"
+	}
+	p("Goal (issue): no write stalls more than %s. Longest commit over %d round(s): %s (round %d): %s.",
+		stallGoal, len(d.keeperLoss), ms(stall), stallRound, verdict)
+	if d.keeperLossChecked {
+		if d.keeperLossMissing > 0 {
+			p("**DATA LOSS — PRODUCT BUG: acknowledged %d, missing %d** (first ids %v); rows in the table: %d.",
+				d.keeperLossAcked, d.keeperLossMissing, sortedMissing(d.keeperLossMissingIDs), d.keeperLossRows)
+		} else {
+			p("Final check (`SELECT id FROM acked`): acknowledged %d, missing 0 (rows in the table: %d).", d.keeperLossAcked, d.keeperLossRows)
+		}
+	} else {
+		p("Final check of the acknowledged ids: **not done** (see the problems).")
+	}
+	for _, k := range d.keeperLoss {
+		if k.writerErr != "" {
+			p("- a writer's error (round %d): `%s`", k.n, k.writerErr)
+		}
+		if k.caughtUp == 0 && len(k.flushes) > 0 {
+			p("- round %d: last flushes (%s first, then the others): %v", k.n, k.keeper, k.flushes)
+		}
+	}
 }
