@@ -64,22 +64,6 @@ func consulBinary() (string, error) {
 	return bin, nil
 }
 
-// consulArgs is the agent's command line (as internal/testconsul's): dev
-// mode, every port on 127.0.0.1 (HTTP, serf LAN, serf WAN, server RPC), DNS
-// and gRPC off.
-func consulArgs(ports []int, dataDir string) []string {
-	return []string{"agent", "-dev",
-		"-node", "neonproxy-bench",
-		"-bind", "127.0.0.1", "-client", "127.0.0.1", "-advertise", "127.0.0.1",
-		"-http-port", strconv.Itoa(ports[0]),
-		"-serf-lan-port", strconv.Itoa(ports[1]),
-		"-serf-wan-port", strconv.Itoa(ports[2]),
-		"-server-port", strconv.Itoa(ports[3]),
-		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
-		"-data-dir", dataDir,
-	}
-}
-
 // startConsul starts the agent in e (data dir <e>/consul, output in
 // consul.log and consul.stdout) and returns once it has a leader.
 func startConsul(ctx context.Context, bin string, e *env) (*consulAgent, []string, error) {
@@ -91,7 +75,7 @@ func startConsul(ctx context.Context, bin string, e *env) (*consulAgent, []strin
 	if err := os.Mkdir(dataDir, 0o700); err != nil {
 		return nil, nil, err
 	}
-	args := consulArgs(ports, dataDir)
+	args := testconsul.AgentArgs("neonproxy-bench", ports, dataDir)
 	d, _, err := startDaemon(ctx, "consul agent", bin, e.path("consul.log"), consulReadyLine, args...)
 	if err != nil {
 		return nil, args, err

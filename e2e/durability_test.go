@@ -2,10 +2,7 @@ package e2e
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -40,20 +37,7 @@ func TestNoAcknowledgedCommitLost(t *testing.T) {
 		w.run(wctx, url, 4)
 		// Crash once some commits were acknowledged.
 		waitFor(t, "commits to be acknowledged", func() bool { return w.count() >= cycle*300 })
-		pid := e.srv.Computes.Status("main").PID
-		if err := e.srv.Abandon(ctx); err != nil {
-			t.Fatal(err)
-		}
-		e.srv = nil
-		if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		stop()
-		w.wait()
-		waitFor(t, "the killed compute to be gone", func() bool { return len(postgresProcesses(e.dir)) == 0 })
-		if err := os.RemoveAll(filepath.Join(e.cfg.DataDir, "computes", "branches", "main")); err != nil {
-			t.Fatal(err)
-		}
+		e.crashMain(ctx, func() { stop(); w.wait() })
 		e.start()
 
 		rows, missing := w.check(t, ctx, url)

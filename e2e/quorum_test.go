@@ -223,21 +223,11 @@ func TestKeeperQuorum(t *testing.T) {
 
 	// Crash everything but two keepers; one of them is the one that was
 	// away.
-	pid := e.srv.Computes.Status("main").PID
-	if err := e.srv.Abandon(ctx); err != nil {
-		t.Fatal(err)
-	}
-	e.srv = nil
-	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	stopWriters()
-	w.wait()
-	keepers[0].kill() // wk1
-	waitFor(t, "the killed compute to be gone", func() bool { return len(postgresProcesses(e.dir)) == 0 })
-	if err := os.RemoveAll(filepath.Join(e.cfg.DataDir, "computes", "branches", "main")); err != nil {
-		t.Fatal(err)
-	}
+	e.crashMain(ctx, func() {
+		stopWriters()
+		w.wait()
+		keepers[0].kill() // wk1
+	})
 	e.start()
 	rows, missing := w.check(t, ctx, url)
 	t.Logf("recovered with wk1 down: %d acknowledged, %d rows, %d missing", w.count(), rows, len(missing))

@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"sort"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -106,4 +109,25 @@ func (w *ackWriters) check(t *testing.T, ctx context.Context, url string) (rows 
 	w.mu.Unlock()
 	sort.Slice(missing, func(i, j int) bool { return missing[i] < missing[j] })
 	return len(got), missing
+}
+
+// crashMain "crashes" neonproxy (Abandon: nothing stopped or stored), kills
+// main's compute with SIGKILL, and, once it is gone, deletes its local data
+// directory; then calls between (writers stop, keepers die…) before the
+// caller restarts. The server is not restarted here.
+func (e *env) crashMain(ctx context.Context, between func()) {
+	e.t.Helper()
+	pid := e.srv.Computes.Status("main").PID
+	if err := e.srv.Abandon(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	e.srv = nil
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+		e.t.Fatal(err)
+	}
+	between()
+	waitFor(e.t, "the killed compute to be gone", func() bool { return len(postgresProcesses(e.dir)) == 0 })
+	if err := os.RemoveAll(filepath.Join(e.cfg.DataDir, "computes", "branches", "main")); err != nil {
+		e.t.Fatal(err)
+	}
 }

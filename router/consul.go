@@ -93,11 +93,9 @@ func OpenConsul(ctx context.Context, addr, prefix string) (*ConsulRegistry, erro
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	cfg := api.DefaultConfig()
-	cfg.Address = addr
-	c, err := api.NewClient(cfg)
+	c, err := consulClient(addr)
 	if err != nil {
-		return nil, fmt.Errorf("consul %s: %w", addr, err)
+		return nil, err
 	}
 	// A registry without a leader would fail every write: say so at start.
 	for {
@@ -132,6 +130,17 @@ func (r *ConsulRegistry) forget(name string) {
 }
 
 func (r *ConsulRegistry) key(name string) string { return r.prefix + name }
+
+// consulClient is an API client of the agent at addr (host:port).
+func consulClient(addr string) (*api.Client, error) {
+	cfg := api.DefaultConfig()
+	cfg.Address = addr
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consul %s: %w", addr, err)
+	}
+	return c, nil
+}
 
 func decodeBranch(p *api.KVPair) (Branch, error) {
 	var b Branch

@@ -41,11 +41,9 @@ type ClusterNodes struct {
 // Once the front door listens, RegisterFrontDoor makes the node a Consul
 // service with a health check.
 func JoinCluster(ctx context.Context, addr, node string) (*ClusterNodes, error) {
-	cfg := api.DefaultConfig()
-	cfg.Address = addr
-	c, err := api.NewClient(cfg)
+	c, err := consulClient(addr)
 	if err != nil {
-		return nil, fmt.Errorf("consul %s: %w", addr, err)
+		return nil, err
 	}
 	if _, _, err := net.SplitHostPort(node); err != nil {
 		return nil, fmt.Errorf("join cluster: node address %q: want host:port", node)

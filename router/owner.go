@@ -83,11 +83,9 @@ func NewConsulOwners(addr, prefix, node string) (*ConsulOwners, error) {
 	if prefix == "" {
 		prefix = DefaultConsulPrefix
 	}
-	cfg := api.DefaultConfig()
-	cfg.Address = addr
-	c, err := api.NewClient(cfg)
+	c, err := consulClient(addr)
 	if err != nil {
-		return nil, fmt.Errorf("consul %s: %w", addr, err)
+		return nil, err
 	}
 	return &ConsulOwners{client: c, prefix: prefix, node: node, ttl: SessionTTL}, nil
 }

@@ -153,17 +153,7 @@ func (k *Keeper) StartLSN(ns uint64) LSN {
 	return lsn
 }
 
-func (k *Keeper) startLSN(ns uint64) (LSN, error) {
-	it, err := k.db.NewIter(&pebble.IterOptions{LowerBound: pageKey(ns, 0), UpperBound: pageKeyEnd(ns)})
-	if err != nil {
-		return 0, fmt.Errorf("walkeeper: iterate %d: %w", ns, err)
-	}
-	defer it.Close()
-	if !it.First() {
-		return 0, it.Error()
-	}
-	return pageKeyLSN(it.Key()), nil
-}
+func (k *Keeper) startLSN(ns uint64) (LSN, error) { return firstPage(k.db, ns) }
 
 // Trim deletes the WAL of ns before `before` (page granularity: the page
 // holding before is kept). The page holding the flush LSN is always kept.

@@ -44,6 +44,22 @@ func Binary() (string, error) {
 	return p, nil
 }
 
+// AgentArgs is the command line of a dev agent named node with every port
+// on 127.0.0.1 (ports: HTTP, serf LAN, serf WAN, server RPC), DNS and gRPC
+// off (in 1.14 a server listens for gRPC-TLS on 8503 unless told not to).
+func AgentArgs(node string, ports []int, dataDir string) []string {
+	return []string{"agent", "-dev",
+		"-node", node,
+		"-bind", "127.0.0.1", "-client", "127.0.0.1", "-advertise", "127.0.0.1",
+		"-http-port", strconv.Itoa(ports[0]),
+		"-serf-lan-port", strconv.Itoa(ports[1]),
+		"-serf-wan-port", strconv.Itoa(ports[2]),
+		"-server-port", strconv.Itoa(ports[3]),
+		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
+		"-data-dir", dataDir,
+	}
+}
+
 // Agent is a running dev agent.
 type Agent struct {
 	// Addr is the HTTP API's host:port.
@@ -68,16 +84,7 @@ func Start(t testing.TB) *Agent {
 	}
 	dir := t.TempDir()
 	a := &Agent{Addr: "127.0.0.1:" + strconv.Itoa(ports[0]), out: &syncBuffer{}, done: make(chan struct{})}
-	a.cmd = exec.Command(bin, "agent", "-dev",
-		"-node", "neonproxy-test",
-		"-bind", "127.0.0.1", "-client", "127.0.0.1", "-advertise", "127.0.0.1",
-		"-http-port", strconv.Itoa(ports[0]),
-		"-serf-lan-port", strconv.Itoa(ports[1]),
-		"-serf-wan-port", strconv.Itoa(ports[2]),
-		"-server-port", strconv.Itoa(ports[3]),
-		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
-		"-data-dir", dir,
-	)
+	a.cmd = exec.Command(bin, AgentArgs("neonproxy-test", ports, dir)...)
 	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := a.cmd.Start(); err != nil {
