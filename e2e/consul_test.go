@@ -65,7 +65,7 @@ func TestConsulMode(t *testing.T) {
 	}
 
 	// Node B holds dev: clients of dev here are told where it runs.
-	b, err := router.NewConsulOwners(agent.Addr, "", "node-b")
+	b, err := router.NewConsulOwners(router.Consul{Address: agent.Addr}, "", "node-b")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestConsulMode(t *testing.T) {
 	}
 }
 
-// TestConsulRelay: two nodes on one Consul. A runs main's compute; clients
+// TestConsulRelay: two nodes on one Consul (ACLs on). A runs main's compute; clients
 // of main reaching B (by database name, by SNI over TLS, on the -pooler
 // route) are relayed to A and served there; B runs nothing. A cancel for a
 // query running through B works whether it is sent to B, to A or to a
@@ -148,9 +148,12 @@ func TestConsulRelay(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test")
 	}
-	agent := testconsul.Start(t)
+	// With ACLs on (deny by default): every call sends consul.token.
+	const token = "6a1c2e7f-0d4b-4b8e-9c3a-5f2e8d7b1a40"
+	agent := testconsul.StartWithACL(t, token)
 	node := func(c *config.Config) {
 		c.Consul.Address = agent.Addr
+		c.Consul.Token = token
 		c.Listen = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		c.Consul.Node = c.Listen
 	}
@@ -195,7 +198,7 @@ func TestConsulRelay(t *testing.T) {
 	}
 
 	// A's lock session is tied to A's front-door health check ...
-	cc, err := api.NewClient(&api.Config{Address: agent.Addr})
+	cc, err := api.NewClient(&api.Config{Address: agent.Addr, Token: token})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,17 +86,18 @@ var _ Registry = (*ConsulRegistry)(nil)
 // OpenConsul connects to the Consul agent at addr (host:port of its HTTP
 // API) and keeps branches under prefix (DefaultConsulPrefix when empty).
 // It checks that the agent answers and has a leader.
-func OpenConsul(ctx context.Context, addr, prefix string) (*ConsulRegistry, error) {
+func OpenConsul(ctx context.Context, consul Consul, prefix string) (*ConsulRegistry, error) {
 	if prefix == "" {
 		prefix = DefaultConsulPrefix
 	}
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	c, err := consulClient(addr)
+	c, err := consul.client()
 	if err != nil {
 		return nil, err
 	}
+	addr := consul.Address
 	// A registry without a leader would fail every write: say so at start.
 	for {
 		leader, err := c.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
@@ -131,15 +132,24 @@ func (r *ConsulRegistry) forget(name string) {
 
 func (r *ConsulRegistry) key(name string) string { return r.prefix + name }
 
-// consulClient is an API client of the agent at addr (host:port).
-func consulClient(addr string) (*api.Client, error) {
+// Consul is how to reach the Consul agent.
+type Consul struct {
+	Address string // host:port of the agent's HTTP API
+	// Token is the ACL token every call sends (empty: the agent's
+	// default); it needs write access to the KV prefixes, sessions and the
+	// node's service.
+	Token string
+}
+
+// client is an API client of the agent.
+func (c Consul) client() (*api.Client, error) {
 	cfg := api.DefaultConfig()
-	cfg.Address = addr
-	c, err := api.NewClient(cfg)
+	cfg.Address, cfg.Token = c.Address, c.Token
+	cl, err := api.NewClient(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("consul %s: %w", addr, err)
+		return nil, fmt.Errorf("consul %s: %w", c.Address, err)
 	}
-	return c, nil
+	return cl, nil
 }
 
 func decodeBranch(p *api.KVPair) (Branch, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +28,7 @@ func TestConsulRegistry(t *testing.T) {
 	n := 0
 	open := func(t *testing.T, prefix string) *ConsulRegistry {
 		t.Helper()
-		r, err := OpenConsul(ctx, agent.Addr, prefix)
+		r, err := OpenConsul(ctx, Consul{Address: agent.Addr}, prefix)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -89,11 +90,11 @@ func TestConsulRegistry(t *testing.T) {
 	})
 
 	t.Run("one owner per branch", func(t *testing.T) {
-		a, err := NewConsulOwners(agent.Addr, "own/", "node-a:5432")
+		a, err := NewConsulOwners(Consul{Address: agent.Addr}, "own/", "node-a:5432")
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, err := NewConsulOwners(agent.Addr, "own/", "node-b:5432")
+		b, err := NewConsulOwners(Consul{Address: agent.Addr}, "own/", "node-b:5432")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +168,7 @@ func TestConsulRegistry(t *testing.T) {
 	t.Run("agent unreachable", func(t *testing.T) {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
-		if _, err := OpenConsul(sctx, "127.0.0.1:1", ""); err == nil {
+		if _, err := OpenConsul(sctx, Consul{Address: "127.0.0.1:1"}, ""); err == nil {
 			t.Fatal("OpenConsul of a closed port succeeded")
 		}
 	})
@@ -182,5 +183,57 @@ func until(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestConsulACL: against an agent that denies by default, the registry and
+// the locks work with the token and are refused without it.
+func TestConsulACL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs a Consul agent")
+	}
+	const token = "0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9"
+	agent := testconsul.StartWithACL(t, token)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, tc := range []struct {
+		token string
+		ok    bool
+	}{{"", false}, {"wrong", false}, {token, true}} {
+		consul := Consul{Address: agent.Addr, Token: tc.token}
+		r, err := OpenConsul(ctx, consul, "acl/branches/")
+		if err != nil {
+			t.Fatal(err) // the leader check needs no token
+		}
+		err = r.Create(ctx, Branch{Name: "b" + strconv.Itoa(len(tc.token))})
+		if (err == nil) != tc.ok || (!tc.ok && !strings.Contains(err.Error(), "403")) {
+			t.Fatalf("token %q: Create: %v", tc.token, err)
+		}
+		o, err := NewConsulOwners(consul, "acl/branches/", "node:1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		own, err := o.TryAcquire(ctx, "main")
+		if (err == nil) != tc.ok {
+			t.Fatalf("token %q: TryAcquire: %v", tc.token, err)
+		}
+		if own == nil {
+			continue
+		}
+		// The watches work with the token too.
+		other, _ := NewConsulOwners(consul, "acl/branches/", "node:2")
+		wctx, stop := context.WithCancel(ctx)
+		go other.Watch(wctx)
+		go r.Watch(wctx)
+		until(t, "the watched owner", func() bool { return other.HeldElsewhere("main") == "node:1" })
+		until(t, "the watched registry", func() bool {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return r.mu.watching
+		})
+		stop()
+		if err := own.Release(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

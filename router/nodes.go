@@ -40,8 +40,8 @@ type ClusterNodes struct {
 // node that still holds an index (its session not expired) is taken over.
 // Once the front door listens, RegisterFrontDoor makes the node a Consul
 // service with a health check.
-func JoinCluster(ctx context.Context, addr, node string) (*ClusterNodes, error) {
-	c, err := consulClient(addr)
+func JoinCluster(ctx context.Context, consul Consul, node string) (*ClusterNodes, error) {
+	c, err := consul.client()
 	if err != nil {
 		return nil, err
 	}

@@ -79,11 +79,11 @@ const SessionTTL = 10 * time.Second
 // NewConsulOwners returns ownership for node (its address, what other nodes
 // route to) on the agent at addr, under prefix (DefaultConsulPrefix when
 // empty).
-func NewConsulOwners(addr, prefix, node string) (*ConsulOwners, error) {
+func NewConsulOwners(consul Consul, prefix, node string) (*ConsulOwners, error) {
 	if prefix == "" {
 		prefix = DefaultConsulPrefix
 	}
-	c, err := consulClient(addr)
+	c, err := consul.client()
 	if err != nil {
 		return nil, err
 	}

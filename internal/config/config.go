@@ -176,6 +176,9 @@ type Consul struct {
 	// Node is this node's address as other nodes reach it, unique in the
 	// cluster: the value of the branch locks it holds (default: listen).
 	Node string `yaml:"node"`
+	// Token is the Consul ACL token neonproxy sends (empty: the agent's
+	// default token).
+	Token string `yaml:"token"`
 }
 
 // Bootstrap configures the first start.

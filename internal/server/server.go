@@ -99,24 +99,25 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	var owners wake.Owners
 	if cfg.Consul.Address != "" {
 		// Branches in Consul KV, and a Consul lock per running compute.
+		consul := router.Consul{Address: cfg.Consul.Address, Token: cfg.Consul.Token}
 		node := cfg.Consul.Node
 		if node == "" {
 			node = cfg.Listen
 		}
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		reg, err := router.OpenConsul(cctx, cfg.Consul.Address, "")
+		reg, err := router.OpenConsul(cctx, consul, "")
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("consul.address: %w", err)
 		}
 		s.Registry = reg
 		jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		s.cluster, err = router.JoinCluster(jctx, cfg.Consul.Address, node)
+		s.cluster, err = router.JoinCluster(jctx, consul, node)
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("consul.address: %w", err)
 		}
-		co, err := router.NewConsulOwners(cfg.Consul.Address, "", node)
+		co, err := router.NewConsulOwners(consul, "", node)
 		if err != nil {
 			return nil, fmt.Errorf("consul.address: %w", err)
 		}

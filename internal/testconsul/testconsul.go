@@ -72,7 +72,16 @@ type Agent struct {
 // Start runs `consul agent -dev` with every port on 127.0.0.1 (free ports;
 // DNS and gRPC off), waits until it has elected itself leader, and stops
 // it when the test ends.
-func Start(t testing.TB) *Agent {
+func Start(t testing.TB) *Agent { return start(t) }
+
+// StartWithACL is Start with ACLs on, deny by default, and token as the
+// management (and agent) token: only calls that send it are allowed.
+func StartWithACL(t testing.TB, token string) *Agent {
+	return start(t, "-hcl", fmt.Sprintf(
+		`acl { enabled = true, default_policy = "deny", tokens { initial_management = %q, agent = %q } }`, token, token))
+}
+
+func start(t testing.TB, extra ...string) *Agent {
 	t.Helper()
 	bin, err := Binary()
 	if err != nil {
@@ -84,7 +93,7 @@ func Start(t testing.TB) *Agent {
 	}
 	dir := t.TempDir()
 	a := &Agent{Addr: "127.0.0.1:" + strconv.Itoa(ports[0]), out: &syncBuffer{}, done: make(chan struct{})}
-	a.cmd = exec.Command(bin, AgentArgs("neonproxy-test", ports, dir)...)
+	a.cmd = exec.Command(bin, append(AgentArgs("neonproxy-test", ports, dir), extra...)...)
 	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := a.cmd.Start(); err != nil {
