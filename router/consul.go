@@ -47,20 +47,7 @@ func (r *ConsulRegistry) Watch(ctx context.Context) {
 		r.mu.watching = false
 		r.mu.Unlock()
 	}()
-	var index uint64
-	for ctx.Err() == nil {
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx)
-		pairs, meta, err := r.kv.List(r.prefix, q)
-		if err != nil {
-			r.mu.Lock()
-			r.mu.watching = false // answers may be stale: read through
-			r.mu.Unlock()
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
-		}
+	watchPrefix(ctx, r.kv, r.prefix, func(pairs api.KVPairs) {
 		known := map[string]Branch{}
 		for _, p := range pairs {
 			if strings.Contains(strings.TrimPrefix(p.Key, r.prefix), "/") {
@@ -73,12 +60,11 @@ func (r *ConsulRegistry) Watch(ctx context.Context) {
 		r.mu.Lock()
 		r.mu.known, r.mu.watching = known, true
 		r.mu.Unlock()
-		if meta.LastIndex < index {
-			index = 0 // Consul's index went back (a restarted agent)
-		} else {
-			index = meta.LastIndex
-		}
-	}
+	}, func(error) {
+		r.mu.Lock()
+		r.mu.watching = false // answers may be stale: read through
+		r.mu.Unlock()
+	})
 }
 
 var _ Registry = (*ConsulRegistry)(nil)

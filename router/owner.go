@@ -198,17 +198,7 @@ func (o *ConsulOwners) Owner(ctx context.Context, branch string) (string, error)
 // costs no Consul round trip. While Consul cannot be reached the view stays
 // as it was.
 func (o *ConsulOwners) Watch(ctx context.Context) {
-	var index uint64
-	for ctx.Err() == nil {
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx)
-		pairs, meta, err := o.client.KV().List(o.prefix, q)
-		if err != nil {
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
-		}
+	watchPrefix(ctx, o.client.KV(), o.prefix, func(pairs api.KVPairs) {
 		owners := map[string]string{}
 		for _, p := range pairs {
 			name, ok := strings.CutSuffix(strings.TrimPrefix(p.Key, o.prefix), "/compute")
@@ -219,6 +209,27 @@ func (o *ConsulOwners) Watch(ctx context.Context) {
 		o.mu.Lock()
 		o.mu.synced, o.mu.owners = true, owners
 		o.mu.Unlock()
+	}, func(error) {})
+}
+
+// watchPrefix runs blocking queries on the keys under prefix until ctx
+// ends, calling seen with every answer (one outstanding query, answered
+// when a key changes) and failed with each error (then retrying after a
+// second).
+func watchPrefix(ctx context.Context, kv *api.KV, prefix string, seen func(api.KVPairs), failed func(error)) {
+	var index uint64
+	for ctx.Err() == nil {
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx)
+		pairs, meta, err := kv.List(prefix, q)
+		if err != nil {
+			failed(err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		seen(pairs)
 		if meta.LastIndex < index {
 			index = 0 // Consul's index went back (a restarted agent)
 		} else {
