@@ -158,14 +158,7 @@ func TestDurabilityReportMissing(t *testing.T) {
 	if d.distinctMissing != 2 || len(d.missingIDs) != 2 {
 		t.Fatalf("distinct missing %d, ids %v; want 2", d.distinctMissing, d.missingIDs)
 	}
-	var b strings.Builder
-	r.print(&b)
-	out := b.String()
-	for _, want := range []string{"DATA LOSS", "[3 7]", "**2** (distinct ids)", "**15**"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("report lacks %q:\n%s", want, out)
-		}
-	}
+	wantReport(t, r, "DATA LOSS", "[3 7]", "**2** (distinct ids)", "**15**")
 }
 
 func TestInGroup(t *testing.T) {
@@ -214,18 +207,11 @@ func TestCommitLatencyReport(t *testing.T) {
 			runs: []pgbenchResult{{tps: float64(100 * (i + 1)), latencyMS: float64(i + 1)}}})
 	}
 	d.standbyNames, d.standaloneReplication = "ANY 2 (wk1, wk2)", "wk1 (streaming, quorum)"
-	var b strings.Builder
-	r.print(&b)
-	out := b.String()
-	for _, want := range []string{
+	wantReport(t, r,
 		"| synchronous_commit=on (3 standalone keepers, quorum 2) `(none)` | on | 1 | 400 | 4.000 ms |",
 		"3 standalone keepers (quorum 2) vs the embedded keeper: latency +3.000 ms per transaction, TPS 4.00×",
 		"= 'ANY 2 (wk1, wk2)' (**expected 'ANY 2 (wk1, wk2, wk3)'**)",
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("report lacks %q:\n%s", want, out)
-		}
-	}
+	)
 }
 
 // TestWriteConfigConsul checks that a cluster node's config loads with
@@ -295,23 +281,16 @@ func TestClusterReport(t *testing.T) {
 		c.failovers = append(c.failovers, failoverRound{n: i + 1, freed: d * time.Millisecond, computeAlive: i != 2, holds: time.Second, attempts: 1})
 	}
 	c.failovers[3].attempts, c.failovers[3].firstErr = 4, "57P03 boom"
-	var b strings.Builder
-	r.print(&b)
-	out := b.String()
-	for _, want := range []string{
+	wantReport(t, r,
 		"relayed / owner: median 1.50× (+1.00 ms), p90 2.00× (+3.00 ms)",
 		"**Lock freed after the kill: median 1000.00 ms, max 1100.00 ms** (5 rounds), against the session TTL of 10s",
 		"still running when main's lock was free in 4 of 5 rounds",
 		"| 3 | 0 | 950.00 ms | 0 | no |",
 		"more than one connect attempt after its restart (round 4: 4); the first error (round 4): `57P03 boom`",
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("report lacks %q:\n%s", want, out)
-		}
-	}
+	)
 	r = newReport(options{sections: []string{sectionCluster}})
 	r.cluster.skipped = "skipped: run make consul (no binary)"
-	b.Reset()
+	var b strings.Builder
 	r.print(&b)
 	if !strings.Contains(b.String(), "## Cluster") || !strings.Contains(b.String(), "skipped: run make consul") {
 		t.Errorf("skipped section:\n%s", b.String())
@@ -339,21 +318,14 @@ func TestKeeperLossReport(t *testing.T) {
 		{n: 3, keeper: "wk3", commits: 1100, longest: 20 * time.Millisecond, streaming: 500 * time.Millisecond, caughtUp: 550 * time.Millisecond, acked: 1400},
 	}
 	d.keeperLossChecked, d.keeperLossAcked, d.keeperLossRows = true, 3900, 3900
-	var b strings.Builder
-	r.print(&b)
-	out := b.String()
-	for _, want := range []string{
+	wantReport(t, r,
 		"| 1 | wk1 | 900 | 30.00 ms | 1000.00 ms | 400.00 ms | 450.00 ms | 1200 | 0 |",
 		"| 2 | wk2 | 1000 | **1500.00 ms** | – | 600.00 ms | **not within 10s** | 1300 | 0 |",
 		"| **median** | | 1000 | 30.00 ms | | 500.00 ms | 450.00 ms | | |",
 		"| **max** | | 1100 | 1500.00 ms | | 600.00 ms | 550.00 ms | | |",
 		"Longest commit over 3 round(s): 1500.00 ms (round 2): **over the goal**.",
 		"acknowledged 3900, missing 0",
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("report lacks %q:\n%s", want, out)
-		}
-	}
+	)
 }
 
 // TestKeeperLossTally checks the window's commits and longest INSERT,
@@ -374,5 +346,17 @@ func TestKeeperLossTally(t *testing.T) {
 	r.tally(ws, at(100), at(2100))
 	if r.commits != 2 || r.longest != 600*time.Millisecond || !r.longestFailed || r.acked != 4 || r.unacked != 1 || r.writerErr != "boom" {
 		t.Errorf("tally = %+v", r)
+	}
+}
+
+// wantReport prints r and checks that the report holds every line of want.
+func wantReport(t *testing.T, r *report, want ...string) {
+	t.Helper()
+	var b strings.Builder
+	r.print(&b)
+	for _, w := range want {
+		if !strings.Contains(b.String(), w) {
+			t.Errorf("report lacks %q:\n%s", w, b.String())
+		}
 	}
 }

@@ -167,6 +167,19 @@ func (r *report) print(w io.Writer) {
 
 type printer func(format string, args ...any)
 
+// printCommands ends a section with the commands and requests it ran, in
+// a code block, so a reader can repeat them.
+func printCommands(p printer, section string, cmds ...string) {
+	p("")
+	p("### Commands and requests (%s)", section)
+	p("")
+	p("```")
+	for _, c := range cmds {
+		p("%s", c)
+	}
+	p("```")
+}
+
 func (r *report) printMachine(p printer) {
 	p("")
 	p("## Machine")

@@ -107,15 +107,8 @@ func (r *report) printBranching(p printer) {
 	r.printBranchCreate(p)
 	r.printBranchStorage(p)
 	r.printBranchStart(p)
-	p("")
-	p("### Commands and requests (branching)")
-	p("")
-	p("```")
-	for _, c := range br.commands {
-		p("%s", c)
-	}
-	p("curl %s/metrics | grep '^neonproxy_pagestore_bytes '; du -s --block-size=1 <data_dir>/pagestore", br.admin)
-	p("```")
+	printCommands(p, "branching", append(slices.Clone(br.commands),
+		fmt.Sprintf("curl %s/metrics | grep '^neonproxy_pagestore_bytes '; du -s --block-size=1 <data_dir>/pagestore", br.admin))...)
 }
 
 func (r *report) printBranchCreate(p printer) {

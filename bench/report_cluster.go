@@ -57,14 +57,7 @@ func (r *report) printCluster(p printer) {
 		p("")
 		p("**Processes left after stopping everything:** %s", strings.Join(c.leftover, "; "))
 	}
-	p("")
-	p("### Commands and requests (cluster)")
-	p("")
-	p("```")
-	for _, cmd := range c.commands {
-		p("%s", cmd)
-	}
-	p("```")
+	printCommands(p, "cluster", c.commands...)
 }
 
 func (r *report) printRelay(p printer) {

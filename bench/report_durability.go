@@ -80,14 +80,7 @@ func (r *report) printDurability(p printer) {
 	for _, n := range d.notes {
 		p("- note: %s", n)
 	}
-	p("")
-	p("### Commands and requests (durability)")
-	p("")
-	p("```")
-	for _, c := range d.commands {
-		p("%s", c)
-	}
-	p("```")
+	printCommands(p, "durability", d.commands...)
 }
 
 func (r *report) printChaos(p printer) {
