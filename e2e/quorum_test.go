@@ -34,10 +34,12 @@ func buildBinary(t *testing.T, dir string) string {
 // keeperToken is the keepers' shared secret in these tests (walkeeper.token).
 const keeperToken = "t0k3n"
 
-// keeperProc is a standalone `neonproxy walkeeper` process.
-type keeperProc struct {
+// serviceProc is a standalone `neonproxy walkeeper` or `neonproxy
+// pagestore` process.
+type serviceProc struct {
 	t    *testing.T
 	bin  string
+	kind string // walkeeper or pagestore: the command and config section
 	cfg  string // its config file
 	addr string
 	log  string
@@ -45,15 +47,23 @@ type keeperProc struct {
 	done chan struct{}
 }
 
+// keeperProc is a standalone keeper.
+type keeperProc = serviceProc
+
 func startKeeperProc(t *testing.T, bin, dir string, n int) *keeperProc {
+	return startServiceProc(t, bin, filepath.Join(dir, fmt.Sprintf("wk%d", n)), "walkeeper")
+}
+
+// startServiceProc runs `neonproxy kind` with its data in dir, listening
+// on a free loopback port with keeperToken as its token.
+func startServiceProc(t *testing.T, bin, dir, kind string) *serviceProc {
 	t.Helper()
-	kd := filepath.Join(dir, fmt.Sprintf("wk%d", n))
-	if err := os.MkdirAll(kd, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	k := &keeperProc{t: t, bin: bin, cfg: filepath.Join(kd, "config.yaml"), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		log: filepath.Join(kd, "walkeeper.log")}
-	cfg := fmt.Sprintf("data_dir: %s\nwalkeeper:\n  listen: %s\n  token: %s\nlog:\n  level: info\n", kd, k.addr, keeperToken)
+	k := &serviceProc{t: t, bin: bin, kind: kind, cfg: filepath.Join(dir, "config.yaml"), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		log: filepath.Join(dir, kind+".log")}
+	cfg := fmt.Sprintf("data_dir: %s\n%s:\n  listen: %s\n  token: %s\nlog:\n  level: info\n", dir, kind, k.addr, keeperToken)
 	if err := os.WriteFile(k.cfg, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -63,14 +73,14 @@ func startKeeperProc(t *testing.T, bin, dir string, n int) *keeperProc {
 }
 
 // start runs the keeper and waits until it serves.
-func (k *keeperProc) start() {
+func (k *serviceProc) start() {
 	k.t.Helper()
 	logf, err := os.OpenFile(k.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		k.t.Fatal(err)
 	}
 	defer logf.Close()
-	k.cmd = exec.Command(k.bin, "walkeeper", "--config", k.cfg)
+	k.cmd = exec.Command(k.bin, k.kind, "--config", k.cfg)
 	k.cmd.Stderr = logf
 	out, err := k.cmd.StdoutPipe()
 	if err != nil {
@@ -85,7 +95,7 @@ func (k *keeperProc) start() {
 		sc := bufio.NewScanner(out)
 		ok := false
 		for sc.Scan() {
-			if !ok && strings.HasPrefix(sc.Text(), "walkeeper is ready") {
+			if !ok && strings.HasPrefix(sc.Text(), k.kind+" is ready") {
 				ok = true
 				ready <- true
 			}
@@ -99,15 +109,15 @@ func (k *keeperProc) start() {
 	case ok := <-ready:
 		if !ok {
 			b, _ := os.ReadFile(k.log)
-			k.t.Fatalf("walkeeper %s exited before it was ready:\n%s", k.addr, tail(string(b), 20))
+			k.t.Fatalf("%s %s exited before it was ready:\n%s", k.kind, k.addr, tail(string(b), 20))
 		}
 	case <-time.After(time.Minute):
-		k.t.Fatalf("walkeeper %s not ready after a minute", k.addr)
+		k.t.Fatalf("%s %s not ready after a minute", k.kind, k.addr)
 	}
 }
 
-// kill ends the keeper with SIGKILL: no clean shutdown of anything.
-func (k *keeperProc) kill() {
+// kill ends the process with SIGKILL: no clean shutdown of anything.
+func (k *serviceProc) kill() {
 	if k.cmd == nil || k.cmd.Process == nil {
 		return
 	}

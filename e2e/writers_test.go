@@ -23,6 +23,7 @@ type ackWriters struct {
 	acked   map[int64]bool
 	next    int64
 	longest time.Duration // the longest INSERT since the last resetLongest
+	times   []time.Time   // acknowledgements of runRetrying writers
 	wg      sync.WaitGroup
 }
 
@@ -130,4 +131,56 @@ func (e *env) crashMain(ctx context.Context, between func()) {
 	if err := os.RemoveAll(filepath.Join(e.cfg.DataDir, "computes", "branches", "main")); err != nil {
 		e.t.Fatal(err)
 	}
+}
+
+// runRetrying starts n writers on url that reconnect whenever their
+// connection breaks (every 20 ms while connecting fails), until ctx ends.
+// Each acknowledgement's time is kept (ackTimes).
+func (w *ackWriters) runRetrying(ctx context.Context, url string, n int) {
+	for range n {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for ctx.Err() == nil {
+				c, err := pgx.Connect(ctx, url)
+				if err != nil {
+					select {
+					case <-ctx.Done():
+					case <-time.After(20 * time.Millisecond):
+					}
+					continue
+				}
+				for ctx.Err() == nil {
+					w.mu.Lock()
+					w.next++
+					id := w.next
+					w.mu.Unlock()
+					if _, err := c.Exec(ctx, "INSERT INTO acked VALUES ($1)", id); err != nil {
+						break
+					}
+					w.mu.Lock()
+					w.acked[id] = true
+					w.times = append(w.times, time.Now())
+					w.mu.Unlock()
+				}
+				c.Close(context.Background())
+			}
+		}()
+	}
+}
+
+// gapAround returns the last acknowledgement before t and the first one
+// after it (zero when there is none).
+func (w *ackWriters) gapAround(t time.Time) (before, after time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, a := range w.times {
+		if !a.After(t) && a.After(before) {
+			before = a
+		}
+		if a.After(t) && (after.IsZero() || a.Before(after)) {
+			after = a
+		}
+	}
+	return before, after
 }

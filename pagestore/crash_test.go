@@ -76,7 +76,7 @@ func TestIngestCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	got, err := s.Timeline(tl.ID)
+	got, err := s.Timeline(context.Background(), tl.ID)
 	if err != nil || got.Head() != cp1.LSN || got.Pending == 0 {
 		t.Fatalf("after the crash: %+v, %v; want head %s and a pending ingest", got, err, cp1.LSN)
 	}
@@ -101,7 +101,7 @@ func TestIngestCrash(t *testing.T) {
 	if _, err := s.Ingest(ctx, tl.ID, data, p.CP, mf); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.Timeline(tl.ID); got.Head() != p.CP.LSN || got.Pending != 0 {
+	if got, _ := s.Timeline(context.Background(), tl.ID); got.Head() != p.CP.LSN || got.Pending != 0 {
 		t.Fatalf("after the retry: %+v", got)
 	}
 	if n := count(filepath.Join(work, "after-retry")); n != "101000 1000" {

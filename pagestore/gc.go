@@ -120,7 +120,11 @@ func (s *Store) collect(ctx context.Context, id TimelineID, readPoints []LSN, im
 func (s *Store) GC(ctx context.Context) (GCStats, error) {
 	start := time.Now()
 	var st GCStats
-	for _, t := range s.Timelines() {
+	tls, err := s.Timelines(ctx)
+	if err != nil {
+		return st, err
+	}
+	for _, t := range tls {
 		if err := ctx.Err(); err != nil {
 			return st, err
 		}
@@ -220,16 +224,38 @@ func retained(t *Timeline, window time.Duration, now time.Time) []LSN {
 // OldestRetained is the oldest image of timeline id that GC keeps for the
 // retention window (0: none recorded); WAL before it is not needed for
 // point-in-time branching.
-func (s *Store) OldestRetained(id TimelineID) LSN {
+func (s *Store) OldestRetained(ctx context.Context, id TimelineID) (LSN, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, ok := s.mu.timelines[id]
-	if !ok || len(t.Images) == 0 {
-		return 0
+	if !ok {
+		return 0, fmt.Errorf("timeline %d: %w", id, ErrNotFound)
+	}
+	if len(t.Images) == 0 {
+		return 0, ctx.Err()
 	}
 	keep := retained(t, s.opts.Retention, time.Now())
 	if len(keep) == 0 {
-		return t.Head()
+		return t.Head(), ctx.Err()
 	}
-	return keep[len(keep)-1]
+	return keep[len(keep)-1], ctx.Err()
+}
+
+// RunGC runs a GC pass on s every interval until ctx ends (0: never).
+func RunGC(ctx context.Context, s Service, every time.Duration, log *zap.Logger) {
+	if every <= 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := s.GC(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("pagestore gc", zap.String("trigger", "interval"), zap.Error(err))
+			}
+		}
+	}
 }

@@ -62,7 +62,7 @@ func TestDropAndGC(t *testing.T) {
 		expectPage(t, s, r.tl, r.at, r.rel, r.blk, r.want)
 	}
 	expectPage(t, s, root.ID, 10, a, 0, pageOf(1))
-	before, _ := s.Timeline(root.ID)
+	before, _ := s.Timeline(context.Background(), root.ID)
 
 	st, err := s.GC(ctx)
 	if err != nil {
@@ -77,7 +77,7 @@ func TestDropAndGC(t *testing.T) {
 	}
 	// Reading at 10 now sees nothing for a/0's shadowed version.
 	expectPage(t, s, root.ID, 10, a, 0, make([]byte, BlockSize))
-	after, _ := s.Timeline(root.ID)
+	after, _ := s.Timeline(context.Background(), root.ID)
 	if after.StoredBytes != before.StoredBytes-(BlockSize+2) {
 		t.Fatalf("stored bytes %d -> %d", before.StoredBytes, after.StoredBytes)
 	}
@@ -93,7 +93,7 @@ func TestDropAndGC(t *testing.T) {
 	if err := s.DropTimeline(ctx, child.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Timeline(child.ID); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Timeline(context.Background(), child.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("dropped timeline: %v", err)
 	}
 	if _, err := s.ReadPage(ctx, child.ID, 0, a, 0); !errors.Is(err, ErrNotFound) {
@@ -106,14 +106,14 @@ func TestDropAndGC(t *testing.T) {
 	if st.VersionsDeleted != 2 { // a/0@20, f@20
 		t.Fatalf("gc after drop: %+v", st)
 	}
-	after, _ = s.Timeline(root.ID)
+	after, _ = s.Timeline(context.Background(), root.ID)
 	if !slices.Equal(after.Images, []LSN{10, 30}) {
 		t.Fatalf("images after second gc: %v", after.Images)
 	}
 	for _, r := range heads[:3] {
 		expectPage(t, s, r.tl, r.at, r.rel, r.blk, r.want)
 	}
-	if s.DiskUsage() == 0 {
+	if u, _ := s.DiskUsage(context.Background()); u == 0 {
 		t.Fatal("disk usage 0")
 	}
 }

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/http/httptest"
 	"slices"
 	"testing"
+
+	"github.com/neonproxy/neonproxy/internal/httpapi"
 )
 
 func openTest(t *testing.T) *Store {
@@ -92,4 +95,34 @@ func expectPage(t *testing.T, s *Store, id TimelineID, at LSN, r RelTag, blk uin
 	if !bytes.Equal(got, want) {
 		t.Errorf("ReadPage(tl %d, %s, %s, %d): got page starting %x, want %x", id, at, r, blk, got[:4], want[:4])
 	}
+}
+
+// serveTest serves s's HTTP API on loopback (HTTP/1.1 and h2c) and
+// returns a client of it.
+func serveTest(t *testing.T, s *Store) *Client {
+	t.Helper()
+	const token = "test-token"
+	srv := httptest.NewUnstartedServer(Handler(s, nil, token))
+	srv.Config.Protocols = httpapi.Protocols()
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c, err := NewClient(srv.URL, ClientOptions{Token: token, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// bothServices runs fn against the Store itself and against a Client of
+// it over HTTP: the two must behave the same.
+func bothServices(t *testing.T, open func(t *testing.T) *Store, fn func(t *testing.T, s *Store, svc Service)) {
+	t.Run("local", func(t *testing.T) {
+		s := open(t)
+		fn(t, s, s)
+	})
+	t.Run("remote", func(t *testing.T) {
+		s := open(t)
+		fn(t, s, serveTest(t, s))
+	})
 }

@@ -9,12 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/cockroachdb/pebble/v2"
 	"go.uber.org/zap"
 )
@@ -67,26 +65,6 @@ func (w *batchWriter) close() {
 	}
 }
 
-// ingestRun is the state of one ingest.
-type ingestRun struct {
-	s         *Store
-	id        TimelineID
-	lsn       LSN
-	snap      *pebble.Snapshot
-	lv        []level
-	viewSizes map[RelTag]uint32
-	mf        *manifest // comparison base, nil if none
-	mfForks   map[RelTag][]uint64
-}
-
-type forkResult struct {
-	size    uint32
-	hashes  []uint64
-	pages   int
-	scanned int
-	skipped int
-}
-
 func insideDir(dir, path string) bool {
 	if path == "" {
 		return false
@@ -99,54 +77,59 @@ func insideDir(dir, path string) bool {
 	return p == d || strings.HasPrefix(p, d+string(filepath.Separator))
 }
 
+// An ingest is a scan on the compute's side (scanIngest), which reads the
+// stopped data directory and, with a manifest, skips what did not change,
+// and a transaction on the store's side (ingestTx), which writes what
+// differs from the head as versions at the checkpoint LSN and commits
+// them in one metadata write. In one process they are joined by calls;
+// the network pagestore puts its frame stream between them.
+
+// ingestSink receives a scanned data directory. dir, file, unchanged and
+// wal are called from one goroutine; each scanning goroutine has its own
+// worker.
+type ingestSink interface {
+	dir(path string) error
+	// file gets a non-relation file's content.
+	file(path string, content []byte) error
+	// unchanged says the manifest proved a non-relation file unchanged.
+	unchanged(path string, size int64) error
+	// wal gets a synthesized pg_wal segment (a fileSparse value).
+	wal(path string, v []byte) error
+	worker() ingestWorker
+}
+
+// ingestWorker receives relation forks.
+type ingestWorker interface {
+	// forkSize gives a fork's size in blocks; unchanged: the manifest
+	// proved all of it unchanged (no pages follow).
+	forkSize(rel RelTag, size uint32, unchanged bool) error
+	// pages gives consecutive blocks from blk on: with a manifest only
+	// the changed ones, else all of them. pages is reused after the call.
+	pages(rel RelTag, blk uint32, pages []byte) error
+	done() error
+}
+
+// ingestSession is a begun ingest as the compute side drives it.
+type ingestSession interface {
+	ingestSink
+	commit(ctx context.Context) (IngestStats, error)
+	abort()
+}
+
 // Ingest stores the cleanly shut-down data directory pgdata as a new
 // image of timeline id at cp.LSN. manifestPath ("" = none) must be outside
 // pgdata: when it describes (id, Head()) it is the comparison base, and it
 // is rewritten for (id, cp.LSN) afterwards.
 func (s *Store) Ingest(ctx context.Context, id TimelineID, pgdata string, cp Checkpoint, manifestPath string) (IngestStats, error) {
-	start := time.Now()
-	if cp.WALSegSize <= 0 || cp.WALSegSize&(cp.WALSegSize-1) != 0 || cp.WALSegSize < xlogBlockSize {
-		return IngestStats{}, fmt.Errorf("ingest timeline %d: invalid WAL segment size %d", id, cp.WALSegSize)
-	}
-	if insideDir(pgdata, manifestPath) {
-		return IngestStats{}, fmt.Errorf("ingest timeline %d: manifest %s is inside the data directory", id, manifestPath)
-	}
-	s.mu.Lock()
-	s.waitGCLocked(id)
-	t, ok := s.mu.timelines[id]
-	if !ok {
-		s.mu.Unlock()
-		return IngestStats{}, fmt.Errorf("ingest timeline %d: %w", id, ErrNotFound)
-	}
-	if _, busy := s.mu.ingesting[id]; busy {
-		s.mu.Unlock()
-		return IngestStats{}, fmt.Errorf("ingest timeline %d: %w", id, ErrIngestActive)
-	}
-	head := t.Head()
-	if cp.LSN == head {
-		s.mu.Unlock()
-		return IngestStats{}, nil
-	}
-	if cp.LSN < head {
-		s.mu.Unlock()
-		return IngestStats{}, fmt.Errorf("ingest timeline %d: checkpoint %s is before the head %s: %w", id, cp.LSN, head, ErrInvalidLSN)
-	}
-	s.mu.ingesting[id] = cp.LSN
-	lv := s.levelsLocked(t, head)
-	pending := t.Pending
-	images := slices.Clone(t.Images)
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.mu.ingesting, id)
-		s.mu.cond.Broadcast()
-		s.mu.Unlock()
-	}()
-
-	st, err := s.ingest(ctx, id, head, lv, pending, images, pgdata, cp, manifestPath)
-	st.Duration = time.Since(start)
+	t, err := s.Timeline(ctx, id)
 	if err != nil {
-		return st, fmt.Errorf("ingest timeline %d at %s: %w", id, cp.LSN, err)
+		return IngestStats{}, fmt.Errorf("ingest timeline %d: %w", id, err)
+	}
+	st, err := ingestFrom(ctx, ingestInput{id: id, head: t.Head(), pgdata: pgdata, cp: cp, manifest: manifestPath,
+		workers: s.opts.Parallelism, noSync: s.opts.NoSync, log: s.log},
+		func(base LSN) (ingestSession, error) { return s.beginIngest(ctx, id, cp, base) })
+	if err != nil || st == (IngestStats{}) {
+		return st, err
 	}
 	s.log.Info("ingested", zap.Uint64("timeline", uint64(id)), zap.Stringer("lsn", cp.LSN),
 		zap.Int("pages_written", st.PagesWritten), zap.Int("files_written", st.FilesWritten),
@@ -155,171 +138,364 @@ func (s *Store) Ingest(ctx context.Context, id TimelineID, pgdata string, cp Che
 	return st, nil
 }
 
-func (s *Store) ingest(ctx context.Context, id TimelineID, head LSN, lv []level, pending LSN, images []LSN,
-	pgdata string, cp Checkpoint, manifestPath string) (IngestStats, error) {
-	begun := time.Now()
-	var st IngestStats
-	if pending != 0 {
-		// A previous ingest did not commit: remove its versions so they
-		// cannot become visible under this image's LSN.
-		if _, err := s.collect(ctx, id, nil, images, true, false); err != nil {
-			return st, fmt.Errorf("remove leftovers of the ingest at %s: %w", pending, err)
-		}
-	}
-	if _, err := s.updateMeta(id, nil, func(t *Timeline) { t.Pending = cp.LSN }); err != nil {
-		return st, err
-	}
+// ingestInput is what the compute side of an ingest works from.
+type ingestInput struct {
+	id       TimelineID
+	head     LSN // the timeline's head as the caller last saw it
+	pgdata   string
+	cp       Checkpoint
+	manifest string
+	workers  int
+	noSync   bool
+	log      *zap.Logger
+}
 
-	dd, err := scanDataDir(pgdata)
-	if err != nil {
-		return st, err
+// validCheckpoint checks the checkpoint's WAL geometry.
+func validCheckpoint(cp Checkpoint) error {
+	if cp.WALSegSize <= 0 || cp.WALSegSize&(cp.WALSegSize-1) != 0 || cp.WALSegSize < xlogBlockSize {
+		return fmt.Errorf("invalid WAL segment size %d", cp.WALSegSize)
 	}
-	snap := s.db.NewSnapshot()
-	defer snap.Close()
-	run := &ingestRun{s: s, id: id, lsn: cp.LSN, snap: snap, lv: lv}
-	if run.viewSizes, err = forkSizes(ctx, snap, lv); err != nil {
-		return st, fmt.Errorf("read fork sizes at %s: %w", head, err)
+	return nil
+}
+
+// ingestFrom runs the compute side of an ingest against the session begin
+// opens (base: the LSN the manifest describes, 0 without one) and
+// rewrites the manifest after the commit.
+func ingestFrom(ctx context.Context, in ingestInput, begin func(base LSN) (ingestSession, error)) (IngestStats, error) {
+	start := time.Now()
+	fail := func(err error) (IngestStats, error) {
+		return IngestStats{}, fmt.Errorf("ingest timeline %d at %s: %w", in.id, in.cp.LSN, err)
 	}
-	viewFiles, err := files(ctx, snap, lv)
-	if err != nil {
-		return st, fmt.Errorf("read files at %s: %w", head, err)
+	if err := validCheckpoint(in.cp); err != nil {
+		return fail(err)
 	}
-	if manifestPath != "" {
-		switch mf, err := readManifest(manifestPath); {
-		case err == nil && mf.Timeline == id && mf.LSN == head && head != 0:
-			run.mf = mf
-			run.mfForks = make(map[RelTag][]uint64, len(mf.Forks))
-			for _, f := range mf.Forks {
-				run.mfForks[f.Rel] = f.Hashes
-			}
-			st.UsedManifest = true
+	if insideDir(in.pgdata, in.manifest) {
+		return fail(fmt.Errorf("manifest %s is inside the data directory", in.manifest))
+	}
+	if in.cp.LSN == in.head {
+		return IngestStats{}, nil
+	}
+	if in.cp.LSN < in.head {
+		return fail(fmt.Errorf("checkpoint %s is before the head %s: %w", in.cp.LSN, in.head, ErrInvalidLSN))
+	}
+	var mf *manifest
+	if in.manifest != "" {
+		switch m, err := readManifest(in.manifest); {
+		case err == nil && m.Timeline == in.id && m.LSN == in.head && in.head != 0:
+			mf = m
 		case err == nil:
-			s.log.Info("manifest does not match the timeline head; comparing with the store",
-				zap.String("manifest", manifestPath), zap.Uint64("manifest_timeline", uint64(mf.Timeline)),
-				zap.Stringer("manifest_lsn", mf.LSN), zap.Stringer("head", head))
+			in.log.Info("manifest does not match the timeline head; comparing with the store",
+				zap.String("manifest", in.manifest), zap.Uint64("manifest_timeline", uint64(m.Timeline)),
+				zap.Stringer("manifest_lsn", m.LSN), zap.Stringer("head", in.head))
 		case !errors.Is(err, os.ErrNotExist):
-			s.log.Warn("ignoring unreadable manifest", zap.String("manifest", manifestPath), zap.Error(err))
+			in.log.Warn("ignoring unreadable manifest", zap.String("manifest", in.manifest), zap.Error(err))
 		}
 	}
-	newMf := &manifest{Timeline: id, LSN: cp.LSN, Files: make(map[string]manifestFile)}
+	var base LSN
+	if mf != nil {
+		base = in.head
+	}
+	sess, err := begin(base)
+	if err != nil {
+		return fail(err)
+	}
+	newMf, scanned, err := scanIngest(ctx, in.pgdata, in.cp, mf, in.workers, sess)
+	if err != nil {
+		sess.abort()
+		return fail(err)
+	}
+	st, err := sess.commit(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	st.FilesScanned, st.FilesSkipped, st.UsedManifest = scanned.scanned, scanned.skipped, mf != nil
+	st.Duration = time.Since(start)
+	if in.manifest != "" {
+		newMf.Timeline, newMf.LSN = in.id, in.cp.LSN
+		if err := writeManifest(in.manifest, newMf, in.noSync); err != nil {
+			in.log.Warn("ingest committed but the manifest could not be written", zap.Error(err))
+			_ = os.Remove(in.manifest)
+		}
+	}
+	return st, nil
+}
 
-	// Relation forks, in parallel; each worker streams into its own batch.
-	rels := sortedRels(dd.forks)
-	var written atomic.Int64
-	results, err := forEachFork(ctx, s.opts.Parallelism, rels,
-		func() *forkWorker { return &forkWorker{bw: &batchWriter{db: s.db}, buf: make([]byte, readChunk)} },
-		func(ctx context.Context, w *forkWorker, r RelTag) (forkResult, error) {
-			return run.fork(ctx, dd.forks[r], w.bw, w.buf)
-		},
-		func(w *forkWorker) error {
-			defer w.bw.close()
-			err := w.bw.flush()
-			written.Add(w.bw.bytes)
+// ingestTx is an ingest on the store's side: the view at the head it
+// compares with, and what it has written so far.
+type ingestTx struct {
+	s         *Store
+	id        TimelineID
+	cp        Checkpoint
+	begun     time.Time
+	exact     bool // pages come from a manifest comparison: all changed
+	snap      *pebble.Snapshot
+	lv        []level
+	viewSizes map[RelTag]uint32
+	viewFiles map[string][]byte
+	bw        *batchWriter // dir, file, wal and tombstones (one goroutine)
+	mu        struct {
+		sync.Mutex
+		present map[string]bool
+		forks   map[RelTag]bool
+		st      IngestStats
+	}
+	released bool
+}
+
+var _ ingestSession = (*ingestTx)(nil)
+
+// beginIngest starts an ingest of timeline id at cp.LSN compared with its
+// head, or with a manifest of base (which must be the head).
+func (s *Store) beginIngest(ctx context.Context, id TimelineID, cp Checkpoint, base LSN) (*ingestTx, error) {
+	if err := validCheckpoint(cp); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.waitGCLocked(id)
+	t, ok := s.mu.timelines[id]
+	if !ok {
+		s.mu.Unlock()
+		return nil, ErrNotFound
+	}
+	if _, busy := s.mu.ingesting[id]; busy {
+		s.mu.Unlock()
+		return nil, ErrIngestActive
+	}
+	head := t.Head()
+	if cp.LSN <= head {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("checkpoint %s is not after the head %s: %w", cp.LSN, head, ErrInvalidLSN)
+	}
+	if base != 0 && base != head {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("the manifest describes %s but the head is %s: %w", base, head, ErrInvalidLSN)
+	}
+	s.mu.ingesting[id] = cp.LSN
+	lv := s.levelsLocked(t, head)
+	pending := t.Pending
+	images := slices.Clone(t.Images)
+	s.mu.Unlock()
+
+	tx := &ingestTx{s: s, id: id, cp: cp, begun: time.Now(), exact: base != 0, lv: lv, bw: &batchWriter{db: s.db}}
+	tx.mu.present = make(map[string]bool)
+	tx.mu.forks = make(map[RelTag]bool)
+	err := func() error {
+		if pending != 0 {
+			// A previous ingest did not commit: remove its versions so they
+			// cannot become visible under this image's LSN.
+			if _, err := s.collect(ctx, id, nil, images, true, false); err != nil {
+				return fmt.Errorf("remove leftovers of the ingest at %s: %w", pending, err)
+			}
+		}
+		if _, err := s.updateMeta(id, nil, func(t *Timeline) { t.Pending = cp.LSN }); err != nil {
 			return err
-		})
-	if err != nil {
-		return st, err
-	}
-	st.BytesWritten = written.Load()
-	st.RelationForks = len(rels)
-	for i, r := range rels {
-		res := results[i]
-		st.PagesWritten += res.pages
-		st.FilesScanned += res.scanned
-		st.FilesSkipped += res.skipped
-		st.LogicalSize += int64(res.size) * BlockSize
-		newMf.Forks = append(newMf.Forks, manifestFork{Rel: r, Hashes: res.hashes})
-		for _, sg := range dd.forks[r].segs {
-			newMf.Files[sg.path] = manifestFile{Size: sg.size, MTime: sg.mtime}
 		}
+		tx.snap = s.db.NewSnapshot()
+		var err error
+		if tx.viewSizes, err = forkSizes(ctx, tx.snap, lv); err != nil {
+			return fmt.Errorf("read fork sizes at %s: %w", head, err)
+		}
+		if tx.viewFiles, err = files(ctx, tx.snap, lv); err != nil {
+			return fmt.Errorf("read files at %s: %w", head, err)
+		}
+		return nil
+	}()
+	if err != nil {
+		tx.abort()
+		return nil, err
 	}
+	return tx, nil
+}
 
-	// Non-relation files, the synthesized WAL and the tombstones.
-	bw := &batchWriter{db: s.db}
-	defer bw.close()
-	put := func(path string, v []byte) error {
-		if old, ok := viewFiles[path]; ok && bytes.Equal(old, v) {
-			return nil
-		}
-		st.FilesWritten++
-		return bw.set(fileKey(id, path, cp.LSN), v)
+// abort releases the timeline; what was written stays pending and is
+// removed before the next ingest or by GC.
+func (tx *ingestTx) abort() {
+	if tx.released {
+		return
 	}
-	present := make(map[string]bool, len(dd.entries))
-	for i, e := range dd.entries {
-		if i%256 == 0 {
-			if err := ctx.Err(); err != nil {
-				return st, err
+	tx.released = true
+	tx.bw.close()
+	if tx.snap != nil {
+		tx.snap.Close()
+	}
+	s := tx.s
+	s.mu.Lock()
+	delete(s.mu.ingesting, tx.id)
+	s.mu.cond.Broadcast()
+	s.mu.Unlock()
+}
+
+// put stores a non-relation file value unless the head has it already.
+func (tx *ingestTx) put(path string, v []byte) error {
+	if !validRelPath(path) {
+		return fmt.Errorf("invalid path %q", path)
+	}
+	tx.mu.Lock()
+	tx.mu.present[path] = true
+	tx.mu.Unlock()
+	if old, ok := tx.viewFiles[path]; ok && bytes.Equal(old, v) {
+		return nil
+	}
+	tx.mu.Lock()
+	tx.mu.st.FilesWritten++
+	tx.mu.Unlock()
+	return tx.bw.set(fileKey(tx.id, path, tx.cp.LSN), v)
+}
+
+func (tx *ingestTx) dir(path string) error { return tx.put(path, []byte{fileDir}) }
+
+func (tx *ingestTx) file(path string, content []byte) error {
+	v := make([]byte, 0, 1+len(content))
+	v = append(append(v, fileContent), content...)
+	tx.mu.Lock()
+	tx.mu.st.LogicalSize += int64(len(content))
+	tx.mu.Unlock()
+	return tx.put(path, v)
+}
+
+func (tx *ingestTx) unchanged(path string, size int64) error {
+	if _, ok := tx.viewFiles[path]; !ok {
+		return fmt.Errorf("file %s: the manifest says unchanged, but the head does not have it", path)
+	}
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	tx.mu.present[path] = true
+	tx.mu.st.LogicalSize += size
+	return nil
+}
+
+// wal stores a synthesized pg_wal segment; not counted in LogicalSize:
+// it is a few stored pages PostgreSQL needs to start, not data the branch
+// holds.
+func (tx *ingestTx) wal(path string, v []byte) error {
+	if len(v) == 0 || v[0] != fileSparse {
+		return fmt.Errorf("WAL file %s: not a sparse value", path)
+	}
+	return tx.put(path, v)
+}
+
+func (tx *ingestTx) worker() ingestWorker {
+	return &txWorker{tx: tx, bw: &batchWriter{db: tx.s.db}}
+}
+
+// txWorker writes forks into its own batch.
+type txWorker struct {
+	tx      *ingestTx
+	bw      *batchWriter
+	written int // pages
+}
+
+func (w *txWorker) forkSize(rel RelTag, size uint32, unchanged bool) error {
+	tx := w.tx
+	if size >= droppedSize {
+		return fmt.Errorf("fork %s has %d blocks: too large", rel, size)
+	}
+	viewSize, inView := tx.viewSizes[rel]
+	if unchanged && (!inView || viewSize != size) {
+		return fmt.Errorf("fork %s: the manifest says unchanged, but the head has it at %d blocks, not %d", rel, viewSize, size)
+	}
+	tx.mu.Lock()
+	dup := tx.mu.forks[rel]
+	tx.mu.forks[rel] = true
+	tx.mu.st.RelationForks++
+	tx.mu.st.LogicalSize += int64(size) * BlockSize
+	tx.mu.Unlock()
+	if dup {
+		return fmt.Errorf("fork %s sent twice", rel)
+	}
+	if inView && viewSize == size {
+		return nil
+	}
+	return w.bw.set(sizeKey(tx.id, rel, tx.cp.LSN), encodeSize(size))
+}
+
+func (w *txWorker) pages(rel RelTag, blk uint32, pages []byte) error {
+	tx := w.tx
+	if len(pages)%BlockSize != 0 || uint64(blk)+uint64(len(pages)/BlockSize) > uint64(droppedSize) {
+		return fmt.Errorf("fork %s: bad page run at block %d (%d bytes)", rel, blk, len(pages))
+	}
+	viewSize, inView := tx.viewSizes[rel]
+	for off := 0; off < len(pages); off, blk = off+BlockSize, blk+1 {
+		page := pages[off : off+BlockSize]
+		if !tx.exact && inView && blk < viewSize {
+			old, ok, err := getVersion(tx.snap, tx.lv, func(tl TimelineID) []byte { return pagePrefix(tl, rel, blk) })
+			if err != nil {
+				return err
+			}
+			if !ok || len(old) == 0 {
+				old = zeroPage
+			}
+			if bytes.Equal(page, old) {
+				continue
 			}
 		}
-		present[e.path] = true
-		if e.dir {
-			if err := put(e.path, []byte{fileDir}); err != nil {
-				return st, err
-			}
-			continue
+		v := page
+		if bytes.Equal(page, zeroPage) {
+			v = nil
 		}
-		if run.mf != nil {
-			if mf, ok := run.mf.Files[e.path]; ok && mf.Size == e.size && mf.MTime == e.mtime {
-				if _, inView := viewFiles[e.path]; inView {
-					st.FilesSkipped++
-					newMf.Files[e.path] = mf
-					st.LogicalSize += e.size
-					continue
-				}
-			}
+		if err := w.bw.set(pageKey(tx.id, rel, blk, tx.cp.LSN), v); err != nil {
+			return err
 		}
-		content, err := os.ReadFile(e.abs)
-		if err != nil {
-			return st, err
-		}
-		st.FilesScanned++
-		st.LogicalSize += int64(len(content))
-		newMf.Files[e.path] = manifestFile{Size: e.size, MTime: e.mtime, Hash: xxhash.Sum64(content)}
-		v := make([]byte, 0, 1+len(content))
-		v = append(append(v, fileContent), content...)
-		if err := put(e.path, v); err != nil {
-			return st, err
-		}
+		w.written++
 	}
-	wal, err := synthesizeWAL(pgdata, cp)
-	if err != nil {
-		return st, err
+	return nil
+}
+
+func (w *txWorker) done() error {
+	defer w.bw.close()
+	err := w.bw.flush()
+	tx := w.tx
+	tx.mu.Lock()
+	tx.mu.st.PagesWritten += w.written
+	tx.mu.st.BytesWritten += w.bw.bytes
+	tx.mu.Unlock()
+	w.written, w.bw.bytes = 0, 0
+	return err
+}
+
+// commit writes the tombstones of files and forks the directory no
+// longer has and makes the image visible.
+func (tx *ingestTx) commit(ctx context.Context) (IngestStats, error) {
+	defer tx.abort()
+	if err := ctx.Err(); err != nil {
+		return IngestStats{}, err
 	}
-	for _, w := range wal {
-		// Not counted in LogicalSize: the segment is a few stored pages
-		// PostgreSQL needs to start, not data the branch holds.
-		present[w.path] = true
-		if err := put(w.path, w.val); err != nil {
-			return st, err
-		}
-	}
-	for path := range viewFiles {
+	tx.mu.Lock()
+	present, forks := tx.mu.present, tx.mu.forks
+	tx.mu.Unlock()
+	var gone []string
+	for path := range tx.viewFiles {
 		if !present[path] {
-			if err := put(path, []byte{fileDeleted}); err != nil {
-				return st, err
+			gone = append(gone, path)
+		}
+	}
+	for _, path := range gone {
+		if err := tx.put(path, []byte{fileDeleted}); err != nil {
+			return IngestStats{}, err
+		}
+	}
+	for r := range tx.viewSizes {
+		if !forks[r] {
+			if err := tx.bw.set(sizeKey(tx.id, r, tx.cp.LSN), encodeSize(droppedSize)); err != nil {
+				return IngestStats{}, err
 			}
 		}
 	}
-	for r := range run.viewSizes {
-		if _, ok := dd.forks[r]; !ok {
-			if err := bw.set(sizeKey(id, r, cp.LSN), encodeSize(droppedSize)); err != nil {
-				return st, err
-			}
-		}
+	if err := tx.bw.flush(); err != nil {
+		return IngestStats{}, err
 	}
-	if err := bw.flush(); err != nil {
-		return st, err
-	}
-	st.BytesWritten += bw.bytes
-
+	tx.mu.Lock()
+	tx.mu.st.BytesWritten += tx.bw.bytes
+	st := tx.mu.st
+	tx.mu.Unlock()
 	// Commit: the synced metadata write makes the image visible (and
 	// syncs the pebble WAL holding the earlier batches).
-	if _, err := s.updateMeta(id, nil, func(t *Timeline) {
-		t.Images = append(t.Images, cp.LSN)
+	if _, err := tx.s.updateMeta(tx.id, nil, func(t *Timeline) {
+		t.Images = append(t.Images, tx.cp.LSN)
 		if t.ImageTimes == nil {
 			t.ImageTimes = map[LSN]time.Time{}
 		}
-		t.ImageTimes[cp.LSN] = begun.UTC()
+		t.ImageTimes[tx.cp.LSN] = tx.begun.UTC()
 		t.LogicalSize = st.LogicalSize
 		t.StoredBytes += st.BytesWritten
 		t.Pending = 0
@@ -327,158 +503,7 @@ func (s *Store) ingest(ctx context.Context, id TimelineID, head LSN, lv []level,
 	}); err != nil {
 		return st, fmt.Errorf("commit: %w", err)
 	}
-	if manifestPath != "" {
-		if err := writeManifest(manifestPath, newMf, s.opts.NoSync); err != nil {
-			s.log.Warn("ingest committed but the manifest could not be written", zap.Error(err))
-			_ = os.Remove(manifestPath)
-		}
-	}
 	return st, nil
-}
-
-// forkWorker is one ingest worker's state.
-type forkWorker struct {
-	bw  *batchWriter
-	buf []byte
-}
-
-// fork stores the changed blocks and the size of one relation fork.
-func (run *ingestRun) fork(ctx context.Context, ff *forkFiles, bw *batchWriter, buf []byte) (forkResult, error) {
-	var res forkResult
-	rel := ff.rel
-	sort.Slice(ff.segs, func(i, j int) bool { return ff.segs[i].seg < ff.segs[j].seg })
-	// The fork's size: segments must be contiguous; after a short one only
-	// empty (truncated-away) segments may follow.
-	var size uint64
-	short := false
-	for i, sg := range ff.segs {
-		blocks := uint64(sg.size / BlockSize)
-		if blocks > uint64(relSegBlocks) {
-			return res, fmt.Errorf("segment %s has %d blocks, more than %d", sg.path, blocks, relSegBlocks)
-		}
-		if short || uint32(i) != sg.seg {
-			if blocks == 0 {
-				continue
-			}
-			return res, fmt.Errorf("segment %s follows a missing or short segment", sg.path)
-		}
-		size = uint64(sg.seg)*uint64(relSegBlocks) + blocks
-		if blocks < uint64(relSegBlocks) {
-			short = true
-		}
-	}
-	if size >= droppedSize {
-		return res, fmt.Errorf("fork has %d blocks: too large", size)
-	}
-	res.size = uint32(size)
-	viewSize, inView := run.viewSizes[rel]
-	writeSize := !inView || viewSize != res.size
-
-	if run.mf != nil {
-		if h, ok := run.mfForks[rel]; ok && uint64(len(h)) == size && inView && viewSize == res.size {
-			same := true
-			for _, sg := range ff.segs {
-				f, ok := run.mf.Files[sg.path]
-				if !ok || f.Size != sg.size || f.MTime != sg.mtime {
-					same = false
-					break
-				}
-			}
-			if same {
-				res.hashes = h
-				res.skipped = len(ff.segs)
-				return res, nil
-			}
-		}
-	}
-
-	res.hashes = make([]uint64, size)
-	var (
-		pm      pageMerger
-		pmValid bool
-		mfHash  []uint64
-		useMf   = run.mf != nil
-	)
-	if useMf {
-		mfHash = run.mfForks[rel]
-	} else if inView && viewSize > 0 {
-		var err error
-		if pm, err = newPageMerger(run.snap, run.lv, rel); err != nil {
-			return res, err
-		}
-		defer pm.close()
-		pmValid = pm.next()
-	}
-	for _, sg := range ff.segs {
-		if sg.size == 0 {
-			continue
-		}
-		res.scanned++
-		f, err := os.Open(sg.abs)
-		if err != nil {
-			return res, err
-		}
-		base := sg.seg * relSegBlocks
-		for off := int64(0); off < sg.size; {
-			if err := ctx.Err(); err != nil {
-				f.Close()
-				return res, err
-			}
-			n := min(int64(len(buf)), sg.size-off)
-			if _, err := f.ReadAt(buf[:n], off); err != nil && !(errors.Is(err, io.EOF)) {
-				f.Close()
-				return res, fmt.Errorf("read %s: %w", sg.path, err)
-			}
-			for p := int64(0); p < n; p += BlockSize {
-				blk := base + uint32((off+p)/BlockSize)
-				page := buf[p : p+BlockSize]
-				h := xxhash.Sum64(page)
-				res.hashes[blk] = h
-				changed := true
-				if inView && blk < viewSize {
-					if useMf {
-						if int(blk) < len(mfHash) {
-							changed = h != mfHash[blk]
-						}
-					} else {
-						for pmValid && pm.blk() < blk {
-							pmValid = pm.next()
-						}
-						old := zeroPage
-						if pmValid && pm.blk() == blk && len(pm.val) != 0 {
-							old = pm.val
-						}
-						changed = !bytes.Equal(page, old)
-					}
-				}
-				if !changed {
-					continue
-				}
-				v := page
-				if h == zeroPageHash && bytes.Equal(page, zeroPage) {
-					v = nil
-				}
-				if err := bw.set(pageKey(run.id, rel, blk, run.lsn), v); err != nil {
-					f.Close()
-					return res, err
-				}
-				res.pages++
-			}
-			off += n
-		}
-		f.Close()
-	}
-	if pm.merger != nil {
-		if err := pm.err(); err != nil {
-			return res, err
-		}
-	}
-	if writeSize {
-		if err := bw.set(sizeKey(run.id, rel, run.lsn), encodeSize(res.size)); err != nil {
-			return res, err
-		}
-	}
-	return res, nil
 }
 
 type walEntry struct {

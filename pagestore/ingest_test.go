@@ -151,37 +151,40 @@ func mkTemp(t *testing.T) string {
 }
 
 func TestIngestMaterializeRoundTrip(t *testing.T) {
+	bothServices(t, openTest, testIngestMaterializeRoundTrip)
+}
+
+func testIngestMaterializeRoundTrip(t *testing.T, s *Store, svc Service) {
 	smallSegments(t)
 	ctx := context.Background()
-	s := openTest(t)
 	work := mkTemp(t)
 	src := filepath.Join(work, "src")
 	cp := makeDataDir(t, src)
 	tl := mustCreate(t, s, "main", 0, 0)
 
-	if _, err := s.Materialize(ctx, tl.ID, 0, filepath.Join(work, "none"), MaterializeOptions{Owner: Owner{UID: -1}}); !errors.Is(err, ErrNotFound) {
+	if _, err := svc.Materialize(ctx, tl.ID, 0, filepath.Join(work, "none"), MaterializeOptions{Owner: Owner{UID: -1}}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("materialize of an empty timeline: %v", err)
 	}
-	st, err := s.Ingest(ctx, tl.ID, src, cp, filepath.Join(work, "ingest.manifest"))
+	st, err := svc.Ingest(ctx, tl.ID, src, cp, filepath.Join(work, "ingest.manifest"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.RelationForks != 6 || st.UsedManifest || st.PagesWritten != 10+3+1+2+4 {
 		t.Fatalf("ingest stats: %+v", st)
 	}
-	if st, err := s.Ingest(ctx, tl.ID, src, cp, ""); err != nil || st.PagesWritten != 0 {
+	if st, err := svc.Ingest(ctx, tl.ID, src, cp, ""); err != nil || st.PagesWritten != 0 {
 		t.Fatalf("re-ingest at the head: %+v, %v", st, err)
 	}
-	if _, err := s.Ingest(ctx, tl.ID, src, Checkpoint{LSN: cp.LSN - 1, TimeLineID: 1, WALSegSize: testWALSeg}, ""); !errors.Is(err, ErrInvalidLSN) {
+	if _, err := svc.Ingest(ctx, tl.ID, src, Checkpoint{LSN: cp.LSN - 1, TimeLineID: 1, WALSegSize: testWALSeg}, ""); !errors.Is(err, ErrInvalidLSN) {
 		t.Fatalf("ingest before the head: %v", err)
 	}
-	got, err := s.Timeline(tl.ID)
+	got, err := s.Timeline(context.Background(), tl.ID)
 	if err != nil || got.Head() != cp.LSN || got.StoredBytes != st.BytesWritten || got.LogicalSize != st.LogicalSize {
 		t.Fatalf("timeline after ingest: %+v, %v (stats %+v)", got, err, st)
 	}
 
 	dst := filepath.Join(work, "dst")
-	mst, err := s.Materialize(ctx, tl.ID, 0, dst, MaterializeOptions{Owner: Owner{UID: -1}, Manifest: filepath.Join(work, "mat.manifest")})
+	mst, err := svc.Materialize(ctx, tl.ID, 0, dst, MaterializeOptions{Owner: Owner{UID: -1}, Manifest: filepath.Join(work, "mat.manifest")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,13 +240,13 @@ func TestIngestMaterializeRoundTrip(t *testing.T) {
 	}
 
 	// Not empty destination.
-	if _, err := s.Materialize(ctx, tl.ID, 0, dst, MaterializeOptions{Owner: Owner{UID: -1}}); err == nil {
+	if _, err := svc.Materialize(ctx, tl.ID, 0, dst, MaterializeOptions{Owner: Owner{UID: -1}}); err == nil {
 		t.Error("materialize into a non-empty directory succeeded")
 	}
 	// Round trip of the materialized directory: nothing changes.
 	cp2 := cp
 	cp2.LSN += 0x100
-	st2, err := s.Ingest(ctx, tl.ID, dst, cp2, filepath.Join(work, "mat.manifest"))
+	st2, err := svc.Ingest(ctx, tl.ID, dst, cp2, filepath.Join(work, "mat.manifest"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,36 +260,37 @@ func TestIngestMaterializeRoundTrip(t *testing.T) {
 	}
 	cp3 := cp2
 	cp3.LSN += 0x100
-	if _, err := s.Ingest(ctx, tl.ID, src, cp3, ""); err == nil || !strings.Contains(err.Error(), "tablespaces are not supported") {
+	if _, err := svc.Ingest(ctx, tl.ID, src, cp3, ""); err == nil || !strings.Contains(err.Error(), "tablespaces are not supported") {
 		t.Errorf("tablespace: %v", err)
 	}
 	os.Remove(filepath.Join(src, "pg_tblspc", "16999"))
 	writeFile(t, src, "base/5/16500", make([]byte, 100))
-	if _, err := s.Ingest(ctx, tl.ID, src, cp3, ""); err == nil || !strings.Contains(err.Error(), "not a multiple") {
+	if _, err := svc.Ingest(ctx, tl.ID, src, cp3, ""); err == nil || !strings.Contains(err.Error(), "not a multiple") {
 		t.Errorf("torn relation file: %v", err)
 	}
 	os.Remove(filepath.Join(src, "base/5/16500"))
 	// The failed ingests left nothing visible; a retry at the same LSN works.
-	if _, err := s.Ingest(ctx, tl.ID, src, cp3, ""); err != nil {
+	if _, err := svc.Ingest(ctx, tl.ID, src, cp3, ""); err != nil {
 		t.Fatal(err)
 	}
 	dst2 := filepath.Join(work, "dst2")
-	if _, err := s.Materialize(ctx, tl.ID, 0, dst2, MaterializeOptions{Owner: Owner{UID: -1}}); err != nil {
+	if _, err := svc.Materialize(ctx, tl.ID, 0, dst2, MaterializeOptions{Owner: Owner{UID: -1}}); err != nil {
 		t.Fatal(err)
 	}
 	compareTrees(t, src, dst2)
 }
 
-func TestIngestChangesOnly(t *testing.T) {
+func TestIngestChangesOnly(t *testing.T) { bothServices(t, openTest, testIngestChangesOnly) }
+
+func testIngestChangesOnly(t *testing.T, s *Store, svc Service) {
 	smallSegments(t)
 	ctx := context.Background()
-	s := openTest(t)
 	work := mkTemp(t)
 	src := filepath.Join(work, "src")
 	cp := makeDataDir(t, src)
 	tl := mustCreate(t, s, "main", 0, 0)
 	mf := filepath.Join(work, "manifest")
-	if _, err := s.Ingest(ctx, tl.ID, src, cp, mf); err != nil {
+	if _, err := svc.Ingest(ctx, tl.ID, src, cp, mf); err != nil {
 		t.Fatal(err)
 	}
 	modify := func(file string, blk int, b byte) []byte {
@@ -319,8 +323,8 @@ func TestIngestChangesOnly(t *testing.T) {
 			page := modify(tc.file, tc.blk, byte(0xA0+i))
 			c := cp
 			c.LSN = cp.LSN + LSN(i+1)*0x100
-			before, _ := s.Timeline(tl.ID)
-			st, err := s.Ingest(ctx, tl.ID, src, c, tc.manifest)
+			before, _ := s.Timeline(context.Background(), tl.ID)
+			st, err := svc.Ingest(ctx, tl.ID, src, c, tc.manifest)
 			if err != nil {
 				t.Fatal(err)
 			}

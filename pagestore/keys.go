@@ -3,6 +3,8 @@ package pagestore
 import (
 	"encoding/binary"
 	"fmt"
+	"path"
+	"strings"
 )
 
 // Key kinds.
@@ -229,4 +231,12 @@ func decodeSparse(v []byte) (uint64, []sparseChunk, error) {
 		v = v[n:]
 	}
 	return size, chunks, nil
+}
+
+// validRelPath says whether p is a clean slash path inside a data
+// directory: what a path from the network must be before it is joined to
+// one.
+func validRelPath(p string) bool {
+	return p != "" && p != "." && !strings.HasPrefix(p, "/") && path.Clean(p) == p &&
+		p != ".." && !strings.HasPrefix(p, "../") && !strings.ContainsRune(p, 0)
 }

@@ -16,8 +16,14 @@ func sortedRels[V any](m map[RelTag]V) []RelTag {
 	for r := range m {
 		rels = append(rels, r)
 	}
-	sort.Slice(rels, func(i, j int) bool { return string(putRel(nil, rels[i])) < string(putRel(nil, rels[j])) })
+	sort.Slice(rels, func(i, j int) bool { return relLess(rels[i], rels[j]) })
 	return rels
+}
+
+// relLess orders relations as their keys sort.
+func relLess(a, b RelTag) bool {
+	var ka, kb [relLen]byte
+	return string(putRel(ka[:0], a)) < string(putRel(kb[:0], b))
 }
 
 // forEachFork runs do for every fork in rels on workers goroutines and

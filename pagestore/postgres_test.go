@@ -142,7 +142,6 @@ func (e *pgEnv) checkpoint(dir string) Checkpoint {
 
 func TestPostgresRoundTrip(t *testing.T) {
 	pg := newPGEnv(t)
-	ctx := context.Background()
 	work, err := os.MkdirTemp("", "pagestore-pg-")
 	if err != nil {
 		t.Fatal(err)
@@ -151,11 +150,28 @@ func TestPostgresRoundTrip(t *testing.T) {
 	if err := os.Chmod(work, 0o711); err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open(Options{Dir: filepath.Join(work, "store"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	bothServices(t, func(t *testing.T) *Store {
+		dir := filepath.Join(work, filepath.Base(t.Name()))
+		if err := os.Mkdir(dir, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		s, err := Open(Options{Dir: filepath.Join(dir, "store"), NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}, func(t *testing.T, s *Store, svc Service) {
+		work := filepath.Join(work, filepath.Base(t.Name()))
+		testPostgresRoundTrip(t, pg, work, s, svc)
+	})
+}
+
+func testPostgresRoundTrip(t *testing.T, pg *pgEnv, work string, s *Store, svc Service) {
+	ctx := context.Background()
 	owner := Owner{UID: pg.uid, GID: pg.gid}
 
 	// initdb, a table, fast shutdown.
@@ -168,7 +184,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 	cp := pg.checkpoint(data)
 
 	tl := mustCreate(t, s, "main", 0, 0)
-	st, err := s.Ingest(ctx, tl.ID, data, cp, "")
+	st, err := svc.Ingest(ctx, tl.ID, data, cp, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +193,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 	// Materialize into a new directory and start there.
 	m1 := filepath.Join(work, "m1")
 	mf := filepath.Join(work, "m1.manifest")
-	if _, err := s.Materialize(ctx, tl.ID, 0, m1, MaterializeOptions{Owner: owner, Manifest: mf}); err != nil {
+	if _, err := svc.Materialize(ctx, tl.ID, 0, m1, MaterializeOptions{Owner: owner, Manifest: mf}); err != nil {
 		t.Fatal(err)
 	}
 	stop = pg.start(m1)
@@ -187,7 +203,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 	pg.psql("INSERT INTO t SELECT g, 'y' FROM generate_series(1001, 1100) g")
 	stop()
 	cp2 := pg.checkpoint(m1)
-	st, err = s.Ingest(ctx, tl.ID, m1, cp2, mf)
+	st, err = svc.Ingest(ctx, tl.ID, m1, cp2, mf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +215,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 	// A child branch sees the data.
 	child := mustCreate(t, s, "child", tl.ID, 0)
 	c1 := filepath.Join(work, "c1")
-	if _, err := s.Materialize(ctx, child.ID, 0, c1, MaterializeOptions{Owner: owner}); err != nil {
+	if _, err := svc.Materialize(ctx, child.ID, 0, c1, MaterializeOptions{Owner: owner}); err != nil {
 		t.Fatal(err)
 	}
 	stop = pg.start(c1)
@@ -209,7 +225,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 	pg.psql("INSERT INTO t VALUES (5000, 'child')")
 	stop()
 	cpc := pg.checkpoint(c1)
-	st, err = s.Ingest(ctx, child.ID, c1, cpc, "")
+	st, err = svc.Ingest(ctx, child.ID, c1, cpc, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +235,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 	}
 	// The parent at its head does not see the child's row.
 	p2 := filepath.Join(work, "p2")
-	if _, err := s.Materialize(ctx, tl.ID, 0, p2, MaterializeOptions{Owner: owner}); err != nil {
+	if _, err := svc.Materialize(ctx, tl.ID, 0, p2, MaterializeOptions{Owner: owner}); err != nil {
 		t.Fatal(err)
 	}
 	stop = pg.start(p2)

@@ -142,7 +142,9 @@ func (s *Store) Close() error {
 }
 
 // DiskUsage is pebble's estimate of the disk space it uses.
-func (s *Store) DiskUsage() uint64 { return s.db.Metrics().DiskSpaceUsage() }
+func (s *Store) DiskUsage(ctx context.Context) (uint64, error) {
+	return s.db.Metrics().DiskSpaceUsage(), ctx.Err()
+}
 
 func cloneTimeline(t *Timeline) Timeline {
 	c := *t
@@ -263,7 +265,10 @@ func (s *Store) CreateTimelineWith(ctx context.Context, name string, parent Time
 }
 
 // Timeline returns timeline id's metadata.
-func (s *Store) Timeline(id TimelineID) (Timeline, error) {
+func (s *Store) Timeline(ctx context.Context, id TimelineID) (Timeline, error) {
+	if err := ctx.Err(); err != nil {
+		return Timeline{}, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, ok := s.mu.timelines[id]
@@ -274,7 +279,10 @@ func (s *Store) Timeline(id TimelineID) (Timeline, error) {
 }
 
 // Timelines returns all timelines sorted by ID.
-func (s *Store) Timelines() []Timeline {
+func (s *Store) Timelines(ctx context.Context) ([]Timeline, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	out := make([]Timeline, 0, len(s.mu.timelines))
 	for _, t := range s.mu.timelines {
@@ -282,7 +290,7 @@ func (s *Store) Timelines() []Timeline {
 	}
 	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b Timeline) int { return cmpID(a.ID, b.ID) })
-	return out
+	return out, nil
 }
 
 func cmpID(a, b TimelineID) int {

@@ -267,7 +267,7 @@ func TestReadAtLSN(t *testing.T) {
 	}
 	defer s2.Close()
 	s = s2
-	got := s.Timelines()
+	got, _ := s.Timelines(context.Background())
 	if len(got) != 3 || got[2].ID != grand.ID || !slices.Equal(got[1].Images, []LSN{40, 50}) {
 		t.Fatalf("timelines after reopen: %+v", got)
 	}

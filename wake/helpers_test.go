@@ -377,3 +377,12 @@ func (e *env) on(branch string, sqls ...string) []string {
 	}
 	return out
 }
+
+// exists is Exists for tests, failing on an error.
+func (d *PostgresDriver) exists(branch string) bool {
+	ok, err := d.Exists(context.Background(), branch)
+	if err != nil {
+		panic(err)
+	}
+	return ok
+}

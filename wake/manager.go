@@ -631,8 +631,8 @@ func (m *Manager) Bootstrap(ctx context.Context, name, password string) error {
 		if b.op == "" {
 			b.op = "bootstrap"
 			m.mu.Unlock()
-			var err error
-			if !m.drv.Exists(name) {
+			exists, err := m.drv.Exists(ctx, name)
+			if err == nil && !exists {
 				err = m.drv.Bootstrap(ctx, name, password)
 			}
 			m.mu.Lock()
@@ -799,8 +799,8 @@ func (m *Manager) Status(name string) Status {
 }
 
 // Storage reports where branch's data is and how big it is.
-func (m *Manager) Storage(name string) (Storage, error) {
-	return m.drv.Storage(name)
+func (m *Manager) Storage(ctx context.Context, name string) (Storage, error) {
+	return m.drv.Storage(ctx, name)
 }
 
 // Close stops every compute (fast shutdown, in parallel) and refuses new

@@ -62,7 +62,7 @@ type DriverOptions struct {
 	NoSync bool
 	// Store holds every branch's data (required): starts materialize from
 	// it, clean stops ingest into it.
-	Store *pagestore.Store
+	Store pagestore.Service
 	// CacheBytes is the disk budget of local data directories (0: no
 	// limit); beyond it the least recently used stopped branches' copies
 	// are evicted.
@@ -94,7 +94,7 @@ type PostgresDriver struct {
 	gid    uint32
 	groups []uint32
 
-	store   *pagestore.Store
+	store   pagestore.Service
 	locks   branchLocks
 	spares  *spares    // nil without DriverOptions.SpareFiles
 	keepers *keeperSet // nil: no WAL keepers
@@ -287,12 +287,12 @@ func validBranch(b string) error {
 }
 
 // Exists reports whether branch has a timeline with data in the store.
-func (d *PostgresDriver) Exists(branch string) bool {
+func (d *PostgresDriver) Exists(ctx context.Context, branch string) (bool, error) {
 	if validBranch(branch) != nil {
-		return false
+		return false, nil
 	}
-	tl, ok := d.timeline(branch)
-	return ok && tl.Head() != 0
+	tl, ok, err := d.timeline(ctx, branch)
+	return ok && tl.Head() != 0, err
 }
 
 // chown gives path to the compute user (no-op unless running as root).
@@ -368,7 +368,10 @@ func (d *PostgresDriver) Bootstrap(ctx context.Context, branch, password string)
 	if err := validBranch(branch); err != nil {
 		return err
 	}
-	if d.Exists(branch) {
+	if exists, err := d.Exists(ctx, branch); err != nil || exists {
+		if err != nil {
+			return fmt.Errorf("wake: bootstrap %s: %w", branch, err)
+		}
 		return fmt.Errorf("wake: branch %s already has data", branch)
 	}
 	t0 := time.Now()
@@ -415,7 +418,7 @@ func (d *PostgresDriver) Bootstrap(ctx context.Context, branch, password string)
 	if err := d.dropOrphan(ctx, branch); err != nil {
 		return fmt.Errorf("wake: bootstrap %s: %w", branch, err)
 	}
-	tl, err := d.store.CreateTimeline(ctx, branch, 0, 0)
+	tl, err := d.store.CreateTimelineWith(ctx, branch, 0, pagestore.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("wake: bootstrap %s: %w", branch, err)
 	}
@@ -439,7 +442,10 @@ func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, point
 	if err := validBranch(branch); err != nil {
 		return err
 	}
-	ptl, ok := d.timeline(parent)
+	ptl, ok, err := d.timeline(ctx, parent)
+	if err != nil {
+		return fmt.Errorf("wake: create %s: %w", branch, err)
+	}
 	if !ok || ptl.Head() == 0 {
 		return fmt.Errorf("wake: parent branch %s has no data", parent)
 	}
@@ -468,7 +474,9 @@ func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, point
 	l := d.locks.get(branch)
 	l.Lock()
 	defer l.Unlock()
-	if d.Exists(branch) {
+	if exists, err := d.Exists(ctx, branch); err != nil {
+		return fmt.Errorf("wake: create %s: %w", branch, err)
+	} else if exists {
 		// The caller checked the registry: a timeline of this name that
 		// no branch owns is a leftover of a creation that crashed.
 		if err := d.dropOrphan(ctx, branch); err != nil {
@@ -515,7 +523,10 @@ func (d *PostgresDriver) Destroy(ctx context.Context, branch string) error {
 	defer l.Unlock()
 	defer d.locks.forget(branch)
 	for {
-		tl, ok := d.timeline(branch)
+		tl, ok, err := d.timeline(ctx, branch)
+		if err != nil {
+			return fmt.Errorf("wake: destroy %s: %w", branch, err)
+		}
 		if !ok {
 			break
 		}

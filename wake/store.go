@@ -133,24 +133,28 @@ func (d *PostgresDriver) writeState(branch string, st localState) error {
 }
 
 // timeline returns branch's timeline: the newest live one of that name.
-func (d *PostgresDriver) timeline(branch string) (pagestore.Timeline, bool) {
+func (d *PostgresDriver) timeline(ctx context.Context, branch string) (pagestore.Timeline, bool, error) {
 	var best pagestore.Timeline
 	found := false
-	for _, t := range d.store.Timelines() {
+	tls, err := d.store.Timelines(ctx)
+	if err != nil {
+		return best, false, fmt.Errorf("timeline of %s: %w", branch, err)
+	}
+	for _, t := range tls {
 		if t.Name == branch && (!found || t.ID > best.ID) {
 			best, found = t, true
 		}
 	}
-	return best, found
+	return best, found, nil
 }
 
 // dropOrphan drops a timeline named branch that no branch owns any more
 // (left by a creation that crashed before the branch was registered).
 func (d *PostgresDriver) dropOrphan(ctx context.Context, branch string) error {
 	for {
-		t, ok := d.timeline(branch)
-		if !ok {
-			return nil
+		t, ok, err := d.timeline(ctx, branch)
+		if err != nil || !ok {
+			return err
 		}
 		d.log.Warn("dropping a leftover pagestore timeline of an earlier, unfinished branch creation",
 			zap.String("branch", branch), zap.Uint64("timeline", uint64(t.ID)))
@@ -194,7 +198,10 @@ func (d *PostgresDriver) ingest(ctx context.Context, branch string, tl pagestore
 // kept when it is current or holds unstored changes, else materialized
 // from the store. It reports whether it materialized.
 func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, error) {
-	tl, ok := d.timeline(branch)
+	tl, ok, err := d.timeline(ctx, branch)
+	if err != nil {
+		return false, fmt.Errorf("wake: %w", err)
+	}
 	if !ok || tl.Head() == 0 {
 		return false, fmt.Errorf("wake: branch %s has no data", branch)
 	}
@@ -297,32 +304,38 @@ func (d *PostgresDriver) Stopped(ctx context.Context, branch string, clean bool)
 	}
 	l := d.locks.get(branch)
 	l.Lock()
-	tl, ok := d.timeline(branch)
-	var err error
-	if !ok {
+	tl, ok, err := d.timeline(ctx, branch)
+	if err == nil && !ok {
 		err = fmt.Errorf("wake: branch %s has no timeline", branch)
-	} else if err = d.ingest(ctx, branch, tl.ID); err == nil && d.keepers != nil {
+	}
+	if err == nil {
+		err = d.ingest(ctx, branch, tl.ID)
+	}
+	if err == nil && d.keepers != nil {
 		// The new image holds all the WAL the compute wrote (a fast
 		// shutdown waits for the keepers to confirm it); the WAL stays
 		// for point-in-time branching, but WAL before the oldest image the
 		// retention window keeps can serve no branch any more.
 		ns := uint64(tl.ID)
-		covered, oldest := uint64(tl.Head()), d.store.OldestRetained(tl.ID)
-		if ntl, ok := d.timeline(branch); ok {
+		covered := uint64(tl.Head())
+		if ntl, err := d.store.Timeline(ctx, tl.ID); err == nil {
 			covered = uint64(ntl.Head())
 		}
-		err = d.keepers.all(ctx, "record the stored image", func(ctx context.Context, m keeperMember) error {
-			// The image holds all this keeper has, up to the shutdown
-			// checkpoint's end.
-			in, err := m.svc.Info(ctx, ns)
-			if err != nil {
-				return err
-			}
-			if err := m.svc.SetCovered(ctx, ns, max(covered, in.Flush)); err != nil || oldest == 0 {
-				return err
-			}
-			return m.svc.Trim(ctx, ns, uint64(oldest))
-		})
+		var oldest pagestore.LSN
+		if oldest, err = d.store.OldestRetained(ctx, tl.ID); err == nil {
+			err = d.keepers.all(ctx, "record the stored image", func(ctx context.Context, m keeperMember) error {
+				// The image holds all this keeper has, up to the shutdown
+				// checkpoint's end.
+				in, err := m.svc.Info(ctx, ns)
+				if err != nil {
+					return err
+				}
+				if err := m.svc.SetCovered(ctx, ns, max(covered, in.Flush)); err != nil || oldest == 0 {
+					return err
+				}
+				return m.svc.Trim(ctx, ns, uint64(oldest))
+			})
+		}
 	}
 	l.Unlock()
 	if err != nil {
@@ -333,12 +346,15 @@ func (d *PostgresDriver) Stopped(ctx context.Context, branch string, clean bool)
 }
 
 // Storage reports branch's timeline, sizes and local copy.
-func (d *PostgresDriver) Storage(branch string) (Storage, error) {
+func (d *PostgresDriver) Storage(ctx context.Context, branch string) (Storage, error) {
 	var s Storage
 	if err := validBranch(branch); err != nil {
 		return s, err
 	}
-	tl, ok := d.timeline(branch)
+	tl, ok, err := d.timeline(ctx, branch)
+	if err != nil {
+		return s, fmt.Errorf("wake: %w", err)
+	}
 	if !ok {
 		return s, fmt.Errorf("wake: branch %s has no timeline", branch)
 	}

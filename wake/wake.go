@@ -66,7 +66,7 @@ type Process interface {
 // calls for the same branch.
 type Driver interface {
 	// Exists reports whether branch has data.
-	Exists(branch string) bool
+	Exists(ctx context.Context, branch string) (bool, error)
 	// Bootstrap creates the data of a root branch (initdb) whose superuser
 	// "postgres" has the given password (stored as a SCRAM-SHA-256 verifier).
 	Bootstrap(ctx context.Context, branch, password string) error
@@ -86,7 +86,7 @@ type Driver interface {
 	// Destroy removes branch's data. The compute must be stopped.
 	Destroy(ctx context.Context, branch string) error
 	// Storage reports where branch's data is and how big it is.
-	Storage(branch string) (Storage, error)
+	Storage(ctx context.Context, branch string) (Storage, error)
 }
 
 // Point is where in its parent's history a branch starts: an LSN, a time

@@ -116,7 +116,7 @@ func TestBootstrapStartConnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("bootstrap took %s", time.Since(t0))
-	if !e.drv.Exists("main") {
+	if !e.drv.exists("main") {
 		t.Fatal("no data after Bootstrap")
 	}
 	pgdata := e.drv.pgdata("main")
@@ -187,7 +187,7 @@ func TestBootstrapStartConnect(t *testing.T) {
 	if st := e.m.Status("main"); st.Clients != 1 {
 		t.Fatalf("clients after double release = %d", st.Clients)
 	}
-	if st, err := e.m.Storage("main"); err != nil || st.LogicalBytes < 1<<20 || st.LocalBytes < 1<<20 || !st.Unstored || st.Timeline == 0 {
+	if st, err := e.m.Storage(context.Background(), "main"); err != nil || st.LogicalBytes < 1<<20 || st.LocalBytes < 1<<20 || !st.Unstored || st.Timeline == 0 {
 		t.Fatalf("storage %+v, %v", st, err)
 	}
 }
@@ -518,8 +518,8 @@ func TestClone(t *testing.T) {
 			if got := query(t, connect(t, lc.Endpoint), "select count(*) from t"); got[0] != tc.rows {
 				t.Fatalf("clone sees %v rows, want %s", got, tc.rows)
 			}
-			st, err := e.m.Storage(tc.branch)
-			mainSt, _ := e.m.Storage("main")
+			st, err := e.m.Storage(context.Background(), tc.branch)
+			mainSt, _ := e.m.Storage(context.Background(), "main")
 			if err != nil || st.ParentLSN == "" || st.Timeline == mainSt.Timeline {
 				t.Fatalf("clone storage %+v (%v), parent %+v", st, err, mainSt)
 			}
@@ -536,7 +536,7 @@ func TestClone(t *testing.T) {
 	if _, err := os.Stat(e.drv.branchDir("x")); !os.IsNotExist(err) {
 		t.Fatalf("partial branch left: %v", err)
 	}
-	if e.drv.Exists("x") {
+	if e.drv.exists("x") {
 		t.Fatal("a timeline was left for x")
 	}
 
@@ -544,7 +544,7 @@ func TestClone(t *testing.T) {
 	if err := e.m.Delete(ctx, "off"); err != nil {
 		t.Fatal(err)
 	}
-	if e.drv.Exists("off") || e.m.Status("off").State != StateStopped {
+	if e.drv.exists("off") || e.m.Status("off").State != StateStopped {
 		t.Fatal("branch off still exists after Delete")
 	}
 	if _, err := os.Stat(e.drv.branchDir("off")); !os.IsNotExist(err) {
@@ -574,7 +574,7 @@ func TestStoreIsTheTruth(t *testing.T) {
 	if err := e.m.Suspend(ctx, "main"); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := e.m.Storage("main"); st.Unstored || st.LocalBytes == 0 {
+	if st, _ := e.m.Storage(context.Background(), "main"); st.Unstored || st.LocalBytes == 0 {
 		t.Fatalf("after a clean stop: %+v", st)
 	}
 
@@ -593,7 +593,7 @@ func TestStoreIsTheTruth(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitState("main", StateStopped)
-	if st, _ := e.m.Storage("main"); !st.Unstored {
+	if st, _ := e.m.Storage(context.Background(), "main"); !st.Unstored {
 		t.Fatalf("after a crash: %+v", st)
 	}
 	if got := run("select count(*) from t"); got[0] != "1001" {
@@ -869,7 +869,7 @@ func TestKeeperDurability(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := e.m.Storage("main"); st.WALKeeper != "streaming" {
+	if st, _ := e.m.Storage(context.Background(), "main"); st.WALKeeper != "streaming" {
 		t.Fatalf("running compute: wal keeper %q", st.WALKeeper)
 	}
 	ms := e.drv.streams.get("main").members[0]
@@ -877,14 +877,14 @@ func TestKeeperDurability(t *testing.T) {
 	cur := ms.mu.cur
 	ms.mu.Unlock()
 	cur.Stop()
-	if st, _ := e.m.Storage("main"); st.WALKeeper != "disconnected" {
+	if st, _ := e.m.Storage(context.Background(), "main"); st.WALKeeper != "disconnected" {
 		t.Fatalf("after the stream stopped: wal keeper %q", st.WALKeeper)
 	}
 	c0 := connect(t, l0.Endpoint)
 	t0 := time.Now()
 	query(t, c0, "create table w(x int); insert into w values (1)")
 	t.Logf("a commit without the keeper waited %s for it to come back", time.Since(t0).Round(time.Millisecond))
-	if st, _ := e.m.Storage("main"); st.WALKeeper != "streaming" {
+	if st, _ := e.m.Storage(context.Background(), "main"); st.WALKeeper != "streaming" {
 		t.Fatalf("after the reconnect: wal keeper %q", st.WALKeeper)
 	}
 	l0.Release()
@@ -919,7 +919,7 @@ func TestKeeperDurability(t *testing.T) {
 	if err := e.m.Suspend(ctx, "main"); err != nil {
 		t.Fatal(err)
 	}
-	st, _ := e.m.Storage("main")
+	st, _ := e.m.Storage(context.Background(), "main")
 	if f := k.FlushLSN(st.Timeline); f == 0 || k.Covered(st.Timeline) != f {
 		t.Fatalf("after a clean stop the image should cover the keeper's WAL (flush %X, covered %X)", f, k.Covered(st.Timeline))
 	}
@@ -953,8 +953,8 @@ func TestBranchFromRunningParentWithKeeper(t *testing.T) {
 		t.Fatal(err)
 	}
 	query(t, c, "insert into t values (501)") // after the branch point
-	mainSt, _ := e.m.Storage("main")
-	childSt, err := e.m.Storage("child")
+	mainSt, _ := e.m.Storage(context.Background(), "main")
+	childSt, err := e.m.Storage(context.Background(), "child")
 	if err != nil || childSt.ParentLSN == "" || childSt.ParentLSN == mainSt.ParentLSN {
 		t.Fatalf("child storage %+v, %v", childSt, err)
 	}
@@ -1053,7 +1053,7 @@ func TestPointInTimeBranch(t *testing.T) {
 	if err := e.m.Clone(ctx, "main", "pitr", Point{LSN: at1}); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := e.m.Storage("pitr"); st.ParentLSN != pagestore.LSN(at1).String() {
+	if st, _ := e.m.Storage(context.Background(), "pitr"); st.ParentLSN != pagestore.LSN(at1).String() {
 		t.Fatalf("pitr parent_lsn %s, want %s", st.ParentLSN, pagestore.LSN(at1))
 	}
 	if got := count("pitr"); got != "100" {
@@ -1102,7 +1102,7 @@ func TestPointInTimeBranch(t *testing.T) {
 	if err := e.m.Clone(ctx, "main", "tomorrow", Point{Time: time.Now().Add(24 * time.Hour)}); !errors.As(err, &te) || !strings.Contains(err.Error(), "valid times are") {
 		t.Fatalf("branch at a future time: %v", err)
 	}
-	if e.drv.Exists("early") || e.drv.Exists("late") || e.drv.Exists("tomorrow") {
+	if e.drv.exists("early") || e.drv.exists("late") || e.drv.exists("tomorrow") {
 		t.Fatal("a refused branch left a timeline")
 	}
 }
@@ -1152,7 +1152,7 @@ func TestRebootRebuildsLocalDirectory(t *testing.T) {
 
 func mustStorage(t *testing.T, e *env, branch string) Storage {
 	t.Helper()
-	st, err := e.m.Storage(branch)
+	st, err := e.m.Storage(context.Background(), branch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1190,7 +1190,7 @@ func TestDamagedKeeperCopy(t *testing.T) {
 	for range 20 {
 		e.on("main", "insert into t select generate_series(1, 50)")
 	}
-	st, err := e.m.Storage("main")
+	st, err := e.m.Storage(context.Background(), "main")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,100 +12,35 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"time"
+
+	"github.com/neonproxy/neonproxy/internal/httpapi"
 )
 
-// requestTimeout bounds every call but Follow's stream and the bodies of
-// Export and Import, which last as long as the data takes.
-const requestTimeout = 5 * time.Second
-
 // Client reaches a standalone keeper's HTTP API (see Handler).
-type Client struct {
-	base  string
-	hc    *http.Client
-	token string
-}
+type Client struct{ api *httpapi.Client }
 
 // WithToken makes the client send the keeper's shared secret
 // (walkeeper.token) with every request.
 func (c *Client) WithToken(token string) *Client {
-	c.token = token
+	c.api.Token = token
 	return c
 }
 
 // NewClient returns a client for the keeper at addr ("host:port" or an
 // http:// URL).
 func NewClient(addr string) (*Client, error) {
-	if !strings.Contains(addr, "://") {
-		addr = "http://" + addr
+	api, err := httpapi.NewClient("walkeeper", addr, map[int]error{http.StatusNotFound: ErrNoWAL, http.StatusConflict: ErrFenced})
+	if err != nil {
+		return nil, err
 	}
-	u, err := url.Parse(addr)
-	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("walkeeper: keeper address %q: want host:port", addr)
-	}
-	return &Client{base: strings.TrimRight(u.String(), "/"), hc: &http.Client{}}, nil
+	return &Client{api: api}, nil
 }
 
 // String is the keeper's base URL.
-func (c *Client) String() string { return c.base }
+func (c *Client) String() string { return c.api.Base }
 
-func (c *Client) nsURL(ns uint64, suffix string, q url.Values) string {
-	u := c.base + "/v1/wal/" + strconv.FormatUint(ns, 10) + suffix
-	if len(q) > 0 {
-		u += "?" + q.Encode()
-	}
-	return u
-}
-
-// do sends a request and returns the response when its status is 2xx;
-// otherwise the keeper's error, mapped back to ErrNoWAL / ErrFenced.
-func (c *Client) do(req *http.Request) (*http.Response, error) {
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("walkeeper %s: %w", c.base, err)
-	}
-	if resp.StatusCode/100 == 2 {
-		return resp, nil
-	}
-	defer resp.Body.Close()
-	var e struct {
-		Error string `json:"error"`
-	}
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if json.Unmarshal(b, &e) != nil || e.Error == "" {
-		e.Error = strings.TrimSpace(string(b))
-	}
-	switch resp.StatusCode {
-	case http.StatusNotFound:
-		return nil, fmt.Errorf("%w (keeper %s: %s)", ErrNoWAL, c.base, e.Error)
-	case http.StatusConflict:
-		return nil, fmt.Errorf("%w (keeper %s: %s)", ErrFenced, c.base, e.Error)
-	}
-	return nil, fmt.Errorf("walkeeper %s: %s: %s", c.base, resp.Status, e.Error)
-}
-
-// call runs a short request with requestTimeout and discards the body.
-func (c *Client) call(ctx context.Context, method, u string, out any) error {
-	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, u, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if out != nil {
-		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-			return fmt.Errorf("walkeeper %s: decode: %w", c.base, err)
-		}
-	}
-	return nil
+func nsPath(ns uint64, suffix string) string {
+	return "/v1/wal/" + strconv.FormatUint(ns, 10) + suffix
 }
 
 func lsnQuery(name string, lsn LSN) url.Values {
@@ -115,23 +50,23 @@ func lsnQuery(name string, lsn LSN) url.Values {
 // Info implements Service.
 func (c *Client) Info(ctx context.Context, ns uint64) (Info, error) {
 	var in Info
-	err := c.call(ctx, http.MethodGet, c.nsURL(ns, "", nil), &in)
+	err := c.api.Call(ctx, http.MethodGet, nsPath(ns, ""), nil, nil, &in)
 	return in, err
 }
 
 // SetCovered implements Service.
 func (c *Client) SetCovered(ctx context.Context, ns uint64, lsn LSN) error {
-	return c.call(ctx, http.MethodPut, c.nsURL(ns, "/covered", lsnQuery("lsn", lsn)), nil)
+	return c.api.Call(ctx, http.MethodPut, nsPath(ns, "/covered"), lsnQuery("lsn", lsn), nil, nil)
 }
 
 // Trim implements Service.
 func (c *Client) Trim(ctx context.Context, ns uint64, before LSN) error {
-	return c.call(ctx, http.MethodPost, c.nsURL(ns, "/trim", lsnQuery("before", before)), nil)
+	return c.api.Call(ctx, http.MethodPost, nsPath(ns, "/trim"), lsnQuery("before", before), nil, nil)
 }
 
 // Drop implements Service.
 func (c *Client) Drop(ctx context.Context, ns uint64) error {
-	return c.call(ctx, http.MethodDelete, c.nsURL(ns, "", nil), nil)
+	return c.api.Call(ctx, http.MethodDelete, nsPath(ns, ""), nil, nil, nil)
 }
 
 // Export implements Service. The body streams from the keeper.
@@ -140,11 +75,11 @@ func (c *Client) Export(ctx context.Context, ns uint64, from, to LSN) (*WAL, err
 	if to != 0 {
 		q.Set("to", strconv.FormatUint(to, 10))
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.nsURL(ns, "/pages", q), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.api.URL(nsPath(ns, "/pages"), q), nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.do(req)
+	resp, err := c.api.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -155,14 +90,14 @@ func (c *Client) Export(ctx context.Context, ns uint64, from, to LSN) (*WAL, err
 	}
 	if err != nil {
 		resp.Body.Close()
-		return nil, fmt.Errorf("walkeeper %s: export %d: bad range headers: %w", c.base, ns, err)
+		return nil, fmt.Errorf("walkeeper %s: export %d: bad range headers: %w", c.api.Base, ns, err)
 	}
 	return w, nil
 }
 
 // Import implements Service.
 func (c *Client) Import(ctx context.Context, ns uint64, w *WAL) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, c.nsURL(ns, "/pages", nil), w.Body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, c.api.URL(nsPath(ns, "/pages"), nil), w.Body)
 	if err != nil {
 		w.Body.Close()
 		return err
@@ -172,7 +107,7 @@ func (c *Client) Import(ctx context.Context, ns uint64, w *WAL) error {
 	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set(hdrStart, strconv.FormatUint(w.Start, 10))
 	req.Header.Set(hdrFlush, strconv.FormatUint(w.Flush, 10))
-	resp, err := c.do(req)
+	resp, err := c.api.Do(req)
 	if err != nil {
 		return err
 	}
@@ -192,32 +127,32 @@ func (c *Client) Follow(ctx context.Context, fr FollowRequest) (Follower, error)
 	sctx, cancel := context.WithCancel(context.Background())
 	stopOnCtx := context.AfterFunc(ctx, cancel)
 	defer stopOnCtx()
-	req, err := http.NewRequestWithContext(sctx, http.MethodPost, c.nsURL(fr.NS, "/follow", nil), strings.NewReader(string(body)))
+	req, err := http.NewRequestWithContext(sctx, http.MethodPost, c.api.URL(nsPath(fr.NS, "/follow"), nil), strings.NewReader(string(body)))
 	if err != nil {
 		cancel()
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.do(req)
+	resp, err := c.api.Do(req)
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	f := &remoteFollower{cancel: cancel, done: make(chan struct{}), body: resp.Body, base: c.base}
+	f := &remoteFollower{cancel: cancel, done: make(chan struct{}), body: resp.Body, base: c.api.Base}
 	sc := bufio.NewScanner(resp.Body)
 	// The first status line says the stream runs.
 	if err := f.next(sc); err != nil {
 		cancel()
 		resp.Body.Close()
 		if ctx.Err() != nil {
-			err = fmt.Errorf("walkeeper %s: follow: %w", c.base, ctx.Err())
+			err = fmt.Errorf("walkeeper %s: follow: %w", c.api.Base, ctx.Err())
 		}
 		return nil, err
 	}
 	if f.ended {
 		cancel()
 		resp.Body.Close()
-		return nil, fmt.Errorf("walkeeper %s: the stream ended at once: %w", c.base, f.err)
+		return nil, fmt.Errorf("walkeeper %s: the stream ended at once: %w", c.api.Base, f.err)
 	}
 	go f.run(sc)
 	return f, nil

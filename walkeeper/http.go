@@ -2,9 +2,7 @@ package walkeeper
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +10,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/neonproxy/neonproxy/internal/httpapi"
 )
 
 // The HTTP API of a standalone keeper (`neonproxy walkeeper`). Every
@@ -60,7 +60,7 @@ func Handler(k *Keeper, log *zap.Logger, token string) http.Handler {
 	}
 	h := &handler{k: k, log: log}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /healthz", httpapi.Healthz)
 	mux.HandleFunc("GET /v1/wal/{ns}", h.info)
 	mux.HandleFunc("GET /v1/wal/{ns}/pages", h.export)
 	mux.HandleFunc("PUT /v1/wal/{ns}/pages", h.imp)
@@ -68,19 +68,7 @@ func Handler(k *Keeper, log *zap.Logger, token string) http.Handler {
 	mux.HandleFunc("PUT /v1/wal/{ns}/covered", h.lsnOp("lsn", k.SetCovered))
 	mux.HandleFunc("POST /v1/wal/{ns}/trim", h.lsnOp("before", k.Trim))
 	mux.HandleFunc("DELETE /v1/wal/{ns}", h.drop)
-	if token == "" {
-		return mux
-	}
-	want := []byte("Bearer " + token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusUnauthorized)
-			_ = json.NewEncoder(w).Encode(map[string]string{"error": "walkeeper: missing or wrong token (walkeeper.token)"})
-			return
-		}
-		mux.ServeHTTP(w, r)
-	})
+	return httpapi.RequireToken(mux, token, "walkeeper.token")
 }
 
 type handler struct {
@@ -88,32 +76,20 @@ type handler struct {
 	log *zap.Logger
 }
 
-// badRequest marks an error as the caller's.
-type badRequest struct{ error }
+var statusOf = map[error]int{ErrNoWAL: http.StatusNotFound, ErrFenced: http.StatusConflict}
 
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	code := http.StatusInternalServerError
-	var bad badRequest
-	switch {
-	case errors.As(err, &bad):
-		code = http.StatusBadRequest
-	case errors.Is(err, ErrNoWAL):
-		code = http.StatusNotFound
-	case errors.Is(err, ErrFenced):
-		code = http.StatusConflict
-	}
+	code := httpapi.StatusOf(err, statusOf)
 	if code == http.StatusInternalServerError {
 		h.log.Warn("walkeeper: request failed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+	httpapi.WriteError(w, code, err)
 }
 
 func pathNS(r *http.Request) (uint64, error) {
 	ns, err := strconv.ParseUint(r.PathValue("ns"), 10, 64)
 	if err != nil {
-		return 0, badRequest{fmt.Errorf("namespace %q: not an unsigned integer", r.PathValue("ns"))}
+		return 0, httpapi.Bad(fmt.Errorf("namespace %q: not an unsigned integer", r.PathValue("ns")))
 	}
 	return ns, nil
 }
@@ -125,14 +101,9 @@ func queryLSN(r *http.Request, name string) (LSN, error) {
 	}
 	lsn, err := strconv.ParseUint(v, 10, 64)
 	if err != nil {
-		return 0, badRequest{fmt.Errorf("%s=%q: not an LSN", name, v)}
+		return 0, httpapi.Bad(fmt.Errorf("%s=%q: not an LSN", name, v))
 	}
 	return lsn, nil
-}
-
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(v)
 }
 
 func (h *handler) info(w http.ResponseWriter, r *http.Request) {
@@ -140,7 +111,7 @@ func (h *handler) info(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		var in Info
 		if in, err = h.k.Info(r.Context(), ns); err == nil {
-			writeJSON(w, in)
+			httpapi.WriteJSON(w, in)
 			return
 		}
 	}
@@ -185,15 +156,15 @@ func (h *handler) imp(w http.ResponseWriter, r *http.Request) {
 		wal.Flush, err = strconv.ParseUint(r.Header.Get(hdrFlush), 10, 64)
 	}
 	if err != nil {
-		h.fail(w, r, badRequest{fmt.Errorf("import: %w", err)})
+		h.fail(w, r, httpapi.Bad(fmt.Errorf("import: %w", err)))
 		return
 	}
 	if wal.Start != pageOf(wal.Start) || wal.Flush < wal.Start {
-		h.fail(w, r, badRequest{fmt.Errorf("import: bad range %s to %s", fmtLSN(wal.Start), fmtLSN(wal.Flush))})
+		h.fail(w, r, httpapi.Bad(fmt.Errorf("import: bad range %s to %s", fmtLSN(wal.Start), fmtLSN(wal.Flush))))
 		return
 	}
 	if r.ContentLength >= 0 && r.ContentLength != wal.Len() {
-		h.fail(w, r, badRequest{fmt.Errorf("import: body has %d bytes, the range needs %d", r.ContentLength, wal.Len())})
+		h.fail(w, r, httpapi.Bad(fmt.Errorf("import: body has %d bytes, the range needs %d", r.ContentLength, wal.Len())))
 		return
 	}
 	if err := h.k.Import(r.Context(), ns, wal); err != nil {
@@ -239,9 +210,9 @@ func (h *handler) follow(w http.ResponseWriter, r *http.Request) {
 	var req FollowRequest
 	if err == nil {
 		if err = json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
-			err = badRequest{fmt.Errorf("follow request: %w", err)}
+			err = httpapi.Bad(fmt.Errorf("follow request: %w", err))
 		} else if req.NS != ns {
-			err = badRequest{fmt.Errorf("follow request for namespace %d on the path of %d", req.NS, ns)}
+			err = httpapi.Bad(fmt.Errorf("follow request for namespace %d on the path of %d", req.NS, ns))
 		}
 	}
 	var f Follower

@@ -217,7 +217,7 @@ func (h *Handler) refreshBranchCount(ctx context.Context) {
 }
 
 // branchJSON combines the registry entry with the compute's state.
-func (h *Handler) branchJSON(b router.Branch) BranchJSON {
+func (h *Handler) branchJSON(ctx context.Context, b router.Branch) BranchJSON {
 	out := BranchJSON{
 		Name:      b.Name,
 		Parent:    b.Parent,
@@ -237,7 +237,7 @@ func (h *Handler) branchJSON(b router.Branch) BranchJSON {
 	out.Compute.StartedAt = st.StartedAt
 	out.Compute.LastUsed = st.LastUsed
 	out.Compute.LastError = st.LastError
-	sto, err := h.comp.Storage(b.Name)
+	sto, err := h.comp.Storage(ctx, b.Name)
 	if err != nil {
 		h.log.Debug("branch storage", zap.String("branch", b.Name), zap.Error(err))
 		return out
@@ -261,7 +261,7 @@ func (h *Handler) listBranches(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]BranchJSON, 0, len(bs))
 	for _, b := range bs {
-		out = append(out, h.branchJSON(b))
+		out = append(out, h.branchJSON(r.Context(), b))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -286,7 +286,7 @@ func (h *Handler) getBranch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, errorStatus(err), branchErr(name, err))
 		return
 	}
-	writeJSON(w, http.StatusOK, h.branchJSON(b))
+	writeJSON(w, http.StatusOK, h.branchJSON(r.Context(), b))
 }
 
 // branchErr phrases a registry lookup error for the client.
@@ -370,7 +370,7 @@ func (h *Handler) createBranch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	b := router.Branch{Name: req.Name, Parent: req.Parent, CreatedAt: time.Now().UTC()}
-	if st, err := h.comp.Storage(req.Name); err == nil {
+	if st, err := h.comp.Storage(r.Context(), req.Name); err == nil {
 		b.ParentLSN = st.ParentLSN
 	}
 	if err := h.reg.Create(ctx, b); err != nil {
@@ -389,7 +389,7 @@ func (h *Handler) createBranch(w http.ResponseWriter, r *http.Request) {
 	if got, err := h.reg.Get(ctx, b.Name); err == nil {
 		b = got
 	}
-	writeJSON(w, http.StatusCreated, h.branchJSON(b))
+	writeJSON(w, http.StatusCreated, h.branchJSON(r.Context(), b))
 }
 
 // cloneStatus maps a Clone error: a missing parent is a 404, everything
@@ -555,7 +555,7 @@ func (h *Handler) suspendBranch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.log.Info("compute suspended by admin request", zap.String("branch", name))
-	writeJSON(w, http.StatusOK, h.branchJSON(b))
+	writeJSON(w, http.StatusOK, h.branchJSON(r.Context(), b))
 }
 
 // acquire marks name (being created) and parent (being cloned) busy. It

@@ -117,7 +117,7 @@ func (f *fakeComputes) Delete(ctx context.Context, branch string) error {
 	return nil
 }
 
-func (f *fakeComputes) Storage(branch string) (Storage, error) {
+func (f *fakeComputes) Storage(_ context.Context, branch string) (Storage, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.sizeErr != nil {
@@ -644,7 +644,7 @@ func TestConcurrentCreatesSameName(t *testing.T) {
 	if wins != 1 {
 		t.Fatalf("wins = %d (%v)", wins, statuses)
 	}
-	if _, err := f.comp.Storage("race"); err != nil {
+	if _, err := f.comp.Storage(context.Background(), "race"); err != nil {
 		t.Fatalf("winner's data was removed")
 	}
 }

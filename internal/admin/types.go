@@ -37,7 +37,7 @@ type Computes interface {
 	// Delete stops branch's compute and removes its data.
 	Delete(ctx context.Context, branch string) error
 	// Storage reports where branch's data is and how big it is.
-	Storage(branch string) (Storage, error)
+	Storage(ctx context.Context, branch string) (Storage, error)
 }
 
 // Storage is a branch's data as the compute manager reports it.

@@ -49,7 +49,7 @@ NEONPROXY_<KEY> with dots as underscores, e.g. NEONPROXY_COMPUTE_SUSPEND_TIMEOUT
 	}
 	root.PersistentFlags().StringVar(&g.configPath, "config", "config.yaml", "configuration file (YAML); missing file = built-in defaults")
 	root.PersistentFlags().StringVar(&g.adminAddr, "admin", "", "admin API address for client commands (default: admin_listen from the configuration)")
-	root.AddCommand(serveCmd(g), walkeeperCmd(g), branchCmd(g), computeCmd(g))
+	root.AddCommand(serveCmd(g), walkeeperCmd(g), pagestoreCmd(g), branchCmd(g), computeCmd(g))
 	return root
 }
 

@@ -59,8 +59,8 @@ func TestCheckKeeperListen(t *testing.T) {
 		{"0.0.0.0:7000", "t", true},
 		{"no-port", "", false},
 	} {
-		if err := checkKeeperListen(tc.listen, tc.token); (err == nil) != tc.ok {
-			t.Errorf("checkKeeperListen(%q, %q) = %v", tc.listen, tc.token, err)
+		if err := checkAPIListen("walkeeper", tc.listen, tc.token); (err == nil) != tc.ok {
+			t.Errorf("checkAPIListen(%q, %q) = %v", tc.listen, tc.token, err)
 		}
 	}
 }

@@ -123,8 +123,18 @@ type Compute struct {
 // Pagestore configures the copy-on-write page store.
 type Pagestore struct {
 	// GCInterval is how often a garbage collection pass runs; 0: only on
-	// request (POST /v1/pagestore/gc) and after branch deletions.
+	// request (POST /v1/pagestore/gc) and after branch deletions. Run by
+	// whoever holds the store: serve without Address, or `neonproxy
+	// pagestore`.
 	GCInterval Duration `yaml:"gc_interval"`
+	// Address is a standalone pagestore (`neonproxy pagestore`, host:port)
+	// serve uses instead of its own <data_dir>/pagestore; empty: its own.
+	Address string `yaml:"address"`
+	// Listen is where `neonproxy pagestore` serves its HTTP API.
+	Listen string `yaml:"listen"`
+	// Token is the shared secret between serve and a standalone pagestore
+	// (Authorization: Bearer); required when Listen is not loopback.
+	Token string `yaml:"token"`
 }
 
 // Pool configures server-connection pooling.
@@ -248,7 +258,7 @@ func Default() Config {
 			CacheBytes:      Bytes(10 << 30),
 			SpareFiles:      10000,
 		},
-		Pagestore: Pagestore{GCInterval: Duration(time.Hour)},
+		Pagestore: Pagestore{GCInterval: Duration(time.Hour), Listen: "127.0.0.1:7100"},
 		Pool: Pool{
 			Mode: "session", DefaultPoolSize: 20, MaxClientConn: 10000,
 			QueryWaitTimeout:  Duration(120 * time.Second),

@@ -54,7 +54,7 @@ type Server struct {
 	Registry registry
 	cluster  *router.ClusterNodes // Consul mode: this node's index
 	owners   *router.ConsulOwners // Consul mode: branch locks
-	Store    *pagestore.Store
+	Store    pagestore.Service
 	Keeper   *walkeeper.Keeper // the embedded WAL keeper
 	Computes *wake.Manager
 	driver   *wake.PostgresDriver
@@ -128,17 +128,28 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	} else if s.Registry, err = router.OpenEmbedded(filepath.Join(dataDir, "branches.json")); err != nil {
 		return nil, err
 	}
-	s.Store, err = pagestore.Open(pagestore.Options{
-		Dir:       filepath.Join(dataDir, "pagestore"),
-		NoSync:    opt.NoSync,
-		Logger:    log.Named("pagestore"),
-		Retention: cfg.Walkeeper.Retention.D(),
-	})
+	if cfg.Pagestore.Address != "" {
+		// A standalone pagestore (neonproxy pagestore) every node shares.
+		s.Store, err = pagestore.NewClient(cfg.Pagestore.Address, pagestore.ClientOptions{
+			Token: cfg.Pagestore.Token, Logger: log.Named("pagestore"), NoSync: opt.NoSync})
+	} else {
+		s.Store, err = pagestore.Open(pagestore.Options{
+			Dir:       filepath.Join(dataDir, "pagestore"),
+			NoSync:    opt.NoSync,
+			Logger:    log.Named("pagestore"),
+			Retention: cfg.Walkeeper.Retention.D(),
+		})
+	}
 	if err != nil {
 		_ = s.Registry.Close()
 		return nil, fmt.Errorf("open pagestore: %w", err)
 	}
-	s.Metrics.RegisterPagestore(func() float64 { return float64(s.Store.DiskUsage()) })
+	s.Metrics.RegisterPagestore(func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		n, _ := s.Store.DiskUsage(ctx)
+		return float64(n)
+	})
 	// Standalone keepers (walkeeper.peers) with their quorum, or one
 	// embedded keeper, quorum 1: every commit waits for their fsync.
 	var keepers []walkeeper.Service
@@ -401,18 +412,9 @@ func (s *Server) Start() error {
 	}
 	h := admin.NewHandlerWithOptions(s.Registry, computesAdapter{s}, s.Metrics, s.log.Named("admin"),
 		admin.HandlerOptions{DefaultBranch: s.cfg.DefaultBranch, GC: s.gc})
-	if every := s.cfg.Pagestore.GCInterval.D(); every > 0 {
+	if s.cfg.Pagestore.Address == "" { // a standalone pagestore runs its own
 		s.background(func(ctx context.Context) {
-			t := time.NewTicker(every)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					s.gcLogged(ctx, "interval")
-				}
-			}
+			pagestore.RunGC(ctx, s.Store, s.cfg.Pagestore.GCInterval.D(), s.log.Named("pagestore"))
 		})
 	}
 	s.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
@@ -511,8 +513,12 @@ func (s *Server) gc(ctx context.Context) (admin.GCResult, error) {
 	if err != nil {
 		return admin.GCResult{}, err
 	}
+	usage, err := s.Store.DiskUsage(ctx)
+	if err != nil {
+		return admin.GCResult{}, err
+	}
 	return admin.GCResult{VersionsDeleted: st.VersionsDeleted, BytesFreed: st.BytesFreed,
-		DurationMS: float64(st.Duration.Microseconds()) / 1000, StoreBytes: s.Store.DiskUsage()}, nil
+		DurationMS: float64(st.Duration.Microseconds()) / 1000, StoreBytes: usage}, nil
 }
 
 func (s *Server) gcLogged(ctx context.Context, why string) {
@@ -634,8 +640,8 @@ func (c consulOwners) Own(ctx context.Context, branch string) (wake.Ownership, e
 	return own, err
 }
 
-func (a computesAdapter) Storage(branch string) (admin.Storage, error) {
-	st, err := a.s.Computes.Storage(branch)
+func (a computesAdapter) Storage(ctx context.Context, branch string) (admin.Storage, error) {
+	st, err := a.s.Computes.Storage(ctx, branch)
 	var keepers []admin.KeeperJSON
 	for _, k := range st.WALKeepers {
 		keepers = append(keepers, admin.KeeperJSON{Name: k.Name, State: k.State, FlushLagBytes: k.LagBytes})

@@ -1,0 +1,44 @@
+package cli
+
+import (
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/neonproxy/neonproxy/pagestore"
+)
+
+func pagestoreCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "pagestore",
+		Short: "Run a standalone page store (for pagestore.address of serve)",
+		Long: `Run a standalone page store: it keeps the pages of every branch of the
+neonproxy serve nodes that name it in pagestore.address, in <data_dir>/pagestore
+(pebble), and serves its HTTP API (HTTP/1.1 and h2c) on pagestore.listen (default
+127.0.0.1:7100). A compute node materializes a branch's data directory from it as
+one streamed response and ingests a stopped compute's changed pages as one
+streamed request; timelines are created and dropped through it, so any node can
+start any branch. It runs the garbage collection on pagestore.gc_interval and keeps
+the images of walkeeper.retention. SIGINT/SIGTERM stop it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, ctx, done, err := g.daemon()
+			if err != nil {
+				return err
+			}
+			defer done()
+			dir, err := filepath.Abs(filepath.Join(cfg.DataDir, "pagestore"))
+			if err != nil {
+				return err
+			}
+			s, err := pagestore.Open(pagestore.Options{Dir: dir, Logger: log.Named("pagestore"), Retention: cfg.Walkeeper.Retention.D()})
+			if err != nil {
+				return err
+			}
+			defer func() { _ = s.Close() }()
+			go pagestore.RunGC(ctx, s, cfg.Pagestore.GCInterval.D(), log.Named("gc"))
+			return serveAPI(ctx, cmd.OutOrStdout(), log, apiService{name: "pagestore", listen: cfg.Pagestore.Listen,
+				token: cfg.Pagestore.Token, handler: pagestore.Handler(s, log.Named("http"), cfg.Pagestore.Token), dir: dir})
+		},
+	}
+}
