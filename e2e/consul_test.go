@@ -14,6 +14,7 @@ import (
 	"github.com/neonproxy/neonproxy/internal/admin"
 	"github.com/neonproxy/neonproxy/internal/config"
 	"github.com/neonproxy/neonproxy/internal/testconsul"
+	"github.com/neonproxy/neonproxy/proxy"
 	"github.com/neonproxy/neonproxy/router"
 	"github.com/neonproxy/neonproxy/wake"
 )
@@ -151,18 +152,28 @@ func TestConsulRelay(t *testing.T) {
 	// With ACLs on (deny by default): every call sends consul.token.
 	const token = "6a1c2e7f-0d4b-4b8e-9c3a-5f2e8d7b1a40"
 	agent := testconsul.StartWithACL(t, token)
+	// One certificate for every node's front door, which is also what
+	// the nodes check each other against: relayed clients and cancels
+	// travel between nodes over TLS. A requires TLS, so a relay in plain
+	// text would be refused.
+	certDir := t.TempDir()
+	cert, key, err := proxy.TLSFiles("", "", certDir, config.Default().TLS.SNISuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
 	node := func(c *config.Config) {
 		c.Consul.Address = agent.Addr
 		c.Consul.Token = token
 		c.Listen = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		c.Consul.Node = c.Listen
+		c.TLS.CertFile, c.TLS.KeyFile, c.Consul.NodeCAFile = cert, key, cert
 	}
-	a := newEnv(t, node)
+	a := newEnv(t, func(c *config.Config) { node(c); c.TLS.Require = true })
 	b := newEnv(t, node)
 	c := newEnv(t, node)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if a.mustQueryInt(a.url("postgres", testPassword, "main"), "SELECT 1") != 1 {
+	if a.mustQueryInt(a.url("postgres", testPassword, "main", "sslmode", "require"), "SELECT 1") != 1 {
 		t.Fatal("main on A")
 	}
 	cb, err := pgx.Connect(ctx, b.url("postgres", testPassword, "main"))
@@ -173,7 +184,7 @@ func TestConsulRelay(t *testing.T) {
 	if _, err := cb.Exec(ctx, "CREATE TABLE relayed (x int); INSERT INTO relayed VALUES (42)"); err != nil {
 		t.Fatal(err)
 	}
-	if a.mustQueryInt(a.url("postgres", testPassword, "main"), "SELECT x FROM relayed") != 42 {
+	if a.mustQueryInt(a.url("postgres", testPassword, "main", "sslmode", "require"), "SELECT x FROM relayed") != 42 {
 		t.Fatal("a row written through B is not on A's compute")
 	}
 	sni := parseConfig(t, b.url("postgres", testPassword, "postgres"))
@@ -219,7 +230,7 @@ func TestConsulRelay(t *testing.T) {
 			done <- err
 		}()
 		waitFor(t, "the sleep to run", func() bool {
-			return a.mustQueryInt(a.url("postgres", testPassword, "main"),
+			return a.mustQueryInt(a.url("postgres", testPassword, "main", "sslmode", "require"),
 				"SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'") == 1
 		})
 		switch via {

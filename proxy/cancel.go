@@ -6,7 +6,6 @@ import (
 	"crypto/subtle"
 	"encoding/binary"
 	"fmt"
-	"net"
 	"sync"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -121,15 +120,14 @@ func (c *cancelKeys) len() int {
 
 // forward sends a CancelRequest for t's real backend to its compute; with
 // no backend attached there is nothing to cancel.
-func (t *cancelTarget) forward(ctx context.Context) error {
+func (t *cancelTarget) forward(ctx context.Context, dial dialFunc) error {
 	t.mu.Lock()
 	network, socket, pid, realKey := t.mu.network, t.mu.socket, t.mu.pid, t.mu.realKey
 	t.mu.Unlock()
 	if socket == "" {
 		return nil
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, network, socket)
+	conn, err := dial(ctx, network, socket)
 	if err != nil {
 		return fmt.Errorf("cancel on branch %s: %w", t.branch, err)
 	}

@@ -46,7 +46,7 @@ func relayParams(rt router.Route, params map[string]string) map[string]string {
 // ways until either side ends.
 func (s *Server) relay(ss *session, rt router.Route, params map[string]string, owner string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), relayDialTimeout)
-	up, err := (&net.Dialer{}).DialContext(ctx, "tcp", owner)
+	up, err := s.dial(ctx, "tcp", owner)
 	cancel()
 	if err != nil {
 		return s.fail(ss, "wake_failed", &pgwire.Error{
@@ -73,8 +73,8 @@ func (s *Server) relay(ss *session, rt router.Route, params map[string]string, o
 	done := make(chan struct{})
 	go func() {
 		_, _ = io.Copy(up, ss.conn)
-		if tc, ok := up.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
+		if cw, ok := up.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
 		}
 		close(done)
 	}()
@@ -82,4 +82,31 @@ func (s *Server) relay(ss *session, rt router.Route, params map[string]string, o
 	_ = ss.conn.Close()
 	<-done
 	return nil // the session ended, on one side or the other
+}
+
+// dialFunc connects to a compute's unix socket or a node's front door.
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+var _ dialFunc = (*Server)(nil).dial
+
+// dial connects to addr; another node's front door ("tcp") is reached
+// over TLS when Options.NodeTLS is set.
+func (s *Server) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err != nil || network != "tcp" || s.opt.NodeTLS == nil {
+		return conn, err
+	}
+	cfg := s.opt.NodeTLS.Clone()
+	if cfg.ServerName == "" {
+		if cfg.ServerName, _, err = net.SplitHostPort(addr); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	tc, err := pgwire.StartTLS(ctx, conn, cfg)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("TLS to node %s: %w", addr, err)
+	}
+	return tc, nil
 }

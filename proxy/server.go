@@ -61,6 +61,11 @@ type Options struct {
 	// lock held elsewhere) to that node's front door instead of refusing
 	// it.
 	Relay bool
+	// NodeTLS, when set, is the client side of TLS between nodes: relayed
+	// clients and forwarded cancels reach another node's front door over
+	// TLS (SSLRequest), its certificate verified with this config against
+	// the node's host. nil: plain TCP.
+	NodeTLS *tls.Config
 	// Cluster, when several nodes serve together, numbers this node: its
 	// cancel keys carry the number, and a CancelRequest with another
 	// node's key is sent to that node.
@@ -617,7 +622,7 @@ func (s *Server) handleCancel(ss *session, req *pgproto3.CancelRequest) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := t.forward(ctx); err != nil {
+	if err := t.forward(ctx, s.dial); err != nil {
 		s.log.Warn("cancel forward failed", zap.String("branch", t.branch), zap.Error(err))
 		return
 	}
@@ -634,7 +639,7 @@ func (s *Server) cancelOnNode(ss *session, idx int, req *pgproto3.CancelRequest)
 	if err == nil {
 		t := &cancelTarget{branch: fmt.Sprintf("(node %d)", idx)}
 		t.setNode(addr, req.ProcessID, req.SecretKey)
-		err = t.forward(ctx)
+		err = t.forward(ctx, s.dial)
 	}
 	if err != nil {
 		s.m.CancelRequests.WithLabelValues("unknown").Inc()

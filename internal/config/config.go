@@ -189,6 +189,12 @@ type Consul struct {
 	// Token is the Consul ACL token neonproxy sends (empty: the agent's
 	// default token).
 	Token string `yaml:"token"`
+	// NodeCAFile is the PEM CA (or the shared certificate itself) the
+	// nodes' front-door certificates (tls.cert_file) are checked against:
+	// set, relayed clients and forwarded cancels travel between nodes over
+	// TLS, verified against the host of the owner's consul.node. Empty:
+	// plain TCP between nodes.
+	NodeCAFile string `yaml:"node_ca_file"`
 }
 
 // Bootstrap configures the first start.

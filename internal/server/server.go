@@ -248,6 +248,11 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		s.closeEarly(ctx)
 		return nil, err
 	}
+	nodeTLS, err := loadNodeTLS(cfg)
+	if err != nil {
+		s.closeEarly(ctx)
+		return nil, err
+	}
 	popt := proxy.Options{
 		Resolver: router.Resolver{
 			SNISuffix:     cfg.TLS.SNISuffix,
@@ -262,6 +267,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		TLS:                tlsCfg.config,
 		RequireTLS:         cfg.TLS.Require,
 		Relay:              cfg.Consul.Address != "",
+		NodeTLS:            nodeTLS,
 		Cluster:            s.proxyCluster(),
 		Limits:             pgwire.Limits{MaxPacket: cfg.Proxy.MaxStartupPacket, MaxParams: cfg.Proxy.MaxStartupParams},
 		StartupTimeout:     cfg.Proxy.StartupTimeout.D(),
