@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -169,17 +170,16 @@ func (w *ackWriters) runRetrying(ctx context.Context, url string, n int) {
 	}
 }
 
-// gapAround returns the last acknowledgement before t and the first one
-// after it (zero when there is none).
-func (w *ackWriters) gapAround(t time.Time) (before, after time.Time) {
+// longestGap returns the longest time without an acknowledgement after
+// from: an outage's last acknowledgement before and first after.
+func (w *ackWriters) longestGap(from time.Time) (before, after time.Time) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, a := range w.times {
-		if !a.After(t) && a.After(before) {
-			before = a
-		}
-		if a.After(t) && (after.IsZero() || a.Before(after)) {
-			after = a
+	times := slices.Clone(w.times)
+	w.mu.Unlock()
+	slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
+	for i := 1; i < len(times); i++ {
+		if times[i].After(from) && times[i].Sub(times[i-1]) > after.Sub(before) {
+			before, after = times[i-1], times[i]
 		}
 	}
 	return before, after

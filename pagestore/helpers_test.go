@@ -99,7 +99,7 @@ func expectPage(t *testing.T, s *Store, id TimelineID, at LSN, r RelTag, blk uin
 
 // serveTest serves s's HTTP API on loopback (HTTP/1.1 and h2c) and
 // returns a client of it.
-func serveTest(t *testing.T, s *Store) *Client {
+func serveTest(t testing.TB, s *Store) *Client {
 	t.Helper()
 	const token = "test-token"
 	srv := httptest.NewUnstartedServer(Handler(s, nil, token))

@@ -23,7 +23,7 @@ func randBytes(r *rand.Rand, n int) []byte {
 	return b
 }
 
-func writeFile(t *testing.T, dir, rel string, data []byte) {
+func writeFile(t testing.TB, dir, rel string, data []byte) {
 	t.Helper()
 	p := filepath.Join(dir, filepath.FromSlash(rel))
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
@@ -43,7 +43,7 @@ func smallSegments(t *testing.T) {
 
 // makeDataDir builds a fake PostgreSQL data directory and returns the
 // checkpoint it "stopped" at.
-func makeDataDir(t *testing.T, dir string) Checkpoint {
+func makeDataDir(t testing.TB, dir string) Checkpoint {
 	r := rand.New(rand.NewPCG(1, 2))
 	blocks := func(n int) []byte { return randBytes(r, n*BlockSize) }
 	writeFile(t, dir, "PG_VERSION", []byte("15\n"))

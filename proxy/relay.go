@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"io"
 	"maps"
 	"net"
 	"time"
@@ -70,17 +69,7 @@ func (s *Server) relay(ss *session, rt router.Route, params map[string]string, o
 
 	// The owner's cancel key names the owner (see nodeOfPID): a cancel
 	// sent here is forwarded there.
-	done := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(up, ss.conn)
-		if cw, ok := up.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		}
-		close(done)
-	}()
-	_, _ = io.Copy(ss.conn, up)
-	_ = ss.conn.Close()
-	<-done
+	pipe(ss.conn, up)
 	return nil // the session ended, on one side or the other
 }
 

@@ -61,6 +61,10 @@ type Options struct {
 	// lock held elsewhere) to that node's front door instead of refusing
 	// it.
 	Relay bool
+	// Replication, when set, lets WAL keepers stream computes through the
+	// front door (see ReplicationAccess); nil refuses replication
+	// connections.
+	Replication *ReplicationAccess
 	// NodeTLS, when set, is the client side of TLS between nodes: relayed
 	// clients and forwarded cancels reach another node's front door over
 	// TLS (SSLRequest), its certificate verified with this config against
@@ -333,10 +337,7 @@ func (s *Server) serve(ss *session, active int64) error {
 		})
 	}
 	if _, ok := params["replication"]; ok {
-		return s.fail(ss, "protocol_error", &pgwire.Error{
-			Code:    pgwire.CodeFeatureNotSupported,
-			Message: "replication connections are not supported through neonproxy",
-		})
+		return s.replication(ss, params)
 	}
 	if s.opt.MaxClientConn > 0 && active > int64(s.opt.MaxClientConn) {
 		return s.fail(ss, "too_many", &pgwire.Error{

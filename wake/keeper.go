@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -438,6 +439,18 @@ func (d *PostgresDriver) startKeeper(ctx context.Context, branch string, ns uint
 	if err := d.dropStaleSlots(ctx, branch, conn); err != nil {
 		return nil, err
 	}
+	keeperConn := conn
+	if fd := d.o.KeeperFrontDoor; fd != "" {
+		// Keepers on other machines: through this node's front door, over
+		// TLS with channel binding, as the keepers' role (their password
+		// is walkeeper.token, which they add themselves).
+		host, port, err := net.SplitHostPort(fd)
+		if err != nil {
+			return nil, fmt.Errorf("keepers' front door %q: %w", fd, err)
+		}
+		keeperConn = fmt.Sprintf("host=%s port=%s user=%s dbname=postgres options='endpoint=%s' sslmode=require channel_binding=require",
+			host, port, walkeeper.ReplicationUser, branch)
+	}
 	// The streams live as long as the compute, not as the start request.
 	sctx, cancel := context.WithCancel(context.Background())
 	ks := &keeperStream{cancel: cancel, done: make(chan struct{}), quorum: d.keepers.quorum}
@@ -448,7 +461,7 @@ func (d *PostgresDriver) startKeeper(ctx context.Context, branch string, ns uint
 	for i, m := range d.keepers.members {
 		ms := &memberStream{name: m.name}
 		ks.members = append(ks.members, ms)
-		req := walkeeper.FollowRequest{NS: ns, ConnString: conn, Slot: m.slot(), AppName: m.name,
+		req := walkeeper.FollowRequest{NS: ns, ConnString: keeperConn, Slot: m.slot(), AppName: m.name,
 			From: uint64(from), Gen: gen, GenStart: genStart}
 		wg.Add(1)
 		go func() {

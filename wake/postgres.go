@@ -75,6 +75,11 @@ type DriverOptions struct {
 	// KeeperQuorum is how many keepers must have flushed a commit before
 	// it is acknowledged (default 1).
 	KeeperQuorum int
+	// KeeperFrontDoor, when set, is this node's front door (host:port as
+	// the keepers reach it): keepers stream through it (TLS, SCRAM with
+	// walkeeper.token) instead of the compute's unix socket, so they can
+	// run on other machines.
+	KeeperFrontDoor string
 	// SpareFiles is how many empty files to keep made ahead of time for
 	// cold starts (0: none; each file of a materialized directory is then
 	// created on the start's critical path).

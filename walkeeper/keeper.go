@@ -22,7 +22,14 @@ type Options struct {
 	NoSync bool        // tests only: no fsync (then the flush reported is just what was written)
 	Name   string      // application_name the keeper streams as (default "wk1")
 	Logger *zap.Logger // nil: nop
+	// Password is what the keeper logs in with when a connection string
+	// names none: walkeeper.token, which a node's front door checks for
+	// ReplicationUser (keepers on other machines stream through it).
+	Password string
 }
+
+// ReplicationUser is the role keepers log in as at a node's front door.
+const ReplicationUser = "neonproxy_keeper"
 
 // Keeper stores the WAL of PostgreSQL computes in pebble.
 type Keeper struct {

@@ -90,6 +90,9 @@ func (k *Keeper) stream(ctx context.Context, req FollowRequest, catchUp bool) (*
 	if err != nil {
 		return nil, fmt.Errorf("walkeeper: parse connection string: %w", err)
 	}
+	if cfg.Password == "" {
+		cfg.Password = k.opts.Password
+	}
 	cfg.RuntimeParams["replication"] = "true"
 	cfg.RuntimeParams["application_name"] = k.Name()
 	if req.AppName != "" {

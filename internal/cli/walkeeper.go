@@ -33,7 +33,7 @@ sockets on the same machine). SIGINT/SIGTERM stop it.`,
 			if err != nil {
 				return err
 			}
-			k, err := walkeeper.Open(walkeeper.Options{Dir: dir, Logger: log.Named("walkeeper")})
+			k, err := walkeeper.Open(walkeeper.Options{Dir: dir, Logger: log.Named("walkeeper"), Password: cfg.Walkeeper.Token})
 			if err != nil {
 				return err
 			}

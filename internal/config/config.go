@@ -161,6 +161,10 @@ type Pool struct {
 
 // Walkeeper configures the WAL keepers (issue 5).
 type Walkeeper struct {
+	// ViaFrontDoor makes the keepers stream computes through this node's
+	// front door (consul.node, else listen; TLS, SCRAM with Token) instead
+	// of the computes' unix sockets: keepers on other machines need it.
+	ViaFrontDoor bool `yaml:"via_front_door"`
 	// Peers are the standalone keepers (host:port of their HTTP API) the
 	// computes stream to, known to them as wk1, wk2, … in this order;
 	// empty: one keeper embedded in serve.
@@ -326,6 +330,9 @@ func (c *Config) Validate() error {
 	}
 	if n := max(len(c.Walkeeper.Peers), 1); c.Walkeeper.Quorum < 1 || c.Walkeeper.Quorum > n {
 		errs = append(errs, fmt.Errorf("walkeeper.quorum %d: want 1 to %d (the number of walkeeper.peers, or 1 for the embedded keeper)", c.Walkeeper.Quorum, n))
+	}
+	if c.Walkeeper.ViaFrontDoor && (len(c.Walkeeper.Peers) == 0 || c.Walkeeper.Token == "") {
+		errs = append(errs, errors.New("walkeeper.via_front_door needs walkeeper.peers and walkeeper.token (the keepers' password at the front door)"))
 	}
 	if c.Pagestore.GCInterval < 0 {
 		errs = append(errs, errors.New("pagestore.gc_interval must be >= 0"))

@@ -100,10 +100,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	if cfg.Consul.Address != "" {
 		// Branches in Consul KV, and a Consul lock per running compute.
 		consul := router.Consul{Address: cfg.Consul.Address, Token: cfg.Consul.Token}
-		node := cfg.Consul.Node
-		if node == "" {
-			node = cfg.Listen
-		}
+		node := frontDoorAddr(cfg)
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		reg, err := router.OpenConsul(cctx, consul, "")
 		cancel()
@@ -175,19 +172,28 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		}
 		keepers = []walkeeper.Service{s.Keeper}
 	}
+	var keeperFrontDoor string
+	if cfg.Walkeeper.ViaFrontDoor {
+		if keeperFrontDoor = frontDoorAddr(cfg); strings.HasSuffix(keeperFrontDoor, ":0") {
+			_ = s.Store.Close()
+			_ = s.Registry.Close()
+			return nil, fmt.Errorf("walkeeper.via_front_door: the keepers need a fixed front-door port (listen or consul.node is %s)", keeperFrontDoor)
+		}
+	}
 	drv, err := wake.NewPostgresDriver(wake.DriverOptions{
-		DataDir:        filepath.Join(dataDir, "computes"),
-		BinDir:         cfg.Compute.PostgresBinDir,
-		OSUser:         cfg.Compute.OSUser,
-		SharedBuffers:  cfg.Compute.SharedBuffers,
-		MaxConnections: cfg.Compute.MaxConnections,
-		NoSync:         opt.NoSync,
-		Store:          s.Store,
-		Keepers:        keepers,
-		KeeperQuorum:   cfg.Walkeeper.Quorum,
-		CacheBytes:     int64(cfg.Compute.CacheBytes),
-		SpareFiles:     cfg.Compute.SpareFiles,
-		Logger:         log.Named("compute"),
+		DataDir:         filepath.Join(dataDir, "computes"),
+		BinDir:          cfg.Compute.PostgresBinDir,
+		OSUser:          cfg.Compute.OSUser,
+		SharedBuffers:   cfg.Compute.SharedBuffers,
+		MaxConnections:  cfg.Compute.MaxConnections,
+		NoSync:          opt.NoSync,
+		Store:           s.Store,
+		Keepers:         keepers,
+		KeeperQuorum:    cfg.Walkeeper.Quorum,
+		KeeperFrontDoor: keeperFrontDoor,
+		CacheBytes:      int64(cfg.Compute.CacheBytes),
+		SpareFiles:      cfg.Compute.SpareFiles,
+		Logger:          log.Named("compute"),
 	})
 	if err != nil {
 		_ = s.Keeper.Close()
@@ -253,6 +259,13 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		s.closeEarly(ctx)
 		return nil, err
 	}
+	var replication *proxy.ReplicationAccess
+	if cfg.Walkeeper.ViaFrontDoor {
+		if replication, err = keeperAccess(cfg.Walkeeper.Token, drv); err != nil {
+			s.closeEarly(ctx)
+			return nil, err
+		}
+	}
 	popt := proxy.Options{
 		Resolver: router.Resolver{
 			SNISuffix:     cfg.TLS.SNISuffix,
@@ -268,6 +281,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		RequireTLS:         cfg.TLS.Require,
 		Relay:              cfg.Consul.Address != "",
 		NodeTLS:            nodeTLS,
+		Replication:        replication,
 		Cluster:            s.proxyCluster(),
 		Limits:             pgwire.Limits{MaxPacket: cfg.Proxy.MaxStartupPacket, MaxParams: cfg.Proxy.MaxStartupParams},
 		StartupTimeout:     cfg.Proxy.StartupTimeout.D(),

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -9,6 +10,9 @@ import (
 
 	"github.com/neonproxy/neonproxy/internal/config"
 	"github.com/neonproxy/neonproxy/proxy"
+	"github.com/neonproxy/neonproxy/wake"
+	"github.com/neonproxy/neonproxy/walkeeper"
+	"github.com/xdg-go/scram"
 )
 
 type proxyTLS struct{ config *tls.Config }
@@ -42,4 +46,35 @@ func loadTLS(cfg config.Config) (*proxyTLS, error) {
 		return nil, err
 	}
 	return &proxyTLS{config: c}, nil
+}
+
+// frontDoorAddr is this node's front door as other machines reach it:
+// consul.node, else listen.
+func frontDoorAddr(cfg config.Config) string {
+	if cfg.Consul.Node != "" {
+		return cfg.Consul.Node
+	}
+	return cfg.Listen
+}
+
+// keeperAccess lets the keepers stream this node's computes through the
+// front door, proving walkeeper.token with SCRAM.
+func keeperAccess(token string, drv *wake.PostgresDriver) (*proxy.ReplicationAccess, error) {
+	salt := make([]byte, 16)
+	if _, err := rand.Read(salt); err != nil {
+		return nil, err
+	}
+	c, err := scram.SHA256.NewClient("", token, "")
+	if err != nil {
+		return nil, fmt.Errorf("walkeeper.token: %w", err)
+	}
+	return &proxy.ReplicationAccess{
+		User:        walkeeper.ReplicationUser,
+		Credentials: c.GetStoredCredentials(scram.KeyFactors{Salt: string(salt), Iters: 4096}),
+		Endpoint: func(branch string) (wake.Endpoint, bool) {
+			ep := wake.Endpoint{SocketDir: drv.SocketDir(branch), Port: wake.Port}
+			_, err := os.Stat(ep.SocketPath())
+			return ep, err == nil
+		},
+	}, nil
 }
