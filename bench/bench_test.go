@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/neonproxy/neonproxy/internal/config"
+	"github.com/neonproxy/neonproxy/wake"
 )
 
 func TestParsePgbench(t *testing.T) {
@@ -215,14 +216,20 @@ func TestCommitLatencyReport(t *testing.T) {
 }
 
 // TestWriteConfigConsul checks that a cluster node's config loads with
-// consul.address, consul.node = its listen address and bootstrap.password,
-// and that other sections' configs have no consul section.
+// consul.address, consul.node = its listen address, bootstrap.password,
+// the shared pagestore (pagestore.address, pagestore.token) and keepers
+// (walkeeper.peers, quorum, token), and that other sections' configs have
+// no consul section and their own pagestore.
 func TestWriteConfigConsul(t *testing.T) {
+	peers := []string{"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"}
 	for _, addr := range []string{"", "127.0.0.1:8500"} {
 		e := &env{dir: t.TempDir()}
 		o := options{poolSize: 20, consulAddress: addr}
 		if addr != "" {
 			o.bootstrapPassword = "0123abcd"
+			o.pagestoreAddress, o.pagestoreToken = "127.0.0.1:7100", "store-secret"
+			o.walkeeperPeers, o.walkeeperQuorum, o.walkeeperToken = peers, clusterQuorum, "keeper-secret"
+			o.walkeeperViaFrontDoor = true
 		}
 		p := &proxy{dataDir: e.path("data")}
 		path, err := p.writeConfig(e, o)
@@ -239,6 +246,49 @@ func TestWriteConfigConsul(t *testing.T) {
 		if addr != "" && (cfg.Consul.Node != cfg.Listen || cfg.Listen != p.listenAddr()) {
 			t.Errorf("consul.node %q, listen %q, want both %s", cfg.Consul.Node, cfg.Listen, p.listenAddr())
 		}
+		if cfg.Pagestore.Address != o.pagestoreAddress || cfg.Pagestore.Token != o.pagestoreToken {
+			t.Errorf("consul %q: loaded pagestore %+v", addr, cfg.Pagestore)
+		}
+		wantQuorum := 1
+		if addr != "" {
+			wantQuorum = clusterQuorum
+		}
+		if !slices.Equal(cfg.Walkeeper.Peers, o.walkeeperPeers) || cfg.Walkeeper.Quorum != wantQuorum || cfg.Walkeeper.Token != o.walkeeperToken ||
+			cfg.Walkeeper.ViaFrontDoor != o.walkeeperViaFrontDoor {
+			t.Errorf("consul %q: loaded walkeeper %+v", addr, cfg.Walkeeper)
+		}
+	}
+}
+
+// TestServiceConfigs checks that the configs the cluster section writes
+// for its standalone pagestore and keepers load with their listen address
+// and token.
+func TestServiceConfigs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pagestore.yaml")
+	if err := os.WriteFile(path, []byte(pagestoreConfig(t.TempDir(), 7100, "store-secret")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pcfg, err := config.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pcfg.Pagestore.Listen != "127.0.0.1:7100" || pcfg.Pagestore.Token != "store-secret" {
+		t.Errorf("loaded pagestore %+v", pcfg.Pagestore)
+	}
+
+	ks := &walkeepers{env: &env{dir: t.TempDir()}, token: "keeper-secret"}
+	// start writes the config before it launches the keeper (no binary
+	// here: the launch fails, the config stays).
+	ks.bin = filepath.Join(t.TempDir(), "no-such-neonproxy")
+	if err := ks.start(t.Context(), "wk1"); err == nil {
+		t.Fatal("start without a binary succeeded")
+	}
+	cfg, err := config.Load(ks.configPath("wk1"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Walkeeper.Token != "keeper-secret" || !strings.HasPrefix(cfg.Walkeeper.Listen, "127.0.0.1:") {
+		t.Errorf("loaded walkeeper %+v", cfg.Walkeeper)
 	}
 }
 
@@ -294,6 +344,126 @@ func TestClusterReport(t *testing.T) {
 	r.print(&b)
 	if !strings.Contains(b.String(), "## Cluster") || !strings.Contains(b.String(), "skipped: run make consul") {
 		t.Errorf("skipped section:\n%s", b.String())
+	}
+}
+
+// TestCommitFailoverReport checks the commit-failover table, its median
+// and max, the summary, and the data-loss lines.
+func TestCommitFailoverReport(t *testing.T) {
+	r := newReport(options{sections: []string{sectionCluster}})
+	c := &r.cluster
+	c.consulAddr, c.nodeA, c.nodeB = "127.0.0.1:8500", "127.0.0.1:1", "127.0.0.1:2"
+	c.pagestoreAddr, c.keeperAddrs = "127.0.0.1:7100", []string{"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"}
+	acked := 0
+	for i, f := range []time.Duration{900, 1100, 700, 1000, 1300} {
+		killed, via := "A", "B"
+		if i%2 == 1 {
+			killed, via = "B", "A"
+		}
+		acked += 640
+		c.commitRounds = append(c.commitRounds, commitRound{n: i + 1, killed: killed, via: via, ackedBefore: 320, ackedAfter: 320,
+			lastBefore: -time.Millisecond, firstAfter: f*time.Millisecond - time.Millisecond, lockFree: 500 * time.Millisecond,
+			lockTaken: 600 * time.Millisecond, materialized: 1, replayed: 1, refused: 3, checked: true,
+			check: ackCheck{rows: acked + 2, acked: acked}, holder: via, restart: 70 * time.Millisecond})
+	}
+	c.commitRounds[2].late = 1
+	c.commitRounds[0].firstErr, c.commitRounds[0].connectFails, c.commitRounds[0].insertFails = "conn closed", 12, 4
+	wantReport(t, r,
+		"standalone `neonproxy pagestore` (127.0.0.1:7100",
+		"(127.0.0.1:7001, 127.0.0.1:7002, 127.0.0.1:7003; `walkeeper.peers`, `walkeeper.quorum` 2)",
+		"### 3. Commit failover",
+		"| 2 | B | A | 320 | 320 | 1100.00 ms | 1099.00 ms | 500.00 ms | 600.00 ms | materialized + WAL replay; 3 refused | 1282 | 1280 | 0 | A | 70.00 ms |",
+		"| **median** | | | | | **1000.00 ms** | 999.00 ms | | 600.00 ms |",
+		"| **max** | | | | | **1300.00 ms** | 1299.00 ms | | 600.00 ms |",
+		"**Failover (last acknowledged commit before the kill → first after): median 1000.00 ms, max 1300.00 ms** (5 of 5 rounds).",
+		"Every acknowledged commit was there after every round (3200 acknowledged in all, 3202 rows",
+		"1 acknowledgement(s) on connections opened before a kill arrived after it",
+		"round 1: the writers' failed connects 12, failed INSERTs 4; the first error after the kill: `conn closed`",
+	)
+
+	// Round 2 loses commits, resumed from a stale local directory; round
+	// 3 ends early.
+	c.commitRounds[1].materialized, c.commitRounds[1].replayed = 0, 0
+	c.commitRounds[1].check.missing, c.commitRounds[1].check.missingIDs = 2, []int64{700, 650}
+	c.commitRounds[1].startFailed = 1
+	c.commitRounds = c.commitRounds[:3]
+	c.commitRounds[2].checked, c.commitRounds[2].check, c.commitRounds[2].restart = false, ackCheck{}, 0
+	c.commitRounds[2].err = "after the failover main's lock is held by A | B"
+	wantReport(t, r,
+		"| 2 | B | A | 320 | 320 | 1100.00 ms | 1099.00 ms | 500.00 ms | 600.00 ms | local data dir; 3 refused; **1 failed** | 1282 | 1280 | **2** | A | 70.00 ms |",
+		"| – | – | – | B | – (after the failover main's lock is held by A / B) |",
+		"**DATA LOSS — PRODUCT BUG: acknowledged commits missing after 1 of 3 round(s)**, up to 2 in one check (round 2;",
+		"first ids [650 700]).",
+		"Round(s) 2 lost commits with main started on the survivor from its own local data directory",
+	)
+}
+
+// TestAckGap checks the split of acknowledgements around a kill by the
+// time their connection was opened.
+func TestAckGap(t *testing.T) {
+	kill := time.Unix(1000, 0)
+	at := func(msec int) time.Time { return kill.Add(time.Duration(msec) * time.Millisecond) }
+	acks := []ack{
+		{id: 1, at: at(-300), conn: at(-1000)},
+		{id: 2, at: at(-5), conn: at(-1000)},
+		{id: 3, at: at(1), conn: at(-900)}, // a reply already on its way: before, late
+		{id: 5, at: at(950), conn: at(940)},
+		{id: 4, at: at(900), conn: at(880)},
+	}
+	g := gapOf(acks, kill)
+	if g.before != 3 || g.after != 2 || g.late != 1 || !g.last.Equal(at(1)) || !g.first.Equal(at(900)) {
+		t.Errorf("gapOf = %+v", g)
+	}
+	r := commitRound{ackedBefore: g.before, ackedAfter: g.after, lastBefore: g.last.Sub(kill), firstAfter: g.first.Sub(kill)}
+	if r.failover() != 899*time.Millisecond {
+		t.Errorf("failover = %s, want 899ms", r.failover())
+	}
+	if r.ackedAfter = 0; r.failover() != 0 {
+		t.Errorf("failover without acks after = %s, want 0", r.failover())
+	}
+	w := &ackWriters{acks: acks}
+	if before, after := w.split(kill); before != 3 || after != 2 {
+		t.Errorf("split = %d, %d", before, after)
+	}
+}
+
+// TestAckWritersTally checks that attempted ids stay attempted and
+// acknowledged ones are acknowledged, across rounds.
+func TestAckWritersTally(t *testing.T) {
+	var status []byte
+	w := &ackWriters{attempted: []int64{1, 2, 3}, acks: []ack{{id: 1}, {id: 3}}}
+	w.tally(&status)
+	w2 := &ackWriters{attempted: []int64{4, 5}, acks: []ack{{id: 5}}}
+	w2.tally(&status)
+	want := []byte{0, idAcked, idAttempted, idAcked, idAttempted, idAcked}
+	if !slices.Equal(status, want) {
+		t.Errorf("status = %v, want %v", status, want)
+	}
+}
+
+// TestMainLogCounts checks the count of main's starts in a node's log:
+// refusals because another node holds the lock apart from other failures.
+func TestMainLogCounts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "neonproxy.log")
+	lines := []string{
+		`{"level":"info","msg":"data directory materialized","branch":"main"}`,
+		`{"level":"info","msg":"data directory materialized","branch":"other"}`,
+		`{"level":"info","msg":"` + wake.LogReplayingWAL + `","branch":"main"}`,
+		`{"level":"error","msg":"compute start failed","branch":"main","error":"wake: start main: ` + wake.ErrOwnedElsewhere.Error() + `: 127.0.0.1:1"}`,
+		`{"level":"error","msg":"compute start failed","branch":"main","error":"wake: start main: ` + wake.ErrOwnedElsewhere.Error() + `: 127.0.0.1:1"}`,
+		`{"level":"error","msg":"compute start failed","branch":"main","error":"boom"}`,
+		`not json`,
+		`{"level":"info","msg":"bootstrapping branch","branch":"main"}`,
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := mainLogCounts(path)
+	if got[wake.LogMaterialized] != 1 || got[wake.LogReplayingWAL] != 1 || got[logOwnedElsewhere] != 2 || got[wake.LogStartFailed] != 1 {
+		t.Errorf("mainLogCounts = %v", got)
+	}
+	if n := countInFile(path, logBootstrapping); n != 1 {
+		t.Errorf("countInFile(bootstrapping) = %d, want 1", n)
 	}
 }
 

@@ -22,11 +22,15 @@ import (
 )
 
 // The cluster section (issue 6, distributed mode on Consul): what relaying
-// a client through a node that does not run the branch costs, and how soon
-// Consul frees the branch lock of a node whose neonproxy was killed. It
-// runs its own Consul dev agent and two serve nodes, A and B (data in
-// <tmp>/cluster/{consul,a,b}), each with consul.address set and
-// consul.node = its listen address.
+// a client through a node that does not run the branch costs, how soon
+// Consul frees the branch lock of a node whose neonproxy was killed, and
+// how long clients committing through one node wait when the node running
+// the branch dies (and that no acknowledged commit is lost). It runs its
+// own Consul dev agent, a standalone pagestore, three standalone keepers
+// and two serve nodes, A and B (data in
+// <tmp>/cluster/{consul,pagestore,walkeepers,a,b}), each with
+// consul.address set, consul.node = its listen address, and the shared
+// pagestore and keepers (clusterstore.go).
 const (
 	clusterMinSamples = 40                             // connect samples per path at least (-tries when larger)
 	clusterFailovers  = 5                              // kill -9 A / lock free / restart A rounds
@@ -192,6 +196,10 @@ type cluster struct {
 	agent    *consulAgent
 	a, b     *proxy
 	password string // bootstrap.password of both nodes
+	// The shared storage (nil until started) and its tokens.
+	ps                      *pagestoreProc
+	keepers                 *walkeepers
+	storeToken, keeperToken string
 	// orphan is the pid of A's compute while a kill -9 of A has left it
 	// running (nobody else stops it); stop kills its group.
 	orphan int
@@ -212,12 +220,14 @@ func (b *bench) runCluster(ctx context.Context) {
 	defer s.stop()
 	start := func(ctx context.Context) error { return s.startAgent(ctx, bin) }
 	if !b.phase(ctx, "cluster: start consul agent", start) ||
+		!b.phase(ctx, "cluster: start pagestore and keepers", s.startShared) ||
 		!b.phase(ctx, "cluster: start node A, first query", s.startA) ||
 		!b.phase(ctx, "cluster: start node B", s.startB) {
 		return
 	}
 	b.phase(ctx, "cluster: connect through A and B", s.connect)
 	b.phase(ctx, "cluster: lock failover", s.failover)
+	b.phase(ctx, "cluster: commit failover", s.commitFailover)
 	s.stop()
 	if left := processesUnder(s.env.dir); len(left) > 0 {
 		s.rep.leftover = left
@@ -252,14 +262,12 @@ func randomPassword() string {
 
 // startNode starts node name (A or B) in <tmp>/cluster/<name> on the agent.
 func (s *cluster) startNode(ctx context.Context, name string) (*proxy, error) {
-	o := s.opts
-	o.consulAddress, o.bootstrapPassword = s.agent.addr, s.password
-	px, err := startOwnProxy(ctx, o, &env{dir: s.env.path(name), keep: s.env.keep})
+	px, err := startOwnProxy(ctx, s.nodeOptions(), &env{dir: s.env.path(name), keep: s.env.keep})
 	if err != nil {
 		return nil, err
 	}
-	s.rep.command(fmt.Sprintf("neonproxy serve --config %s   # listen = consul.node = %s, admin %s, consul.address %s",
-		px.cfgPath, px.listenAddr(), px.admin, s.agent.addr))
+	s.rep.command(fmt.Sprintf("neonproxy serve --config %s   # listen = consul.node = %s, admin %s, consul.address %s%s",
+		px.cfgPath, px.listenAddr(), px.admin, s.agent.addr, s.sharedComment()))
 	return px, nil
 }
 
@@ -493,8 +501,9 @@ func killGroup(ctx context.Context, pgid int) error {
 }
 
 // stop stops the nodes (SIGTERM, SIGKILL after daemonStopLimit; B first),
-// A's orphaned compute if a kill left one, then the agent (which exits
-// with status 1 on SIGTERM: normal). Safe to call twice.
+// A's orphaned compute if a kill left one, the keepers and the pagestore
+// (after the nodes, whose computes stream to them), then the agent (which
+// exits with status 1 on SIGTERM: normal). Safe to call twice.
 func (s *cluster) stop() {
 	for _, px := range []*proxy{s.b, s.a} {
 		if px != nil && px.daemon != nil {
@@ -507,14 +516,21 @@ func (s *cluster) stop() {
 		}
 		s.orphan = 0
 	}
+	if s.keepers != nil {
+		s.keepers.stop()
+	}
+	if s.ps != nil {
+		s.ps.stop()
+	}
 	if s.agent != nil {
 		s.agent.stop()
 	}
 }
 
 // processesUnder lists the processes (pid and command) whose command line
-// names dir: the nodes (--config), the agent (-data-dir) and the computes'
-// postmasters (-D); postmasters' children die with them.
+// names dir: the nodes, the pagestore and the keepers (--config), the agent
+// (-data-dir) and the computes' postmasters (-D); postmasters' children
+// die with them.
 func processesUnder(dir string) []string {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {

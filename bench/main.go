@@ -73,6 +73,17 @@ type options struct {
 	// cluster section sets both, so that every node knows main's password.
 	consulAddress     string
 	bootstrapPassword string
+	// walkeeperToken is neonproxy's walkeeper.token (sent to the standalone
+	// keepers), pagestoreAddress and pagestoreToken its pagestore.address
+	// (a standalone `neonproxy pagestore`; empty: its own store) and
+	// pagestore.token; the cluster section sets them for its shared
+	// storage.
+	walkeeperToken   string
+	pagestoreAddress string
+	pagestoreToken   string
+	// walkeeperViaFrontDoor is walkeeper.via_front_door: the keepers
+	// stream computes through the node's front door.
+	walkeeperViaFrontDoor bool
 }
 
 // has reports whether section s runs.

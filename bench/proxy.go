@@ -108,8 +108,9 @@ const computeMaxConnections = manyClients + 100
 // writeConfig writes the neonproxy config. The pool keys are written out
 // even where they equal the defaults, so that the comparison with
 // PgBouncer's default_pool_size is explicit. Without o.walkeeperPeers
-// serve embeds its WAL keeper; with o.consulAddress it is a Consul node
-// whose consul.node is its listen address.
+// serve embeds its WAL keeper, without o.pagestoreAddress its page store;
+// with o.consulAddress it is a Consul node whose consul.node is its listen
+// address.
 func (p *proxy) writeConfig(e *env, o options) (string, error) {
 	ports, err := freePorts(2)
 	if err != nil {
@@ -136,6 +137,18 @@ log:
 			peers[i] = strconv.Quote(addr)
 		}
 		cfg += fmt.Sprintf("walkeeper:\n  peers: [%s]\n  quorum: %d\n", strings.Join(peers, ", "), o.walkeeperQuorum)
+		if o.walkeeperToken != "" {
+			cfg += fmt.Sprintf("  token: %s\n", strconv.Quote(o.walkeeperToken))
+		}
+		if o.walkeeperViaFrontDoor {
+			cfg += "  via_front_door: true\n"
+		}
+	}
+	if o.pagestoreAddress != "" {
+		cfg += fmt.Sprintf("pagestore:\n  address: %s\n", strconv.Quote(o.pagestoreAddress))
+		if o.pagestoreToken != "" {
+			cfg += fmt.Sprintf("  token: %s\n", strconv.Quote(o.pagestoreToken))
+		}
 	}
 	if o.consulAddress != "" {
 		cfg += fmt.Sprintf("consul:\n  address: %s\n  node: %s\n", strconv.Quote(o.consulAddress), strconv.Quote(p.listenAddr()))

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -33,6 +34,12 @@ type walkeepers struct {
 // port and log <e>/wkI.log, and returns once each has printed its ready
 // line and answered GET /healthz. On error the ones started are stopped.
 func startWalkeepers(ctx context.Context, o options, e *env, n int) (*walkeepers, error) {
+	return startTokenWalkeepers(ctx, o, e, n, "")
+}
+
+// startTokenWalkeepers is startWalkeepers with walkeeper.token set to
+// token in each keeper's config (empty: none).
+func startTokenWalkeepers(ctx context.Context, o options, e *env, n int, token string) (*walkeepers, error) {
 	bin, err := neonproxyBin(o)
 	if err != nil {
 		return nil, err
@@ -40,7 +47,7 @@ func startWalkeepers(ctx context.Context, o options, e *env, n int) (*walkeepers
 	if err := os.Mkdir(e.dir, 0o700); err != nil {
 		return nil, err
 	}
-	ks := &walkeepers{bin: bin, env: e}
+	ks := &walkeepers{bin: bin, env: e, token: token}
 	for i := 1; i <= n; i++ {
 		if err := ks.start(ctx, fmt.Sprintf("wk%d", i)); err != nil {
 			ks.stop()
@@ -57,7 +64,11 @@ func (ks *walkeepers) start(ctx context.Context, name string) error {
 		return err
 	}
 	dataDir := e.path(name)
-	cfg := fmt.Sprintf("data_dir: %s\nwalkeeper:\n  listen: 127.0.0.1:%d\nlog:\n  level: info\n", dataDir, port)
+	cfg := fmt.Sprintf("data_dir: %s\nwalkeeper:\n  listen: 127.0.0.1:%d\n", dataDir, port)
+	if ks.token != "" {
+		cfg += fmt.Sprintf("  token: %s\n", strconv.Quote(ks.token))
+	}
+	cfg += "log:\n  level: info\n"
 	cfgPath := ks.configPath(name)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return fmt.Errorf("write %s config: %w", name, err)

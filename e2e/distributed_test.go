@@ -23,8 +23,9 @@ import (
 )
 
 // TestDistributedCluster is issue 6's proof on one machine: a Consul agent,
-// one standalone pagestore and three standalone keepers (quorum 2), all
-// separate processes, and two proxy+compute nodes A and B sharing them.
+// one standalone pagestore (`neonproxy serve` with roles: [pagestore]) and
+// three standalone keepers (quorum 2), all separate processes, and two
+// proxy+compute nodes A and B sharing them.
 //   - A branch created through A is routable through B at once (B starts
 //     it from the shared pagestore).
 //   - 20 clients split over A and B hit a cold branch at the same time:
@@ -45,7 +46,8 @@ func TestDistributedCluster(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(sdir) })
 	bin := buildBinary(t, sdir)
-	ps := startServiceProc(t, bin, filepath.Join(sdir, "pagestore"), "pagestore")
+	// The pagestore as a serve node with roles: [pagestore].
+	ps := startServiceProcAs(t, bin, filepath.Join(sdir, "pagestore"), "pagestore", true)
 	keepers := []*keeperProc{startKeeperProc(t, bin, sdir, 1), startKeeperProc(t, bin, sdir, 2), startKeeperProc(t, bin, sdir, 3)}
 	node := func(c *config.Config) {
 		c.Consul.Address = agent.Addr
@@ -166,42 +168,57 @@ func TestDistributedCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	setup.Close(ctx)
+	// Two rounds: A dies while clients commit through B; A comes back
+	// (with its now stale local copy of main) and B dies while clients
+	// commit through A.
 	w := newAckWriters()
-	wctx, stopWriters := context.WithCancel(ctx)
-	defer stopWriters()
-	w.runRetrying(wctx, b.url("postgres", testPassword, "main"), 4)
-	waitFor(t, "commits through B before A dies", func() bool { return w.count() >= 300 })
-
-	// A dies: its front door and its computes at once.
-	var pids []int
-	for _, br := range []string{"main", "cold", "dev"} {
-		if st := a.srv.Computes.Status(br); st.PID > 0 {
-			pids = append(pids, st.PID)
+	nodes := map[string]*env{"A": a, "B": b}
+	for _, round := range []struct{ owner, via string }{{"A", "B"}, {"B", "A"}} {
+		owner, via := nodes[round.owner], nodes[round.via]
+		if on := runsOn("main"); len(on) != 1 || on[0] != round.owner {
+			t.Fatalf("main runs on %v, want %s", on, round.owner)
 		}
-	}
-	killedAt := time.Now()
-	if err := a.srv.Abandon(ctx); err != nil {
-		t.Fatal(err)
-	}
-	a.srv = nil
-	for _, pid := range pids {
-		if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+		wctx, stopWriters := context.WithCancel(ctx)
+		w.runRetrying(wctx, via.url("postgres", testPassword, "main"), 4)
+		before := w.count()
+		waitFor(t, "commits before the kill", func() bool { return w.count() >= before+300 })
+
+		// The owner dies: its front door and its computes at once.
+		var pids []int
+		for _, br := range []string{"main", "cold", "dev"} {
+			if st := owner.srv.Computes.Status(br); st.PID > 0 {
+				pids = append(pids, st.PID)
+			}
+		}
+		killedAt := time.Now()
+		if err := owner.srv.Abandon(ctx); err != nil {
 			t.Fatal(err)
 		}
+		owner.srv = nil
+		for _, pid := range pids {
+			if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		}
+		acked := w.count()
+		waitFor(t, "commits after the kill", func() bool { return w.count() >= acked+300 })
+		stopWriters()
+		w.wait()
+		last, first := w.longestGap(killedAt)
+		if on := runsOn("main"); len(on) != 1 || on[0] != round.via {
+			t.Fatalf("after %s died main runs on %v, want %s", round.owner, on, round.via)
+		}
+		rows, missing := w.check(t, ctx, via.url("postgres", testPassword, "main"))
+		t.Logf("%s killed: failover %s (the longest time without an acknowledged commit after the kill); %d acknowledged, %d rows, %d missing",
+			round.owner, first.Sub(last).Round(time.Millisecond), w.count(), rows, len(missing))
+		if len(missing) > 0 {
+			t.Fatalf("%d acknowledged commits lost, first %v", len(missing), missing[:min(len(missing), 10)])
+		}
+		waitFor(t, "the killed computes to be gone", func() bool { return len(postgresProcesses(owner.dir)) == 0 })
+		owner.start()
+		// The restarted node serves main relayed; it runs nothing of it.
+		if owner.mustQueryInt(owner.url("postgres", testPassword, "main"), "SELECT count(*) FROM acked") < int64(rows) {
+			t.Fatalf("main through the restarted %s misses rows", round.owner)
+		}
 	}
-	acked := w.count()
-	waitFor(t, "commits through B after A died", func() bool { return w.count() >= acked+300 })
-	stopWriters()
-	w.wait()
-	last, first := w.longestGap(killedAt)
-	if on := runsOn("main"); len(on) != 1 || on[0] != "B" {
-		t.Fatalf("after A died main runs on %v, want B", on)
-	}
-	rows, missing := w.check(t, ctx, b.url("postgres", testPassword, "main"))
-	t.Logf("A killed: failover %s (the longest time without an acknowledged commit after the kill); %d acknowledged, %d rows, %d missing",
-		first.Sub(last).Round(time.Millisecond), w.count(), rows, len(missing))
-	if len(missing) > 0 {
-		t.Fatalf("%d acknowledged commits lost, first %v", len(missing), missing[:min(len(missing), 10)])
-	}
-	waitFor(t, "A's killed computes to be gone", func() bool { return len(postgresProcesses(a.dir)) == 0 })
 }

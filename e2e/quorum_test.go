@@ -40,11 +40,14 @@ type serviceProc struct {
 	t    *testing.T
 	bin  string
 	kind string // walkeeper or pagestore: the command and config section
-	cfg  string // its config file
-	addr string
-	log  string
-	cmd  *exec.Cmd
-	done chan struct{}
+	// serve runs `neonproxy serve` with roles: [kind] instead of
+	// `neonproxy kind`.
+	serve bool
+	cfg   string // its config file
+	addr  string
+	log   string
+	cmd   *exec.Cmd
+	done  chan struct{}
 }
 
 // keeperProc is a standalone keeper.
@@ -58,12 +61,22 @@ func startKeeperProc(t *testing.T, bin, dir string, n int) *keeperProc {
 // on a free loopback port with keeperToken as its token.
 func startServiceProc(t *testing.T, bin, dir, kind string) *serviceProc {
 	t.Helper()
+	return startServiceProcAs(t, bin, dir, kind, false)
+}
+
+// startServiceProcAs is startServiceProc, through `neonproxy serve` with
+// roles: [kind] when serve is set.
+func startServiceProcAs(t *testing.T, bin, dir, kind string, serve bool) *serviceProc {
+	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	k := &serviceProc{t: t, bin: bin, kind: kind, cfg: filepath.Join(dir, "config.yaml"), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+	k := &serviceProc{t: t, bin: bin, kind: kind, serve: serve, cfg: filepath.Join(dir, "config.yaml"), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		log: filepath.Join(dir, kind+".log")}
 	cfg := fmt.Sprintf("data_dir: %s\n%s:\n  listen: %s\n  token: %s\nlog:\n  level: info\n", dir, kind, k.addr, keeperToken)
+	if serve {
+		cfg += fmt.Sprintf("roles: [%s]\n", kind)
+	}
 	if err := os.WriteFile(k.cfg, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -81,6 +94,9 @@ func (k *serviceProc) start() {
 	}
 	defer logf.Close()
 	k.cmd = exec.Command(k.bin, k.kind, "--config", k.cfg)
+	if k.serve {
+		k.cmd = exec.Command(k.bin, "serve", "--config", k.cfg)
+	}
 	k.cmd.Stderr = logf
 	out, err := k.cmd.StdoutPipe()
 	if err != nil {

@@ -133,6 +133,7 @@ func (s *keeperSet) infos(ctx context.Context, ns uint64) ([]memberInfo, error) 
 
 // durableView is what a read quorum of keepers says about one namespace.
 type durableView struct {
+	member  int               // index in keeperSet.members
 	src     walkeeper.Service // the keeper holding the newest durable WAL
 	srcName string
 	info    walkeeper.Info // src's
@@ -140,9 +141,9 @@ type durableView struct {
 	gen     uint64         // newest compute generation any keeper saw
 }
 
-// durable finds the keeper with the newest WAL of ns: among the keepers of
-// the newest compute generation (older ones may hold WAL that generation
-// cut off), the one with the highest flush LSN. Every acknowledged commit
+// durable finds the keeper with the newest WAL of ns: among the keepers
+// holding WAL of the newest compute generation (older ones may hold WAL
+// that generation cut off), the one with the highest flush LSN. Every acknowledged commit
 // is there, unless its copy is damaged: readSource checks that.
 func (s *keeperSet) durable(ctx context.Context, ns uint64) (durableView, error) {
 	views, err := s.candidates(ctx, ns)
@@ -152,28 +153,43 @@ func (s *keeperSet) durable(ctx context.Context, ns uint64) (durableView, error)
 	return views[0], nil
 }
 
-// candidates are the keepers of the newest generation that answered,
-// highest flush LSN first.
+// candidates are the keepers that answered holding WAL of the newest
+// generation, highest flush LSN first.
 func (s *keeperSet) candidates(ctx context.Context, ns uint64) ([]durableView, error) {
 	ok, err := s.infos(ctx, ns)
 	if err != nil {
 		return nil, err
 	}
+	views := pickCandidates(ok)
+	for i := range views {
+		m := s.members[views[i].member]
+		views[i].src, views[i].srcName = m.svc, m.name
+	}
+	return views, nil
+}
+
+// pickCandidates chooses among the answers: the keepers whose newest WAL
+// is of the newest generation any of them holds WAL of (DataGen, not Gen:
+// a keeper that adopted a generation while it lagged, and whose stream
+// then ended, has the generation but not the WAL before its start, which
+// the others may alone have), highest flush first. gen is the newest
+// generation any keeper adopted: the next one goes above it.
+func pickCandidates(answers []memberInfo) []durableView {
 	var covered pagestore.LSN
-	var gen uint64
-	for _, mi := range ok {
+	var gen, dataGen uint64
+	for _, mi := range answers {
 		covered = max(covered, pagestore.LSN(mi.in.Covered))
 		gen = max(gen, mi.in.Gen)
+		dataGen = max(dataGen, mi.in.DataGen)
 	}
 	var views []durableView
-	for _, mi := range ok {
-		if mi.in.Gen == gen {
-			m := s.members[mi.i]
-			views = append(views, durableView{src: m.svc, srcName: m.name, info: mi.in, covered: covered, gen: gen})
+	for _, mi := range answers {
+		if mi.in.DataGen == dataGen {
+			views = append(views, durableView{member: mi.i, info: mi.in, covered: covered, gen: gen})
 		}
 	}
 	slices.SortStableFunc(views, func(a, b durableView) int { return cmp.Compare(b.info.Flush, a.info.Flush) })
-	return views, nil
+	return views
 }
 
 // readSource picks the keeper to read ns's WAL from `from` (a record

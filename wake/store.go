@@ -213,6 +213,21 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 	// the directory is the only copy of its changes (no keeper).
 	rebooted := hasState && st.BootID != "" && st.BootID != bootID()
 	trusted := !rebooted || (st.Unstored && d.keepers == nil)
+	if trusted && verErr == nil && hasState && st.Unstored && st.Timeline == tl.ID {
+		// Unstored changes are the branch's truth only while no other
+		// compute ran it since: on a cluster another node may have taken
+		// the branch over after this one died, and stored images or
+		// streamed WAL of its own.
+		stale, why, err := d.staleLocal(ctx, st, tl)
+		if err != nil {
+			return false, fmt.Errorf("wake: %s: %w", branch, err)
+		}
+		if stale {
+			d.log.Info("rebuilding the local data directory: the branch ran elsewhere since it was written",
+				zap.String("branch", branch), zap.String("why", why))
+			trusted = false
+		}
+	}
 	if verErr == nil && hasState && trusted && st.Timeline == tl.ID && (st.Unstored || st.LSN == tl.Head()) {
 		return false, nil
 	}
@@ -289,6 +304,29 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 		zap.Int64("bytes", ms.Bytes), zap.Float64("mb_per_s", ms.ThroughputMB), zap.Int("spare_files_left", spareLeft),
 		zap.Duration("took", time.Since(t0)))
 	return true, nil
+}
+
+// staleLocal says whether a local directory with unstored changes (st) is
+// behind the branch: the store has an image it did not come from, or the
+// keepers have WAL of a later compute generation than its own.
+func (d *PostgresDriver) staleLocal(ctx context.Context, st localState, tl pagestore.Timeline) (bool, string, error) {
+	if d.keepers == nil {
+		return false, "", nil // the directory is the only copy of its changes
+	}
+	if tl.Head() != st.LSN {
+		return true, fmt.Sprintf("the store's image is %s, the directory's %s", tl.Head(), st.LSN), nil
+	}
+	if st.Gen == 0 {
+		return false, "", nil
+	}
+	v, err := d.keepers.durable(ctx, uint64(st.Timeline))
+	if err != nil {
+		return false, "", err
+	}
+	if v.gen > st.Gen {
+		return true, fmt.Sprintf("the keepers have WAL of compute generation %d, the directory is of %d", v.gen, st.Gen), nil
+	}
+	return false, "", nil
 }
 
 // Stopped stores the data of a compute that shut down cleanly. After an

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
+	"go.uber.org/zap"
 )
 
 // Info reports what the keeper holds for ns.
@@ -24,9 +25,11 @@ func (k *Keeper) Info(ctx context.Context, ns uint64) (Info, error) {
 		return in, err
 	}
 	in.Covered = k.Covered(ns)
-	if in.Gen, in.GenStart, err = readGen(snap, ns); err != nil {
+	g, err := readGen(snap, ns)
+	if err != nil {
 		return in, err
 	}
+	in.Gen, in.GenStart, in.DataGen = g.gen, g.start, g.dataGen(in.Flush)
 	k.mu.Lock()
 	in.Streaming = k.mu.streams[ns] != nil
 	k.mu.Unlock()
@@ -205,19 +208,42 @@ func (k *Keeper) Import(ctx context.Context, ns uint64, w *WAL) error {
 
 // Generations (fencing).
 
-func readGen(r pebble.Reader, ns uint64) (gen uint64, start LSN, err error) {
+// generation is what a keeper records of the compute generations of a
+// namespace.
+type generation struct {
+	gen   uint64 // the newest that streamed in (fences older ones)
+	start LSN    // where its history began
+	// prev is the generation of the WAL the keeper held when it adopted
+	// gen: until its flush reaches start, all it has is that WAL.
+	prev uint64
+}
+
+// dataGen is the generation of the newest WAL the keeper holds: gen once
+// its WAL reaches gen's start, else prev.
+func (g generation) dataGen(flush LSN) uint64 {
+	if flush >= g.start {
+		return g.gen
+	}
+	return g.prev
+}
+
+func readGen(r pebble.Reader, ns uint64) (generation, error) {
 	v, closer, err := r.Get(genKey(ns))
 	if errors.Is(err, pebble.ErrNotFound) {
-		return 0, 0, nil
+		return generation{}, nil
 	}
 	if err != nil {
-		return 0, 0, fmt.Errorf("walkeeper: read generation of %d: %w", ns, err)
+		return generation{}, fmt.Errorf("walkeeper: read generation of %d: %w", ns, err)
 	}
 	defer closer.Close()
-	if len(v) != 16 {
-		return 0, 0, fmt.Errorf("walkeeper: generation of %d: bad value length %d", ns, len(v))
+	switch len(v) {
+	case 16: // written before prev was kept: taken as caught up
+		g := binary.BigEndian.Uint64(v)
+		return generation{gen: g, start: binary.BigEndian.Uint64(v[8:]), prev: g}, nil
+	case 24:
+		return generation{gen: binary.BigEndian.Uint64(v), start: binary.BigEndian.Uint64(v[8:]), prev: binary.BigEndian.Uint64(v[16:])}, nil
 	}
-	return binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:]), nil
+	return generation{}, fmt.Errorf("walkeeper: generation of %d: bad value length %d", ns, len(v))
 }
 
 // fence applies a stream request's generation to ns (the caller holds ns's
@@ -227,10 +253,11 @@ func (k *Keeper) fence(ns uint64, gen uint64, genStart LSN) error {
 	if gen == 0 {
 		return nil
 	}
-	have, _, err := readGen(k.db, ns)
+	cur, err := readGen(k.db, ns)
 	if err != nil {
 		return err
 	}
+	have := cur.gen
 	switch {
 	case gen < have:
 		return fmt.Errorf("%w: namespace %d is at generation %d, the request is for %d", ErrFenced, ns, have, gen)
@@ -245,6 +272,15 @@ func (k *Keeper) fence(ns uint64, gen uint64, genStart LSN) error {
 	defer b.Close()
 	v := binary.BigEndian.AppendUint64(nil, gen)
 	v = binary.BigEndian.AppendUint64(v, genStart)
+	// A keeper that lags adopts the new generation at once (so a stale
+	// compute is fenced off) but holds none of its WAL until it has caught
+	// up to its start: for a recovery it is a keeper of what it holds.
+	v = binary.BigEndian.AppendUint64(v, cur.dataGen(flush))
+	if flush < genStart {
+		k.log.Info("walkeeper: adopting a new compute generation before holding its start; catching up",
+			zap.Uint64("ns", ns), zap.Uint64("gen", gen), zap.Uint64("data_gen", cur.dataGen(flush)),
+			zap.String("flush", fmtLSN(flush)), zap.String("gen_start", fmtLSN(genStart)))
+	}
 	if err := b.Set(genKey(ns), v, nil); err != nil {
 		return err
 	}

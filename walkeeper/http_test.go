@@ -281,6 +281,7 @@ func TestFencing(t *testing.T) {
 	conn := fmt.Sprintf("host=%s user=postgres dbname=postgres connect_timeout=5", t.TempDir())
 	midCut := start + 7*PageSize + 123
 	pageCut := start + 5*PageSize
+	lagStart := pageCut + 3*PageSize + 40
 
 	for _, tc := range []struct {
 		name         string
@@ -290,14 +291,18 @@ func TestFencing(t *testing.T) {
 		flush        LSN // stored flush afterwards
 		wantGen      uint64
 		wantGenStart LSN
+		wantDataGen  uint64
 	}{
-		{"first generation at the end", 2, end, false, end, 2, end},
-		{"older generation", 1, start, true, end, 2, end},
-		{"same generation keeps the WAL", 2, start + PageSize, false, end, 2, end},
-		{"newer generation cuts mid-page", 3, midCut, false, midCut, 3, midCut},
-		{"newer generation cuts at a page boundary", 4, pageCut, false, pageCut, 4, pageCut},
-		{"no fencing", 0, start, false, pageCut, 4, pageCut},
-		{"stale after the cut", 3, pageCut, true, pageCut, 4, pageCut},
+		{"first generation at the end", 2, end, false, end, 2, end, 2},
+		{"older generation", 1, start, true, end, 2, end, 2},
+		{"same generation keeps the WAL", 2, start + PageSize, false, end, 2, end, 2},
+		{"newer generation cuts mid-page", 3, midCut, false, midCut, 3, midCut, 3},
+		{"newer generation cuts at a page boundary", 4, pageCut, false, pageCut, 4, pageCut, 4},
+		{"no fencing", 0, start, false, pageCut, 4, pageCut, 4},
+		{"stale after the cut", 3, pageCut, true, pageCut, 4, pageCut, 4},
+		// A lagging keeper adopts the generation (fencing) but holds none
+		// of its WAL yet: its data stays of generation 4.
+		{"newer generation while lagging", 5, lagStart, false, pageCut, 5, lagStart, 4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, err := c.Follow(ctx, FollowRequest{NS: ns, ConnString: conn, Slot: "wk_fence", From: start,
@@ -310,7 +315,8 @@ func TestFencing(t *testing.T) {
 				t.Fatalf("Follow: %v (want fenced: %v)", err, tc.fenced)
 			}
 			in := info(t, c, ns)
-			if in.Start != start || in.Flush != tc.flush || in.Gen != tc.wantGen || in.GenStart != tc.wantGenStart || in.Streaming {
+			if in.Start != start || in.Flush != tc.flush || in.Gen != tc.wantGen || in.GenStart != tc.wantGenStart ||
+				in.DataGen != tc.wantDataGen || in.Streaming {
 				t.Fatalf("Info %+v, want start %s flush %s gen %d from %s", in, fmtLSN(start), fmtLSN(tc.flush), tc.wantGen, fmtLSN(tc.wantGenStart))
 			}
 			if !bytes.Equal(body(t, c, ns, start, 0), fedPages(start, tc.flush)) {
@@ -326,6 +332,11 @@ func TestFencing(t *testing.T) {
 				t.Fatalf("page beyond the flush still stored (%v)", err)
 			}
 		})
+	}
+	// Caught up to generation 5's start: its data is of generation 5.
+	feed(t, k, ns, pageCut, lagStart+100, 5000, 1<<20)
+	if in := info(t, c, ns); in.Gen != 5 || in.DataGen != 5 {
+		t.Fatalf("after catching up: %+v, want gen and data gen 5", in)
 	}
 	body := fmt.Sprintf(`{"ns": %d, "conn": %q, "slot": "wk_fence", "gen": 1}`, ns, conn)
 	if got, msg := rawStatus(t, "POST", fmt.Sprintf("%s/v1/wal/%d/follow", srv.URL, ns), nil, body); got != http.StatusConflict {

@@ -46,6 +46,10 @@ type Info struct {
 	// FollowRequest.Gen) and GenStart where its history began.
 	Gen      uint64 `json:"gen"`
 	GenStart LSN    `json:"gen_start"`
+	// DataGen is the generation of the newest WAL it holds: Gen once
+	// Flush has reached GenStart; before, the generation it had when it
+	// adopted Gen (it lags: the WAL up to GenStart may be elsewhere only).
+	DataGen uint64 `json:"data_gen"`
 	// Streaming is whether a stream into ns runs on this keeper now.
 	Streaming bool `json:"streaming"`
 }

@@ -109,7 +109,13 @@ func serveCmd(g *globals) *cobra.Command {
 		Long: `Run neonproxy. At first start it creates the branch "main" (initdb) with the
 superuser "postgres"; its password is bootstrap.password, or generated and kept in
 <data_dir>/credentials. The ready-to-paste connection string is printed on stdout.
-SIGINT/SIGTERM stop every compute cleanly before exiting.`,
+SIGINT/SIGTERM stop every compute cleanly before exiting.
+
+roles: (config) says what the process runs: proxy and compute (the front door
+and the computes), pagestore, walkeeper. Empty: proxy, compute, and the pagestore
+and a keeper unless pagestore.address / walkeeper.peers name standalone ones. A
+process without proxy and compute runs only the storage roles it lists, as
+neonproxy pagestore / neonproxy walkeeper do.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, log, ctx, done, err := g.daemon()
@@ -117,6 +123,9 @@ SIGINT/SIGTERM stop every compute cleanly before exiting.`,
 				return err
 			}
 			defer done()
+			if !cfg.HasRole(config.RoleProxy) {
+				return runStorageRoles(ctx, cmd.OutOrStdout(), cfg, log)
+			}
 			srv, err := server.New(ctx, cfg, log, server.Options{ConfigPath: g.reloadPath()})
 			if err != nil {
 				return err

@@ -9,7 +9,11 @@ import (
 	"net/http"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
+	"github.com/spf13/cobra"
+
+	"github.com/neonproxy/neonproxy/internal/config"
 	"github.com/neonproxy/neonproxy/internal/httpapi"
 )
 
@@ -66,4 +70,34 @@ func checkAPIListen(name, listen, token string) error {
 	}
 	return fmt.Errorf("%s.listen %s is not a loopback address: set %s.token (serve's %s.token must match) or listen on 127.0.0.1",
 		name, listen, name, name)
+}
+
+// runStorageRoles runs the pagestore and walkeeper roles cfg lists, until
+// ctx ends or one of them fails.
+func runStorageRoles(ctx context.Context, out io.Writer, cfg config.Config, log *zap.Logger) error {
+	g, ctx := errgroup.WithContext(ctx)
+	if cfg.HasRole(config.RolePagestore) {
+		g.Go(func() error { return runPagestore(ctx, out, cfg, log.Named("pagestore")) })
+	}
+	if cfg.HasRole(config.RoleWalkeeper) {
+		g.Go(func() error { return runWalkeeper(ctx, out, cfg, log.Named("walkeeper")) })
+	}
+	return g.Wait()
+}
+
+// roleRunner runs one storage role until ctx ends.
+type roleRunner func(ctx context.Context, out io.Writer, cfg config.Config, log *zap.Logger) error
+
+// roleCmd makes cmd run one storage role as a daemon.
+func roleCmd(g *globals, cmd *cobra.Command, run roleRunner) *cobra.Command {
+	cmd.Args = cobra.NoArgs
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, log, ctx, done, err := g.daemon()
+		if err != nil {
+			return err
+		}
+		defer done()
+		return run(ctx, cmd.OutOrStdout(), cfg, log)
+	}
+	return cmd
 }

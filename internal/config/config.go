@@ -227,6 +227,9 @@ type Proxy struct {
 
 // Config is the whole configuration.
 type Config struct {
+	// Roles are what this process runs (proxy, compute, pagestore,
+	// walkeeper; see roles.go); empty: what the addresses imply.
+	Roles         []string  `yaml:"roles"`
 	Listen        string    `yaml:"listen"`
 	AdminListen   string    `yaml:"admin_listen"`
 	HTTPListen    string    `yaml:"http_listen"`
@@ -304,7 +307,7 @@ func Load(path string, environ []string) (Config, error) {
 
 // Validate checks values that would otherwise fail late and obscurely.
 func (c *Config) Validate() error {
-	var errs []error
+	errs := c.validateRoles()
 	if c.Listen == "" {
 		errs = append(errs, errors.New("listen must not be empty"))
 	}

@@ -70,7 +70,10 @@ func TestRepoConfigYAMLIsDefault(t *testing.T) {
 	if len(got.Walkeeper.Peers) == 0 {
 		got.Walkeeper.Peers = want.Walkeeper.Peers
 	}
-	// admin_users: [] likewise.
+	// roles: [] and admin_users: [] likewise.
+	if len(got.Roles) == 0 {
+		got.Roles = want.Roles
+	}
 	if len(got.Pool.AdminUsers) == 0 {
 		got.Pool.AdminUsers = want.Pool.AdminUsers
 	}
