@@ -64,6 +64,19 @@ func TestConsulMode(t *testing.T) {
 	if got := owner("main"); got != nodeA {
 		t.Fatalf("main's lock holder = %q, want %s", got, nodeA)
 	}
+	// The holder registered the compute in Consul's catalog, healthy
+	// while its front door answers.
+	computes := func(branch string) []*api.ServiceEntry {
+		entries, _, err := cc.Health().Service(router.ComputeService, branch, true, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return entries
+	}
+	waitFor(t, "main's compute service to pass its check", func() bool { return len(computes("main")) == 1 })
+	if s := computes("main")[0].Service; fmt.Sprintf("%s:%d", s.Address, s.Port) != nodeA || s.Meta["branch"] != "main" {
+		t.Fatalf("main's compute service: %+v, want at %s", s, nodeA)
+	}
 
 	// Node B holds dev: clients of dev here are told where it runs.
 	b, err := router.NewConsulOwners(router.Consul{Address: agent.Addr}, "", "node-b")
@@ -100,6 +113,7 @@ func TestConsulMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitState("main", wake.StateStopped)
+	waitFor(t, "main's compute service to be deregistered", func() bool { return len(computes("main")) == 0 })
 	if e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT 2") != 2 || owner("main") != nodeA {
 		t.Fatal("main after the lost lock")
 	}

@@ -99,6 +99,9 @@ func JoinCluster(ctx context.Context, consul Consul, node string) (*ClusterNodes
 	return nil, fmt.Errorf("join cluster: all %d node indexes are taken", MaxNodes)
 }
 
+// Service is the node's Consul service ID (registered by RegisterFrontDoor).
+func (cn *ClusterNodes) Service() string { return cn.service }
+
 // RegisterFrontDoor registers the node as a Consul service "neonproxy"
 // whose health check connects to its front door every second. Sessions tied
 // to SessionChecks end as soon as the front door stops answering. Call it

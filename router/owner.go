@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -65,6 +67,9 @@ type ConsulOwners struct {
 		synced bool
 		owners map[string]string
 		checks []string // health checks the lock sessions are tied to (TieTo)
+		// frontDoor is the node's Consul service (TieTo): each compute
+		// it holds is registered with a check that follows it.
+		frontDoor string
 	}
 }
 
@@ -95,11 +100,48 @@ func (o *ConsulOwners) key(branch string) string { return o.prefix + branch + "/
 // TieTo ties the sessions of later locks to health checks (with
 // ClusterNodes.SessionChecks: the node's front door): when one goes
 // critical, Consul ends the session and frees the node's branches at once,
-// rather than after the session TTL.
-func (o *ConsulOwners) TieTo(checks []string) {
+// rather than after the session TTL. frontDoor is the node's Consul
+// service (ClusterNodes.Service): from then on each branch the node holds
+// is registered as a service ComputeService (tag: the branch; address:
+// the node's front door) whose check follows the front door's, so
+// operators and tools see in Consul's catalog where each compute runs.
+func (o *ConsulOwners) TieTo(checks []string, frontDoor string) {
 	o.mu.Lock()
 	o.mu.checks = checks
+	o.mu.frontDoor = frontDoor
 	o.mu.Unlock()
+}
+
+// ComputeService is the Consul service name of running computes.
+const ComputeService = "neonproxy-compute"
+
+// registerCompute registers branch's compute on this node (see TieTo)
+// and returns its service ID ("" when there is no front door to follow).
+func (o *ConsulOwners) registerCompute(ctx context.Context, branch string) (string, error) {
+	o.mu.Lock()
+	frontDoor := o.mu.frontDoor
+	o.mu.Unlock()
+	if frontDoor == "" {
+		return "", nil
+	}
+	host, portStr, _ := net.SplitHostPort(o.node)
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return "", fmt.Errorf("node address %q: %w", o.node, err)
+	}
+	id := frontDoor + "-compute-" + branch
+	err = o.client.Agent().ServiceRegisterOpts(&api.AgentServiceRegistration{
+		ID: id, Name: ComputeService, Tags: []string{branch}, Address: host, Port: port,
+		Meta: map[string]string{"branch": branch, "node": o.node},
+		Check: &api.AgentServiceCheck{
+			CheckID: id + "-alive", Name: "compute of " + branch + " on " + o.node, AliasService: frontDoor,
+			DeregisterCriticalServiceAfter: "1m",
+		},
+	}, api.ServiceRegisterOpts{}.WithContext(ctx))
+	if err != nil {
+		return "", fmt.Errorf("register the compute of %s as a Consul service: %w", branch, err)
+	}
+	return id, nil
 }
 
 // TryAcquire implements Owners. A lock this node's previous process still
@@ -177,7 +219,12 @@ func (o *ConsulOwners) tryAcquire(ctx context.Context, branch string, retried bo
 		}
 		return nil, &OwnedError{Branch: branch, Owner: owner}
 	}
-	return &consulOwnership{lock: lock, lost: lost}, nil
+	service, err := o.registerCompute(ctx, branch)
+	if err != nil {
+		_ = lock.Unlock()
+		return nil, fmt.Errorf("own branch %s: %w", branch, err)
+	}
+	return &consulOwnership{lock: lock, lost: lost, agent: o.client.Agent(), service: service}, nil
 }
 
 // Owner implements Owners.
@@ -251,15 +298,23 @@ func (o *ConsulOwners) HeldElsewhere(branch string) string {
 }
 
 type consulOwnership struct {
-	lock *api.Lock
-	lost <-chan struct{}
+	lock    *api.Lock
+	lost    <-chan struct{}
+	agent   *api.Agent
+	service string // the compute's Consul service ("": none)
 }
 
 func (c *consulOwnership) Lost() <-chan struct{} { return c.lost }
 
 func (c *consulOwnership) Release() error {
-	if err := c.lock.Unlock(); err != nil && !errors.Is(err, api.ErrLockNotHeld) {
-		return err
+	var errs []error
+	if c.service != "" {
+		if err := c.agent.ServiceDeregister(c.service); err != nil {
+			errs = append(errs, fmt.Errorf("deregister %s: %w", c.service, err))
+		}
 	}
-	return nil
+	if err := c.lock.Unlock(); err != nil && !errors.Is(err, api.ErrLockNotHeld) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }

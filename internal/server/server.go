@@ -455,7 +455,7 @@ func (s *Server) Start() error {
 		if err != nil {
 			return fmt.Errorf("consul: %w", err)
 		}
-		s.owners.TieTo(s.cluster.SessionChecks())
+		s.owners.TieTo(s.cluster.SessionChecks(), s.cluster.Service())
 	}
 	s.log.Info("neonproxy ready",
 		zap.String("listen", s.pgLn.Addr().String()),
