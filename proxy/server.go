@@ -518,9 +518,14 @@ func (s *Server) serve(ss *session, active int64) error {
 	}
 	target.clear()
 	release()
+	// Between transactions the client holds no compute (see txnSession).
+	lease.Release()
 	info.setState(clientIdle)
 	return s.sessionTransaction(ss, &txnSession{
-		s: s, ss: ss, key: key, epoch: ep.Generation, dial: dial,
+		s: s, ss: ss, key: key, branch: route.Branch, epoch: ep.Generation, dial: dial,
+		redial: func(ep wake.Endpoint) pool.DialFunc {
+			return func(ctx context.Context) (*pool.Conn, error) { return s.dialBackend(ctx, ep, route, dialParams) }
+		},
 		target: target, socket: ep.SocketPath(), desired: desired,
 		info: info, stats: ks,
 	})

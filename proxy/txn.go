@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/neonproxy/neonproxy/pool"
+	"github.com/neonproxy/neonproxy/wake"
 )
 
 // txnSession is a transaction-pooled client: it holds a server connection
@@ -37,11 +38,16 @@ import (
 // swallowed ones, inserts made-up ones, and detaches at the end of a
 // transaction. Shared state is in mu; neither goroutine holds it across I/O.
 type txnSession struct {
-	s       *Server
-	ss      *session
-	key     pool.Key
-	epoch   uint64
-	dial    pool.DialFunc
+	s      *Server
+	ss     *session
+	key    pool.Key
+	branch string
+	epoch  uint64
+	dial   pool.DialFunc
+	// redial makes the dial function of another start of the compute: a
+	// client between transactions holds no compute, which may suspend
+	// and start again (elsewhere on disk, under a new generation).
+	redial  func(wake.Endpoint) pool.DialFunc
 	target  *cancelTarget
 	socket  string
 	desired map[string]string // tracked settings the client expects
@@ -66,6 +72,11 @@ type txnSession struct {
 
 	mu struct {
 		sync.Mutex
+		// lease holds the compute while a transaction runs (or, once
+		// pinned, for the rest of the session); between transactions the
+		// client holds nothing, so its compute can go idle, suspend or go
+		// to zero under it, and the next transaction wakes it.
+		lease      *wake.Lease
 		sc         *pool.Conn
 		serverDone chan struct{} // closed when the attached conn's reader ends
 		pending    int           // Sync/Query/FunctionCall sent, ReadyForQuery not yet seen
@@ -455,6 +466,9 @@ func (t *txnSession) popSyntheticLocked(out []byte) []byte {
 func (t *txnSession) attach() error {
 	ctx := context.Background()
 	t.info.setState(clientWaiting)
+	if err := t.holdCompute(ctx); err != nil {
+		return err
+	}
 	c, waited, err := t.s.opt.Pool.Acquire(ctx, t.key, t.epoch, t.dial)
 	if waited > 0 {
 		t.s.m.PoolWait.Observe(waited.Seconds())
@@ -662,12 +676,49 @@ func (t *txnSession) finish() {
 	t.s.countBytes(t.ss)
 	t.stats.received.Add(t.ss.bytesIn)
 	t.stats.sent.Add(t.ss.bytesOut)
+	t.mu.Lock()
+	if t.mu.lease != nil {
+		t.mu.lease.Release()
+		t.mu.lease = nil
+	}
+	t.mu.Unlock()
 }
 
-// detachLocked notes that the session holds no server connection.
+// detachLocked notes that the session holds no server connection, and,
+// unless it is pinned, no compute either.
 func (t *txnSession) detachLocked() {
 	t.mu.sc = nil
 	t.info.setState(clientIdle)
+	if t.mu.pinned == "" && t.mu.lease != nil {
+		t.mu.lease.Release()
+		t.mu.lease = nil
+	}
+}
+
+// holdCompute takes a lease on the branch's compute for the next
+// transaction, waking it if it went idle, suspended or to zero since the
+// last one; the session then dials the compute where it runs now.
+func (t *txnSession) holdCompute(ctx context.Context) error {
+	t.mu.Lock()
+	held := t.mu.lease != nil
+	t.mu.Unlock()
+	if held {
+		return nil
+	}
+	lease, err := t.s.opt.Waker.Acquire(ctx, t.branch)
+	if err != nil {
+		return t.s.fail(t.ss, "wake_failed", wakeError(t.branch, err))
+	}
+	if lease.Kind != wake.WakeRunning {
+		t.s.m.WakeDuration.WithLabelValues(string(lease.Kind)).Observe(lease.Waited.Seconds())
+	}
+	if ep := lease.Endpoint; ep.Generation != t.epoch || ep.SocketPath() != t.socket {
+		t.epoch, t.socket, t.dial = ep.Generation, ep.SocketPath(), t.redial(ep)
+	}
+	t.mu.Lock()
+	t.mu.lease = lease
+	t.mu.Unlock()
+	return nil
 }
 
 // serverStmtName names a statement by what defines it: the query text and

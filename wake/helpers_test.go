@@ -119,6 +119,10 @@ type gatedProcess struct {
 	c *countingDriver
 }
 
+func (g *gatedProcess) Freeze() error      { return freezeOf(g.Process) }
+func (g *gatedProcess) Thaw() error        { return thawOf(g.Process) }
+func (g *gatedProcess) Materialized() bool { return materializedOf(g.Process) }
+
 func (g *gatedProcess) Stop(ctx context.Context) error {
 	if ch := g.c.stopGate.Load(); ch != nil {
 		select {
@@ -386,3 +390,6 @@ func (d *PostgresDriver) exists(branch string) bool {
 	}
 	return ok
 }
+
+// started says whether a lease's client waited for a start.
+func started(k WakeKind) bool { return k == WakeWarm || k == WakeCold }

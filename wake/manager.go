@@ -36,8 +36,21 @@ const (
 // Options configure a Manager.
 type Options struct {
 	// SuspendTimeout stops a compute after it has had no client (lease) for
-	// this long (default 300s).
+	// this long (default 300s): the suspended tier.
 	SuspendTimeout time.Duration
+	// IdleAfter freezes a compute (SIGSTOP of its processes) after it has
+	// had no client for this long, before SuspendTimeout: the idle tier,
+	// from which a client thaws it in microseconds. 0 (or not below
+	// SuspendTimeout): no idle tier.
+	IdleAfter time.Duration
+	// OffloadAfter drops a suspended compute's local data directory after
+	// it has been stopped this long (the pagestore has it): the zero tier.
+	// 0: never (only compute.cache_bytes evicts).
+	OffloadAfter time.Duration
+	// Prewarm starts (or thaws) a compute shortly before a client is
+	// predicted to arrive, when a branch's arrivals keep a regular interval
+	// (see prewarm.go); SetPrewarm switches it per branch.
+	Prewarm bool
 	// WakeTimeout bounds how long Acquire waits for a start (default 30s).
 	WakeTimeout time.Duration
 	// MaxRunning caps running computes; 0 means no cap.
@@ -65,7 +78,11 @@ type Options struct {
 
 // Status describes a branch's compute.
 type Status struct {
-	State      State
+	State State
+	// Tier is where the compute is as it goes unused, and TierSince when
+	// it got there (zero when not seen by this process).
+	Tier       Tier
+	TierSince  time.Time
 	Clients    int // leases held
 	Generation uint64
 	StartedAt  time.Time
@@ -107,6 +124,12 @@ type branch struct {
 	stopDone  chan struct{} // closed when the current stop finishes
 	idle      *time.Timer
 	idleSeq   uint64
+	frozen    bool // the idle tier: the running compute is frozen
+	tierSince time.Time
+	startKind WakeKind // what the current (or last) start was: warm or cold
+	offload   *time.Timer
+	offSeq    uint64
+	pw        prewarmState
 
 	cb       *gobreaker.CircuitBreaker
 	openedAt atomic.Int64 // unix nanos when the breaker last opened
@@ -231,6 +254,9 @@ func (m *Manager) removeLocked(b *branch) {
 		return
 	}
 	m.disarmLocked(b)
+	m.disarmOffloadLocked(b)
+	b.pw.disabled = true
+	m.schedulePrewarmLocked(b) // stops its timer
 	if m.met != nil {
 		m.met.Computes.WithLabelValues(string(b.state)).Dec()
 	}
@@ -264,11 +290,98 @@ func (m *Manager) waitLocked(ctx context.Context, ch <-chan struct{}) error {
 	}
 }
 
-// armLocked (re)starts b's idle timer.
+// armLocked (re)starts b's idle timers: the freeze after IdleAfter, when
+// there is an idle tier, then the suspend after SuspendTimeout.
 func (m *Manager) armLocked(b *branch) {
 	m.disarmLocked(b)
 	seq := b.idleSeq
-	b.idle = time.AfterFunc(m.o.SuspendTimeout, func() { m.idleFire(b, seq) })
+	// A compute warmed for a predicted client waits for it first.
+	hold := max(time.Until(b.pw.holdUntil), 0)
+	if m.idleTierLocked(b) && !b.frozen {
+		b.idle = time.AfterFunc(hold+m.o.IdleAfter, func() { m.freezeFire(b, seq) })
+		return
+	}
+	left := m.o.SuspendTimeout
+	if !b.lastUsed.IsZero() {
+		left -= time.Since(b.lastUsed) // frozen already: the rest of it
+	}
+	b.idle = time.AfterFunc(hold+max(left, 0), func() { m.idleFire(b, seq) })
+}
+
+// idleTierLocked says whether b's compute can be frozen.
+func (m *Manager) idleTierLocked(b *branch) bool {
+	_, ok := b.proc.(Freezer)
+	return ok && m.o.IdleAfter > 0 && m.o.IdleAfter < m.o.SuspendTimeout
+}
+
+// freezeFire moves an unused running compute to the idle tier.
+func (m *Manager) freezeFire(b *branch, seq uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || m.branches[b.name] != b || seq != b.idleSeq || b.state != StateRunning || b.leases > 0 || b.frozen {
+		return
+	}
+	if err := b.proc.(Freezer).Freeze(); err != nil {
+		m.log.Warn("freeze idle compute", zap.String("branch", b.name), zap.Error(err))
+		return
+	}
+	b.frozen, b.tierSince = true, time.Now()
+	m.steppedDownLocked(b)
+	m.log.Info("compute idle: frozen", zap.String("branch", b.name), zap.Duration("unused", time.Since(b.lastUsed)))
+	m.armLocked(b) // now the suspend
+}
+
+// thawLocked brings a frozen compute back to running.
+func (m *Manager) thawLocked(b *branch) error {
+	if !b.frozen {
+		return nil
+	}
+	b.frozen, b.tierSince = false, time.Now()
+	if err := b.proc.(Freezer).Thaw(); err != nil {
+		return fmt.Errorf("wake: thaw %s: %w", b.name, err)
+	}
+	return nil
+}
+
+// armOffloadLocked starts the timer that takes a stopped b to zero.
+func (m *Manager) armOffloadLocked(b *branch) {
+	m.disarmOffloadLocked(b)
+	off, ok := m.drv.(Offloader)
+	if !ok || m.o.OffloadAfter <= 0 {
+		return
+	}
+	seq := b.offSeq
+	b.offload = time.AfterFunc(m.o.OffloadAfter, func() {
+		m.mu.Lock()
+		if m.closed || m.branches[b.name] != b || seq != b.offSeq || b.state != StateStopped || b.op != "" {
+			m.mu.Unlock()
+			return
+		}
+		m.mu.Unlock()
+		ctx, cancel := context.WithTimeout(m.baseCtx, time.Minute)
+		done, err := off.Offload(ctx, b.name)
+		cancel()
+		switch {
+		case err != nil:
+			m.log.Warn("offload suspended compute", zap.String("branch", b.name), zap.Error(err))
+		case done:
+			m.mu.Lock()
+			if b.state == StateStopped {
+				b.tierSince = time.Now()
+			}
+			m.mu.Unlock()
+			m.log.Info("compute at zero: local data directory dropped", zap.String("branch", b.name),
+				zap.Duration("suspended", m.o.OffloadAfter))
+		}
+	})
+}
+
+func (m *Manager) disarmOffloadLocked(b *branch) {
+	b.offSeq++
+	if b.offload != nil {
+		b.offload.Stop()
+		b.offload = nil
+	}
 }
 
 func (m *Manager) disarmLocked(b *branch) {
@@ -298,9 +411,16 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 	t0 := time.Now()
 	wctx, cancel := context.WithTimeout(ctx, m.o.WakeTimeout)
 	defer cancel()
-	kind := WakeWarm
+	kind := WakeRunning
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if !m.closed {
+		// An arrival: the first client after a gap, or the first one a
+		// pre-warm waited for.
+		if b := m.getLocked(name); b.leases == 0 && (b.lastUsed.IsZero() || t0.Sub(b.lastUsed) >= arrivalGap || !b.pw.warmedAt.IsZero()) {
+			m.noteArrivalLocked(b, t0)
+		}
+	}
 	for {
 		if m.closed {
 			return nil, ErrClosed
@@ -309,19 +429,27 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 		var wait <-chan struct{}
 		switch b.state {
 		case StateRunning:
+			if b.frozen {
+				if err := m.thawLocked(b); err != nil {
+					return nil, &StartError{Branch: name, Err: err}
+				}
+				if kind == WakeRunning {
+					kind = WakeHot
+				}
+			}
 			b.leases++
 			b.lastUsed = time.Now()
 			m.disarmLocked(b)
 			return &Lease{Endpoint: b.proc.Endpoint(), Kind: kind, Waited: time.Since(t0), m: m, b: b, gen: b.gen}, nil
 		case StateStarting:
 			f := b.flight
-			kind = WakeCold
 			if err := m.waitLocked(wctx, f.done); err != nil {
 				return nil, m.waitErr(ctx, name, err)
 			}
 			if f.err != nil {
 				return nil, f.err
 			}
+			kind = b.startKind
 			continue
 		case StateStopping:
 			wait = b.stopDone
@@ -340,7 +468,6 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 			m.startLocked(b, room)
 			continue
 		}
-		kind = WakeCold
 		if err := m.waitLocked(wctx, wait); err != nil {
 			return nil, m.waitErr(ctx, name, err)
 		}
@@ -404,6 +531,7 @@ func (m *Manager) makeRoomLocked(b *branch) (<-chan struct{}, error) {
 // startLocked moves b to starting and starts its compute in the background
 // (after waitFor, if set, is closed).
 func (m *Manager) startLocked(b *branch, waitFor <-chan struct{}) {
+	m.disarmOffloadLocked(b)
 	b.gen++
 	f := &flight{done: make(chan struct{})}
 	b.flight = f
@@ -476,6 +604,10 @@ func (m *Manager) runStart(b *branch, f *flight, gen uint64, waitFor <-chan stru
 	}
 	now := time.Now()
 	b.proc, b.startedAt, b.lastUsed, b.lastErr, b.leases = proc, now, now, nil, 0
+	b.frozen, b.tierSince, b.startKind, b.pw.startDur = false, now, WakeWarm, took
+	if mp, ok := proc.(Materializer); ok && mp.Materialized() {
+		b.startKind = WakeCold
+	}
 	m.setStateLocked(b, StateRunning)
 	go m.watch(b, proc)
 	logf = func() {
@@ -525,6 +657,10 @@ func (m *Manager) watch(b *branch, proc Process) {
 // in the background; the returned channel is closed when it is stopped.
 func (m *Manager) beginStopLocked(b *branch, reason string) <-chan struct{} {
 	m.disarmLocked(b)
+	if err := m.thawLocked(b); err != nil { // a frozen postmaster would not act on the shutdown
+		m.log.Warn("thaw before stop", zap.String("branch", b.name), zap.Error(err))
+	}
+	m.steppedDownLocked(b)
 	proc := b.proc
 	done := make(chan struct{})
 	b.stopDone = done
@@ -551,11 +687,14 @@ func (m *Manager) beginStopLocked(b *branch, reason string) <-chan struct{} {
 		}
 		cancel()
 		m.mu.Lock()
-		b.proc = nil
+		b.proc, b.tierSince = nil, time.Now()
 		if m.met != nil {
 			m.met.ComputeStopsTotal.WithLabelValues(reason).Inc()
 		}
 		m.setStateLocked(b, StateStopped)
+		if (reason == StopIdle || reason == StopAdmin) && !m.closed {
+			m.armOffloadLocked(b)
+		}
 		close(done)
 		m.mu.Unlock()
 		m.log.Info("compute stopped", zap.String("branch", b.name), zap.String("reason", reason),
@@ -782,13 +921,31 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 
 // Status reports branch's compute.
 func (m *Manager) Status(name string) Status {
+	s := m.status(name)
+	if s.Tier == TierSuspended {
+		// Asked of the driver without m.mu: it looks at the disk.
+		if off, ok := m.drv.(Offloader); ok && !off.HasLocal(name) {
+			s.Tier = TierZero
+		}
+	}
+	return s
+}
+
+func (m *Manager) status(name string) Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	b, ok := m.branches[name]
 	if !ok {
-		return Status{State: StateStopped}
+		return Status{State: StateStopped, Tier: TierSuspended}
 	}
-	s := Status{State: b.state, Clients: b.leases, Generation: b.gen, StartedAt: b.startedAt, LastUsed: b.lastUsed}
+	s := Status{State: b.state, Clients: b.leases, Generation: b.gen, StartedAt: b.startedAt, LastUsed: b.lastUsed,
+		Tier: TierSuspended, TierSince: b.tierSince}
+	switch {
+	case b.state == StateRunning && b.frozen:
+		s.Tier = TierIdle
+	case b.state == StateRunning || b.state == StateStarting:
+		s.Tier = TierRunning
+	}
 	if b.proc != nil {
 		s.PID = b.proc.PID()
 	}
@@ -815,6 +972,7 @@ func (m *Manager) Close(ctx context.Context) error {
 		var waits []<-chan struct{}
 		for _, b := range m.branches {
 			m.disarmLocked(b)
+			m.disarmOffloadLocked(b)
 			switch b.state {
 			case StateRunning:
 				waits = append(waits, m.beginStopLocked(b, StopShutdown))
@@ -848,6 +1006,7 @@ func (m *Manager) Detach() {
 	close(m.detachCh)
 	for _, b := range m.branches {
 		m.disarmLocked(b)
+		m.disarmOffloadLocked(b)
 		if m.met != nil {
 			m.met.Computes.WithLabelValues(string(b.state)).Dec()
 		}

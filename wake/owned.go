@@ -94,6 +94,32 @@ type ownedProcess struct {
 	released sync.Once
 }
 
+var (
+	_ Freezer      = (*ownedProcess)(nil)
+	_ Materializer = (*ownedProcess)(nil)
+	_ Offloader    = (*ownedDriver)(nil)
+)
+
+func (p *ownedProcess) Freeze() error      { return freezeOf(p.Process) }
+func (p *ownedProcess) Thaw() error        { return thawOf(p.Process) }
+func (p *ownedProcess) Materialized() bool { return materializedOf(p.Process) }
+
+// Offload implements Offloader for the wrapped driver.
+func (d *ownedDriver) Offload(ctx context.Context, branch string) (bool, error) {
+	if o, ok := d.Driver.(Offloader); ok {
+		return o.Offload(ctx, branch)
+	}
+	return false, nil
+}
+
+// HasLocal implements Offloader for the wrapped driver.
+func (d *ownedDriver) HasLocal(branch string) bool {
+	if o, ok := d.Driver.(Offloader); ok {
+		return o.HasLocal(branch)
+	}
+	return true
+}
+
 func (p *ownedProcess) Stop(ctx context.Context) error {
 	p.stopping.Store(true)
 	return p.Process.Stop(ctx)

@@ -656,10 +656,11 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 	tSpawn := time.Since(t0) - tPrepare
 	pid := cmd.Process.Pid
 	p := &pgProcess{
-		ep:     Endpoint{SocketDir: sock, Port: Port, Generation: generation},
-		pid:    pid,
-		done:   make(chan struct{}),
-		signal: func(s syscall.Signal) error { return cmd.Process.Signal(s) },
+		ep:           Endpoint{SocketDir: sock, Port: Port, Generation: generation},
+		pid:          pid,
+		materialized: materialized,
+		done:         make(chan struct{}),
+		signal:       func(s syscall.Signal) error { return cmd.Process.Signal(s) },
 	}
 	go func() {
 		p.exitErr = cmd.Wait()
@@ -763,6 +764,8 @@ func (d *PostgresDriver) Adopt(ctx context.Context, branch string, generation ui
 	if !ok || !isPostmasterOf(pid, pgdata) {
 		return nil, false, nil // stale pid file; PostgreSQL handles it at start
 	}
+	// The earlier neonproxy may have left it frozen (the idle tier).
+	_ = syscall.Kill(-pid, syscall.SIGCONT)
 	// Wait for it to finish starting (or to go away).
 	for len(lines) < 8 || strings.TrimSpace(lines[7]) != "ready" {
 		if !procAlive(pid, start) {
@@ -882,16 +885,43 @@ func isPostmasterOf(pid int, pgdata string) bool {
 
 // pgProcess is a running postmaster, our child or adopted.
 type pgProcess struct {
-	ep      Endpoint
-	pid     int
-	done    chan struct{}
-	exitErr error // set before done is closed (children only)
-	signal  func(syscall.Signal) error
+	ep           Endpoint
+	pid          int
+	done         chan struct{}
+	exitErr      error // set before done is closed (children only)
+	signal       func(syscall.Signal) error
+	materialized bool // its start materialized the data directory
 }
+
+var (
+	_ Freezer      = (*pgProcess)(nil)
+	_ Materializer = (*pgProcess)(nil)
+)
 
 func (p *pgProcess) Endpoint() Endpoint    { return p.ep }
 func (p *pgProcess) PID() int              { return p.pid }
 func (p *pgProcess) Done() <-chan struct{} { return p.done }
+func (p *pgProcess) Materialized() bool    { return p.materialized }
+
+// Freeze stops every process of the compute (the postmaster's process
+// group: backends, walsenders, background workers) with SIGSTOP: no CPU,
+// memory and sockets kept. The walsenders' timeouts count from the last
+// reply they read, and the keepers keep replying into the socket while the
+// compute is frozen, so a thaw finds the replies and no timeout fires.
+func (p *pgProcess) Freeze() error {
+	if err := syscall.Kill(-p.pid, syscall.SIGSTOP); err != nil {
+		return fmt.Errorf("wake: freeze postgres %d: %w", p.pid, err)
+	}
+	return nil
+}
+
+// Thaw resumes a frozen compute.
+func (p *pgProcess) Thaw() error {
+	if err := syscall.Kill(-p.pid, syscall.SIGCONT); err != nil {
+		return fmt.Errorf("wake: thaw postgres %d: %w", p.pid, err)
+	}
+	return nil
+}
 
 // Stop performs a fast shutdown, escalating to immediate shutdown and
 // SIGKILL when ctx ends first.

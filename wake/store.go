@@ -520,3 +520,41 @@ func (d *PostgresDriver) evictOne(branch string) error {
 	}
 	return nil
 }
+
+var _ Offloader = (*PostgresDriver)(nil)
+
+// Offload drops branch's local data directory when the pagestore has all
+// of it (stored, no unstored changes, no postmaster): the zero tier. The
+// next start materializes it again.
+func (d *PostgresDriver) Offload(ctx context.Context, branch string) (bool, error) {
+	if err := validBranch(branch); err != nil {
+		return false, err
+	}
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	l := d.locks.get(branch)
+	if !l.TryLock() {
+		return false, nil // starting or storing right now
+	}
+	defer l.Unlock()
+	if !d.HasLocal(branch) {
+		return false, nil
+	}
+	if st, ok := d.readState(branch); !ok || st.Unstored {
+		return false, nil
+	}
+	if err := d.evictOne(branch); err != nil {
+		return false, fmt.Errorf("wake: offload %s: %w", branch, err)
+	}
+	return true, nil
+}
+
+// HasLocal reports whether branch has a local data directory.
+func (d *PostgresDriver) HasLocal(branch string) bool {
+	if validBranch(branch) != nil {
+		return false
+	}
+	_, err := os.Stat(d.pgdata(branch)) // gone only once an eviction completed
+	return err == nil
+}

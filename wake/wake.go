@@ -130,14 +130,53 @@ type KeeperStatus struct {
 	LagBytes int64  // WAL the compute wrote that this keeper has not made durable
 }
 
-// WakeKind says whether a client had to wait for a start.
+// WakeKind says how far down its tiers the compute was when a client
+// needed it: what it had to wait for.
 type WakeKind string
 
 // Wake kinds, used as the metric label and in the connection log line.
 const (
-	WakeCold WakeKind = "cold" // the compute was started (or being started) for this client
-	WakeWarm WakeKind = "warm" // the compute was already running
+	WakeRunning WakeKind = "running" // it was running: no wait
+	WakeHot     WakeKind = "hot"     // it was idle (frozen): thawed
+	WakeWarm    WakeKind = "warm"    // it was suspended: PostgreSQL started on its local directory
+	WakeCold    WakeKind = "cold"    // it was at zero: its data directory was materialized first
 )
+
+// Tier is where a compute is in its lifecycle as it goes unused: running
+// → idle (frozen) → suspended (stopped, local directory kept) → zero
+// (local directory dropped; the pagestore has it).
+type Tier string
+
+// Tiers.
+const (
+	TierRunning   Tier = "running"
+	TierIdle      Tier = "idle"
+	TierSuspended Tier = "suspended"
+	TierZero      Tier = "zero"
+)
+
+// Freezer is a Process that can be frozen (no CPU, all state kept) and
+// thawed, for the idle tier.
+type Freezer interface {
+	Freeze() error
+	Thaw() error
+}
+
+// Materializer is a Process that says whether its start had to
+// materialize the data directory from the pagestore (a cold start).
+type Materializer interface {
+	Materialized() bool
+}
+
+// Offloader is a Driver that can drop a stopped branch's local data
+// directory (the zero tier) and say whether it has one.
+type Offloader interface {
+	// Offload drops branch's local data directory if the pagestore has
+	// all of it; it reports whether it did.
+	Offload(ctx context.Context, branch string) (bool, error)
+	// HasLocal reports whether branch has a local data directory.
+	HasLocal(branch string) bool
+}
 
 // StartError is returned by Manager.Acquire when the compute could not be
 // started or its breaker is open. The proxy maps it to SQLSTATE 57P03.
@@ -160,3 +199,25 @@ func (e *StartError) Error() string {
 }
 
 func (e *StartError) Unwrap() error { return e.Err }
+
+// Wrappers of a Process (ownership, tests) forward the optional
+// interfaces through these.
+
+func freezeOf(p Process) error {
+	if f, ok := p.(Freezer); ok {
+		return f.Freeze()
+	}
+	return fmt.Errorf("wake: this compute cannot be frozen")
+}
+
+func thawOf(p Process) error {
+	if f, ok := p.(Freezer); ok {
+		return f.Thaw()
+	}
+	return nil
+}
+
+func materializedOf(p Process) bool {
+	m, ok := p.(Materializer)
+	return ok && m.Materialized()
+}

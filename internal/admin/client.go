@@ -68,6 +68,13 @@ func (c *Client) Suspend(ctx context.Context, name string) (BranchJSON, error) {
 	return out, err
 }
 
+// SetPrewarm switches predictive pre-warm for a branch (this node).
+func (c *Client) SetPrewarm(ctx context.Context, name string, enabled bool) (BranchJSON, error) {
+	var out BranchJSON
+	err := c.do(ctx, http.MethodPost, "/v1/branches/"+url.PathEscape(name)+"/prewarm", PrewarmRequest{Enabled: enabled}, http.StatusOK, &out)
+	return out, err
+}
+
 // GC runs a pagestore garbage collection pass.
 func (c *Client) GC(ctx context.Context) (GCResult, error) {
 	var out GCResult

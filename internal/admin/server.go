@@ -85,6 +85,7 @@ func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metric
 	mux.HandleFunc("GET /v1/branches/{name}", h.getBranch)
 	mux.HandleFunc("DELETE /v1/branches/{name}", h.deleteBranch)
 	mux.HandleFunc("POST /v1/branches/{name}/suspend", h.suspendBranch)
+	mux.HandleFunc("POST /v1/branches/{name}/prewarm", h.prewarmBranch)
 	if opts.GC != nil {
 		mux.HandleFunc("POST /v1/pagestore/gc", h.gc)
 	}
@@ -233,6 +234,12 @@ func (h *Handler) branchJSON(ctx context.Context, b router.Branch) BranchJSON {
 		out.Compute.State = st.State
 	}
 	out.Compute.Clients = st.Clients
+	out.Compute.Tier = st.Tier
+	pw := st.Prewarm
+	out.Compute.Prewarm = &pw
+	if !st.TierSince.IsZero() {
+		out.Compute.TierSeconds = time.Since(st.TierSince).Round(time.Millisecond).Seconds()
+	}
 	out.Compute.PID = st.PID
 	out.Compute.StartedAt = st.StartedAt
 	out.Compute.LastUsed = st.LastUsed
@@ -555,6 +562,27 @@ func (h *Handler) suspendBranch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.log.Info("compute suspended by admin request", zap.String("branch", name))
+	writeJSON(w, http.StatusOK, h.branchJSON(r.Context(), b))
+}
+
+// prewarmBranch switches predictive pre-warm for a branch on this node.
+func (h *Handler) prewarmBranch(w http.ResponseWriter, r *http.Request) {
+	name, ok := pathName(w, r)
+	if !ok {
+		return
+	}
+	var req PrewarmRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+		writeError(w, r, http.StatusBadRequest, fmt.Sprintf(`invalid body: %v (want {"enabled": true|false})`, err))
+		return
+	}
+	b, err := h.reg.Get(r.Context(), name)
+	if err != nil {
+		writeError(w, r, errorStatus(err), branchErr(name, err))
+		return
+	}
+	h.comp.SetPrewarm(name, req.Enabled)
+	h.log.Info("pre-warm switched by admin request", zap.String("branch", name), zap.Bool("enabled", req.Enabled))
 	writeJSON(w, http.StatusOK, h.branchJSON(r.Context(), b))
 }
 

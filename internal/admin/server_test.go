@@ -89,6 +89,10 @@ func (f *fakeComputes) Clone(ctx context.Context, parent, branch, lsn, at string
 	return nil
 }
 
+func (f *fakeComputes) SetPrewarm(branch string, enabled bool) {
+	f.record(fmt.Sprintf("prewarm %s %v", branch, enabled))
+}
+
 func (f *fakeComputes) Suspend(ctx context.Context, branch string) error {
 	f.record("suspend " + branch)
 	f.mu.Lock()
@@ -466,6 +470,21 @@ func TestRoutes(t *testing.T) {
 			},
 		},
 		{name: "suspend unknown", method: "POST", path: "/v1/branches/nope/suspend", wantStatus: 404, wantErr: "branch nope does not exist"},
+		{
+			name: "prewarm off", method: "POST", path: "/v1/branches/main/prewarm", body: `{"enabled":false}`, wantStatus: 200,
+			check: func(t *testing.T, f *fixture, body []byte) {
+				var got BranchJSON
+				mustJSON(t, body, &got)
+				if got.Name != "main" || got.Compute.Prewarm == nil {
+					t.Errorf("prewarm = %+v", got)
+				}
+				if calls := f.comp.Calls(); len(calls) != 1 || calls[0] != "prewarm main false" {
+					t.Errorf("calls = %v", calls)
+				}
+			},
+		},
+		{name: "prewarm bad body", method: "POST", path: "/v1/branches/main/prewarm", body: `{"enabled":"maybe"}`, wantStatus: 400, wantErr: "want {"},
+		{name: "prewarm unknown", method: "POST", path: "/v1/branches/nope/prewarm", body: `{"enabled":true}`, wantStatus: 404, wantErr: "branch nope does not exist"},
 		{name: "suspend fails", method: "POST", path: "/v1/branches/main/suspend", wantStatus: 500, wantErr: "stuck",
 			setup: func(f *fixture) { f.comp.suspErr = errors.New("stuck") }},
 		{name: "suspend timeout", method: "POST", path: "/v1/branches/main/suspend", wantStatus: 504, wantErr: "deadline",

@@ -16,6 +16,9 @@ import (
 type ComputeStatus struct {
 	// State is stopped|starting|running|stopping; empty means stopped.
 	State     string
+	Tier      string // running|idle|suspended|zero
+	TierSince time.Time
+	Prewarm   PrewarmJSON
 	Clients   int
 	PID       int
 	StartedAt time.Time
@@ -38,6 +41,22 @@ type Computes interface {
 	Delete(ctx context.Context, branch string) error
 	// Storage reports where branch's data is and how big it is.
 	Storage(ctx context.Context, branch string) (Storage, error)
+	// SetPrewarm switches predictive pre-warm for branch (this node).
+	SetPrewarm(branch string, enabled bool)
+}
+
+// PrewarmJSON is a branch's predictive pre-warm: whether it is on, the
+// regular interval its clients arrive at (0: none found) and the
+// predicted next arrival.
+type PrewarmJSON struct {
+	Enabled       bool      `json:"enabled"`
+	PeriodSeconds float64   `json:"period_seconds"`
+	NextArrival   time.Time `json:"next_arrival,omitzero"`
+}
+
+// PrewarmRequest is the body of POST /v1/branches/NAME/prewarm.
+type PrewarmRequest struct {
+	Enabled bool `json:"enabled"`
 }
 
 // Storage is a branch's data as the compute manager reports it.
@@ -109,12 +128,18 @@ type KeeperJSON struct {
 
 // ComputeJSON is the compute part of BranchJSON.
 type ComputeJSON struct {
-	State     string    `json:"state"`
-	Clients   int       `json:"clients"`
-	PID       int       `json:"pid,omitempty"`
-	StartedAt time.Time `json:"started_at,omitzero"`
-	LastUsed  time.Time `json:"last_used,omitzero"`
-	LastError string    `json:"last_error,omitempty"`
+	State string `json:"state"`
+	// Tier is running, idle (frozen), suspended (stopped, local data
+	// directory kept) or zero (local directory dropped); TierSeconds is
+	// how long it has been there (0: not known to this process).
+	Tier        string       `json:"tier"`
+	TierSeconds float64      `json:"tier_seconds"`
+	Clients     int          `json:"clients"`
+	Prewarm     *PrewarmJSON `json:"prewarm,omitempty"`
+	PID         int          `json:"pid,omitempty"`
+	StartedAt   time.Time    `json:"started_at,omitzero"`
+	LastUsed    time.Time    `json:"last_used,omitzero"`
+	LastError   string       `json:"last_error,omitempty"`
 }
 
 // CreateBranchRequest is the body of POST /v1/branches.

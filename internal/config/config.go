@@ -98,7 +98,17 @@ type TLS struct {
 type Compute struct {
 	PostgresBinDir string   `yaml:"postgres_bin_dir"`
 	SuspendTimeout Duration `yaml:"suspend_timeout"`
-	WakeTimeout    Duration `yaml:"wake_timeout"`
+	// IdleAfter freezes an unused compute (the idle tier) this long after
+	// its last client left; 0, or not below SuspendTimeout: no idle tier.
+	IdleAfter Duration `yaml:"idle_after"`
+	// OffloadAfter drops a suspended compute's local data directory after
+	// this long (the zero tier); 0: never.
+	OffloadAfter Duration `yaml:"offload_after"`
+	// Prewarm starts or thaws a compute shortly before a client is
+	// predicted (arrivals at a regular interval); per branch through the
+	// admin API.
+	Prewarm     bool     `yaml:"prewarm"`
+	WakeTimeout Duration `yaml:"wake_timeout"`
 	// MaxRunning caps running computes; 0 means no cap.
 	MaxRunning int `yaml:"max_running"`
 	// SharedBuffers is passed to PostgreSQL as shared_buffers.
@@ -262,6 +272,9 @@ func Default() Config {
 		Compute: Compute{
 			PostgresBinDir:  "/usr/lib/postgresql/15/bin",
 			SuspendTimeout:  Duration(300 * time.Second),
+			IdleAfter:       Duration(30 * time.Second),
+			OffloadAfter:    Duration(time.Hour),
+			Prewarm:         true,
 			WakeTimeout:     Duration(30 * time.Second),
 			SharedBuffers:   "16MB",
 			MaxConnections:  100,
@@ -321,6 +334,12 @@ func (c *Config) Validate() error {
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		errs = append(errs, errors.New("tls.cert_file and tls.key_file must be set together"))
+	}
+	if c.Compute.IdleAfter < 0 {
+		errs = append(errs, errors.New("compute.idle_after must be >= 0"))
+	}
+	if c.Compute.OffloadAfter < 0 {
+		errs = append(errs, errors.New("compute.offload_after must be >= 0"))
 	}
 	if c.Compute.SuspendTimeout <= 0 {
 		errs = append(errs, errors.New("compute.suspend_timeout must be > 0"))

@@ -19,7 +19,8 @@ type Metrics struct {
 	// protocol_error, cancel, closed_early.
 	ConnectionsTotal *prometheus.CounterVec
 	// WakeDuration observes how long a client was held for its compute:
-	// kind="cold" when a start was needed, "warm" when it was running.
+	// kind: running (no wait), hot (thawed from idle), warm (PostgreSQL
+	// started on its local directory), cold (materialized first).
 	WakeDuration *prometheus.HistogramVec
 	// Computes is the number of computes per state
 	// (stopped|starting|running|stopping).
@@ -36,6 +37,14 @@ type Metrics struct {
 	// transaction pooling, by reason (set, listen, prepare, cursor,
 	// temp_table, advisory_lock).
 	PoolPinned *prometheus.CounterVec
+	// Prewarm counts predicted arrivals by result: hit (the client found
+	// the compute started or thawed for it), miss (predicted, but it came
+	// before the compute was warm, or warming was not allowed), wasted (a
+	// compute warmed for a client that did not come).
+	Prewarm *prometheus.CounterVec
+	// PrewarmSeconds is the compute time spent warm ahead of arrivals
+	// (from the pre-warm to the arrival, or to the compute going down).
+	PrewarmSeconds prometheus.Counter
 }
 
 // New creates and registers all collectors on a fresh registry, together
@@ -52,7 +61,7 @@ func New() *Metrics {
 		}, []string{"result"}),
 		WakeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "neonproxy_wake_duration_seconds",
-			Help:    "Time a client was held until its compute was ready (cold: a start was needed; warm: already running).",
+			Help:    "Time a client was held until its compute was ready, by how far down its tiers it was (running, hot, warm, cold).",
 			Buckets: []float64{.0005, .001, .005, .01, .025, .05, .1, .25, .5, 1, 2, 5, 10, 30},
 		}, []string{"kind"}),
 		Computes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -83,6 +92,12 @@ func New() *Metrics {
 		PoolPinned: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "neonproxy_pool_pinned_total", Help: "Transaction-pooled clients pinned to their server connection, by reason.",
 		}, []string{"reason"}),
+		Prewarm: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "neonproxy_prewarm_total", Help: "Predicted arrivals by result (hit, miss, wasted).",
+		}, []string{"result"}),
+		PrewarmSeconds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "neonproxy_prewarm_compute_seconds_total", Help: "Compute time spent warm ahead of predicted arrivals.",
+		}),
 	}
 	r.MustRegister(
 		collectors.NewGoCollector(),
@@ -90,8 +105,11 @@ func New() *Metrics {
 		m.ClientConnections, m.ConnectionsTotal, m.WakeDuration, m.Computes,
 		m.ComputeStarts, m.AuthFailures, m.CancelRequests,
 		m.PoolWait, m.BranchesTotal,
-		m.ComputeStopsTotal, m.ProxyBytesForwarded, m.PoolPinned,
+		m.ComputeStopsTotal, m.ProxyBytesForwarded, m.PoolPinned, m.Prewarm, m.PrewarmSeconds,
 	)
+	for _, r := range []string{"hit", "miss", "wasted"} {
+		m.Prewarm.WithLabelValues(r).Add(0)
+	}
 	for _, s := range []string{"stopped", "starting", "running", "stopping"} {
 		m.Computes.WithLabelValues(s).Set(0)
 	}

@@ -220,6 +220,9 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	}
 	s.Computes = wake.NewManager(managed, wake.Options{
 		SuspendTimeout:  cfg.Compute.SuspendTimeout.D(),
+		IdleAfter:       cfg.Compute.IdleAfter.D(),
+		OffloadAfter:    cfg.Compute.OffloadAfter.D(),
+		Prewarm:         cfg.Compute.Prewarm,
 		WakeTimeout:     cfg.Compute.WakeTimeout.D(),
 		MaxRunning:      cfg.Compute.MaxRunning,
 		BreakerFailures: cfg.Compute.BreakerFailures,
@@ -585,7 +588,8 @@ var _ admin.Computes = computesAdapter{}
 func (a computesAdapter) Status(branch string) admin.ComputeStatus {
 	st := a.s.Computes.Status(branch)
 	return admin.ComputeStatus{
-		State: string(st.State), Clients: st.Clients, PID: st.PID,
+		State: string(st.State), Tier: string(st.Tier), TierSince: st.TierSince, Clients: st.Clients, PID: st.PID,
+		Prewarm:   prewarmJSON(a.s.Computes.Prewarm(branch)),
 		StartedAt: st.StartedAt, LastUsed: st.LastUsed, LastError: st.LastError,
 	}
 }
@@ -615,6 +619,14 @@ func (a computesAdapter) Clone(ctx context.Context, parent, branch, lsn, at stri
 
 func (a computesAdapter) Suspend(ctx context.Context, branch string) error {
 	return a.s.Computes.Suspend(ctx, branch)
+}
+
+func (a computesAdapter) SetPrewarm(branch string, enabled bool) {
+	a.s.Computes.SetPrewarm(branch, enabled)
+}
+
+func prewarmJSON(p wake.PrewarmInfo) admin.PrewarmJSON {
+	return admin.PrewarmJSON{Enabled: p.Enabled, PeriodSeconds: p.Period.Seconds(), NextArrival: p.Next}
 }
 
 func (a computesAdapter) Delete(ctx context.Context, branch string) error {
