@@ -215,3 +215,50 @@ func TestPrewarmPeriodic(t *testing.T) {
 		t.Fatal("pre-warm switched off, but main was started ahead of the client")
 	}
 }
+
+// TestSuspendWithSessionsDisconnect: with compute.suspend_with_sessions:
+// disconnect, a compute whose session-mode and pinned clients have all been
+// quiet for suspend_timeout is suspended, and each of them is told why
+// (57P01 naming the suspend); an unpinned -pooler client stays connected
+// and simply wakes the compute again.
+func TestSuspendWithSessionsDisconnect(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		c.Compute.IdleAfter = 0
+		c.Compute.SuspendTimeout = config.Duration(time.Second)
+		c.Compute.SuspendWithSessions = "disconnect"
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	session, err := pgx.Connect(ctx, e.url("postgres", testPassword, "main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer session.Close(ctx)
+	pinned, err := pgx.Connect(ctx, e.poolerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.Close(ctx)
+	if _, err := pinned.Exec(ctx, "LISTEN somewhere"); err != nil { // pins it
+		t.Fatal(err)
+	}
+	pooled, err := pgx.Connect(ctx, e.poolerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pooled.Close(ctx)
+	gen := e.srv.Computes.Status("main").Generation
+	e.waitState("main", wake.StateStopped)
+	for name, c := range map[string]*pgx.Conn{"session": session, "pinned": pinned} {
+		_, err := c.Exec(ctx, "SELECT 1")
+		wantPgError(t, err, "57P01", "suspended after 1s without queries")
+		t.Logf("%s client: %v", name, err)
+	}
+	var one int
+	if err := pooled.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatalf("the unpinned -pooler client after the suspend: %v", err)
+	}
+	if st := e.srv.Computes.Status("main"); st.Generation != gen+1 {
+		t.Fatalf("generation %d, want %d", st.Generation, gen+1)
+	}
+}

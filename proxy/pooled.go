@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/neonproxy/neonproxy/internal/pgwire"
 	"github.com/neonproxy/neonproxy/pool"
+	"github.com/neonproxy/neonproxy/wake"
 )
 
 // resetTimeout bounds the reset of a server connection before reuse.
@@ -26,7 +28,7 @@ var terminateMsg = []byte{'X', 0, 0, 0, 4}
 // When the client leaves cleanly (Terminate at a message boundary, server
 // idle) the connection is reset and goes back to the pool; otherwise it is
 // closed.
-func (s *Server) sessionPooled(ss *session, c *pool.Conn, target *cancelTarget, ks *keyStats) error {
+func (s *Server) sessionPooled(ss *session, c *pool.Conn, target *cancelTarget, ks *keyStats, lease *wake.Lease) error {
 	var cf, bf pgwire.Framer
 	cf.MaxLen = maxClientMessage
 	var queries int64 // read by this goroutine once the pump has ended
@@ -34,7 +36,15 @@ func (s *Server) sessionPooled(ss *session, c *pool.Conn, target *cancelTarget, 
 		if typ == 'Q' || typ == 'E' {
 			queries++
 		}
+		lease.Touch()
 	}
+	// compute.suspend_with_sessions: disconnect: the compute is suspended
+	// under a quiet session, which is told why.
+	var suspended atomic.Bool
+	lease.OnSuspend(func() {
+		suspended.Store(true)
+		_ = c.Net.Close()
+	})
 	type result struct {
 		n   int64
 		err error
@@ -59,6 +69,10 @@ func (s *Server) sessionPooled(ss *session, c *pool.Conn, target *cancelTarget, 
 	case sr = <-fromServer:
 		// The server closed (compute stopped or crashed): its FATAL has
 		// reached the client; end the client too.
+		if suspended.Load() {
+			_ = s.fail(ss, "suspended", &pgwire.Error{Code: pgwire.CodeAdminShutdown, Message: lease.SuspendedError(),
+				Hint: "Reconnect: the next connection wakes the compute."})
+		}
 		_ = ss.conn.Close()
 		cr = <-fromClient
 	}

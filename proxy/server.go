@@ -508,7 +508,7 @@ func (s *Server) serve(ss *session, active int64) error {
 	_ = ss.raw.SetDeadline(time.Time{})
 	if !transaction {
 		info.setState(clientActive)
-		return s.sessionPooled(ss, c, target, ks)
+		return s.sessionPooled(ss, c, target, ks, lease)
 	}
 	desired := make(map[string]string, len(trackedParams))
 	for _, canon := range trackedParams {

@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/neonproxy/neonproxy/internal/pgwire"
 	"github.com/neonproxy/neonproxy/pool"
 	"github.com/neonproxy/neonproxy/wake"
 )
@@ -55,8 +57,11 @@ type txnSession struct {
 	stats   *keyStats
 
 	terminated bool
-	out        []byte // client reader's pending output to the server
-	sout       []byte // answers on their way to the client (inline mode)
+	// suspended is set (to the reason) when the compute was suspended
+	// under a quiet session (compute.suspend_with_sessions: disconnect).
+	suspended atomic.Pointer[string]
+	out       []byte // client reader's pending output to the server
+	sout      []byte // answers on their way to the client (inline mode)
 
 	// The attached connection's reader. The client reader owns it, or,
 	// once async is set (a LISTEN pinned the session), the server loop.
@@ -185,6 +190,7 @@ func (t *txnSession) run() error {
 			return nil
 		}
 		t.mu.Lock()
+		t.mu.lease.Touch()
 		if t.mu.sc == nil {
 			if err := t.mu.serverErr; err != nil {
 				t.mu.Unlock()
@@ -477,6 +483,16 @@ func (t *txnSession) attach() error {
 		return t.s.fail(t.ss, "pool_error", poolError(t.key, err))
 	}
 	t.stats.acquired(waited)
+	t.mu.Lock()
+	lease := t.mu.lease
+	t.mu.Unlock()
+	// Runs under the compute manager's lock, before this session can give
+	// c back: it takes no lock of the session.
+	lease.OnSuspend(func() {
+		msg := lease.SuspendedError()
+		t.suspended.Store(&msg)
+		_ = c.Net.Close()
+	})
 	if stmts := setStatements(t.desired, c.Params); stmts != "" {
 		sctx, cancel := context.WithTimeout(ctx, resetTimeout)
 		st, err := c.Exec(sctx, stmts)
@@ -827,6 +843,10 @@ func (t *txnSession) endServer(c *pool.Conn, closeClient bool, err error) {
 	t.mu.Unlock()
 	t.giveBack(c, false)
 	if closeClient {
+		if msg := t.suspended.Load(); msg != nil {
+			_ = t.s.fail(t.ss, "suspended", &pgwire.Error{Code: pgwire.CodeAdminShutdown, Message: *msg,
+				Hint: "Reconnect: the next connection wakes the compute."})
+		}
 		_ = t.ss.conn.Close()
 	}
 }

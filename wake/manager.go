@@ -51,6 +51,11 @@ type Options struct {
 	// predicted to arrive, when a branch's arrivals keep a regular interval
 	// (see prewarm.go); SetPrewarm switches it per branch.
 	Prewarm bool
+	// DisconnectIdleSessions suspends a compute whose clients hold it for
+	// their whole session but have all been quiet for SuspendTimeout,
+	// telling them why (compute.suspend_with_sessions: disconnect);
+	// otherwise such sessions keep it running.
+	DisconnectIdleSessions bool
 	// WakeTimeout bounds how long Acquire waits for a start (default 30s).
 	WakeTimeout time.Duration
 	// MaxRunning caps running computes; 0 means no cap.
@@ -130,6 +135,9 @@ type branch struct {
 	offload   *time.Timer
 	offSeq    uint64
 	pw        prewarmState
+	// leaseSet and sessionCheck: DisconnectIdleSessions only.
+	leaseSet     map[*Lease]struct{}
+	sessionCheck *time.Timer
 
 	cb       *gobreaker.CircuitBreaker
 	openedAt atomic.Int64 // unix nanos when the breaker last opened
@@ -188,6 +196,7 @@ type Lease struct {
 	b    *branch
 	gen  uint64
 	once sync.Once
+	act  leaseActivity
 }
 
 // Release gives the lease back; it is idempotent. When the branch's last
@@ -209,6 +218,7 @@ func (m *Manager) release(l *Lease) {
 	if b.leases > 0 {
 		b.leases--
 	}
+	m.untrackLeaseLocked(b, l)
 	b.lastUsed = time.Now()
 	if b.leases == 0 && !m.closed {
 		m.armLocked(b)
@@ -409,8 +419,18 @@ func (m *Manager) idleFire(b *branch, seq uint64) {
 // open breaker are returned as *StartError.
 func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 	t0 := time.Now()
-	wctx, cancel := context.WithTimeout(ctx, m.o.WakeTimeout)
-	defer cancel()
+	// The wait's context only when there is a wait: transaction-pooled
+	// clients take a lease per transaction, nearly always on a running
+	// compute.
+	var wctx context.Context
+	cancel := context.CancelFunc(func() {})
+	defer func() { cancel() }()
+	waitCtx := func() context.Context {
+		if wctx == nil {
+			wctx, cancel = context.WithTimeout(ctx, m.o.WakeTimeout)
+		}
+		return wctx
+	}
 	kind := WakeRunning
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -440,10 +460,12 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 			b.leases++
 			b.lastUsed = time.Now()
 			m.disarmLocked(b)
-			return &Lease{Endpoint: b.proc.Endpoint(), Kind: kind, Waited: time.Since(t0), m: m, b: b, gen: b.gen}, nil
+			l := &Lease{Endpoint: b.proc.Endpoint(), Kind: kind, Waited: time.Since(t0), m: m, b: b, gen: b.gen}
+			m.trackLeaseLocked(b, l)
+			return l, nil
 		case StateStarting:
 			f := b.flight
-			if err := m.waitLocked(wctx, f.done); err != nil {
+			if err := m.waitLocked(waitCtx(), f.done); err != nil {
 				return nil, m.waitErr(ctx, name, err)
 			}
 			if f.err != nil {
@@ -468,7 +490,7 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 			m.startLocked(b, room)
 			continue
 		}
-		if err := m.waitLocked(wctx, wait); err != nil {
+		if err := m.waitLocked(waitCtx(), wait); err != nil {
 			return nil, m.waitErr(ctx, name, err)
 		}
 	}
@@ -645,7 +667,8 @@ func (m *Manager) watch(b *branch, proc Process) {
 		zap.Uint64("generation", b.gen), zap.String("log_tail", tail))
 	defer m.mu.Unlock()
 	m.disarmLocked(b)
-	b.proc, b.leases = nil, 0
+	b.proc = nil
+	m.dropLeasesLocked(b)
 	b.lastErr = fmt.Errorf("postmaster %d exited unexpectedly", proc.PID())
 	if m.met != nil {
 		m.met.ComputeStopsTotal.WithLabelValues(StopExited).Inc()
@@ -664,7 +687,7 @@ func (m *Manager) beginStopLocked(b *branch, reason string) <-chan struct{} {
 	proc := b.proc
 	done := make(chan struct{})
 	b.stopDone = done
-	b.leases = 0
+	m.dropLeasesLocked(b)
 	m.setStateLocked(b, StateStopping)
 	go func() {
 		t0 := time.Now()

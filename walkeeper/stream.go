@@ -275,11 +275,16 @@ func (s *Stream) run(ctx context.Context) {
 		readEnd bool  // the server ended the stream
 	)
 	readerDone := make(chan struct{})
+	// The reader's own context, ended only once the loop has returned: a
+	// read interrupted by its context closes the connection (pgconn sends
+	// Terminate), which must not race with the loop's status updates.
+	rctx, rcancel := context.WithCancel(context.Background())
+	defer rcancel()
 	go func() {
 		defer close(readerDone)
 		defer close(msgs)
 		for {
-			msg, err := s.conn.ReceiveMessage(ctx)
+			msg, err := s.conn.ReceiveMessage(rctx)
 			if err != nil {
 				readErr = err
 				return
@@ -289,7 +294,7 @@ func (s *Stream) run(ctx context.Context) {
 				buf := append([]byte(nil), m.Data...)
 				select {
 				case msgs <- buf:
-				case <-ctx.Done():
+				case <-rctx.Done():
 					return
 				}
 			case *pgproto3.CopyDone, *pgproto3.CommandComplete:
@@ -305,6 +310,7 @@ func (s *Stream) run(ctx context.Context) {
 	err := s.loop(ctx, msgs)
 	stopped := ctx.Err() != nil // ctx ended or Stop was called
 	s.cancel()
+	rcancel()
 	<-readerDone
 	cctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	_ = s.conn.Close(cctx)

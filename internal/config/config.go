@@ -107,8 +107,14 @@ type Compute struct {
 	// Prewarm starts or thaws a compute shortly before a client is
 	// predicted (arrivals at a regular interval); per branch through the
 	// admin API.
-	Prewarm     bool     `yaml:"prewarm"`
-	WakeTimeout Duration `yaml:"wake_timeout"`
+	Prewarm bool `yaml:"prewarm"`
+	// SuspendWithSessions is what clients that hold a compute for their
+	// whole session (session mode, pinned) do to suspend_timeout: "wait"
+	// keeps the compute running while they are connected; "disconnect"
+	// suspends it once they have all been quiet that long, and tells them
+	// why (57P01).
+	SuspendWithSessions string   `yaml:"suspend_with_sessions"`
+	WakeTimeout         Duration `yaml:"wake_timeout"`
 	// MaxRunning caps running computes; 0 means no cap.
 	MaxRunning int `yaml:"max_running"`
 	// SharedBuffers is passed to PostgreSQL as shared_buffers.
@@ -270,19 +276,20 @@ func Default() Config {
 			MaxStartupParams: 64,
 		},
 		Compute: Compute{
-			PostgresBinDir:  "/usr/lib/postgresql/15/bin",
-			SuspendTimeout:  Duration(300 * time.Second),
-			IdleAfter:       Duration(30 * time.Second),
-			OffloadAfter:    Duration(time.Hour),
-			Prewarm:         true,
-			WakeTimeout:     Duration(30 * time.Second),
-			SharedBuffers:   "16MB",
-			MaxConnections:  100,
-			OSUser:          "postgres",
-			BreakerFailures: 3,
-			BreakerOpen:     Duration(30 * time.Second),
-			CacheBytes:      Bytes(10 << 30),
-			SpareFiles:      10000,
+			PostgresBinDir:      "/usr/lib/postgresql/15/bin",
+			SuspendTimeout:      Duration(300 * time.Second),
+			IdleAfter:           Duration(30 * time.Second),
+			OffloadAfter:        Duration(time.Hour),
+			Prewarm:             true,
+			SuspendWithSessions: "wait",
+			WakeTimeout:         Duration(30 * time.Second),
+			SharedBuffers:       "16MB",
+			MaxConnections:      100,
+			OSUser:              "postgres",
+			BreakerFailures:     3,
+			BreakerOpen:         Duration(30 * time.Second),
+			CacheBytes:          Bytes(10 << 30),
+			SpareFiles:          10000,
 		},
 		Pagestore: Pagestore{GCInterval: Duration(time.Hour), Listen: "127.0.0.1:7100"},
 		Pool: Pool{
@@ -337,6 +344,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Compute.IdleAfter < 0 {
 		errs = append(errs, errors.New("compute.idle_after must be >= 0"))
+	}
+	if w := c.Compute.SuspendWithSessions; w != "wait" && w != "disconnect" {
+		errs = append(errs, fmt.Errorf("compute.suspend_with_sessions %q: want wait or disconnect", w))
 	}
 	if c.Compute.OffloadAfter < 0 {
 		errs = append(errs, errors.New("compute.offload_after must be >= 0"))

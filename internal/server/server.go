@@ -219,16 +219,17 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		managed = wake.OwnedDriver(drv, owners, log.Named("owner"))
 	}
 	s.Computes = wake.NewManager(managed, wake.Options{
-		SuspendTimeout:  cfg.Compute.SuspendTimeout.D(),
-		IdleAfter:       cfg.Compute.IdleAfter.D(),
-		OffloadAfter:    cfg.Compute.OffloadAfter.D(),
-		Prewarm:         cfg.Compute.Prewarm,
-		WakeTimeout:     cfg.Compute.WakeTimeout.D(),
-		MaxRunning:      cfg.Compute.MaxRunning,
-		BreakerFailures: cfg.Compute.BreakerFailures,
-		BreakerOpen:     cfg.Compute.BreakerOpen.D(),
-		Logger:          log.Named("wake"),
-		Metrics:         s.Metrics,
+		SuspendTimeout:         cfg.Compute.SuspendTimeout.D(),
+		IdleAfter:              cfg.Compute.IdleAfter.D(),
+		OffloadAfter:           cfg.Compute.OffloadAfter.D(),
+		Prewarm:                cfg.Compute.Prewarm,
+		DisconnectIdleSessions: cfg.Compute.SuspendWithSessions == "disconnect",
+		WakeTimeout:            cfg.Compute.WakeTimeout.D(),
+		MaxRunning:             cfg.Compute.MaxRunning,
+		BreakerFailures:        cfg.Compute.BreakerFailures,
+		BreakerOpen:            cfg.Compute.BreakerOpen.D(),
+		Logger:                 log.Named("wake"),
+		Metrics:                s.Metrics,
 		// The proxy's verifier-lookup connections go first, so a suspend
 		// leaves no "terminating connection" noise in the compute's log.
 		BeforeStop: func(branch string) {
