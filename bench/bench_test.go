@@ -530,3 +530,152 @@ func wantReport(t *testing.T, r *report, want ...string) {
 		}
 	}
 }
+
+// TestWriteConfigTiers checks that the tiers section's config loads with
+// its compute.idle_after, suspend_timeout and offload_after, and that the
+// other sections' config keeps suspend_timeout 1h and neonproxy's defaults
+// for the other two.
+func TestWriteConfigTiers(t *testing.T) {
+	for _, tc := range []struct {
+		o                      options
+		idle, suspend, offload time.Duration
+		want                   string // lines of the written config
+	}{
+		{o: options{poolSize: 20}, idle: config.Default().Compute.IdleAfter.D(), suspend: time.Hour,
+			offload: config.Default().Compute.OffloadAfter.D(), want: "  suspend_timeout: 1h\n"},
+		{o: options{poolSize: 20, idleAfter: tiersIdleAfter, suspendTimeout: tiersSuspendTimeout, offloadAfter: tiersOffloadAfter, prewarmOff: true},
+			idle: 300 * time.Millisecond, suspend: time.Hour, offload: time.Second,
+			want: "  suspend_timeout: 1h\n  idle_after: 300ms\n  offload_after: 1s\n  prewarm: false\n"},
+	} {
+		e := &env{dir: t.TempDir()}
+		p := &proxy{dataDir: e.path("data")}
+		path, err := p.writeConfig(e, tc.o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config.Load(path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := cfg.Compute
+		if c.Prewarm == tc.o.prewarmOff {
+			t.Errorf("options %+v: loaded compute.prewarm %v", tc.o, c.Prewarm)
+		}
+		if c.IdleAfter.D() != tc.idle || c.SuspendTimeout.D() != tc.suspend || c.OffloadAfter.D() != tc.offload {
+			t.Errorf("options %+v: loaded idle_after %s, suspend_timeout %s, offload_after %s; want %s, %s, %s",
+				tc.o, c.IdleAfter, c.SuspendTimeout, c.OffloadAfter, tc.idle, tc.suspend, tc.offload)
+		}
+		b, _ := os.ReadFile(path)
+		if !strings.Contains(string(b), tc.want) {
+			t.Errorf("config lacks %q:\n%s", tc.want, b)
+		}
+	}
+	for d, want := range map[time.Duration]string{time.Hour: "1h", time.Minute: "1m", 300 * time.Millisecond: "300ms",
+		90 * time.Second: "1m30s", time.Hour + time.Second: "1h0m1s"} {
+		if got := shortDuration(d); got != want {
+			t.Errorf("shortDuration(%s) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+// TestWakeCounts checks the reading of the wake histogram's counts from
+// /metrics and the naming of what a try counted.
+func TestWakeCounts(t *testing.T) {
+	metrics := `# HELP neonproxy_wake_duration_seconds Time a client was held …
+# TYPE neonproxy_wake_duration_seconds histogram
+neonproxy_wake_duration_seconds_bucket{kind="cold",le="0.5"} 3
+neonproxy_wake_duration_seconds_sum{kind="cold"} 0.9
+neonproxy_wake_duration_seconds_count{kind="cold"} 4
+neonproxy_wake_duration_seconds_count{kind="hot"} 12
+neonproxy_wake_duration_seconds_count{kind="running"} 1.5e+06
+neonproxy_wake_duration_seconds_count_total 99
+`
+	got, err := parseWakeCounts(strings.NewReader(metrics))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got["cold"] != 4 || got["hot"] != 12 || got["running"] != 1500000 {
+		t.Errorf("parseWakeCounts = %v", got)
+	}
+	before := map[string]int64{"cold": 4, "hot": 12}
+	for _, tc := range []struct {
+		after map[string]int64
+		want  string
+	}{
+		{map[string]int64{"cold": 4, "hot": 13}, "hot"},
+		{map[string]int64{"cold": 4, "hot": 12}, wakeNone},
+		{map[string]int64{"cold": 6, "hot": 12, "warm": 1}, "cold×2+warm"},
+	} {
+		if got := kindDiff(before, tc.after); got != tc.want {
+			t.Errorf("kindDiff(%v) = %q, want %q", tc.after, got, tc.want)
+		}
+	}
+	if k := (tierCase{name: "running"}).wantKind(tierPathPooled); k != wakeNone {
+		t.Errorf("running, pooled: want kind %q", k)
+	}
+	if k := (tierCase{name: "hot"}).wantKind(tierPathPooled); k != "hot" {
+		t.Errorf("hot, pooled: want kind %q", k)
+	}
+}
+
+// TestTiersReport checks the goal table, the per-path tables, the
+// mislabeled and failed tries, the pooled client's line and the config in
+// the commands block.
+func TestTiersReport(t *testing.T) {
+	r := newReport(options{sections: []string{sectionTiers}})
+	tr := &r.tiers
+	tr.admin, tr.port, tr.scale, tr.tries = "http://127.0.0.1:1", 2, tiersScale, 20
+	tr.idleAfter, tr.suspendTimeout, tr.offloadAfter = tiersIdleAfter, tiersSuspendTimeout, tiersOffloadAfter
+	tr.logical, tr.local = 101_600_000, 185_900_000
+	tr.config = "compute:\n  idle_after: 300ms\n"
+	tr.command("PGSSLMODE=disable PGPASSWORD=… pgbench -i -s 5 -q -h 127.0.0.1 -p 2 -U postgres main")
+	med := map[string]time.Duration{"hot": 2 * time.Millisecond, "running": time.Millisecond, "warm": 70 * time.Millisecond, "cold": 600 * time.Millisecond}
+	for _, c := range tierCases {
+		for _, path := range tierPaths {
+			row := tierRow{kase: c, path: path, seen: map[string]int{c.tier: 20}, kinds: map[string]int{c.wantKind(path): 20},
+				tierSeconds: []float64{0.004, 0.005, 0.006},
+				s:           stats{n: 20, min: med[c.name] / 2, median: med[c.name], p90: med[c.name] * 2, p99: med[c.name] * 3, max: med[c.name] * 3}}
+			if c.name == "warm" && path == tierPathPooled {
+				row.s.n, row.kinds = 19, map[string]int{"warm": 18, "cold": 1}
+				row.mislabeled, row.mislabel = 1, "round 7: JSON suspended (tier_seconds 0.990), counted cold, 400.00 ms"
+				row.failed, row.firstErr = 1, "round 3: pooled client: conn closed (connected again)"
+			}
+			tr.rows = append(tr.rows, row)
+		}
+	}
+	tr.pooledConnects, tr.pooledQueries, tr.pooledErrors = 2, 119, 1
+	tr.suspend = stats{n: 80, median: 50 * time.Millisecond, p99: 150 * time.Millisecond, max: 160 * time.Millisecond}
+	tr.warmStarts, tr.coldStarts = stats{n: 40, median: 33 * time.Millisecond, max: 90 * time.Millisecond},
+		stats{n: 40, median: 220 * time.Millisecond, max: 530 * time.Millisecond}
+	tr.materialize, tr.materializeMBps, tr.materializeBytes = stats{n: 40, median: 170 * time.Millisecond}, 620, 118_400_000
+	tr.afterMaterialize = stats{n: 40, median: 60 * time.Millisecond, max: 200 * time.Millisecond}
+	wantReport(t, r,
+		"## Tiers (issue 7): resume latency to first row, per tier",
+		"**logical_size_bytes 101.6 MB** (local_bytes 185.9 MB)",
+		"| hot (idle) | ≤ 5.00 ms | 2.00 ms (met) | 6.00 ms (**not met**) | 2.00 ms (met) | 6.00 ms (**not met**) |",
+		"| running (running) | – | 1.00 ms | 3.00 ms | 1.00 ms | 3.00 ms |",
+		"| cold (zero) | ≤ 500.00 ms | 600.00 ms (**not met**) | 1800.00 ms (**not met**) |",
+		"| warm | 20 | 70.00 ms | 140.00 ms | 210.00 ms | 35.00 ms | 210.00 ms | ≤ 150.00 ms | suspended ×20 (0.005 s) | warm ×20 | 0 |",
+		"| warm | 19 | 70.00 ms | 140.00 ms | 210.00 ms | 35.00 ms | 210.00 ms | ≤ 150.00 ms | suspended ×20 (0.005 s) | **warm ×18, cold ×1** | 1 |",
+		"| running | 20 | 1.00 ms | 2.00 ms | 3.00 ms | 500 µs | 3.00 ms | – | running ×20 (0.005 s) | none ×20 | 0 |",
+		"- **warm, pooled client: 1 try(ies) counted another wake kind than warm** (`neonproxy_wake_duration_seconds_count`); the first: round 7: JSON suspended (tier_seconds 0.990), counted cold, 400.00 ms.",
+		"**The pooled client did not survive every tier**: 2 connection(s), 1 failed queries, 119 succeeded.",
+		"median 50.00 ms, p99 150.00 ms, max 160.00 ms (n 80)",
+		"warm median 33.00 ms (n 40, max 90.00 ms); cold median 220.00 ms (n 40, max 530.00 ms).",
+		"median took 170.00 ms, 620 MB/s, 118.4 MB (n 40); the rest of each cold start (its took − the materialization's): median 60.00 ms, max 200.00 ms.",
+		"### Commands and requests (tiers)",
+		"pgbench -i -s 5 -q -h 127.0.0.1 -p 2 -U postgres main",
+		"# <tmp>/tiers/neonproxy.yaml (generated)\ncompute:\n  idle_after: 300ms\n```",
+	)
+	tr.pooledConnects, tr.pooledErrors, tr.prewarms = 1, 0, 2
+	wantReport(t, r, "The pooled client stayed on one connection through every tier: 119 queries, none failed.",
+		"`compute.prewarm: false`",
+		"**neonproxy's log has 2 \"pre-warm\" line(s) for main during the tries**")
+	// Not run: nothing printed.
+	r = newReport(options{sections: []string{sectionTiers}})
+	var b strings.Builder
+	r.print(&b)
+	if strings.Contains(b.String(), "## Tiers") {
+		t.Errorf("section printed without results:\n%s", b.String())
+	}
+}

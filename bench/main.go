@@ -1,7 +1,8 @@
 // Command bench measures neonproxy against direct PostgreSQL and PgBouncer:
 // cold wake (stopped compute → first row), warm connection setup, and pgbench
-// throughput / per-query latency; and neonproxy's branches (create latency,
-// storage, cold and warm start); and durability (kill -9 of neonproxy and the
+// throughput / per-query latency; the resume latency of each tier an
+// unused compute steps down to (idle, suspended, zero); and neonproxy's
+// branches (create latency, storage, cold and warm start); and durability (kill -9 of neonproxy and the
 // compute with the local data lost, then a check that every acknowledged
 // commit is back; commit latency with and without the WAL keeper's wait,
 // and with three standalone keepers, quorum 2). It
@@ -10,7 +11,7 @@
 // a plain-text report. Timings are never pass/fail; the exit status is
 // non-zero only when the harness itself fails.
 //
-//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching,durability,cluster]
+//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching,durability,cluster,tiers]
 package main
 
 import (
@@ -34,9 +35,10 @@ const (
 	sectionBranching  = "branching"  // branch create latency, storage, cold/warm start (own neonproxy)
 	sectionDurability = "durability" // crash cycles with lost local data, commit latency (own neonproxy)
 	sectionCluster    = "cluster"    // Consul mode: relayed connect, lock failover (own agent, two nodes)
+	sectionTiers      = "tiers"      // resume latency per tier: hot, warm, cold (own neonproxy)
 )
 
-var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching, sectionDurability, sectionCluster}
+var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching, sectionDurability, sectionCluster, sectionTiers}
 
 // options are the command-line flags.
 type options struct {
@@ -84,6 +86,14 @@ type options struct {
 	// walkeeperViaFrontDoor is walkeeper.via_front_door: the keepers
 	// stream computes through the node's front door.
 	walkeeperViaFrontDoor bool
+	// idleAfter, suspendTimeout and offloadAfter are neonproxy's
+	// compute.idle_after, compute.suspend_timeout (0: 1h) and
+	// compute.offload_after (0: not written, neonproxy's defaults); the
+	// tiers section sets them so that every tier is reached in seconds.
+	idleAfter, suspendTimeout, offloadAfter time.Duration
+	// prewarmOff writes compute.prewarm: false (predictive pre-warm would
+	// wake a compute ahead of a try the bench times from a tier).
+	prewarmOff bool
 }
 
 // has reports whether section s runs.
@@ -98,7 +108,7 @@ func (o options) needsMainProxy() bool {
 func parseFlags() (options, error) {
 	var o options
 	flag.StringVar(&o.neonproxy, "neonproxy", "./bin/neonproxy", "path to the neonproxy binary")
-	flag.IntVar(&o.tries, "tries", 25, "samples for the cold-wake and warm-connect measurements")
+	flag.IntVar(&o.tries, "tries", 25, "samples for the cold-wake and warm-connect measurements (cluster: at least 40; tiers: at least 20 per tier and path)")
 	flag.DurationVar(&o.duration, "duration", 15*time.Second, "length of each pgbench -S run")
 	flag.IntVar(&o.clients, "clients", 8, "pgbench clients (-c)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs, data) after the run")
@@ -239,6 +249,9 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if o.has(sectionCluster) {
 		b.runCluster(ctx)
+	}
+	if o.has(sectionTiers) {
+		b.runTiers(ctx)
 	}
 	b.rep.print(os.Stdout)
 	if ctx.Err() != nil {

@@ -123,14 +123,15 @@ admin_listen: 127.0.0.1:%d
 data_dir: %s
 default_branch: %s
 compute:
-  suspend_timeout: 1h
-  max_connections: %d
+  suspend_timeout: %s
+%s  max_connections: %d
 pool:
   default_pool_size: %d
   max_client_conn: %d
 log:
   level: %s
-`, port, adminPort, p.dataDir, branch, computeMaxConnections, o.poolSize, maxClientConn(o), cmp.Or(o.proxyLogLevel, "warn"))
+`, port, adminPort, p.dataDir, branch, shortDuration(cmp.Or(o.suspendTimeout, defaultSuspendTimeout)), tierKeys(o),
+		computeMaxConnections, o.poolSize, maxClientConn(o), cmp.Or(o.proxyLogLevel, "warn"))
 	if len(o.walkeeperPeers) > 0 {
 		peers := make([]string, len(o.walkeeperPeers))
 		for i, addr := range o.walkeeperPeers {
@@ -163,6 +164,42 @@ log:
 	return path, nil
 }
 
+// defaultSuspendTimeout is compute.suspend_timeout unless a section sets
+// options.suspendTimeout: long, so that computes stop only when the bench
+// asks (POST /v1/branches/NAME/suspend).
+const defaultSuspendTimeout = time.Hour
+
+// tierKeys are the compute keys of the tiers below running that a section
+// sets (the tiers section): compute.idle_after, compute.offload_after and
+// compute.prewarm: false, each written only when set, so that other
+// sections keep neonproxy's defaults.
+func tierKeys(o options) string {
+	var s string
+	if o.idleAfter > 0 {
+		s += fmt.Sprintf("  idle_after: %s\n", shortDuration(o.idleAfter))
+	}
+	if o.offloadAfter > 0 {
+		s += fmt.Sprintf("  offload_after: %s\n", shortDuration(o.offloadAfter))
+	}
+	if o.prewarmOff {
+		s += "  prewarm: false\n"
+	}
+	return s
+}
+
+// shortDuration is d as Go prints it without trailing zero units: 1h, 1m,
+// 300ms (not 1h0m0s, 1m0s).
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
 // listenAddr is the front door's address (listen; in Consul mode also
 // consul.node, the value of the branch locks the node holds).
 func (p *proxy) listenAddr() string { return fmt.Sprintf("127.0.0.1:%d", p.port) }
@@ -181,6 +218,15 @@ func (p *proxy) branchURL(name, sslmode string) string {
 type computeStatus struct {
 	State string `json:"state"`
 	PID   int    `json:"pid"`
+	// Tier is running, idle, suspended or zero; TierSeconds how long it
+	// has been there.
+	Tier        string  `json:"tier"`
+	TierSeconds float64 `json:"tier_seconds"`
+	// Prewarm is the branch's predictive pre-warm (nil: not reported).
+	Prewarm *struct {
+		Enabled       bool    `json:"enabled"`
+		PeriodSeconds float64 `json:"period_seconds"`
+	} `json:"prewarm"`
 }
 
 // branchInfo is the part of GET /v1/branches/NAME the bench reads.

@@ -41,6 +41,7 @@ type report struct {
 	branching     branchingReport
 	durability    durabilityReport
 	cluster       clusterReport
+	tiers         tiersReport
 	problems      []string
 }
 
@@ -148,6 +149,9 @@ func (r *report) print(w io.Writer) {
 	if r.opts.has(sectionCluster) {
 		p("The cluster section runs its own Consul agent and two neonproxy nodes (see there).")
 	}
+	if r.opts.has(sectionTiers) {
+		p("The tiers section runs on its own neonproxy (see there).")
+	}
 	p("Settings: -tries %d, -duration %s, -clients %d, pgbench scale %d, -only %s; pooling: -rounds %d, -pool-size %d, -idle-clients %d; branching: -branch-big-scale %d.",
 		r.opts.tries, r.opts.duration, r.opts.clients, pgbenchScale, strings.Join(r.opts.sections, ","),
 		r.opts.rounds, r.opts.poolSize, r.opts.idleClients, r.opts.bigScale)
@@ -161,6 +165,7 @@ func (r *report) print(w io.Writer) {
 	r.printBranching(p)
 	r.printDurability(p)
 	r.printCluster(p)
+	r.printTiers(p)
 	r.printCommands(p)
 	r.printProblems(p)
 }
