@@ -21,6 +21,7 @@ import (
 
 	"github.com/neonproxy/neonproxy/internal/admin"
 	"github.com/neonproxy/neonproxy/internal/cli"
+	"github.com/neonproxy/neonproxy/internal/config"
 )
 
 // runCLI runs the neonproxy command tree in-process against e's admin API.
@@ -235,5 +236,51 @@ func TestServeBinary(t *testing.T) {
 	}
 	if left := postgresProcesses(dir); len(left) > 0 {
 		t.Fatalf("computes left running after SIGTERM: %v", left)
+	}
+}
+
+// TestAdminToken: with admin.token the admin API answers 401 without it
+// (but /healthz), the CLI sends it from the config; and an admin_listen
+// beyond loopback without a token is refused at start.
+func TestAdminToken(t *testing.T) {
+	const token = "admin-s3cret"
+	e := newEnvWithFile(t, func(c *config.Config) { c.Admin.Token = token })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	base := "http://" + e.srv.AdminAddr().String()
+	get := func(path, auth string) int {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", "Bearer "+auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, tc := range []struct {
+		path, auth string
+		want       int
+	}{
+		{"/v1/branches", "", http.StatusUnauthorized},
+		{"/v1/branches", "wrong", http.StatusUnauthorized},
+		{"/metrics", "", http.StatusUnauthorized},
+		{"/v1/branches", token, http.StatusOK},
+		{"/healthz", "", http.StatusOK},
+	} {
+		if got := get(tc.path, tc.auth); got != tc.want {
+			t.Errorf("GET %s with %q: %d, want %d", tc.path, tc.auth, got, tc.want)
+		}
+	}
+	if out, err := runCLI(t, e, "--config", e.configPath, "branch", "list"); err != nil || !strings.Contains(out, "main") {
+		t.Fatalf("CLI with the config's token: %v\n%s", err, out)
+	}
+	if log, _ := os.ReadFile(e.logPath); strings.Contains(string(log), token) {
+		t.Fatal("the admin token is in the log")
 	}
 }

@@ -84,6 +84,9 @@ func newEnvOpt(t *testing.T, mutate func(*config.Config), withFile bool) *env {
 	cfg.Compute.SuspendTimeout = config.Duration(time.Hour)
 	cfg.Compute.SpareFiles = 300 // exercised, without 2,000 creates per server
 	cfg.Log.Level = "debug"
+	// Tests try wrong passwords one after the other from 127.0.0.1;
+	// TestAuthThrottle turns it on.
+	cfg.Proxy.AuthThrottle = false
 	if mutate != nil {
 		mutate(&cfg)
 	}

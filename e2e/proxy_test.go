@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/neonproxy/neonproxy/internal/admin"
 	"github.com/neonproxy/neonproxy/internal/config"
 	"github.com/neonproxy/neonproxy/wake"
 )
@@ -575,5 +578,117 @@ func TestHostileInput(t *testing.T) {
 	})
 	if v := e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT 9"); v != 9 {
 		t.Fatal(v)
+	}
+}
+
+// TestAuthThrottle: after a failed authentication, attempts from the same
+// address to the same branch are refused with 28000 for a backoff that
+// doubles (1s, 2s, ...), before any SCRAM exchange; another branch is not
+// affected; a success resets it.
+func TestAuthThrottle(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) { c.Proxy.AuthThrottle = true })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	api := &admin.Client{BaseURL: e.srv.AdminAddr().String()}
+	if _, err := api.CreateBranch(ctx, "other", "main"); err != nil {
+		t.Fatal(err)
+	}
+	connect := func(branch, password string) error {
+		c, err := pgx.Connect(ctx, e.url("postgres", password, branch))
+		if err == nil {
+			c.Close(ctx)
+		}
+		return err
+	}
+	wantPgError(t, connect("main", "wrong"), "28P01", "password authentication failed")
+	// Refused at once, even with the right password.
+	t0 := time.Now()
+	wantPgError(t, connect("main", testPassword), "28000", `too many failed authentication attempts for branch "main" from 127.0.0.1`)
+	if d := time.Since(t0); d > 500*time.Millisecond {
+		t.Logf("refusal took %s", d)
+	}
+	// Another branch is not throttled.
+	if err := connect("other", testPassword); err != nil {
+		t.Fatalf("another branch: %v", err)
+	}
+	// After the backoff: the next failure doubles it.
+	waitFor(t, "the 1s backoff to pass", func() bool {
+		err := connect("main", "wrong")
+		return pgCode(err) == "28P01"
+	})
+	if pe := wantPgError(t, connect("main", testPassword), "28000", "too many failed authentication attempts"); !strings.Contains(pe.Hint, "Retry in 2s") {
+		t.Fatalf("second backoff: hint %q, want 2s", pe.Hint)
+	}
+	// A success resets it.
+	waitFor(t, "the 2s backoff to pass", func() bool { return connect("main", testPassword) == nil })
+	wantPgError(t, connect("main", "wrong"), "28P01", "password authentication failed")
+	if pe := wantPgError(t, connect("main", testPassword), "28000", "too many failed authentication attempts"); !strings.Contains(pe.Hint, "Retry in 1s") {
+		t.Fatalf("after a success the backoff starts again at 1s: hint %q", pe.Hint)
+	}
+	if got := counterValue(t, e, "neonproxy_connections_total", "result", "throttled"); got < 3 {
+		t.Fatalf("throttled connections %v", got)
+	}
+}
+
+// TestTLSVersionsAndChannelBinding: the front door refuses TLS below 1.2,
+// and offers SCRAM-SHA-256-PLUS over TLS (a client requiring channel
+// binding logs in).
+func TestTLSVersionsAndChannelBinding(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, tc := range []struct {
+		version uint16
+		ok      bool
+	}{{tls.VersionTLS11, false}, {tls.VersionTLS12, true}, {tls.VersionTLS13, true}} {
+		conn, err := net.Dial("tcp", e.srv.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}); err != nil { // SSLRequest
+			t.Fatal(err)
+		}
+		var answer [1]byte
+		if _, err := io.ReadFull(conn, answer[:]); err != nil || answer[0] != 'S' {
+			t.Fatalf("SSLRequest answer %q, %v", answer[0], err)
+		}
+		tc2 := tls.Client(conn, &tls.Config{InsecureSkipVerify: true, MinVersion: tc.version, MaxVersion: tc.version}) //nolint:gosec // test certificate
+		err = tc2.HandshakeContext(ctx)
+		conn.Close()
+		if (err == nil) != tc.ok {
+			t.Errorf("TLS version %x: handshake error %v, want ok=%v", tc.version, err, tc.ok)
+		}
+	}
+	u := strings.Replace(e.url("postgres", testPassword, "main"), "sslmode=disable", "sslmode=require&channel_binding=require", 1)
+	c, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatalf("SCRAM-SHA-256-PLUS (channel_binding=require): %v", err)
+	}
+	c.Close(ctx)
+}
+
+// TestComputeSocketPrivate: another local user cannot connect to a
+// compute directly: its socket directory is 0700, owned by the compute
+// user.
+func TestComputeSocketPrivate(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to act as another user")
+	}
+	e := newEnv(t, nil)
+	if e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT 1") != 1 {
+		t.Fatal("main")
+	}
+	sock := filepath.Join(e.cfg.DataDir, "computes", "run", "main")
+	info, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Mode().Perm() != 0o700 {
+		t.Fatalf("socket directory %s has mode %v, want 0700", sock, info.Mode().Perm())
+	}
+	out, err := exec.Command("runuser", "-u", "nobody", "--", "/usr/lib/postgresql/15/bin/psql",
+		"-h", sock, "-p", "5432", "-U", "postgres", "-d", "postgres", "-c", "SELECT 1").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Permission denied") {
+		t.Fatalf("user nobody reached the compute's socket: %v\n%s", err, out)
 	}
 }

@@ -61,6 +61,9 @@ type Options struct {
 	// lock held elsewhere) to that node's front door instead of refusing
 	// it.
 	Relay bool
+	// AuthThrottle refuses attempts after failed authentications, per
+	// (client IP, branch), for a backoff doubling from 1s to 1h.
+	AuthThrottle bool
 	// Replication, when set, lets WAL keepers stream computes through the
 	// front door (see ReplicationAccess); nil refuses replication
 	// connections.
@@ -104,13 +107,16 @@ type Options struct {
 // Server is the front door. Serve it on one or more listeners; Close ends
 // every client session.
 type Server struct {
-	opt    Options
-	log    *zap.Logger
-	m      *metrics.Metrics
-	auth   *authenticator
-	cancel *cancelKeys
-	bufs   sync.Pool
-	active atomic.Int64
+	opt  Options
+	log  *zap.Logger
+	m    *metrics.Metrics
+	auth *authenticator
+	// throttle refuses authentication attempts after failures, per
+	// (client IP, branch).
+	throttle *authThrottle
+	cancel   *cancelKeys
+	bufs     sync.Pool
+	active   atomic.Int64
 	// startupParams caches, per pool key, the ParameterStatus set a server
 	// connection reported, so transaction-pooled clients log in without
 	// borrowing one (map values are never modified after Store).
@@ -153,7 +159,7 @@ func New(opt Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opt: opt, log: opt.Logger, m: opt.Metrics, auth: a, cancel: newCancelKeys()}
+	s := &Server{opt: opt, log: opt.Logger, m: opt.Metrics, auth: a, cancel: newCancelKeys(), throttle: newAuthThrottle(throttleEntries)}
 	if opt.Cluster != nil {
 		s.cancel.node = opt.Cluster.Self()
 	}
@@ -369,6 +375,10 @@ func (s *Server) serve(ss *session, active int64) error {
 			})
 		}
 		return s.fail(ss, "error", fmt.Errorf("look up branch %s: %w", route.Branch, err))
+	}
+	// Throttled clients are refused before any wake or SCRAM work.
+	if wait := s.throttle.check(clientIP(ss.raw.RemoteAddr()), route.Branch); wait > 0 && s.opt.AuthThrottle {
+		return s.fail(ss, "throttled", throttledError(route.Branch, clientIP(ss.raw.RemoteAddr()), wait))
 	}
 	if minor > 0 {
 		// We speak 3.0; tell a newer client so instead of failing it.
@@ -689,6 +699,12 @@ func (s *Server) authenticate(ctx context.Context, ss *session, ep wake.Endpoint
 		var ce *pgwire.Error
 		if errors.As(err, &ce) && ce.Code == pgwire.CodeInvalidPassword {
 			s.m.AuthFailures.Inc()
+			if s.opt.AuthThrottle {
+				ip := clientIP(ss.raw.RemoteAddr())
+				backoff := s.throttle.failed(ip, ss.route.Branch)
+				s.log.Info("authentication failed; throttling the address for the branch", zap.String("branch", ss.route.Branch),
+					zap.String("user", user), zap.Stringer("client", ip), zap.Duration("backoff", backoff))
+			}
 			return s.fail(ss, "auth_failed", err)
 		}
 		if errors.As(err, &ce) {
@@ -697,6 +713,7 @@ func (s *Server) authenticate(ctx context.Context, ss *session, ep wake.Endpoint
 		ss.result = "closed_early"
 		return err
 	}
+	s.throttle.succeeded(clientIP(ss.raw.RemoteAddr()), ss.route.Branch)
 	return be.Flush()
 }
 

@@ -18,6 +18,8 @@ type Client struct {
 	BaseURL string
 	// HTTP is the client to use; nil means http.DefaultClient.
 	HTTP *http.Client
+	// Token is admin.token, sent as a bearer token ("": none).
+	Token string
 }
 
 // CreateBranch creates branch name from parent's current state (parent ""
@@ -106,6 +108,9 @@ func (c *Client) do(ctx context.Context, method, path string, body any, want int
 		return fmt.Errorf("admin API %s %s: %w", method, path, err)
 	}
 	req.Header.Set("Accept", "application/json")
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}

@@ -103,6 +103,7 @@ func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metric
 		"/v1/branches":                "GET, HEAD, POST",
 		"/v1/branches/{name}":         "GET, HEAD, DELETE",
 		"/v1/branches/{name}/suspend": "POST",
+		"/v1/branches/{name}/prewarm": "POST",
 		"/v1/pagestore/gc":            "POST",
 	} {
 		if path == "/v1/pagestore/gc" && opts.GC == nil {

@@ -153,15 +153,16 @@ neonproxy pagestore / neonproxy walkeeper do.`,
 }
 
 func (g *globals) client() (*admin.Client, error) {
+	cfg, err := loadConfig(g.configPath)
+	if err != nil && g.adminAddr == "" {
+		return nil, err
+	}
 	addr := g.adminAddr
 	if addr == "" {
-		cfg, err := loadConfig(g.configPath)
-		if err != nil {
-			return nil, err
-		}
 		addr = cfg.AdminListen
 	}
-	return &admin.Client{BaseURL: addr}, nil
+	// admin.token (also NEONPROXY_ADMIN_TOKEN) when there is a config.
+	return &admin.Client{BaseURL: addr, Token: cfg.Admin.Token}, nil
 }
 
 func branchCmd(g *globals) *cobra.Command {

@@ -61,11 +61,11 @@ func serveAPI(ctx context.Context, out io.Writer, log *zap.Logger, svc apiServic
 // checkAPIListen refuses a listen address beyond loopback without a
 // token.
 func checkAPIListen(name, listen, token string) error {
-	host, _, err := net.SplitHostPort(listen)
+	loopback, err := httpapi.IsLoopback(listen)
 	if err != nil {
 		return fmt.Errorf("%s.listen %q: %w", name, listen, err)
 	}
-	if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) || token != "" {
+	if loopback || token != "" {
 		return nil
 	}
 	return fmt.Errorf("%s.listen %s is not a loopback address: set %s.token (serve's %s.token must match) or listen on 127.0.0.1",

@@ -18,6 +18,8 @@ import (
 
 	"github.com/dustin/go-humanize"
 	"gopkg.in/yaml.v3"
+
+	"github.com/neonproxy/neonproxy/internal/httpapi"
 )
 
 // Duration is a time.Duration that reads "300s", "5m" or a bare number of
@@ -217,6 +219,14 @@ type Consul struct {
 	NodeCAFile string `yaml:"node_ca_file"`
 }
 
+// Admin configures the admin API (admin_listen) and what reaches it.
+type Admin struct {
+	// Token, when set, is required on every admin API request but GET
+	// /healthz ("Authorization: Bearer <token>"); required when
+	// admin_listen is not a loopback address. The CLI sends it.
+	Token string `yaml:"token"`
+}
+
 // Bootstrap configures the first start.
 type Bootstrap struct {
 	// Password of the superuser postgres in a new main branch; empty:
@@ -239,6 +249,9 @@ type Proxy struct {
 	MaxStartupPacket int `yaml:"max_startup_packet"`
 	// MaxStartupParams bounds the number of startup parameters.
 	MaxStartupParams int `yaml:"max_startup_params"`
+	// AuthThrottle refuses authentication attempts from a client address
+	// to a branch after failures, for a backoff doubling from 1s to 1h.
+	AuthThrottle bool `yaml:"auth_throttle"`
 }
 
 // Config is the whole configuration.
@@ -258,6 +271,7 @@ type Config struct {
 	Pagestore     Pagestore `yaml:"pagestore"`
 	Walkeeper     Walkeeper `yaml:"walkeeper"`
 	Consul        Consul    `yaml:"consul"`
+	Admin         Admin     `yaml:"admin"`
 	Bootstrap     Bootstrap `yaml:"bootstrap"`
 	Log           Log       `yaml:"log"`
 }
@@ -274,6 +288,7 @@ func Default() Config {
 			StartupTimeout:   Duration(15 * time.Second),
 			MaxStartupPacket: 10000,
 			MaxStartupParams: 64,
+			AuthThrottle:     true,
 		},
 		Compute: Compute{
 			PostgresBinDir:      "/usr/lib/postgresql/15/bin",
@@ -328,6 +343,11 @@ func Load(path string, environ []string) (Config, error) {
 // Validate checks values that would otherwise fail late and obscurely.
 func (c *Config) Validate() error {
 	errs := c.validateRoles()
+	if loopback, err := httpapi.IsLoopback(c.AdminListen); err != nil {
+		errs = append(errs, fmt.Errorf("admin_listen %q: %w", c.AdminListen, err))
+	} else if !loopback && c.Admin.Token == "" {
+		errs = append(errs, fmt.Errorf("admin_listen %s is not a loopback address: set admin.token (clients send it as Authorization: Bearer) or listen on 127.0.0.1", c.AdminListen))
+	}
 	if c.Listen == "" {
 		errs = append(errs, errors.New("listen must not be empty"))
 	}

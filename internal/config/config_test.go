@@ -266,6 +266,8 @@ func TestLoadErrors(t *testing.T) {
 		{name: "empty data_dir", env: []string{"NEONPROXY_DATA_DIR="}, wantErr: []string{"data_dir must not be empty"}},
 		{name: "bad log format", file: "log:\n  format: xml\n", wantErr: []string{`log.format "xml"`}},
 		{name: "two problems reported together", file: "pool:\n  mode: x\nlog:\n  format: y\n", wantErr: []string{"pool.mode", "log.format"}},
+		{name: "admin beyond loopback without token", file: "admin_listen: 0.0.0.0:8432\n", wantErr: []string{"admin_listen 0.0.0.0:8432 is not a loopback address", "admin.token"}},
+		{name: "bad suspend_with_sessions", env: []string{"NEONPROXY_COMPUTE_SUSPEND_WITH_SESSIONS=kick"}, wantErr: []string{`compute.suspend_with_sessions "kick"`}},
 		{name: "not YAML", file: "listen: [\n", wantErr: []string{"parse"}},
 		{name: "missing file", file: "\x00missing", wantErr: []string{"read config"}},
 	}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -52,6 +53,17 @@ func RequireToken(h http.Handler, token, what string) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// IsLoopback says whether listen (host:port) binds only a loopback
+// address: what may serve an API without a token.
+func IsLoopback(listen string) (bool, error) {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false, err
+	}
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback()), nil
 }
 
 // Healthz answers GET /healthz.

@@ -15,7 +15,7 @@ type Metrics struct {
 
 	ClientConnections prometheus.Gauge
 	// ConnectionsTotal counts finished client connections by result:
-	// ok, auth_failed, unknown_branch, bad_route, wake_failed, too_many,
+	// ok, auth_failed, throttled, unknown_branch, bad_route, wake_failed, too_many,
 	// protocol_error, cancel, closed_early.
 	ConnectionsTotal *prometheus.CounterVec
 	// WakeDuration observes how long a client was held for its compute:

@@ -24,6 +24,7 @@ import (
 
 	"github.com/neonproxy/neonproxy/internal/admin"
 	"github.com/neonproxy/neonproxy/internal/config"
+	"github.com/neonproxy/neonproxy/internal/httpapi"
 	"github.com/neonproxy/neonproxy/internal/metrics"
 	"github.com/neonproxy/neonproxy/internal/pgwire"
 	"github.com/neonproxy/neonproxy/pagestore"
@@ -95,6 +96,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		return nil, fmt.Errorf("create data_dir: %w", err)
 	}
 	s := &Server{cfg: cfg, log: log, Metrics: metrics.New(), serveCh: make(chan error, 2), configPath: opt.ConfigPath}
+	raiseFileLimit(log, cfg.Pool.MaxClientConn)
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	var owners wake.Owners
 	if cfg.Consul.Address != "" {
@@ -289,6 +291,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		Cluster:            s.proxyCluster(),
 		Limits:             pgwire.Limits{MaxPacket: cfg.Proxy.MaxStartupPacket, MaxParams: cfg.Proxy.MaxStartupParams},
 		StartupTimeout:     cfg.Proxy.StartupTimeout.D(),
+		AuthThrottle:       cfg.Proxy.AuthThrottle,
 		MaxClientConn:      cfg.Pool.MaxClientConn,
 		Pool:               s.Pool,
 		TransactionPooling: cfg.Pool.Mode == "transaction",
@@ -441,7 +444,7 @@ func (s *Server) Start() error {
 			pagestore.RunGC(ctx, s.Store, s.cfg.Pagestore.GCInterval.D(), s.log.Named("pagestore"))
 		})
 	}
-	s.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	s.admin = &http.Server{Handler: httpapi.RequireToken(h, s.cfg.Admin.Token, "admin.token"), ReadHeaderTimeout: 10 * time.Second}
 	go func() { s.serveCh <- s.Proxy.Serve(s.pgLn) }()
 	go func() {
 		err := s.admin.Serve(s.adminLn)

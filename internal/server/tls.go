@@ -8,11 +8,12 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/xdg-go/scram"
+
 	"github.com/neonproxy/neonproxy/internal/config"
 	"github.com/neonproxy/neonproxy/proxy"
 	"github.com/neonproxy/neonproxy/wake"
 	"github.com/neonproxy/neonproxy/walkeeper"
-	"github.com/xdg-go/scram"
 )
 
 type proxyTLS struct{ config *tls.Config }
