@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +25,8 @@ import (
 	"github.com/neonproxy/neonproxy/internal/admin"
 	"github.com/neonproxy/neonproxy/internal/cli"
 	"github.com/neonproxy/neonproxy/internal/config"
+	"github.com/neonproxy/neonproxy/internal/pgwire"
+	"github.com/neonproxy/neonproxy/proxy"
 )
 
 // runCLI runs the neonproxy command tree in-process against e's admin API.
@@ -223,6 +228,36 @@ func TestServeBinary(t *testing.T) {
 	if len(postgresProcesses(dir)) == 0 {
 		t.Fatal("no compute running while a client was served")
 	}
+
+	// SIGHUP rotates the certificate (re-read from the same files) without
+	// dropping a connection.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	addr := regexp.MustCompile(`@(127\.0\.0\.1:\d+)/`).FindStringSubmatch(connString)[1]
+	held, err := pgx.Connect(ctx, connString+"?sslmode=require")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close(ctx)
+	before := frontDoorCert(t, addr)
+	tlsDir := filepath.Join(dir, "data", "tls")
+	for _, f := range []string{"server.crt", "server.key"} {
+		if err := os.Remove(filepath.Join(tlsDir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := proxy.TLSFiles("", "", tlsDir, config.Default().TLS.SNISuffix); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the new certificate to be served", func() bool { return frontDoorCert(t, addr) != before })
+	var one int
+	if err := held.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatalf("a connection across SIGHUP: %v", err)
+	}
+
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -283,4 +318,20 @@ func TestAdminToken(t *testing.T) {
 	if log, _ := os.ReadFile(e.logPath); strings.Contains(string(log), token) {
 		t.Fatal("the admin token is in the log")
 	}
+}
+
+// frontDoorCert is the fingerprint of the certificate the front door at
+// addr serves (SSLRequest, TLS handshake).
+func frontDoorCert(t *testing.T, addr string) [32]byte {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tc, err := pgwire.StartTLS(context.Background(), conn, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // test certificate
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(tc.ConnectionState().PeerCertificates[0].Raw)
 }

@@ -205,10 +205,11 @@ func (a *authenticator) close() {
 // 5929 section 4.1) of the proxy's own certificate, for SCRAM-SHA-256-PLUS:
 // the certificate hashed with its signature's hash, SHA-256 for MD5/SHA-1.
 func serverEndpointBinding(cfg *tls.Config) (scram.ChannelBinding, bool) {
-	if cfg == nil || len(cfg.Certificates) == 0 || cfg.Certificates[0].Leaf == nil {
+	cert := currentCert(cfg)
+	if cert == nil || cert.Leaf == nil {
 		return scram.ChannelBinding{}, false
 	}
-	leaf := cfg.Certificates[0].Leaf
+	leaf := cert.Leaf
 	var sum []byte
 	switch leaf.SignatureAlgorithm {
 	case x509.SHA384WithRSA, x509.SHA384WithRSAPSS, x509.ECDSAWithSHA384:

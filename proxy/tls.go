@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 )
 
@@ -37,20 +38,54 @@ func TLSFiles(certFile, keyFile, dir, sniSuffix string) (cert, key string, err e
 	return cert, key, nil
 }
 
-// LoadTLS builds the server TLS configuration. TLS 1.2 is the floor, as for
-// PostgreSQL's default ssl_min_protocol_version.
-func LoadTLS(certFile, keyFile string) (*tls.Config, error) {
+// Certificate is the front door's certificate, replaceable while serving
+// (SIGHUP re-reads the files: certificate rotation without dropping a
+// connection; each handshake takes the newest).
+type Certificate struct {
+	p atomic.Pointer[tls.Certificate]
+}
+
+// LoadCertificate reads a PEM certificate and key.
+func LoadCertificate(certFile, keyFile string) (*Certificate, error) {
+	c := &Certificate{}
+	return c, c.Reload(certFile, keyFile)
+}
+
+// Reload re-reads the files; on error the current certificate stays.
+func (c *Certificate) Reload(certFile, keyFile string) error {
 	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("load TLS key pair %s, %s: %w", certFile, keyFile, err)
+		return fmt.Errorf("load TLS key pair %s, %s: %w", certFile, keyFile, err)
 	}
 	if pair.Leaf == nil && len(pair.Certificate) > 0 {
 		pair.Leaf, _ = x509.ParseCertificate(pair.Certificate[0])
 	}
+	c.p.Store(&pair)
+	return nil
+}
+
+// Config is the server TLS configuration serving the current certificate.
+// TLS 1.2 is the floor, as for PostgreSQL's default
+// ssl_min_protocol_version.
+func (c *Certificate) Config() *tls.Config {
 	return &tls.Config{
-		Certificates: []tls.Certificate{pair},
-		MinVersion:   tls.VersionTLS12,
-	}, nil
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.p.Load(), nil },
+		MinVersion:     tls.VersionTLS12,
+	}
+}
+
+// currentCert is the certificate cfg serves now.
+func currentCert(cfg *tls.Config) *tls.Certificate {
+	switch {
+	case cfg == nil:
+		return nil
+	case cfg.GetCertificate != nil:
+		c, _ := cfg.GetCertificate(&tls.ClientHelloInfo{})
+		return c
+	case len(cfg.Certificates) > 0:
+		return &cfg.Certificates[0]
+	}
+	return nil
 }
 
 func generateSelfSigned(certPath, keyPath, dir, sniSuffix string) error {

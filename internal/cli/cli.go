@@ -109,7 +109,9 @@ func serveCmd(g *globals) *cobra.Command {
 		Long: `Run neonproxy. At first start it creates the branch "main" (initdb) with the
 superuser "postgres"; its password is bootstrap.password, or generated and kept in
 <data_dir>/credentials. The ready-to-paste connection string is printed on stdout.
-SIGINT/SIGTERM stop every compute cleanly before exiting.
+SIGINT/SIGTERM stop every compute cleanly before exiting. SIGHUP re-reads the TLS
+certificate files and applies the reloadable keys of the configuration (pool sizes and
+timeouts, admin users), as the admin console's RELOAD does.
 
 roles: (config) says what the process runs: proxy and compute (the front door
 and the computes), pagestore, walkeeper. Empty: proxy, compute, and the pagestore
@@ -138,12 +140,28 @@ neonproxy pagestore / neonproxy walkeeper do.`,
 			if srv.Password() == "" {
 				fmt.Fprintln(cmd.OutOrStdout(), "(the superuser password was set through bootstrap.password at first start)")
 			}
+			// SIGHUP: what RELOAD does (the TLS certificate files, the
+			// reloadable keys), without dropping a connection.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
 			var serveErr error
-			select {
-			case <-ctx.Done():
-				log.Info("shutting down: stopping computes")
-			case serveErr = <-srv.Errors():
-				log.Error("listener failed; shutting down", zap.Error(serveErr))
+		wait:
+			for {
+				select {
+				case <-ctx.Done():
+					log.Info("shutting down: stopping computes")
+					break wait
+				case serveErr = <-srv.Errors():
+					log.Error("listener failed; shutting down", zap.Error(serveErr))
+					break wait
+				case <-hup:
+					if notice, err := srv.Reload(); err != nil {
+						log.Error("SIGHUP: reload failed; the running configuration stays", zap.Error(err))
+					} else {
+						log.Info("SIGHUP: reloaded", zap.String("changes", notice))
+					}
+				}
 			}
 			shutdownCtx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 			defer cancel()

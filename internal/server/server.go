@@ -71,6 +71,7 @@ type Server struct {
 	admin   *http.Server
 	serveCh chan error
 
+	tls *proxyTLS // the front door's certificate (re-read by Reload)
 	// reloadMu serializes RELOADs; cfg is what is in effect.
 	reloadMu   sync.Mutex
 	configPath string
@@ -260,6 +261,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		s.closeEarly(ctx)
 		return nil, err
 	}
+	s.tls = tlsCfg
 	nodeTLS, err := loadNodeTLS(cfg)
 	if err != nil {
 		s.closeEarly(ctx)
@@ -329,12 +331,29 @@ var reloadable = map[string]bool{
 	"pool.server_lifetime": true, "pool.max_branch_conns": true, "pool.admin_users": true,
 }
 
+// Reload is RELOAD for SIGHUP: the certificate files and the reloadable
+// keys of the configuration file.
+func (s *Server) Reload() (string, error) { return s.reload() }
+
 // reload re-reads the configuration file (and the environment, as at
 // start) for the admin console's RELOAD. It applies the reloadable keys and
 // names the other changed keys, which need a restart.
 func (s *Server) reload() (string, error) {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
+	// The certificate files are re-read in any case (rotation under the
+	// same paths).
+	var applied, restart []string
+	if s.tls != nil {
+		if err := s.tls.reload(); err != nil {
+			return "", err
+		}
+		applied = append(applied, "tls certificate (re-read)")
+	}
+	if s.configPath == "" {
+		s.log.Info("TLS certificate re-read (no configuration file to reload)")
+		return strings.Join(applied, ", "), nil
+	}
 	cfg, err := config.Load(s.configPath, os.Environ())
 	if err != nil {
 		return "", err
@@ -342,7 +361,6 @@ func (s *Server) reload() (string, error) {
 	if cfg.DataDir, err = filepath.Abs(cfg.DataDir); err != nil {
 		return "", err
 	}
-	var applied, restart []string
 	for _, k := range config.Diff(s.cfg, cfg) {
 		if reloadable[k] {
 			applied = append(applied, k)

@@ -16,10 +16,13 @@ import (
 	"github.com/neonproxy/neonproxy/walkeeper"
 )
 
-type proxyTLS struct{ config *tls.Config }
+type proxyTLS struct {
+	config   *tls.Config
+	cert     *proxy.Certificate
+	certFile string
+	keyFile  string
+}
 
-// loadTLS loads tls.cert_file/key_file or the development certificate
-// generated into <data_dir>/tls/.
 // loadNodeTLS is the client side of TLS between nodes (consul.node_ca_file;
 // nil without one).
 func loadNodeTLS(cfg config.Config) (*tls.Config, error) {
@@ -37,17 +40,22 @@ func loadNodeTLS(cfg config.Config) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
+// loadTLS loads tls.cert_file/key_file or the development certificate
+// generated into <data_dir>/tls/.
 func loadTLS(cfg config.Config) (*proxyTLS, error) {
-	cert, key, err := proxy.TLSFiles(cfg.TLS.CertFile, cfg.TLS.KeyFile, filepath.Join(cfg.DataDir, "tls"), cfg.TLS.SNISuffix)
+	certFile, keyFile, err := proxy.TLSFiles(cfg.TLS.CertFile, cfg.TLS.KeyFile, filepath.Join(cfg.DataDir, "tls"), cfg.TLS.SNISuffix)
 	if err != nil {
 		return nil, err
 	}
-	c, err := proxy.LoadTLS(cert, key)
+	c, err := proxy.LoadCertificate(certFile, keyFile)
 	if err != nil {
 		return nil, err
 	}
-	return &proxyTLS{config: c}, nil
+	return &proxyTLS{config: c.Config(), cert: c, certFile: certFile, keyFile: keyFile}, nil
 }
+
+// reload re-reads the certificate files (the same paths: rotation).
+func (t *proxyTLS) reload() error { return t.cert.Reload(t.certFile, t.keyFile) }
 
 // frontDoorAddr is this node's front door as other machines reach it:
 // consul.node, else listen.
