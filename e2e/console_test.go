@@ -253,7 +253,7 @@ func TestAdminConsole(t *testing.T) {
 	if got := e.srv.Pool.Options().PoolSize; got != 7 {
 		t.Fatalf("pool size after RELOAD = %d", got)
 	}
-	if n := notes.all(); !strings.Contains(n, "applied: pool.default_pool_size") || !strings.Contains(n, "not applied") || !strings.Contains(n, "listen") {
+	if n := notes.all(); !strings.Contains(n, "applied: tls certificate (re-read), pool.default_pool_size") || !strings.Contains(n, "not applied") || !strings.Contains(n, "listen") {
 		t.Fatalf("RELOAD notice %q", n)
 	}
 
