@@ -14,7 +14,7 @@ import (
 )
 
 // A verifier as PostgreSQL 15 stores it for password "pencil".
-func verifierFor(t *testing.T, password string) string {
+func verifierFor(t testing.TB, password string) string {
 	t.Helper()
 	client, err := scram.SHA256.NewClient("", password, "")
 	if err != nil {
