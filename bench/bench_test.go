@@ -679,3 +679,271 @@ func TestTiersReport(t *testing.T) {
 		t.Errorf("section printed without results:\n%s", b.String())
 	}
 }
+
+// TestWriteConfigPrewarm checks that the prewarm section's config loads
+// with no idle tier (idle_after: 0 written out), suspend_timeout 1s,
+// offload_after 250ms and prewarm: true.
+func TestWriteConfigPrewarm(t *testing.T) {
+	e := &env{dir: t.TempDir()}
+	p := &proxy{dataDir: e.path("data")}
+	o := options{poolSize: 20, noIdleTier: true, suspendTimeout: prewarmSuspendTimeout, offloadAfter: prewarmOffloadAfter, prewarmOn: true}
+	path, err := p.writeConfig(e, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cfg.Compute
+	if c.IdleAfter.D() != 0 || c.SuspendTimeout.D() != time.Second || c.OffloadAfter.D() != 250*time.Millisecond || !c.Prewarm {
+		t.Errorf("loaded idle_after %s, suspend_timeout %s, offload_after %s, prewarm %v", c.IdleAfter, c.SuspendTimeout, c.OffloadAfter, c.Prewarm)
+	}
+	b, _ := os.ReadFile(path)
+	if want := "  suspend_timeout: 1s\n  idle_after: 0\n  offload_after: 250ms\n  prewarm: true\n"; !strings.Contains(string(b), want) {
+		t.Errorf("config lacks %q:\n%s", want, b)
+	}
+}
+
+// TestPrewarmMetrics checks the /metrics reading and the counters a run
+// diffs.
+func TestPrewarmMetrics(t *testing.T) {
+	read := func(s string) metricSet {
+		t.Helper()
+		m, err := parseMetrics(strings.NewReader(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	before := read(`# HELP neonproxy_prewarm_total Predicted arrivals by result (hit, miss, wasted).
+# TYPE neonproxy_prewarm_total counter
+neonproxy_prewarm_total{result="hit"} 0
+neonproxy_prewarm_total{result="miss"} 0
+neonproxy_prewarm_total{result="wasted"} 0
+neonproxy_prewarm_compute_seconds_total 0
+neonproxy_compute_starts_total{result="ok"} 3
+neonproxy_compute_stops_total{reason="idle"} 2
+neonproxy_wake_duration_seconds_bucket{kind="cold",le="0.5"} 1
+neonproxy_wake_duration_seconds_count{kind="cold"} 2
+`)
+	after := read(`neonproxy_prewarm_total{result="hit"} 7
+neonproxy_prewarm_total{result="miss"} 1
+neonproxy_prewarm_total{result="wasted"} 1
+neonproxy_prewarm_compute_seconds_total 9.5
+neonproxy_compute_starts_total{result="ok"} 16
+neonproxy_compute_starts_total{result="error"} 0
+neonproxy_compute_stops_total{reason="idle"} 15
+neonproxy_wake_duration_seconds_count{kind="cold"} 7
+neonproxy_wake_duration_seconds_count{kind="running"} 7
+`)
+	if got := after.byLabel(prewarmTotalMetric, "result"); len(got) != 3 || got["hit"] != 7 {
+		t.Errorf("byLabel = %v", got)
+	}
+	d := counterDiff(before, after)
+	if d.prewarm["hit"] != 7 || d.prewarm["miss"] != 1 || d.prewarm["wasted"] != 1 || d.prewarmSeconds != 9.5 ||
+		d.starts != 13 || d.stops["idle"] != 13 || d.wakes["cold"] != 5 || d.wakes["running"] != 7 {
+		t.Errorf("counterDiff = %+v", d)
+	}
+	if k := kindDiff(before.byLabel(wakeCountMetric, "kind"), after.byLabel(wakeCountMetric, "kind")); k != "cold×5+running×7" {
+		t.Errorf("kindDiff = %q", k)
+	}
+	if _, err := parseMetrics(strings.NewReader("neonproxy_x{a=\"b\"} notanumber\n")); err == nil {
+		t.Error("parseMetrics accepted a bad value")
+	}
+}
+
+// TestJitterIntervals checks that the jittery schedule stays within ±40%
+// of the period, is the same for a seed, and has no regular window.
+func TestJitterIntervals(t *testing.T) {
+	specs := prewarmRunSpecs(prewarmCycles)
+	if len(specs) != 4 || !specs[0].regular || specs[0].enabled || !specs[1].enabled || specs[2].regular ||
+		specs[3].stay != 2500*time.Millisecond || specs[3].period != 4*time.Second || !specs[3].regular || !specs[3].enabled {
+		t.Fatalf("specs = %+v", specs)
+	}
+	ivs := specs[2].intervals
+	if len(ivs) != prewarmCycles-1 || !slices.Equal(ivs, prewarmRunSpecs(prewarmCycles)[2].intervals) {
+		t.Fatalf("jitter intervals %v (not %d, or not repeatable)", ivs, prewarmCycles-1)
+	}
+	for _, iv := range ivs {
+		if iv < 1800*time.Millisecond || iv > 4200*time.Millisecond {
+			t.Errorf("interval %s outside 3 s ± 40%%", iv)
+		}
+	}
+	if n := regularWindows(ivs, prewarmJitterMargin); n != 0 {
+		t.Errorf("%d regular windows within %.0f%%: %v", n, prewarmJitterMargin*100, ivs)
+	}
+	// Arrivals 1–4 … 9–12: each predicts the next (the last one's
+	// prediction is what the settle waits for).
+	if n := regularWindows(specs[1].intervals, prewarmTolerance); n != prewarmCycles-prewarmLearn+1 {
+		t.Errorf("regular schedule: %d regular windows, want %d", n, prewarmCycles-prewarmLearn+1)
+	}
+	s := time.Second
+	if !regularWindow([]time.Duration{3 * s, 3200 * time.Millisecond, 2600 * time.Millisecond}, 0.15) ||
+		regularWindow([]time.Duration{3 * s, 3500 * time.Millisecond, 3 * s}, 0.15) {
+		t.Error("regularWindow does not follow the 15% rule")
+	}
+}
+
+// TestComputeTimeline checks the compute time read from the log: up from
+// a start's beginning to its stop's end, running from the start's end to
+// the stop's beginning, clipped to the run; and the pre-warm line counts.
+func TestComputeTimeline(t *testing.T) {
+	base := time.Date(2026, 11, 23, 18, 34, 0, 0, time.UTC)
+	ts := func(ms int) string { return base.Add(time.Duration(ms) * time.Millisecond).Format(logTimeLayout) }
+	lines := []prewarmLogLine{
+		{TS: ts(200), Msg: logComputeStopped, Took: "200ms"}, // up before the window: from 0
+		{TS: ts(1000), Msg: logComputeStarted, Took: "400ms"},
+		{TS: ts(2000), Msg: logSuspendingIdle},
+		{TS: ts(2200), Msg: logComputeStopped, Took: "200ms"},
+		{TS: ts(2500), Msg: logPrewarm},
+		{TS: ts(2600), Msg: logComputeStarted, Took: "100ms"},
+		{TS: ts(3500), Msg: "pre-warm hit"},
+		{TS: ts(4000), Msg: "pre-warm skipped (breaker open or compute.max_running reached)"},
+	}
+	l := computeTimeline(lines, base, base.Add(5*time.Second))
+	// up: 0→200, 600→2200, 2500→5000 (still up at the end).
+	if l.up != 200*time.Millisecond+1600*time.Millisecond+2500*time.Millisecond {
+		t.Errorf("up = %s", l.up)
+	}
+	// running: 0→0, 1000→2000, 2600→5000.
+	if l.running != time.Second+2400*time.Millisecond {
+		t.Errorf("running = %s", l.running)
+	}
+	if l.starts != 2 || l.stops != 2 || l.prewarms != 1 || l.hits != 1 || l.skipped != 1 || !l.upAtEnd || len(l.events) != len(lines) {
+		t.Errorf("timeline = %+v", l)
+	}
+}
+
+// TestPrewarmReport checks the summary tables, the on/off comparison, the
+// miss diagnosis, the jitter run's line, the per-arrival tables and the
+// commands block.
+func TestPrewarmReport(t *testing.T) {
+	r := newReport(options{sections: []string{sectionPrewarm}})
+	pr := &r.prewarm
+	pr.admin, pr.port, pr.scale, pr.cycles, pr.learn, pr.period = "http://127.0.0.1:1", 2, 1, 12, 4, 3*time.Second
+	pr.suspendTimeout, pr.offloadAfter, pr.jitter, pr.jitterMargin, pr.seed = time.Second, 250*time.Millisecond, 0.4, 0.25, 7
+	pr.logical = 38_900_000
+	pr.config = "compute:\n  idle_after: 0\n"
+	pr.command("PGSSLMODE=disable PGPASSWORD=… pgbench -i -s 1 -q -h 127.0.0.1 -p 2 -U postgres main")
+	base := time.Date(2026, 11, 23, 18, 34, 0, 0, time.UTC)
+	mk := func(name, br string, enabled, regular bool, arrival func(i int) prewarmArrival) prewarmRun {
+		run := prewarmRun{name: name, branch: br, enabled: enabled, regular: regular, start: base, period: 3 * time.Second}
+		for i := range 12 {
+			a := arrival(i)
+			a.n = i + 1
+			if a.at == 0 {
+				a.at = time.Duration(i) * run.period
+			}
+			run.arrivals = append(run.arrivals, a)
+		}
+		return run
+	}
+	off := mk(prewarmRunOff, "pw-off", false, true, func(i int) prewarmArrival {
+		return prewarmArrival{state: "stopped", tier: "zero", kind: "cold", d: time.Duration(400+i) * time.Millisecond}
+	})
+	off.total = prewarmCounters{prewarm: map[string]int{}, starts: 12}
+	off.log = prewarmLog{up: 19 * time.Second, running: 13 * time.Second, startTook: []time.Duration{350 * time.Millisecond},
+		spans: []span{{base.Add(33*time.Second + 10*time.Millisecond), base.Add(34300 * time.Millisecond)}}}
+	on := mk(prewarmRunOn, "pw-on", true, true, func(i int) prewarmArrival {
+		switch {
+		case i < 4:
+			return prewarmArrival{state: "stopped", tier: "zero", kind: "cold", d: 600 * time.Millisecond}
+		case i == 4:
+			return prewarmArrival{state: "stopped", tier: "zero", kind: "cold", result: "miss", d: 555 * time.Millisecond,
+				predicted: true, predictedIn: 100 * time.Millisecond, period: 3}
+		case i == 11:
+			return prewarmArrival{state: "starting", tier: "zero", kind: "cold", result: "hit", d: 80 * time.Millisecond,
+				predicted: true, predictedIn: 100 * time.Millisecond, period: 3}
+		}
+		return prewarmArrival{state: "running", tier: "running", kind: "running", result: "hit", d: 20 * time.Millisecond,
+			predicted: true, predictedIn: 90 * time.Millisecond, period: 3}
+	})
+	on.during = prewarmCounters{prewarm: map[string]int{"hit": 7, "miss": 1}}
+	on.total = prewarmCounters{prewarm: map[string]int{"hit": 7, "miss": 1, "wasted": 1}, prewarmSeconds: 10, starts: 14}
+	// Arrival 4 (9 s) after a 1.04 s start; suspended at +1.70 s; no
+	// pre-warm line before arrival 5.
+	on.log = prewarmLog{up: 29 * time.Second, running: 20 * time.Second, prewarms: 8,
+		startTook: []time.Duration{500 * time.Millisecond, 600 * time.Millisecond},
+		// The pre-warm after the last arrival (33 s): up 2.4 s.
+		spans: []span{{base.Add(30 * time.Second), base.Add(31 * time.Second)}, {base.Add(35 * time.Second), base.Add(37400 * time.Millisecond)}},
+		events: []logEvent{
+			{at: base.Add(7 * time.Second), msg: logComputeStarted, took: 1040 * time.Millisecond},
+			{at: base.Add(9*time.Second + 580*time.Millisecond), msg: logComputeStarted, took: 580 * time.Millisecond},
+			{at: base.Add(10*time.Second + 700*time.Millisecond), msg: logSuspendingIdle},
+		}}
+	jitter := mk(prewarmRunJitter, "pw-jitter", true, false, func(i int) prewarmArrival {
+		ivs := []time.Duration{0, 2240, 6100, 9070, 11190, 14110, 16360, 20480, 22730, 24790, 28700, 32370}
+		return prewarmArrival{state: "stopped", tier: "zero", kind: "cold", d: 400 * time.Millisecond, at: ivs[i] * time.Millisecond}
+	})
+	jitter.total = prewarmCounters{prewarm: map[string]int{}, starts: 12}
+	// Long visits every 4 s: each predicted arrival missed, the compute
+	// suspended 3.2 s after the previous arrival, the pre-warm due at 3 s.
+	long := mk(prewarmRunLong, "pw-long", true, true, func(i int) prewarmArrival {
+		a := prewarmArrival{state: "stopped", tier: "zero", kind: "cold", d: 200 * time.Millisecond, at: time.Duration(i) * 4 * time.Second}
+		if i >= 4 {
+			a.result, a.predicted, a.predictedIn, a.period = "miss", true, 100*time.Millisecond, 4
+		}
+		return a
+	})
+	long.period, long.stay = 4*time.Second, 2500*time.Millisecond
+	for i := range 12 {
+		at := base.Add(time.Duration(i) * 4 * time.Second)
+		long.log.events = append(long.log.events, logEvent{at: at.Add(200 * time.Millisecond), msg: logComputeStarted, took: 200 * time.Millisecond},
+			logEvent{at: at.Add(3200 * time.Millisecond), msg: logSuspendingIdle})
+	}
+	long.total = prewarmCounters{prewarm: map[string]int{"miss": 8}, starts: 12}
+	pr.runs = []prewarmRun{off, on, jitter, long}
+	wantReport(t, r,
+		"The prewarm section runs on its own neonproxy (see there).",
+		"## Pre-warm (issue 7): a periodic workload, predictive pre-warm off and on",
+		"`compute.suspend_timeout: 1s`, `compute.offload_after: 250ms` and `compute.prewarm: true`",
+		"(**logical_size_bytes 38.9 MB**)",
+		"| off | pw-off | off | 3.00 s × 11 | 8 | 407.00 ms | 411.00 ms | 411.00 ms | cold ×8 | zero ×8 | 0 |",
+		"| on | pw-on | on | 3.00 s × 11 | 8 | 20.00 ms | 555.00 ms | 555.00 ms | running ×6, cold ×2 | running ×6, zero ×2 | 0 |",
+		"| jitter | pw-jitter | on | 2.06–4.12 s (±40%, seed 7) | 8 |",
+		"| off | 0 | 0 | 0 | 0 | 0 | – | 0.00 s | 12 (0) | 19.00 s | 1.58 s | 13.00 s |",
+		"| on | 8 | 7 | 1 | 0 | 1 | 88% (7/8) | 10.00 s | 14 (8) | 29.00 s | 2.42 s | 20.00 s |",
+		"- **Pre-warm on vs off**, arrivals after the first 4: median 20.00 ms vs 407.00 ms (20.35× faster), p90 555.00 ms vs 411.00 ms",
+		"- **Extra compute time of pre-warm**: compute up 29.00 s with vs 19.00 s without: +10.00 s (+53%, +0.83 s per arrival);",
+		"`neonproxy_prewarm_compute_seconds_total` 10.00 s",
+		"- Starts (\"compute started\" took): off median 350.00 ms (n 1), on median 500.00 ms (n 2); pre-warm's lead is max(2 × the last start, 1 s).",
+		"- on, the first 4 arrivals (learning): wake kind cold ×4.",
+		"- **on: pre-warm miss at arrival 5 (wake cold, 555.00 ms): no \"pre-warm\" line since arrival 4; by wake/prewarm.go's rule the pre-warm was due at +0.92 s (lead max(2 × 1040.00 ms, 1 s) = 2.08 s); the compute of arrival 4 was suspended (\"suspending idle compute\") at +1.70 s, after the pre-warm was due: the pre-warm found it still running, did nothing, and the suspend timer armed at the client's release stood.**",
+		"  of which +2.40 s after the last arrival (the pre-warm for a client that did not come: the workload had ended), the rest +0.95 s per predicted arrival.",
+		"| long-visit | pw-long | on | 4.00 s × 11, each visit connected until 2.50 s after its arrival | 8 | 200.00 ms |",
+		"| long-visit | 8 | 0 | 8 | 0 | 0 | 0% (0/8) |",
+		"- **long-visit: 8 pre-warm misses** (arrivals 5, 6, 7, 8, 9, 10, 11, 12); the first, arrival 5 (wake cold, 200.00 ms): no \"pre-warm\" line since arrival 4; by wake/prewarm.go's rule the pre-warm was due at +3.00 s (lead max(2 × 200.00 ms, 1 s) = 1.00 s); the compute of arrival 4 was suspended (\"suspending idle compute\") at +3.20 s, after the pre-warm was due",
+		"In 8 of the 8 the compute of the previous visit was still running when the pre-warm was due.",
+		"- **on: 14 compute start(s), but 5 arrival(s) waited for a start of their own and the log has 8 \"pre-warm\" line(s)**.",
+		"- **on: 1 arrival(s) counted as a pre-warm hit still waited for a wake** (the first: arrival 12, JSON starting/zero, wake cold, 80.00 ms).",
+		"measured windows of 4 arrivals within 15%: 0): **no pre-warm fired** (`neonproxy_prewarm_total` unchanged, no \"pre-warm\" line; 12 compute starts, each for an arrival that waited for it).",
+		"### Arrivals: on run (branch pw-on, pre-warm on)",
+		"| 5 | 12.00 s | 3.00 s | stopped / zero | 0.10 s (3.00 s) | cold | miss | 555.00 ms |",
+		"| 1 (learning) | 0.00 s | – | stopped / zero | – | cold | – | 600.00 ms |",
+		"| 2 (learning) | 2.24 s | 2.24 s | stopped / zero | – | cold | – | 400.00 ms |",
+		"### Commands and requests (prewarm)",
+		"# <tmp>/prewarm/neonproxy.yaml (generated)\ncompute:\n  idle_after: 0\n```",
+	)
+	// A jitter run in which pre-warm fired, an off run with pre-warm lines,
+	// a failed arrival.
+	pr.runs[2].total.prewarm = map[string]int{"wasted": 2}
+	pr.runs[2].log.prewarms = 2
+	pr.runs[0].log.prewarms = 1
+	pr.runs[0].arrivals[3].err = "connect: timeout"
+	wantReport(t, r,
+		"**pre-warm fired**: 2 \"pre-warm\" line(s), hits 0, misses 0, wasted 2.",
+		"- **off: pre-warm is off for pw-off, yet the log has 1 \"pre-warm\" line(s)",
+		"| 4 (learning) | 9.00 s | 3.00 s | stopped / zero | – | cold | – | failed: connect: timeout |",
+	)
+	if p := pr.problems(); len(p) != 1 || p[0] != "off run (pw-off), arrival 4: connect: timeout" {
+		t.Errorf("problems = %q", p)
+	}
+	// Not run: nothing printed.
+	r = newReport(options{sections: []string{sectionPrewarm}})
+	var b strings.Builder
+	r.print(&b)
+	if strings.Contains(b.String(), "## Pre-warm") {
+		t.Errorf("section printed without results:\n%s", b.String())
+	}
+}

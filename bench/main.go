@@ -1,7 +1,8 @@
 // Command bench measures neonproxy against direct PostgreSQL and PgBouncer:
 // cold wake (stopped compute → first row), warm connection setup, and pgbench
 // throughput / per-query latency; the resume latency of each tier an
-// unused compute steps down to (idle, suspended, zero); and neonproxy's
+// unused compute steps down to (idle, suspended, zero); what predictive
+// pre-warm does for a periodic workload (hit rate, extra compute time); and neonproxy's
 // branches (create latency, storage, cold and warm start); and durability (kill -9 of neonproxy and the
 // compute with the local data lost, then a check that every acknowledged
 // commit is back; commit latency with and without the WAL keeper's wait,
@@ -11,7 +12,7 @@
 // a plain-text report. Timings are never pass/fail; the exit status is
 // non-zero only when the harness itself fails.
 //
-//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching,durability,cluster,tiers]
+//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching,durability,cluster,tiers,prewarm]
 package main
 
 import (
@@ -36,9 +37,10 @@ const (
 	sectionDurability = "durability" // crash cycles with lost local data, commit latency (own neonproxy)
 	sectionCluster    = "cluster"    // Consul mode: relayed connect, lock failover (own agent, two nodes)
 	sectionTiers      = "tiers"      // resume latency per tier: hot, warm, cold (own neonproxy)
+	sectionPrewarm    = "prewarm"    // a periodic workload with predictive pre-warm off and on (own neonproxy)
 )
 
-var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching, sectionDurability, sectionCluster, sectionTiers}
+var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching, sectionDurability, sectionCluster, sectionTiers, sectionPrewarm}
 
 // options are the command-line flags.
 type options struct {
@@ -94,6 +96,10 @@ type options struct {
 	// prewarmOff writes compute.prewarm: false (predictive pre-warm would
 	// wake a compute ahead of a try the bench times from a tier).
 	prewarmOff bool
+	// prewarmOn writes compute.prewarm: true (neonproxy's default, written
+	// out for the prewarm section) and noIdleTier compute.idle_after: 0 (no
+	// idle tier: an unused compute is suspended after suspend_timeout).
+	prewarmOn, noIdleTier bool
 }
 
 // has reports whether section s runs.
@@ -252,6 +258,9 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if o.has(sectionTiers) {
 		b.runTiers(ctx)
+	}
+	if o.has(sectionPrewarm) {
+		b.runPrewarm(ctx)
 	}
 	b.rep.print(os.Stdout)
 	if ctx.Err() != nil {

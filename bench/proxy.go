@@ -170,19 +170,26 @@ log:
 const defaultSuspendTimeout = time.Hour
 
 // tierKeys are the compute keys of the tiers below running that a section
-// sets (the tiers section): compute.idle_after, compute.offload_after and
-// compute.prewarm: false, each written only when set, so that other
-// sections keep neonproxy's defaults.
+// sets (the tiers and prewarm sections): compute.idle_after (or 0 with
+// noIdleTier), compute.offload_after and compute.prewarm (false with
+// prewarmOff, true with prewarmOn), each written only when set, so that
+// other sections keep neonproxy's defaults.
 func tierKeys(o options) string {
 	var s string
-	if o.idleAfter > 0 {
+	switch {
+	case o.noIdleTier:
+		s += "  idle_after: 0\n"
+	case o.idleAfter > 0:
 		s += fmt.Sprintf("  idle_after: %s\n", shortDuration(o.idleAfter))
 	}
 	if o.offloadAfter > 0 {
 		s += fmt.Sprintf("  offload_after: %s\n", shortDuration(o.offloadAfter))
 	}
-	if o.prewarmOff {
+	switch {
+	case o.prewarmOff:
 		s += "  prewarm: false\n"
+	case o.prewarmOn:
+		s += "  prewarm: true\n"
 	}
 	return s
 }
@@ -226,6 +233,8 @@ type computeStatus struct {
 	Prewarm *struct {
 		Enabled       bool    `json:"enabled"`
 		PeriodSeconds float64 `json:"period_seconds"`
+		// NextArrival is the predicted next arrival (zero: none).
+		NextArrival time.Time `json:"next_arrival"`
 	} `json:"prewarm"`
 }
 

@@ -42,6 +42,7 @@ type report struct {
 	durability    durabilityReport
 	cluster       clusterReport
 	tiers         tiersReport
+	prewarm       prewarmReport
 	problems      []string
 }
 
@@ -152,6 +153,9 @@ func (r *report) print(w io.Writer) {
 	if r.opts.has(sectionTiers) {
 		p("The tiers section runs on its own neonproxy (see there).")
 	}
+	if r.opts.has(sectionPrewarm) {
+		p("The prewarm section runs on its own neonproxy (see there).")
+	}
 	p("Settings: -tries %d, -duration %s, -clients %d, pgbench scale %d, -only %s; pooling: -rounds %d, -pool-size %d, -idle-clients %d; branching: -branch-big-scale %d.",
 		r.opts.tries, r.opts.duration, r.opts.clients, pgbenchScale, strings.Join(r.opts.sections, ","),
 		r.opts.rounds, r.opts.poolSize, r.opts.idleClients, r.opts.bigScale)
@@ -166,6 +170,7 @@ func (r *report) print(w io.Writer) {
 	r.printDurability(p)
 	r.printCluster(p)
 	r.printTiers(p)
+	r.printPrewarm(p)
 	r.printCommands(p)
 	r.printProblems(p)
 }

@@ -167,17 +167,7 @@ func TestPrewarmPeriodic(t *testing.T) {
 	defer cancel()
 	api := &admin.Client{BaseURL: e.srv.AdminAddr().String()}
 	const period = 2500 * time.Millisecond
-	visit := func() {
-		c, err := pgx.Connect(ctx, e.url("postgres", testPassword, "main"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var one int
-		if err := c.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
-			t.Fatal(err)
-		}
-		c.Close(ctx)
-	}
+	visit := func() { prewarmVisit(t, ctx, e, 0) }
 	tick := time.NewTicker(period)
 	defer tick.Stop()
 	running := func() float64 { return counterValue(t, e, "neonproxy_wake_duration_seconds", "kind", "running") }
@@ -260,5 +250,48 @@ func TestSuspendWithSessionsDisconnect(t *testing.T) {
 	}
 	if st := e.srv.Computes.Status("main"); st.Generation != gen+1 {
 		t.Fatalf("generation %d, want %d", st.Generation, gen+1)
+	}
+}
+
+// prewarmVisit connects, runs a query, stays connected for stay, leaves.
+func prewarmVisit(t *testing.T, ctx context.Context, e *env, stay time.Duration) {
+	t.Helper()
+	c, err := pgx.Connect(ctx, e.url("postgres", testPassword, "main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var one int
+	if err := c.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(stay) // the visit's length is the workload, not a wait for something
+	c.Close(ctx)
+}
+
+// TestPrewarmLongVisits: clients that stay a while, so that the compute
+// is still up (its suspend timer counting from the last client) when the
+// pre-warm comes due: the pre-warm holds it for the next client instead
+// of letting it suspend just before.
+func TestPrewarmLongVisits(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		c.Compute.IdleAfter = 0
+		c.Compute.SuspendTimeout = config.Duration(time.Second)
+		c.Compute.OffloadAfter = 0
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	tick := time.NewTicker(2500 * time.Millisecond)
+	defer tick.Stop()
+	running := func() float64 { return counterValue(t, e, "neonproxy_wake_duration_seconds", "kind", "running") }
+	for i := range 7 {
+		before := running()
+		prewarmVisit(t, ctx, e, 1200*time.Millisecond)
+		if i >= 4 && running() != before+1 {
+			t.Fatalf("visit %d waited for a start: the compute suspended between the pre-warm and the client", i)
+		}
+		<-tick.C
+	}
+	if misses := counterValue(t, e, "neonproxy_prewarm_total", "result", "miss"); misses != 0 {
+		t.Fatalf("%v pre-warm misses", misses)
 	}
 }

@@ -192,6 +192,20 @@ func (m *Manager) prewarmFire(b *branch, seq uint64) {
 		}
 		b.pw.warmedAt = now
 		m.armLocked(b) // it may freeze again if nobody comes
+	case b.state == StateRunning && b.leases == 0:
+		// Still up from the last visit, its suspend (or freeze) timer
+		// counting from then: hold it for the predicted client instead.
+		b.pw.warmedAt = now
+		m.armLocked(b)
+	case b.state == StateStopping:
+		// On its way down: start it again once the stop (and its store)
+		// is done.
+		done := b.stopDone
+		go func() {
+			<-done
+			m.prewarmFire(b, seq)
+		}()
+		return
 	case b.state == StateStopped && b.op == "":
 		if m.breakerOpenLocked(b) != nil || !m.roomWithoutEvictionLocked() {
 			go m.log.Info("pre-warm skipped (breaker open or compute.max_running reached)", zap.String("branch", b.name))
@@ -200,7 +214,7 @@ func (m *Manager) prewarmFire(b *branch, seq uint64) {
 		m.startLocked(b, nil)
 		b.pw.warmedAt = now
 	default:
-		return // running, or on its way somewhere: nothing to warm
+		return // in use, or starting: nothing to warm
 	}
 	go m.log.Info("pre-warm", zap.String("branch", b.name), zap.Time("predicted", b.pw.next), zap.Duration("period", b.pw.period))
 }
