@@ -692,3 +692,65 @@ func TestComputeSocketPrivate(t *testing.T) {
 		t.Fatalf("user nobody reached the compute's socket: %v\n%s", err, out)
 	}
 }
+
+// TestShutdownDrains: a shutdown tells a client between transactions to go
+// (57P01) at once, lets a transaction in flight commit, then closes that
+// client too and stops the compute cleanly; the committed row is there
+// after a restart.
+func TestShutdownDrains(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) { c.ShutdownTimeout = config.Duration(time.Minute) })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	url := e.url("postgres", testPassword, "main")
+	idle, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close(ctx)
+	busy, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close(ctx)
+	if _, err := busy.Exec(ctx, "CREATE TABLE drained (x int)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := busy.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO drained VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	srv := e.srv
+	closed := make(chan error, 1)
+	go func() { closed <- srv.Close(ctx) }()
+	// The idle client is told at once.
+	_, err = idle.Exec(ctx, "SELECT 1")
+	wantPgError(t, err, "57P01", "neonproxy is shutting down")
+	select {
+	case err := <-closed:
+		t.Fatalf("shutdown finished (%v) with a transaction in flight", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	// The transaction in flight may finish.
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatalf("commit during the shutdown: %v", err)
+	}
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("shutdown did not finish after the last transaction")
+	}
+	e.srv = nil
+	if left := postgresProcesses(e.dir); len(left) > 0 {
+		t.Fatalf("computes left after the shutdown: %v", left)
+	}
+	e.start()
+	if n := e.mustQueryInt(url, "SELECT count(*) FROM drained"); n != 1 {
+		t.Fatalf("rows after the restart: %d", n)
+	}
+}

@@ -87,6 +87,7 @@ func (s *Server) console(ss *session, params map[string]string, minor uint32) er
 	}
 	user := params["user"]
 	ss.route = router.Route{Branch: branch, Database: router.ConsoleDatabase, User: user, Kind: "console"}
+	ss.between.Store(true) // no transactions here: a shutdown need not wait
 	if minor > 0 {
 		if err := s.send(ss, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0}); err != nil {
 			return err

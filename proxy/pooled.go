@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,12 +33,34 @@ func (s *Server) sessionPooled(ss *session, c *pool.Conn, target *cancelTarget, 
 	var cf, bf pgwire.Framer
 	cf.MaxLen = maxClientMessage
 	var queries int64 // read by this goroutine once the pump has ended
+	// What a shutdown may read: whether the session is between
+	// transactions (the client pump and the server pump both update it).
+	var bmu sync.Mutex
+	var outstanding int
 	cf.OnHeader = func(typ byte, _ int) {
 		if typ == 'Q' || typ == 'E' {
 			queries++
 		}
+		bmu.Lock()
+		if typ == 'Q' || typ == 'S' || typ == 'F' { // each is answered with one ReadyForQuery
+			outstanding++
+		}
+		ss.between.Store(false)
+		bmu.Unlock()
 		lease.Touch()
 	}
+	// The session is between transactions at a ReadyForQuery 'I' that
+	// answers the client's last request (a pipelining client may have sent
+	// more already).
+	bf.OnStatus = func(st byte) {
+		bmu.Lock()
+		if outstanding--; outstanding <= 0 {
+			outstanding = 0
+			ss.between.Store(st == 'I')
+		}
+		bmu.Unlock()
+	}
+	ss.between.Store(true) // the startup ended with ReadyForQuery 'I'
 	// compute.suspend_with_sessions: disconnect: the compute is suspended
 	// under a quiet session, which is told why.
 	var suspended atomic.Bool

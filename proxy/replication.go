@@ -93,6 +93,7 @@ func (s *Server) replication(ss *session, params map[string]string) error {
 		return fmt.Errorf("replication to branch %s: %w", route.Branch, err)
 	}
 	ss.result = "replication"
+	ss.keeper.Store(true)
 	_ = ss.raw.SetDeadline(time.Time{})
 	s.log.Info("keeper streaming through the front door", zap.String("branch", route.Branch),
 		zap.String("keeper", params["application_name"]), zap.String("client", ss.raw.RemoteAddr().String()))

@@ -131,6 +131,7 @@ type Server struct {
 		closed    bool
 		listeners map[net.Listener]struct{}
 		conns     map[net.Conn]struct{}
+		sessions  map[*session]struct{}
 	}
 	wg sync.WaitGroup
 }
@@ -166,6 +167,7 @@ func New(opt Options) (*Server, error) {
 	s.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
 	s.mu.listeners = map[net.Listener]struct{}{}
 	s.mu.conns = map[net.Conn]struct{}{}
+	s.mu.sessions = map[*session]struct{}{}
 	s.SetAdminUsers(opt.AdminUsers)
 	return s, nil
 }
@@ -230,6 +232,53 @@ func (s *Server) untrack(c net.Conn) {
 	s.mu.Unlock()
 }
 
+// Shutdown stops accepting and lets transactions finish: a client is told
+// to go (57P01) and disconnected as soon as it is between transactions;
+// when ctx ends (shutdown_timeout), the rest are closed as by Close.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	for ln := range s.mu.listeners {
+		_ = ln.Close()
+	}
+	s.mu.Unlock()
+	shutting := (&pgwire.Error{Code: pgwire.CodeAdminShutdown, Message: "terminating connection: neonproxy is shutting down",
+		Hint: "Reconnect in a moment."}).Fatal()
+	msg, _ := shutting.Encode(nil)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.mu.Lock()
+		left := 0
+		var done []*session
+		for ss := range s.mu.sessions {
+			if ss.keeper.Load() {
+				continue
+			}
+			left++
+			if !ss.drained && ss.between.Load() {
+				ss.drained = true
+				done = append(done, ss)
+			}
+		}
+		s.mu.Unlock()
+		for _, ss := range done {
+			// Between transactions nothing else writes to the client.
+			_ = ss.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = ss.conn.Write(msg)
+			_ = ss.conn.Close()
+		}
+		if left == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return s.Close(context.Background())
+		case <-tick.C:
+		}
+	}
+	return s.Close(ctx)
+}
+
 // Close stops the listeners, closes every client connection and waits for
 // their goroutines to end (or ctx).
 func (s *Server) Close(ctx context.Context) error {
@@ -263,6 +312,14 @@ func (s *Server) ForgetBranch(branch string) { s.auth.forget(branch) }
 
 // session is one client connection's state, for the log line.
 type session struct {
+	// between is set while the client is between transactions (nothing
+	// outstanding on a server connection): a shutdown may end it then.
+	between atomic.Bool
+	// keeper is set on a WAL keeper's replication connection: a shutdown
+	// does not wait for it (commits being drained need it; it ends with
+	// its compute).
+	keeper   atomic.Bool
+	drained  bool     // a shutdown told it to go (under Server.mu)
 	conn     net.Conn // the client, TLS-wrapped once negotiated
 	raw      net.Conn
 	tls      bool
@@ -284,6 +341,14 @@ func (s *Server) handle(raw net.Conn) {
 		s.m.ClientConnections.Dec()
 	}()
 	ss := &session{conn: raw, raw: raw, result: "ok"}
+	s.mu.Lock()
+	s.mu.sessions[ss] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.mu.sessions, ss)
+		s.mu.Unlock()
+	}()
 	err := s.serve(ss, n)
 	_ = ss.conn.Close() // the TLS conn when negotiated; closes raw too
 	_ = raw.Close()

@@ -139,6 +139,7 @@ var noopClose = appendClose(nil, 'S', "npx_noop")
 
 func (s *Server) sessionTransaction(ss *session, t *txnSession) error {
 	t.mu.stmts = map[string]*stmtDef{}
+	ss.between.Store(true)
 	err := t.run()
 	ss.result = "ok"
 	if t.terminated {
@@ -471,6 +472,7 @@ func (t *txnSession) popSyntheticLocked(out []byte) []byte {
 // the client's.
 func (t *txnSession) attach() error {
 	ctx := context.Background()
+	t.ss.between.Store(false)
 	t.info.setState(clientWaiting)
 	if err := t.holdCompute(ctx); err != nil {
 		return err
@@ -705,6 +707,7 @@ func (t *txnSession) finish() {
 func (t *txnSession) detachLocked() {
 	t.mu.sc = nil
 	t.info.setState(clientIdle)
+	t.ss.between.Store(t.mu.pinned == "")
 	if t.mu.pinned == "" && t.mu.lease != nil {
 		t.mu.lease.Release()
 		t.mu.lease = nil

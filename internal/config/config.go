@@ -258,32 +258,36 @@ type Proxy struct {
 type Config struct {
 	// Roles are what this process runs (proxy, compute, pagestore,
 	// walkeeper; see roles.go); empty: what the addresses imply.
-	Roles         []string  `yaml:"roles"`
-	Listen        string    `yaml:"listen"`
-	AdminListen   string    `yaml:"admin_listen"`
-	HTTPListen    string    `yaml:"http_listen"`
-	DataDir       string    `yaml:"data_dir"`
-	DefaultBranch string    `yaml:"default_branch"`
-	TLS           TLS       `yaml:"tls"`
-	Proxy         Proxy     `yaml:"proxy"`
-	Compute       Compute   `yaml:"compute"`
-	Pool          Pool      `yaml:"pool"`
-	Pagestore     Pagestore `yaml:"pagestore"`
-	Walkeeper     Walkeeper `yaml:"walkeeper"`
-	Consul        Consul    `yaml:"consul"`
-	Admin         Admin     `yaml:"admin"`
-	Bootstrap     Bootstrap `yaml:"bootstrap"`
-	Log           Log       `yaml:"log"`
+	Roles         []string `yaml:"roles"`
+	Listen        string   `yaml:"listen"`
+	AdminListen   string   `yaml:"admin_listen"`
+	HTTPListen    string   `yaml:"http_listen"`
+	DataDir       string   `yaml:"data_dir"`
+	DefaultBranch string   `yaml:"default_branch"`
+	// ShutdownTimeout bounds how long SIGTERM waits for transactions in
+	// flight before it closes their clients (and stops the computes).
+	ShutdownTimeout Duration  `yaml:"shutdown_timeout"`
+	TLS             TLS       `yaml:"tls"`
+	Proxy           Proxy     `yaml:"proxy"`
+	Compute         Compute   `yaml:"compute"`
+	Pool            Pool      `yaml:"pool"`
+	Pagestore       Pagestore `yaml:"pagestore"`
+	Walkeeper       Walkeeper `yaml:"walkeeper"`
+	Consul          Consul    `yaml:"consul"`
+	Admin           Admin     `yaml:"admin"`
+	Bootstrap       Bootstrap `yaml:"bootstrap"`
+	Log             Log       `yaml:"log"`
 }
 
 // Default returns the documented defaults (see config.yaml).
 func Default() Config {
 	return Config{
-		Listen:        "127.0.0.1:5432",
-		AdminListen:   "127.0.0.1:8432",
-		DataDir:       "./data",
-		DefaultBranch: "main",
-		TLS:           TLS{SNISuffix: "localtest.me"},
+		Listen:          "127.0.0.1:5432",
+		AdminListen:     "127.0.0.1:8432",
+		DataDir:         "./data",
+		DefaultBranch:   "main",
+		ShutdownTimeout: Duration(30 * time.Second),
+		TLS:             TLS{SNISuffix: "localtest.me"},
 		Proxy: Proxy{
 			StartupTimeout:   Duration(15 * time.Second),
 			MaxStartupPacket: 10000,
@@ -361,6 +365,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		errs = append(errs, errors.New("tls.cert_file and tls.key_file must be set together"))
+	}
+	if c.ShutdownTimeout < 0 {
+		errs = append(errs, errors.New("shutdown_timeout must be >= 0"))
 	}
 	if c.Compute.IdleAfter < 0 {
 		errs = append(errs, errors.New("compute.idle_after must be >= 0"))

@@ -38,6 +38,8 @@ type Framer struct {
 
 	// OnHeader, if set, is called for every message header, in order.
 	OnHeader func(typ byte, length int)
+	// OnStatus, if set, is called with each ReadyForQuery's status byte.
+	OnStatus func(status byte)
 }
 
 // FrameError is a length word outside what the protocol allows.
@@ -64,6 +66,9 @@ func (f *Framer) Feed(p []byte) error {
 				f.ReadyCount++
 				if p[0] == 'I' {
 					f.IdleCount++
+				}
+				if f.OnStatus != nil {
+					f.OnStatus(p[0])
 				}
 				f.wantStatus = false
 			}

@@ -516,7 +516,11 @@ func (s *Server) ConnString() string {
 // Close ends client sessions, stops the admin API and stops every compute
 // cleanly.
 func (s *Server) Close(ctx context.Context) error {
-	errs := []error{s.Proxy.Close(ctx)}
+	// Transactions in flight may finish (shutdown_timeout); clients
+	// between transactions are told and closed at once.
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.ShutdownTimeout.D())
+	errs := []error{s.Proxy.Shutdown(dctx)}
+	cancel()
 	if s.admin != nil {
 		errs = append(errs, s.admin.Shutdown(ctx))
 	}
