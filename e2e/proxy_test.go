@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -514,67 +515,172 @@ func TestHostileInput(t *testing.T) {
 		body = append(body, 0)
 		return append(binary.BigEndian.AppendUint32(nil, uint32(len(body)+4)), body...)
 	}
+	// raw is a startup-phase packet: length word, code, body as given.
+	raw := func(length uint32, rest ...byte) []byte {
+		return append(binary.BigEndian.AppendUint32(nil, length), rest...)
+	}
+	code := func(c uint32, body ...byte) []byte {
+		return raw(uint32(8+len(body)), append(binary.BigEndian.AppendUint32(nil, c), body...)...)
+	}
+	manyParams := func(n int) []string {
+		kv := []string{"user", "postgres"}
+		for i := range n {
+			kv = append(kv, fmt.Sprintf("p%d", i), "v")
+		}
+		return kv
+	}
+	random := make([]byte, 1024)
+	for i := range random {
+		random[i] = byte(i*131 + 7)
+	}
 	tests := []struct {
 		name string
 		in   []byte
 		code string // "" means: closed without an ErrorResponse is fine
 	}{
-		{"http", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "08P01"},
+		// Other protocols.
+		{"http get", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "08P01"},
+		{"http post", []byte("POST /sql HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"), "08P01"},
+		{"tls hello without SSLRequest", []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03}, "08P01"},
+		{"ssh banner", []byte("SSH-2.0-OpenSSH_9.2\r\n"), "08P01"},
+		{"smtp", []byte("EHLO example.com\r\n"), "08P01"},
+		{"redis", []byte("*1\r\n$4\r\nPING\r\n"), "08P01"},
+		{"binary garbage", random, "08P01"},
+		{"all zeros", make([]byte, 64), "08P01"},
+		{"all 0xff", bytes.Repeat([]byte{0xff}, 64), "08P01"},
+		// Protocol versions.
 		{"protocol 2", startup(2<<16, "user", "postgres"), "0A000"},
+		{"protocol 1", startup(1<<16, "user", "postgres"), "0A000"},
+		{"protocol 4", startup(4<<16, "user", "postgres"), "0A000"},
+		{"protocol 0", startup(0, "user", "postgres"), "0A000"},
+		{"unknown request code", code(1234<<16 | 5690), "0A000"},
+		// Length words.
 		{"huge length", []byte{0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0}, "08P01"},
 		{"negative length", []byte{0xff, 0xff, 0xff, 0xff}, "08P01"},
+		{"length 0", raw(0, 0, 3, 0, 0), "08P01"},
+		{"length 3", raw(3, 0, 3, 0, 0), "08P01"},
+		{"length 4", raw(4, 0, 3, 0, 0), "08P01"},
+		{"length 7", raw(7, 0, 3, 0, 0), "08P01"},
+		{"length above the startup limit", raw(10001, 0, 3, 0, 0), "08P01"},
+		{"length 1 GiB", raw(1<<30, 0, 3, 0, 0), "08P01"},
+		// Special requests with wrong sizes.
+		{"SSLRequest too long", code(80877103, 0, 0, 0, 0), "08P01"},
+		{"GSSENCRequest too long", code(80877104, 1), "08P01"},
+		{"CancelRequest too short", code(80877102, 0, 0, 0, 1), "08P01"},
+		{"CancelRequest too long", code(80877102, make([]byte, 12)...), ""},
+		{"CancelRequest unknown key", code(80877102, 0, 0, 0, 1, 0, 0, 0, 2), ""},
+		// Startup parameters.
 		{"no user", startup(3<<16, "database", "main"), "28000"},
-		{"invalid utf8", startup(3<<16, "user", "\xff\xfe"), "22021"},
-		{"replication", startup(3<<16, "user", "postgres", "replication", "true"), "0A000"},
+		{"empty user", startup(3<<16, "user", ""), "28000"},
+		{"no parameters", startup(3 << 16), "08P01"},
+		{"invalid utf8 user", startup(3<<16, "user", "\xff\xfe"), "22021"},
+		{"invalid utf8 database", startup(3<<16, "user", "postgres", "database", "ma\xc3in"), "22021"},
+		{"invalid utf8 options", startup(3<<16, "user", "postgres", "options", "endpoint=\xe2\x82"), "22021"},
+		{"invalid utf8 name", startup(3<<16, "user", "postgres", "\xff", "x"), "22021"},
+		{"overlong utf8", startup(3<<16, "user", "\xc0\xaf"), "22021"},
+		{"surrogate utf8", startup(3<<16, "user", "\xed\xa0\x80"), "22021"},
+		{"empty parameter name", startup(3<<16, "user", "postgres", "", "x"), "08P01"},
+		{"duplicate parameter", startup(3<<16, "user", "postgres", "user", "other"), "08P01"},
+		{"65 parameters", startup(3<<16, manyParams(64)...), "08P01"},
+		{"10,000 parameters", startup(3<<16, manyParams(10000)...), "08P01"},
+		{"name without value", append(raw(uint32(8+len("user\x00postgres\x00dangling\x00")+1), 0, 3, 0, 0), []byte("user\x00postgres\x00dangling\x00\x00")...), "08P01"},
+		{"missing terminator", append(raw(uint32(8+len("user\x00postgres")), 0, 3, 0, 0), []byte("user\x00postgres")...), "08P01"},
+		{"no NUL at all", append(raw(8+8, 0, 3, 0, 0), []byte("userpost")...), "08P01"},
+		{"replication true", startup(3<<16, "user", "postgres", "replication", "true"), "0A000"},
+		{"replication database", startup(3<<16, "user", "postgres", "replication", "database"), "0A000"},
+		// Routing.
+		{"unknown branch", startup(3<<16, "user", "postgres", "options", "endpoint=nosuchbranch"), "3D000"},
+		{"invalid endpoint name", startup(3<<16, "user", "postgres", "options", "endpoint=Not_A_Name"), "08004"},
+		{"endpoint name too long", startup(3<<16, "user", "postgres", "options", "endpoint="+strings.Repeat("a", 100)), "08004"},
+		// Cut short.
 		{"truncated then silent", []byte{0, 0, 0, 40, 0, 3, 0, 0}, ""},
+		{"half a length word", []byte{0, 0}, ""},
 		{"nothing", nil, ""},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
+	if len(tests) < 50 {
+		t.Fatalf("%d hostile inputs, want at least 50", len(tests))
+	}
+	// All at once, then: the proxy still serves others.
+	t.Run("inputs", func(t *testing.T) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				t.Parallel()
+				conn, err := net.Dial("tcp", e.srv.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				if _, err := conn.Write(tt.in); err != nil {
+					t.Fatal(err)
+				}
+				_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+				fe := pgproto3.NewFrontend(conn, conn)
+				msg, err := fe.Receive()
+				if tt.code == "" {
+					if err == nil {
+						t.Fatalf("got %T, want close", msg)
+					}
+					var ne net.Error
+					if errors.As(err, &ne) && ne.Timeout() {
+						t.Fatal("connection left hanging past the startup timeout")
+					}
+					return
+				}
+				er, ok := msg.(*pgproto3.ErrorResponse)
+				if err != nil || !ok || er.Code != tt.code || er.Severity != "FATAL" {
+					t.Fatalf("got %#v, %v; want FATAL %s", msg, err, tt.code)
+				}
+			})
+		}
+		// Slow-loris: a startup packet trickling in a byte every 300 ms is cut
+		// off at proxy.startup_timeout (2s here), however long it keeps going.
+		t.Run("slow loris", func(t *testing.T) {
+			t.Parallel()
 			conn, err := net.Dial("tcp", e.srv.Addr().String())
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer conn.Close()
-			if _, err := conn.Write(tt.in); err != nil {
+			pkt := startup(3<<16, "user", "postgres", "database", "main", "application_name", strings.Repeat("x", 40))
+			t0 := time.Now()
+			for _, c := range pkt {
+				if _, err := conn.Write([]byte{c}); err != nil {
+					break // cut off
+				}
+				time.Sleep(300 * time.Millisecond) // the attack's pace
+				if time.Since(t0) > 20*time.Second {
+					t.Fatal("still accepting bytes 20s into a startup packet")
+				}
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadAll(conn); err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Fatal("connection still open after the startup timeout")
+				}
+			}
+			if d := time.Since(t0); d > 10*time.Second {
+				t.Fatalf("cut off after %s", d)
+			}
+		})
+		// A client that sends an SSLRequest and then plaintext instead of a TLS
+		// handshake (the CVE-2021-23214 shape) is cut off.
+		t.Run("plaintext after SSLRequest", func(t *testing.T) {
+			conn, err := net.Dial("tcp", e.srv.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			ssl := []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
+			if _, err := conn.Write(append(ssl, startup(3<<16, "user", "postgres")...)); err != nil {
 				t.Fatal(err)
 			}
 			_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
-			fe := pgproto3.NewFrontend(conn, conn)
-			msg, err := fe.Receive()
-			if tt.code == "" {
-				if err == nil {
-					t.Fatalf("got %T, want close", msg)
-				}
-				var ne net.Error
-				if errors.As(err, &ne) && ne.Timeout() {
-					t.Fatal("connection left hanging past the startup timeout")
-				}
-				return
-			}
-			er, ok := msg.(*pgproto3.ErrorResponse)
-			if err != nil || !ok || er.Code != tt.code || er.Severity != "FATAL" {
-				t.Fatalf("got %#v, %v; want FATAL %s", msg, err, tt.code)
+			b, _ := io.ReadAll(conn)
+			if len(b) == 0 || b[0] != 'S' || strings.Contains(string(b), "SCRAM") {
+				t.Fatalf("got %q", b)
 			}
 		})
-	}
-	// A client that sends an SSLRequest and then plaintext instead of a TLS
-	// handshake (the CVE-2021-23214 shape) is cut off.
-	t.Run("plaintext after SSLRequest", func(t *testing.T) {
-		conn, err := net.Dial("tcp", e.srv.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		ssl := []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
-		if _, err := conn.Write(append(ssl, startup(3<<16, "user", "postgres")...)); err != nil {
-			t.Fatal(err)
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
-		b, _ := io.ReadAll(conn)
-		if len(b) == 0 || b[0] != 'S' || strings.Contains(string(b), "SCRAM") {
-			t.Fatalf("got %q", b)
-		}
 	})
 	if v := e.mustQueryInt(e.url("postgres", testPassword, "main"), "SELECT 9"); v != 9 {
 		t.Fatal(v)
