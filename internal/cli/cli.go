@@ -40,7 +40,8 @@ func Root() *cobra.Command {
 		Long: `neonproxy accepts ordinary PostgreSQL connections, routes each to a branch
 (TLS SNI BRANCH.<tls.sni_suffix>, options=endpoint=BRANCH, or database BRANCH.DB),
 starts that branch's PostgreSQL 15 compute if it is asleep while holding the client,
-and stops computes that have been idle for compute.suspend_timeout.
+and steps unused computes down (frozen after compute.idle_after, stopped after
+compute.suspend_timeout, local copy dropped after compute.offload_after).
 
 Configuration: --config FILE (YAML, see config.yaml); every key can be overridden by
 NEONPROXY_<KEY> with dots as underscores, e.g. NEONPROXY_COMPUTE_SUSPEND_TIMEOUT=5s.`,
