@@ -837,6 +837,12 @@ func wakeError(branch string, err error) *pgwire.Error {
 			// The lock holder's address is in the error.
 			msg = fmt.Sprintf("branch %q runs on another neonproxy node: %v", branch, se.Err)
 			hint = "Connect through the node that runs it (this node does not forward between nodes yet), or retry once it has stopped."
+		} else if errors.Is(err, wake.ErrWakeTimeout) {
+			msg = fmt.Sprintf("compute for branch %q did not start within the wake timeout", branch)
+			hint = "Retry in a few seconds; the start goes on meanwhile. If it keeps happening, the neonproxy log has the compute's own error."
+		} else if errors.Is(err, wake.ErrMaxRunning) {
+			msg = fmt.Sprintf("compute for branch %q could not be started: %v", branch, se.Err)
+			hint = "Retry in a few seconds, once other branches' clients have left; an operator can raise compute.max_running."
 		} else if se.BreakerOpen {
 			msg = fmt.Sprintf("compute for branch %q is failing to start; not retrying for %s", branch, se.RetryAfter.Round(time.Second))
 		}

@@ -313,6 +313,15 @@ func gauge(t *testing.T, v *prometheus.GaugeVec, label string) float64 {
 	return m.GetGauge().GetValue()
 }
 
+func value(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
 func counter(t *testing.T, v *prometheus.CounterVec, label string) float64 {
 	t.Helper()
 	var m dto.Metric

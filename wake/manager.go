@@ -110,7 +110,15 @@ type Manager struct {
 	branches map[string]*branch
 	closed   bool
 	detached bool
+	// roomQ holds the starts waiting, in arrival order, for a running
+	// slot under MaxRunning; roomCh is closed and replaced whenever a slot
+	// may have come free (a state change, a compute's last lease gone).
+	roomQ  []*roomTicket
+	roomCh chan struct{}
 }
+
+// roomTicket is one start's place in Manager.roomQ.
+type roomTicket struct{ branch string }
 
 // branch is the state machine of one branch's compute. All fields but cb
 // and openedAt are guarded by Manager.mu.
@@ -120,6 +128,7 @@ type branch struct {
 	proc      Process
 	gen       uint64
 	leases    int
+	waiters   int    // Acquires waiting for the current start
 	op        string // bootstrap, clone or delete in progress (state stopped)
 	startedAt time.Time
 	lastUsed  time.Time
@@ -181,6 +190,7 @@ func NewManager(drv Driver, o Options) *Manager {
 		cancel:   cancel,
 		detachCh: make(chan struct{}),
 		branches: make(map[string]*branch),
+		roomCh:   make(chan struct{}),
 	}
 }
 
@@ -222,6 +232,9 @@ func (m *Manager) release(l *Lease) {
 	b.lastUsed = time.Now()
 	if b.leases == 0 && !m.closed {
 		m.armLocked(b)
+		if len(m.roomQ) > 0 {
+			m.roomChangedLocked() // b can now be evicted for a queued start
+		}
 	}
 }
 
@@ -286,6 +299,14 @@ func (m *Manager) setStateLocked(b *branch, s State) {
 	}
 	b.state = s
 	m.broadcastLocked(b)
+	m.roomChangedLocked()
+}
+
+// roomChangedLocked wakes the starts queued for a running slot to look
+// again.
+func (m *Manager) roomChangedLocked() {
+	close(m.roomCh)
+	m.roomCh = make(chan struct{})
 }
 
 // waitLocked releases mu until ch is closed or ctx ends.
@@ -432,8 +453,14 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 		return wctx
 	}
 	kind := WakeRunning
+	var ticket *roomTicket // our place in the queue for a running slot
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	defer func() {
+		if ticket != nil {
+			m.dropTicketLocked(ticket)
+		}
+	}()
 	if !m.closed {
 		// An arrival: the first client after a gap, or the first one a
 		// pre-warm waited for.
@@ -446,6 +473,10 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 			return nil, ErrClosed
 		}
 		b := m.getLocked(name)
+		if ticket != nil && (b.state != StateStopped || b.op != "") {
+			m.dropTicketLocked(ticket) // another client's start got there
+			ticket = nil
+		}
 		var wait <-chan struct{}
 		switch b.state {
 		case StateRunning:
@@ -465,7 +496,12 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 			return l, nil
 		case StateStarting:
 			f := b.flight
-			if err := m.waitLocked(waitCtx(), f.done); err != nil {
+			// Counted so that the compute, once up, is not evicted
+			// before its waiters get the lock to take their leases.
+			b.waiters++
+			err := m.waitLocked(waitCtx(), f.done)
+			b.waiters--
+			if err != nil {
 				return nil, m.waitErr(ctx, name, err)
 			}
 			if f.err != nil {
@@ -483,9 +519,29 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 			if err := m.breakerOpenLocked(b); err != nil {
 				return nil, err
 			}
-			room, err := m.makeRoomLocked(b)
-			if err != nil {
-				return nil, err
+			room, ok := m.makeRoomLocked(b, ticket)
+			if !ok {
+				// Every slot is busy: queue (FIFO) until one frees, an
+				// idle compute can be evicted, or wake_timeout.
+				if ticket == nil {
+					ticket = &roomTicket{branch: name}
+					m.roomQ = append(m.roomQ, ticket)
+					if m.met != nil {
+						m.met.ComputeWakeQueued.Inc()
+					}
+				}
+				if err := m.waitLocked(waitCtx(), m.roomCh); err != nil {
+					if ctx.Err() != nil {
+						return nil, ctx.Err()
+					}
+					return nil, &StartError{Branch: name, RetryAfter: time.Second, Err: fmt.Errorf(
+						"%w: all %d slots stayed busy for wake_timeout (%s)", ErrMaxRunning, m.o.MaxRunning, m.o.WakeTimeout)}
+				}
+				continue
+			}
+			if ticket != nil {
+				m.dropTicketLocked(ticket)
+				ticket = nil
 			}
 			m.startLocked(b, room)
 			continue
@@ -502,7 +558,7 @@ func (m *Manager) waitErr(ctx context.Context, name string, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return &StartError{Branch: name, Err: fmt.Errorf("compute not ready within wake_timeout (%s): %w", m.o.WakeTimeout, err)}
+	return &StartError{Branch: name, Err: fmt.Errorf("%w (%s): %w", ErrWakeTimeout, m.o.WakeTimeout, err)}
 }
 
 // breakerOpenLocked returns a StartError when b's breaker refuses starts.
@@ -521,11 +577,21 @@ func (m *Manager) breakerOpenLocked(b *branch) error {
 	return &StartError{Branch: b.name, BreakerOpen: true, RetryAfter: left, Err: cause}
 }
 
-// makeRoomLocked enforces MaxRunning before b starts: it stops the least
-// recently used idle compute and returns a channel closed when it is gone.
-func (m *Manager) makeRoomLocked(b *branch) (<-chan struct{}, error) {
+// makeRoomLocked enforces MaxRunning before b starts. ok is false when b
+// must queue: every slot is busy, or the free ones (and idle computes to
+// evict) go to the starts queued ahead of it (ticket is b's place, nil when
+// not queued). When it evicts the least recently used idle compute, room is
+// closed once that compute is gone.
+func (m *Manager) makeRoomLocked(b *branch, ticket *roomTicket) (room <-chan struct{}, ok bool) {
 	if m.o.MaxRunning <= 0 {
-		return nil, nil
+		return nil, true
+	}
+	ahead := len(m.roomQ) // starts queued before b
+	for i, t := range m.roomQ {
+		if t == ticket {
+			ahead = i
+			break
+		}
 	}
 	n := 0
 	var victim *branch
@@ -534,20 +600,31 @@ func (m *Manager) makeRoomLocked(b *branch) (<-chan struct{}, error) {
 			continue
 		}
 		n++
-		if o != b && o.state == StateRunning && o.leases == 0 &&
+		if o != b && o.state == StateRunning && o.leases == 0 && o.waiters == 0 &&
 			(victim == nil || o.lastUsed.Before(victim.lastUsed)) {
 			victim = o
 		}
 	}
-	if n < m.o.MaxRunning {
-		return nil, nil
+	if n+ahead < m.o.MaxRunning {
+		return nil, true
 	}
-	if victim == nil {
-		return nil, &StartError{Branch: b.name, RetryAfter: time.Second,
-			Err: fmt.Errorf("the maximum number of running computes (%d) is reached and none is idle", m.o.MaxRunning)}
+	if victim == nil || ahead > 0 {
+		return nil, false
 	}
 	go m.log.Info("evicting idle compute", zap.String("branch", victim.name), zap.String("for", b.name))
-	return m.beginStopLocked(victim, StopEvicted), nil
+	return m.beginStopLocked(victim, StopEvicted), true
+}
+
+// dropTicketLocked takes t out of the queue for a running slot; the starts
+// behind it move up, so they look again.
+func (m *Manager) dropTicketLocked(t *roomTicket) {
+	for i, q := range m.roomQ {
+		if q == t {
+			m.roomQ = append(m.roomQ[:i], m.roomQ[i+1:]...)
+			m.roomChangedLocked()
+			return
+		}
+	}
 }
 
 // startLocked moves b to starting and starts its compute in the background

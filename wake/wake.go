@@ -13,6 +13,7 @@ package wake
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -180,6 +181,14 @@ type Offloader interface {
 
 // StartError is returned by Manager.Acquire when the compute could not be
 // started or its breaker is open. The proxy maps it to SQLSTATE 57P03.
+// ErrMaxRunning is in the StartError of a wake that waited wake_timeout
+// for a running slot under compute.max_running and got none.
+var ErrMaxRunning = errors.New("the maximum number of running computes is reached")
+
+// ErrWakeTimeout is in the StartError of a wake that waited wake_timeout
+// for a compute still starting (or stopping).
+var ErrWakeTimeout = errors.New("compute not ready within wake_timeout")
+
 type StartError struct {
 	Branch string
 	// RetryAfter is how long until a retry can succeed (breaker open time

@@ -415,7 +415,7 @@ func TestBreaker(t *testing.T) {
 }
 
 func TestMaxRunningEviction(t *testing.T) {
-	e := newEnv(t, Options{MaxRunning: 2}, "a", "b", "c")
+	e := newEnv(t, Options{MaxRunning: 2, WakeTimeout: 8 * time.Second}, "a", "b", "c")
 	ctx := ctxT(t)
 	acquire := func(b string) *Lease {
 		t.Helper()
@@ -441,15 +441,69 @@ func TestMaxRunningEviction(t *testing.T) {
 	if g := gauge(t, e.met.Computes, "running"); g != 2 {
 		t.Fatalf("computes{running} = %v", g)
 	}
+
+	// Both slots held: a wake queues until a slot's last client leaves,
+	// then evicts that compute.
 	lb := acquire("b")
-	defer lb.Release()
-	_, err := e.m.Acquire(ctx, "a")
+	got := make(chan error, 1)
+	var la *Lease
+	go func() {
+		var err error
+		la, err = e.m.Acquire(ctx, "a")
+		got <- err
+	}()
+	waitFor(t, 10*time.Second, "the wake of a to queue", func() bool { return value(t, e.met.ComputeWakeQueued) == 1 })
+	lb.Release()
+	if err := <-got; err != nil {
+		t.Fatalf("queued wake: %v", err)
+	}
+	defer la.Release()
+	if st := e.m.Status("b"); st.State == StateRunning {
+		t.Fatalf("b not evicted for the queued wake: %+v", st)
+	}
+
+	// Nobody leaves: the queued wake gives up after wake_timeout with a
+	// retry hint.
+	t0 := time.Now()
+	_, err := e.m.Acquire(ctx, "b")
 	var se *StartError
-	if !errors.As(err, &se) || se.BreakerOpen || se.RetryAfter != time.Second || !strings.Contains(err.Error(), "maximum number of running computes") {
+	if !errors.As(err, &se) || se.BreakerOpen || se.RetryAfter != time.Second || !errors.Is(err, ErrMaxRunning) {
 		t.Fatalf("want max-running StartError, got %v", err)
+	}
+	if took := time.Since(t0); took < 8*time.Second {
+		t.Fatalf("gave up after %s, before wake_timeout", took)
 	}
 	if len(postgresUnder(e.dir)) == 0 {
 		t.Fatal("no postgres found under the data dir (process scan broken?)")
+	}
+}
+
+// TestMaxRunningFIFO: wakes queued for a slot get one in arrival order.
+func TestMaxRunningFIFO(t *testing.T) {
+	e := newEnv(t, Options{MaxRunning: 1, WakeTimeout: 20 * time.Second}, "a", "b", "c")
+	ctx := ctxT(t)
+	la, err := e.m.Acquire(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan string, 2)
+	for i, name := range []string{"b", "c"} {
+		go func() {
+			l, err := e.m.Acquire(ctx, name)
+			if err != nil {
+				order <- "error " + err.Error()
+				return
+			}
+			order <- name
+			l.Release()
+		}()
+		waitFor(t, 10*time.Second, name+" to queue", func() bool { return value(t, e.met.ComputeWakeQueued) == float64(i+1) })
+	}
+	la.Release()
+	for _, want := range []string{"b", "c"} {
+		if got := <-order; got != want {
+			t.Fatalf("served %q, want %q", got, want)
+		}
 	}
 }
 

@@ -26,6 +26,7 @@ type Metrics struct {
 	// (stopped|starting|running|stopping).
 	Computes            *prometheus.GaugeVec
 	ComputeStarts       *prometheus.CounterVec // result=ok|error
+	ComputeWakeQueued   prometheus.Counter
 	AuthFailures        prometheus.Counter
 	CancelRequests      *prometheus.CounterVec // result=forwarded|unknown
 	PoolServerConns     *prometheus.GaugeVec   // state=active|idle
@@ -70,6 +71,9 @@ func New() *Metrics {
 		ComputeStarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "neonproxy_compute_starts_total", Help: "Compute start attempts by result.",
 		}, []string{"result"}),
+		ComputeWakeQueued: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "neonproxy_compute_wakes_queued_total", Help: "Wakes that queued for a running slot because compute.max_running computes were busy.",
+		}),
 		AuthFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "neonproxy_auth_failures_total", Help: "Failed client authentications.",
 		}),
@@ -103,7 +107,7 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.ClientConnections, m.ConnectionsTotal, m.WakeDuration, m.Computes,
-		m.ComputeStarts, m.AuthFailures, m.CancelRequests,
+		m.ComputeStarts, m.ComputeWakeQueued, m.AuthFailures, m.CancelRequests,
 		m.PoolWait, m.BranchesTotal,
 		m.ComputeStopsTotal, m.ProxyBytesForwarded, m.PoolPinned, m.Prewarm, m.PrewarmSeconds,
 	)
