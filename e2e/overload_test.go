@@ -112,3 +112,98 @@ func TestWakeStorm(t *testing.T) {
 		t.Error("no wake queued")
 	}
 }
+
+// TestBranchAllowListAndLimits: a branch's allowed IP list (set through the
+// admin API) refuses other addresses before authentication, naming the
+// address; per-branch client caps (config default, branch override) answer
+// 53300; SIGHUP's reload changes the caps and the compute timeouts.
+func TestBranchAllowListAndLimits(t *testing.T) {
+	e := newEnvWithFile(t, func(c *config.Config) { c.Pool.MaxBranchClientConn = 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	api := &admin.Client{BaseURL: e.srv.AdminAddr().String()}
+	connect := func(password string) (*pgx.Conn, error) {
+		return pgx.Connect(ctx, e.url("postgres", password, "main"))
+	}
+	set := func(s admin.BranchSettings) admin.BranchJSON {
+		t.Helper()
+		b, err := api.UpdateBranch(ctx, "main", s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	list := func(ips ...string) *[]string { return &ips }
+	n := func(v int) *int { return &v }
+
+	// Allow list.
+	if b := set(admin.BranchSettings{AllowedIPs: list("10.0.0.0/8", "2001:db8::/32")}); len(b.AllowedIPs) != 2 {
+		t.Fatalf("allowed_ips = %v", b.AllowedIPs)
+	}
+	for _, pw := range []string{testPassword, "wrong"} { // checked before the password
+		_, err := connect(pw)
+		pe := wantPgError(t, err, "28000", `connection from IP address 127.0.0.1 is not allowed to reach branch "main"`)
+		if !strings.Contains(pe.Hint, "neonproxy branch set main --allowed-ips 10.0.0.0/8,2001:db8::/32,127.0.0.1") {
+			t.Errorf("hint %q", pe.Hint)
+		}
+	}
+	if got := counterValue(t, e, "neonproxy_connections_total", "result", "ip_not_allowed"); got != 2 {
+		t.Errorf("connections_total{ip_not_allowed} = %v", got)
+	}
+	var ae *admin.APIError
+	if _, err := api.UpdateBranch(ctx, "main", admin.BranchSettings{AllowedIPs: list("10.0.0.0/33")}); !errors.As(err, &ae) || ae.Status != 400 || !strings.Contains(ae.Message, "10.0.0.0/33") {
+		t.Fatalf("invalid CIDR: %v", err)
+	}
+	if b := set(admin.BranchSettings{AllowedIPs: list("10.0.0.0/8", "127.0.0.1")}); b.MaxClientConn != 0 || len(b.AllowedIPs) != 2 {
+		t.Fatalf("after update: %+v", b)
+	}
+	c1, err := connect(testPassword)
+	if err != nil {
+		t.Fatalf("allowed address refused: %v", err)
+	}
+	defer c1.Close(ctx)
+
+	// Per-branch cap: pool.max_branch_client_conn = 2.
+	c2, err := connect(testPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = connect(testPassword)
+	wantPgError(t, err, "53300", `too many client connections for branch "main" (pool.max_branch_client_conn = 2)`)
+	// The branch's own cap wins.
+	set(admin.BranchSettings{MaxClientConn: n(3)})
+	c3, err := connect(testPassword)
+	if err != nil {
+		t.Fatalf("under the branch's own cap: %v", err)
+	}
+	_, err = connect(testPassword)
+	wantPgError(t, err, "53300", `too many client connections for branch "main" (the branch's max_client_conn = 3)`)
+	// Places are given back when clients leave.
+	c3.Close(ctx)
+	c2.Close(ctx)
+	waitFor(t, "the places of closed clients to come back", func() bool {
+		c, err := connect(testPassword)
+		if err == nil {
+			c.Close(ctx)
+		}
+		return err == nil
+	})
+
+	// Reload: the config cap and the timeouts apply without a restart.
+	set(admin.BranchSettings{MaxClientConn: n(0), AllowedIPs: list()})
+	e.cfg.Pool.MaxBranchClientConn = 1
+	e.cfg.Compute.WakeTimeout = config.Duration(45 * time.Second)
+	e.cfg.Compute.MaxRunning = 7
+	e.writeConfig()
+	notice, err := e.srv.Reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"pool.max_branch_client_conn", "compute.wake_timeout", "compute.max_running"} {
+		if !strings.Contains(notice, k) || strings.Contains(notice, "restart neonproxy for them: "+k) {
+			t.Errorf("reload notice %q: want %s applied", notice, k)
+		}
+	}
+	_, err = connect(testPassword) // c1 holds the only place now
+	wantPgError(t, err, "53300", "(pool.max_branch_client_conn = 1)")
+}

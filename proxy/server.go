@@ -14,6 +14,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -84,6 +85,10 @@ type Options struct {
 	StartupTimeout time.Duration
 	// MaxClientConn caps concurrent client connections; 0: no cap.
 	MaxClientConn int
+	// MaxBranchClientConn caps one branch's client connections unless the
+	// branch sets its own max_client_conn; 0: no cap. SetLimits changes
+	// both later.
+	MaxBranchClientConn int
 	// Pool lends server connections; required.
 	Pool *pool.Pool
 	// TransactionPooling makes transaction pooling the default; a -pooler
@@ -125,6 +130,8 @@ type Server struct {
 	keyStats   sync.Map
 	clients    clientRegistry
 	adminUsers atomic.Pointer[[]string]
+	// maxClient and maxBranchClient are the Limits (SetLimits).
+	maxClient, maxBranchClient atomic.Int64
 
 	mu struct {
 		sync.Mutex
@@ -132,6 +139,9 @@ type Server struct {
 		listeners map[net.Listener]struct{}
 		conns     map[net.Conn]struct{}
 		sessions  map[*session]struct{}
+		// branchClients counts client connections per branch, for
+		// the per-branch cap.
+		branchClients map[string]int
 	}
 	wg sync.WaitGroup
 }
@@ -168,7 +178,9 @@ func New(opt Options) (*Server, error) {
 	s.mu.listeners = map[net.Listener]struct{}{}
 	s.mu.conns = map[net.Conn]struct{}{}
 	s.mu.sessions = map[*session]struct{}{}
+	s.mu.branchClients = map[string]int{}
 	s.SetAdminUsers(opt.AdminUsers)
+	s.SetLimits(Limits{MaxClientConn: opt.MaxClientConn, MaxBranchClientConn: opt.MaxBranchClientConn})
 	return s, nil
 }
 
@@ -410,10 +422,10 @@ func (s *Server) serve(ss *session, active int64) error {
 	if _, ok := params["replication"]; ok {
 		return s.replication(ss, params)
 	}
-	if s.opt.MaxClientConn > 0 && active > int64(s.opt.MaxClientConn) {
+	if max := s.maxClient.Load(); max > 0 && active > max {
 		return s.fail(ss, "too_many", &pgwire.Error{
 			Code:    pgwire.CodeTooManyConnections,
-			Message: fmt.Sprintf("too many client connections (max_client_conn = %d)", s.opt.MaxClientConn),
+			Message: fmt.Sprintf("too many client connections (max_client_conn = %d)", max),
 			Hint:    "Retry later, or close idle connections.",
 		})
 	}
@@ -431,7 +443,8 @@ func (s *Server) serve(ss *session, active int64) error {
 		return s.fail(ss, "bad_route", err)
 	}
 	ctx := context.Background()
-	if _, err := s.opt.Branches.Get(ctx, route.Branch); err != nil {
+	br, err := s.opt.Branches.Get(ctx, route.Branch)
+	if err != nil {
 		if errors.Is(err, router.ErrBranchNotFound) {
 			return s.fail(ss, "unknown_branch", &pgwire.Error{
 				Code:    pgwire.CodeUnknownBranch,
@@ -441,6 +454,14 @@ func (s *Server) serve(ss *session, active int64) error {
 		}
 		return s.fail(ss, "error", fmt.Errorf("look up branch %s: %w", route.Branch, err))
 	}
+	if err := s.checkAllowedIP(ctx, ss, br); err != nil {
+		return err
+	}
+	leave, err := s.admitBranchClient(ss, br)
+	if err != nil {
+		return err
+	}
+	defer leave()
 	// Throttled clients are refused before any wake or SCRAM work.
 	if wait := s.throttle.check(clientIP(ss.raw.RemoteAddr()), route.Branch); wait > 0 && s.opt.AuthThrottle {
 		return s.fail(ss, "throttled", throttledError(route.Branch, clientIP(ss.raw.RemoteAddr()), wait))
@@ -685,6 +706,9 @@ func (s *Server) startup(ss *session) (map[string]string, uint32, error) {
 type Cluster interface {
 	Self() int
 	Addr(ctx context.Context, idx int) (string, error)
+	// IsNode reports whether ip is a node of the cluster (a relayed
+	// client comes from it).
+	IsNode(ctx context.Context, ip netip.Addr) bool
 }
 
 func (s *Server) handleCancel(ss *session, req *pgproto3.CancelRequest) {

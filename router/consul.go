@@ -253,5 +253,44 @@ func (r *ConsulRegistry) Delete(ctx context.Context, name string) error {
 	return nil
 }
 
+// Update applies change to the branch called name with a check-and-set on
+// the index it was read at; when another node changed the branch in
+// between, it reads it again and calls change again.
+func (r *ConsulRegistry) Update(ctx context.Context, name string, change func(*Branch) error) (Branch, error) {
+	if err := ValidateName(name); err != nil {
+		return Branch{}, fmt.Errorf("update branch %s: %w", name, ErrBranchNotFound)
+	}
+	for {
+		p, _, err := r.kv.Get(r.key(name), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+		if err != nil {
+			return Branch{}, fmt.Errorf("update branch %s: %w", name, err)
+		}
+		if p == nil {
+			return Branch{}, fmt.Errorf("update branch %s: %w", name, ErrBranchNotFound)
+		}
+		b, err := decodeBranch(p)
+		if err != nil {
+			return Branch{}, err
+		}
+		next, err := applyUpdate(b, change)
+		if err != nil {
+			return Branch{}, err
+		}
+		v, err := json.Marshal(next)
+		if err != nil {
+			return Branch{}, err
+		}
+		ok, _, err := r.kv.CAS(&api.KVPair{Key: p.Key, Value: v, ModifyIndex: p.ModifyIndex}, (&api.WriteOptions{}).WithContext(ctx))
+		if err != nil {
+			return Branch{}, fmt.Errorf("update branch %s: %w", name, err)
+		}
+		if ok {
+			r.remember(next)
+			return next, nil
+		}
+		// Changed since it was read: read it again.
+	}
+}
+
 // Close releases nothing: the client holds no connection of its own.
 func (r *ConsulRegistry) Close() error { return nil }

@@ -3,6 +3,8 @@ package router
 import (
 	"context"
 	"errors"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +19,90 @@ func registryContract(t *testing.T, open func(t *testing.T) Registry) {
 	t.Run("errors name the branch", func(t *testing.T) { contractErrorsNameTheBranch(t, open) })
 	t.Run("list sorted", func(t *testing.T) { contractListSorted(t, open) })
 	t.Run("concurrent create of one name", func(t *testing.T) { raceCreate(t, open(t)) })
+	t.Run("update", func(t *testing.T) { contractUpdate(t, open(t)) })
+}
+
+// contractUpdate: settings change and stay changed, identity cannot,
+// invalid settings are refused, and concurrent updates are all kept.
+func contractUpdate(t *testing.T, reg Registry) {
+	ctx := context.Background()
+	if err := reg.Create(ctx, Branch{Name: "main"}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		change  func(*Branch) error
+		wantErr error
+	}{
+		{"allow list", func(b *Branch) error { b.AllowedIPs = []string{"10.0.0.0/8", "203.0.113.7"}; return nil }, nil},
+		{"limit", func(b *Branch) error { b.MaxClientConn = 5; return nil }, nil},
+		{"bad CIDR", func(b *Branch) error { b.AllowedIPs = []string{"10.0.0.0/33"}; return nil }, ErrInvalidSetting},
+		{"not an address", func(b *Branch) error { b.AllowedIPs = []string{"example.com"}; return nil }, ErrInvalidSetting},
+		{"negative limit", func(b *Branch) error { b.MaxClientConn = -1; return nil }, ErrInvalidSetting},
+		{"rename", func(b *Branch) error { b.Name = "other"; return nil }, ErrInvalidSetting},
+		{"new parent", func(b *Branch) error { b.Parent = "x"; return nil }, ErrInvalidSetting},
+		{"change refuses", func(b *Branch) error { return errBoom }, errBoom},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before, _ := reg.Get(ctx, "main")
+			got, err := reg.Update(ctx, "main", tc.change)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			after, gerr := reg.Get(ctx, "main")
+			if gerr != nil {
+				t.Fatal(gerr)
+			}
+			if err != nil {
+				if !sameSettings(after, before) {
+					t.Fatalf("failed update changed the branch: %+v -> %+v", before, after)
+				}
+				if !strings.Contains(err.Error(), "main") {
+					t.Errorf("error does not name the branch: %v", err)
+				}
+				return
+			}
+			if !sameSettings(after, got) {
+				t.Fatalf("Get after Update = %+v, Update returned %+v", after, got)
+			}
+		})
+	}
+	if b, _ := reg.Get(ctx, "main"); len(b.AllowedIPs) != 2 || b.MaxClientConn != 5 {
+		t.Fatalf("settings lost: %+v", b)
+	}
+	if _, err := reg.Update(ctx, "nope", func(*Branch) error { return nil }); !errors.Is(err, ErrBranchNotFound) {
+		t.Fatalf("update of unknown branch: %v", err)
+	}
+
+	// Concurrent read-modify-writes: none is lost.
+	const n = 8
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := reg.Update(ctx, "main", func(b *Branch) error {
+				b.AllowedIPs = append(b.AllowedIPs, netAddr(i))
+				return nil
+			}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	b, _ := reg.Get(ctx, "main")
+	if len(b.AllowedIPs) != 2+n {
+		t.Fatalf("after %d concurrent appends: %d entries %v", n, len(b.AllowedIPs), b.AllowedIPs)
+	}
+}
+
+var errBoom = errors.New("boom")
+
+func netAddr(i int) string { return "192.0.2." + strconv.Itoa(i+1) }
+
+func sameSettings(a, b Branch) bool {
+	return a.Name == b.Name && slices.Equal(a.AllowedIPs, b.AllowedIPs) && a.MaxClientConn == b.MaxClientConn
 }
 
 func contractCreateGetDelete(t *testing.T, open func(t *testing.T) Registry) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -185,6 +186,34 @@ func (r *EmbeddedRegistry) Delete(ctx context.Context, name string) error {
 	}
 	r.branches = next
 	return nil
+}
+
+// Update applies change to the branch called name and persists the
+// registry before returning.
+func (r *EmbeddedRegistry) Update(ctx context.Context, name string, change func(*Branch) error) (Branch, error) {
+	if err := ctx.Err(); err != nil {
+		return Branch{}, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return Branch{}, ErrRegistryClosed
+	}
+	b, ok := r.branches[name]
+	if !ok {
+		return Branch{}, fmt.Errorf("update branch %s: %w", name, ErrBranchNotFound)
+	}
+	next, err := applyUpdate(b, change)
+	if err != nil {
+		return Branch{}, err
+	}
+	all := maps.Clone(r.branches)
+	all[name] = next
+	if err := r.persist(all); err != nil {
+		return Branch{}, fmt.Errorf("update branch %s: %w", name, err)
+	}
+	r.branches = all
+	return next, nil
 }
 
 // Close releases the registry; later calls fail with ErrRegistryClosed.

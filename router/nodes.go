@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -160,6 +161,41 @@ func (cn *ClusterNodes) Addr(ctx context.Context, idx int) (string, error) {
 		return "", fmt.Errorf("node %d: not in the cluster", idx)
 	}
 	return string(p.Value), nil
+}
+
+// IsNode reports whether ip is the address of a node of the cluster (the
+// host of a front-door address under the nodes prefix; host names are
+// resolved). Errors count as no.
+func (cn *ClusterNodes) IsNode(ctx context.Context, ip netip.Addr) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	pairs, _, err := cn.client.KV().List(cn.prefix, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return false
+	}
+	ip = ip.Unmap()
+	for _, p := range pairs {
+		if p.Session == "" {
+			continue // an index no node holds
+		}
+		host, _, err := net.SplitHostPort(string(p.Value))
+		if err != nil {
+			continue
+		}
+		if a, err := netip.ParseAddr(host); err == nil {
+			if a.Unmap() == ip {
+				return true
+			}
+			continue
+		}
+		addrs, _ := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		for _, a := range addrs {
+			if a.Unmap() == ip {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Leave gives the index up and removes the node's service.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"strings"
 	"time"
@@ -17,6 +18,13 @@ type Branch struct {
 	Parent    string    `json:"parent,omitempty"`
 	ParentLSN string    `json:"parent_lsn,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// AllowedIPs, when not empty, are the only client addresses (CIDRs or
+	// single addresses) the front door lets reach this branch, checked
+	// before authentication. See ParseAllowedIPs.
+	AllowedIPs []string `json:"allowed_ips,omitempty"`
+	// MaxClientConn caps this branch's client connections on a node; 0:
+	// pool.max_branch_client_conn applies.
+	MaxClientConn int `json:"max_client_conn,omitempty"`
 }
 
 // Registry stores branches. The embedded implementation keeps them in a
@@ -29,6 +37,12 @@ type Registry interface {
 	Create(ctx context.Context, b Branch) error
 	// Delete fails with ErrBranchNotFound when the name is unknown.
 	Delete(ctx context.Context, name string) error
+	// Update applies change to the branch called name and stores the
+	// result unless change fails; a concurrent update is never lost (the
+	// Consul registry retries a check-and-set, calling change again on
+	// what it reads). Name and lineage cannot be changed. It fails with
+	// ErrBranchNotFound when the name is unknown.
+	Update(ctx context.Context, name string, change func(*Branch) error) (Branch, error)
 }
 
 var (
@@ -38,6 +52,9 @@ var (
 	ErrBranchExists = errors.New("branch already exists")
 	// ErrInvalidName: the name is not a DNS label.
 	ErrInvalidName = errors.New("invalid branch name")
+	// ErrInvalidSetting: a branch setting (allowed IPs, a limit) is not
+	// valid.
+	ErrInvalidSetting = errors.New("invalid branch setting")
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9-]{1,63}$`)
@@ -80,4 +97,66 @@ func prepareCreate(b *Branch) error {
 		b.CreatedAt = time.Now().UTC()
 	}
 	return nil
+}
+
+// applyUpdate runs change on a copy of b and checks that the result keeps
+// b's identity and valid settings: what every Registry's Update does.
+func applyUpdate(b Branch, change func(*Branch) error) (Branch, error) {
+	next := b
+	next.AllowedIPs = append([]string(nil), b.AllowedIPs...)
+	if err := change(&next); err != nil {
+		return Branch{}, fmt.Errorf("update branch %s: %w", b.Name, err)
+	}
+	if next.Name != b.Name || next.Parent != b.Parent || next.ParentLSN != b.ParentLSN || !next.CreatedAt.Equal(b.CreatedAt) {
+		return Branch{}, fmt.Errorf("update branch %s: %w: name, parent, parent_lsn and created_at cannot change", b.Name, ErrInvalidSetting)
+	}
+	if _, err := ParseAllowedIPs(next.AllowedIPs); err != nil {
+		return Branch{}, fmt.Errorf("update branch %s: %w", b.Name, err)
+	}
+	if next.MaxClientConn < 0 {
+		return Branch{}, fmt.Errorf("update branch %s: %w: max_client_conn %d: want 0 (the default) or more", b.Name, ErrInvalidSetting, next.MaxClientConn)
+	}
+	return next, nil
+}
+
+// ParseAllowedIPs parses an allow list: CIDRs ("10.0.0.0/8") or single
+// addresses ("203.0.113.7", "::1"), normalised to their masked prefix.
+func ParseAllowedIPs(list []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(list))
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		var p netip.Prefix
+		var err error
+		if strings.Contains(s, "/") {
+			p, err = netip.ParsePrefix(s)
+		} else {
+			var a netip.Addr
+			if a, err = netip.ParseAddr(s); err == nil {
+				p = netip.PrefixFrom(a, a.BitLen())
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: allowed IP %q: want a CIDR (10.0.0.0/8) or an address (203.0.113.7)", ErrInvalidSetting, s)
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 { // ::ffff:10.0.0.0/104 is 10.0.0.0/8
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// Allowed reports whether ip may reach a branch whose allow list is
+// prefixes (empty: everyone).
+func Allowed(prefixes []netip.Prefix, ip netip.Addr) bool {
+	if len(prefixes) == 0 {
+		return true
+	}
+	ip = ip.Unmap()
+	for _, p := range prefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }

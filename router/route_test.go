@@ -2,6 +2,7 @@ package router
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -125,4 +126,39 @@ func FuzzStripEndpoint(f *testing.F) {
 			t.Fatalf("not idempotent: %q -> %q (%q) -> %q (%q, %v)", s, rest, ep, rest2, ep2, err)
 		}
 	})
+}
+
+func TestAllowed(t *testing.T) {
+	tests := []struct {
+		list []string
+		ip   string
+		want bool
+	}{
+		{nil, "198.51.100.1", true},
+		{[]string{"10.0.0.0/8"}, "10.1.2.3", true},
+		{[]string{"10.0.0.0/8"}, "11.1.2.3", false},
+		{[]string{"10.1.2.3"}, "10.1.2.3", true},
+		{[]string{"10.1.2.3"}, "10.1.2.4", false},
+		{[]string{"10.1.2.3/8"}, "10.200.0.1", true}, // host bits masked
+		{[]string{"127.0.0.1"}, "::ffff:127.0.0.1", true},
+		{[]string{"::ffff:10.0.0.0/104"}, "10.9.9.9", true},
+		{[]string{"::1"}, "::1", true},
+		{[]string{"2001:db8::/32"}, "2001:db8:1::5", true},
+		{[]string{"2001:db8::/32"}, "10.0.0.1", false},
+		{[]string{" 192.0.2.0/24 "}, "192.0.2.9", true},
+	}
+	for _, tc := range tests {
+		prefixes, err := ParseAllowedIPs(tc.list)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.list, err)
+		}
+		if got := Allowed(prefixes, netip.MustParseAddr(tc.ip)); got != tc.want {
+			t.Errorf("Allowed(%v, %s) = %v, want %v", tc.list, tc.ip, got, tc.want)
+		}
+	}
+	for _, bad := range []string{"", "10.0.0.0/33", "host.example", "10.0.0.256", "1.2.3.4/-1"} {
+		if _, err := ParseAllowedIPs([]string{bad}); !errors.Is(err, ErrInvalidSetting) {
+			t.Errorf("%q: err %v, want ErrInvalidSetting", bad, err)
+		}
+	}
 }

@@ -115,6 +115,8 @@ type Manager struct {
 	// may have come free (a state change, a compute's last lease gone).
 	roomQ  []*roomTicket
 	roomCh chan struct{}
+	// suspendAfter is o.SuspendTimeout for readers that cannot take mu.
+	suspendAfter atomic.Int64
 }
 
 // roomTicket is one start's place in Manager.roomQ.
@@ -181,7 +183,7 @@ func NewManager(drv Driver, o Options) *Manager {
 		o.Logger = zap.NewNop()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Manager{
+	m := &Manager{
 		drv:      drv,
 		o:        o,
 		log:      o.Logger,
@@ -192,6 +194,32 @@ func NewManager(drv Driver, o Options) *Manager {
 		branches: make(map[string]*branch),
 		roomCh:   make(chan struct{}),
 	}
+	m.suspendAfter.Store(int64(o.SuspendTimeout))
+	return m
+}
+
+// Timeouts are the Options a running Manager takes new values of
+// (SIGHUP): zero values get NewManager's defaults. Timers already armed
+// keep their deadlines; the next ones use the new values.
+type Timeouts struct {
+	SuspendTimeout, IdleAfter, OffloadAfter, WakeTimeout time.Duration
+	MaxRunning                                           int
+}
+
+// SetTimeouts applies t.
+func (m *Manager) SetTimeouts(t Timeouts) {
+	if t.SuspendTimeout <= 0 {
+		t.SuspendTimeout = 300 * time.Second
+	}
+	if t.WakeTimeout <= 0 {
+		t.WakeTimeout = 30 * time.Second
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.o.SuspendTimeout, m.o.IdleAfter, m.o.OffloadAfter = t.SuspendTimeout, t.IdleAfter, t.OffloadAfter
+	m.o.WakeTimeout, m.o.MaxRunning = t.WakeTimeout, t.MaxRunning
+	m.suspendAfter.Store(int64(t.SuspendTimeout))
+	m.roomChangedLocked() // a higher max_running frees slots for queued wakes
 }
 
 // Lease is a client's hold on a running compute: while a branch has leases
@@ -381,8 +409,8 @@ func (m *Manager) armOffloadLocked(b *branch) {
 	if !ok || m.o.OffloadAfter <= 0 {
 		return
 	}
-	seq := b.offSeq
-	b.offload = time.AfterFunc(m.o.OffloadAfter, func() {
+	seq, after := b.offSeq, m.o.OffloadAfter
+	b.offload = time.AfterFunc(after, func() {
 		m.mu.Lock()
 		if m.closed || m.branches[b.name] != b || seq != b.offSeq || b.state != StateStopped || b.op != "" {
 			m.mu.Unlock()
@@ -402,7 +430,7 @@ func (m *Manager) armOffloadLocked(b *branch) {
 			}
 			m.mu.Unlock()
 			m.log.Info("compute at zero: local data directory dropped", zap.String("branch", b.name),
-				zap.Duration("suspended", m.o.OffloadAfter))
+				zap.Duration("suspended", after))
 		}
 	})
 }
@@ -635,11 +663,11 @@ func (m *Manager) startLocked(b *branch, waitFor <-chan struct{}) {
 	f := &flight{done: make(chan struct{})}
 	b.flight = f
 	m.setStateLocked(b, StateStarting)
-	go m.runStart(b, f, b.gen, waitFor)
+	go m.runStart(b, f, b.gen, waitFor, m.o.WakeTimeout)
 }
 
-func (m *Manager) runStart(b *branch, f *flight, gen uint64, waitFor <-chan struct{}) {
-	ctx, cancel := context.WithTimeout(m.baseCtx, m.o.WakeTimeout)
+func (m *Manager) runStart(b *branch, f *flight, gen uint64, waitFor <-chan struct{}, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(m.baseCtx, timeout)
 	defer cancel()
 	t0 := time.Now()
 	var err error

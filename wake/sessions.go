@@ -32,8 +32,10 @@ func (l *Lease) Touch() {
 
 // SuspendedError is what a client disconnected by such a suspend is told.
 func (l *Lease) SuspendedError() string {
+	// Not m.o under mu: OnSuspend callbacks call this under mu.
+	after := time.Duration(l.m.suspendAfter.Load())
 	return fmt.Sprintf("terminating connection: the compute of branch %q was suspended after %s without queries (compute.suspend_with_sessions: disconnect)",
-		l.b.name, l.m.o.SuspendTimeout)
+		l.b.name, after)
 }
 
 // OnSuspend sets what to do to the lease's client when its compute is

@@ -77,6 +77,13 @@ func (c *Client) SetPrewarm(ctx context.Context, name string, enabled bool) (Bra
 	return out, err
 }
 
+// UpdateBranch changes a branch's settings (nil fields are kept).
+func (c *Client) UpdateBranch(ctx context.Context, name string, set BranchSettings) (BranchJSON, error) {
+	var out BranchJSON
+	err := c.do(ctx, http.MethodPatch, "/v1/branches/"+url.PathEscape(name), set, http.StatusOK, &out)
+	return out, err
+}
+
 // GC runs a pagestore garbage collection pass.
 func (c *Client) GC(ctx context.Context) (GCResult, error) {
 	var out GCResult

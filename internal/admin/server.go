@@ -84,6 +84,7 @@ func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metric
 	mux.HandleFunc("POST /v1/branches", h.createBranch)
 	mux.HandleFunc("GET /v1/branches/{name}", h.getBranch)
 	mux.HandleFunc("DELETE /v1/branches/{name}", h.deleteBranch)
+	mux.HandleFunc("PATCH /v1/branches/{name}", h.patchBranch)
 	mux.HandleFunc("POST /v1/branches/{name}/suspend", h.suspendBranch)
 	mux.HandleFunc("POST /v1/branches/{name}/prewarm", h.prewarmBranch)
 	if opts.GC != nil {
@@ -193,7 +194,7 @@ func writeError(w http.ResponseWriter, _ *http.Request, status int, msg string) 
 // errorStatus maps errors from the registry and compute manager.
 func errorStatus(err error) int {
 	switch {
-	case errors.Is(err, router.ErrInvalidName):
+	case errors.Is(err, router.ErrInvalidName), errors.Is(err, router.ErrInvalidSetting):
 		return http.StatusBadRequest
 	case errors.Is(err, router.ErrBranchNotFound):
 		return http.StatusNotFound
@@ -225,7 +226,10 @@ func (h *Handler) branchJSON(ctx context.Context, b router.Branch) BranchJSON {
 		Parent:    b.Parent,
 		ParentLSN: b.ParentLSN,
 		CreatedAt: b.CreatedAt,
-		Compute:   ComputeJSON{State: "stopped"},
+		// [] rather than null: clients can rely on a list.
+		AllowedIPs:    append([]string{}, b.AllowedIPs...),
+		MaxClientConn: b.MaxClientConn,
+		Compute:       ComputeJSON{State: "stopped"},
 	}
 	if h.comp == nil {
 		return out
@@ -563,6 +567,39 @@ func (h *Handler) suspendBranch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.log.Info("compute suspended by admin request", zap.String("branch", name))
+	writeJSON(w, http.StatusOK, h.branchJSON(r.Context(), b))
+}
+
+// patchBranch changes a branch's settings (allow list, connection limit)
+// in the registry, where every node's front door reads them.
+func (h *Handler) patchBranch(w http.ResponseWriter, r *http.Request) {
+	name, ok := pathName(w, r)
+	if !ok {
+		return
+	}
+	var req BranchSettings
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, r, http.StatusBadRequest, fmt.Sprintf(`invalid body: %v (want {"allowed_ips": ["10.0.0.0/8", ...], "max_client_conn": N})`, err))
+		return
+	}
+	b, err := h.reg.Update(r.Context(), name, func(b *router.Branch) error {
+		if req.AllowedIPs != nil {
+			b.AllowedIPs = *req.AllowedIPs
+		}
+		if req.MaxClientConn != nil {
+			b.MaxClientConn = *req.MaxClientConn
+		}
+		return nil
+	})
+	if err != nil {
+		writeError(w, r, errorStatus(err), branchErr(name, err))
+		return
+	}
+	// No secret here: addresses and a number.
+	h.log.Info("branch settings changed by admin request", zap.String("branch", name),
+		zap.Strings("allowed_ips", b.AllowedIPs), zap.Int("max_client_conn", b.MaxClientConn))
 	writeJSON(w, http.StatusOK, h.branchJSON(r.Context(), b))
 }
 

@@ -225,6 +225,26 @@ func TestRoutes(t *testing.T) {
 			},
 		},
 		{
+			name: "patch settings", method: "PATCH", path: "/v1/branches/dev", body: `{"allowed_ips": ["10.0.0.0/8"], "max_client_conn": 4}`, wantStatus: 200,
+			check: func(t *testing.T, f *fixture, body []byte) {
+				var got BranchJSON
+				mustJSON(t, body, &got)
+				if len(got.AllowedIPs) != 1 || got.AllowedIPs[0] != "10.0.0.0/8" || got.MaxClientConn != 4 || got.Parent != "main" {
+					t.Fatalf("patched = %+v", got)
+				}
+				// A key left out keeps its value.
+				_, body = f.do(t, "PATCH", "/v1/branches/dev", `{"max_client_conn": 0}`)
+				mustJSON(t, body, &got)
+				if len(got.AllowedIPs) != 1 || got.MaxClientConn != 0 {
+					t.Fatalf("second patch = %+v", got)
+				}
+			},
+		},
+		{name: "patch bad CIDR", method: "PATCH", path: "/v1/branches/dev", body: `{"allowed_ips": ["10.0.0.0/40"]}`, wantStatus: 400, wantErr: "10.0.0.0/40"},
+		{name: "patch negative cap", method: "PATCH", path: "/v1/branches/dev", body: `{"max_client_conn": -2}`, wantStatus: 400, wantErr: "max_client_conn -2"},
+		{name: "patch unknown key", method: "PATCH", path: "/v1/branches/dev", body: `{"parent": "x"}`, wantStatus: 400, wantErr: "unknown field"},
+		{name: "patch unknown branch", method: "PATCH", path: "/v1/branches/nope", body: `{}`, wantStatus: 404, wantErr: "branch nope does not exist"},
+		{
 			name: "metrics", method: "GET", path: "/metrics", wantStatus: 200,
 			check: func(t *testing.T, _ *fixture, body []byte) {
 				if !strings.Contains(string(body), "neonproxy_branches 2") {

@@ -59,6 +59,14 @@ type PrewarmRequest struct {
 	Enabled bool `json:"enabled"`
 }
 
+// BranchSettings is the body of PATCH /v1/branches/NAME: the settings to
+// change; a key left out keeps its value. "allowed_ips": [] allows every
+// address again.
+type BranchSettings struct {
+	AllowedIPs    *[]string `json:"allowed_ips,omitempty"`
+	MaxClientConn *int      `json:"max_client_conn,omitempty"`
+}
+
 // Storage is a branch's data as the compute manager reports it.
 type Storage struct {
 	Timeline     uint64
@@ -84,9 +92,15 @@ type BranchJSON struct {
 	Parent string `json:"parent"`
 	// ParentLSN is the LSN of the parent's stored image the branch was
 	// created at; empty for a root branch.
-	ParentLSN string      `json:"parent_lsn"`
-	CreatedAt time.Time   `json:"created_at"`
-	Compute   ComputeJSON `json:"compute"`
+	ParentLSN string    `json:"parent_lsn"`
+	CreatedAt time.Time `json:"created_at"`
+	// AllowedIPs are the only client addresses (CIDRs) the front door lets
+	// reach the branch; empty: any.
+	AllowedIPs []string `json:"allowed_ips"`
+	// MaxClientConn caps the branch's client connections per node; 0:
+	// pool.max_branch_client_conn.
+	MaxClientConn int         `json:"max_client_conn"`
+	Compute       ComputeJSON `json:"compute"`
 	// LogicalSizeBytes is what the branch reads: its relation files and
 	// other data files as of its newest stored image.
 	LogicalSizeBytes int64 `json:"logical_size_bytes"`

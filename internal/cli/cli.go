@@ -271,8 +271,57 @@ func branchCmd(g *globals) *cobra.Command {
 	for _, c := range []*cobra.Command{create, list} {
 		c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	}
-	cmd.AddCommand(create, list, show, del)
+	cmd.AddCommand(create, list, show, del, branchSetCmd(g))
 	return cmd
+}
+
+// branchSetCmd changes a branch's settings (PATCH /v1/branches/NAME).
+func branchSetCmd(g *globals) *cobra.Command {
+	var ips []string
+	var maxConn int
+	set := &cobra.Command{
+		Use:   "set NAME",
+		Short: "Change a branch's settings: the client addresses allowed in, its connection limit",
+		Long: `Change a branch's settings in the registry; every node's front door applies them
+to new connections at once.
+
+  --allowed-ips 203.0.113.7,10.0.0.0/8   only these client addresses (CIDRs or single
+                                         addresses) may connect, checked before
+                                         authentication; --allowed-ips "" allows any again
+  --max-client-conn 50                   at most 50 client connections to the branch on
+                                         each node (53300 beyond); 0: pool.max_branch_client_conn`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var req admin.BranchSettings
+			if cmd.Flags().Changed("allowed-ips") {
+				list := []string{}
+				for _, ip := range ips {
+					if ip = strings.TrimSpace(ip); ip != "" {
+						list = append(list, ip)
+					}
+				}
+				req.AllowedIPs = &list
+			}
+			if cmd.Flags().Changed("max-client-conn") {
+				req.MaxClientConn = &maxConn
+			}
+			if req.AllowedIPs == nil && req.MaxClientConn == nil {
+				return errors.New("nothing to set: give --allowed-ips and/or --max-client-conn")
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			b, err := c.UpdateBranch(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
+			}
+			return writeJSON(cmd, b)
+		},
+	}
+	set.Flags().StringSliceVar(&ips, "allowed-ips", nil, `client addresses allowed in, comma-separated CIDRs or addresses ("": any)`)
+	set.Flags().IntVar(&maxConn, "max-client-conn", 0, "client connections to the branch per node (0: pool.max_branch_client_conn)")
+	return set
 }
 
 func computeCmd(g *globals) *cobra.Command {

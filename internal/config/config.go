@@ -166,6 +166,10 @@ type Pool struct {
 	MaxClientConn int `yaml:"max_client_conn"`
 	// MaxBranchConns caps server connections per branch; 0: no cap.
 	MaxBranchConns int `yaml:"max_branch_conns"`
+	// MaxBranchClientConn caps one branch's client connections on this
+	// node, unless the branch sets its own (neonproxy branch set NAME
+	// --max-client-conn N); 0: no cap.
+	MaxBranchClientConn int `yaml:"max_branch_client_conn"`
 	// QueryWaitTimeout bounds a client's wait for a server connection.
 	QueryWaitTimeout Duration `yaml:"query_wait_timeout"`
 	// ServerIdleTimeout closes server connections idle this long.
@@ -399,8 +403,8 @@ func (c *Config) Validate() error {
 	if c.Compute.WakeTimeout <= 0 {
 		errs = append(errs, errors.New("compute.wake_timeout must be > 0"))
 	}
-	if c.Compute.MaxRunning < 0 || c.Pool.MaxClientConn < 0 || c.Pool.MaxBranchConns < 0 {
-		errs = append(errs, errors.New("compute.max_running, pool.max_client_conn and pool.max_branch_conns must be >= 0"))
+	if c.Compute.MaxRunning < 0 || c.Pool.MaxClientConn < 0 || c.Pool.MaxBranchConns < 0 || c.Pool.MaxBranchClientConn < 0 {
+		errs = append(errs, errors.New("compute.max_running, pool.max_client_conn, pool.max_branch_conns and pool.max_branch_client_conn must be >= 0"))
 	}
 	if c.Pool.DefaultPoolSize < 1 {
 		errs = append(errs, errors.New("pool.default_pool_size must be >= 1"))

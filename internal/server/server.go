@@ -283,25 +283,26 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 				return err == nil
 			},
 		},
-		Branches:           s.Registry,
-		Waker:              s.Computes,
-		TLS:                tlsCfg.config,
-		RequireTLS:         cfg.TLS.Require,
-		Relay:              cfg.Consul.Address != "",
-		NodeTLS:            nodeTLS,
-		Replication:        replication,
-		Cluster:            s.proxyCluster(),
-		Limits:             pgwire.Limits{MaxPacket: cfg.Proxy.MaxStartupPacket, MaxParams: cfg.Proxy.MaxStartupParams},
-		StartupTimeout:     cfg.Proxy.StartupTimeout.D(),
-		AuthThrottle:       cfg.Proxy.AuthThrottle,
-		MaxClientConn:      cfg.Pool.MaxClientConn,
-		Pool:               s.Pool,
-		TransactionPooling: cfg.Pool.Mode == "transaction",
-		Logger:             log.Named("proxy"),
-		Metrics:            s.Metrics,
-		AdminUsers:         cfg.Pool.AdminUsers,
-		Lister:             s.Registry,
-		ComputeState:       func(branch string) string { return string(s.Computes.Status(branch).State) },
+		Branches:            s.Registry,
+		Waker:               s.Computes,
+		TLS:                 tlsCfg.config,
+		RequireTLS:          cfg.TLS.Require,
+		Relay:               cfg.Consul.Address != "",
+		NodeTLS:             nodeTLS,
+		Replication:         replication,
+		Cluster:             s.proxyCluster(),
+		Limits:              pgwire.Limits{MaxPacket: cfg.Proxy.MaxStartupPacket, MaxParams: cfg.Proxy.MaxStartupParams},
+		StartupTimeout:      cfg.Proxy.StartupTimeout.D(),
+		AuthThrottle:        cfg.Proxy.AuthThrottle,
+		MaxClientConn:       cfg.Pool.MaxClientConn,
+		MaxBranchClientConn: cfg.Pool.MaxBranchClientConn,
+		Pool:                s.Pool,
+		TransactionPooling:  cfg.Pool.Mode == "transaction",
+		Logger:              log.Named("proxy"),
+		Metrics:             s.Metrics,
+		AdminUsers:          cfg.Pool.AdminUsers,
+		Lister:              s.Registry,
+		ComputeState:        func(branch string) string { return string(s.Computes.Status(branch).State) },
 	}
 	if opt.ConfigPath != "" {
 		popt.Reload = s.reload
@@ -329,6 +330,9 @@ func poolOptions(p config.Pool) pool.Options {
 var reloadable = map[string]bool{
 	"pool.default_pool_size": true, "pool.query_wait_timeout": true, "pool.server_idle_timeout": true,
 	"pool.server_lifetime": true, "pool.max_branch_conns": true, "pool.admin_users": true,
+	"pool.max_client_conn": true, "pool.max_branch_client_conn": true,
+	"compute.wake_timeout": true, "compute.suspend_timeout": true, "compute.idle_after": true,
+	"compute.offload_after": true, "compute.max_running": true, "shutdown_timeout": true,
 }
 
 // Reload is RELOAD for SIGHUP: the certificate files and the reloadable
@@ -369,11 +373,19 @@ func (s *Server) reload() (string, error) {
 		}
 	}
 	mode := s.cfg.Pool.Mode
-	maxClient := s.cfg.Pool.MaxClientConn
 	s.cfg.Pool = cfg.Pool
-	s.cfg.Pool.Mode, s.cfg.Pool.MaxClientConn = mode, maxClient // need a restart
+	s.cfg.Pool.Mode = mode // needs a restart
 	s.Pool.SetOptions(poolOptions(s.cfg.Pool))
 	s.Proxy.SetAdminUsers(s.cfg.Pool.AdminUsers)
+	s.Proxy.SetLimits(proxy.Limits{MaxClientConn: cfg.Pool.MaxClientConn, MaxBranchClientConn: cfg.Pool.MaxBranchClientConn})
+	c := &s.cfg.Compute
+	c.WakeTimeout, c.SuspendTimeout, c.IdleAfter = cfg.Compute.WakeTimeout, cfg.Compute.SuspendTimeout, cfg.Compute.IdleAfter
+	c.OffloadAfter, c.MaxRunning = cfg.Compute.OffloadAfter, cfg.Compute.MaxRunning
+	s.Computes.SetTimeouts(wake.Timeouts{
+		SuspendTimeout: c.SuspendTimeout.D(), IdleAfter: c.IdleAfter.D(), OffloadAfter: c.OffloadAfter.D(),
+		WakeTimeout: c.WakeTimeout.D(), MaxRunning: c.MaxRunning,
+	})
+	s.cfg.ShutdownTimeout = cfg.ShutdownTimeout
 	s.log.Info("configuration reloaded", zap.Strings("applied", applied), zap.Strings("need_restart", restart))
 	var notice []string
 	if len(applied) > 0 {
@@ -518,7 +530,10 @@ func (s *Server) ConnString() string {
 func (s *Server) Close(ctx context.Context) error {
 	// Transactions in flight may finish (shutdown_timeout); clients
 	// between transactions are told and closed at once.
-	dctx, cancel := context.WithTimeout(ctx, s.cfg.ShutdownTimeout.D())
+	s.reloadMu.Lock()
+	drain := s.cfg.ShutdownTimeout.D()
+	s.reloadMu.Unlock()
+	dctx, cancel := context.WithTimeout(ctx, drain)
 	errs := []error{s.Proxy.Shutdown(dctx)}
 	cancel()
 	if s.admin != nil {
