@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -103,10 +104,23 @@ func TestCLIAndAdminAPI(t *testing.T) {
 		t.Fatalf("dev after suspend: %+v, %v", bj, err)
 	}
 
+	// branch set: the settings land in the branch JSON; "" clears the list.
+	out, err = runCLI(t, e, "branch", "set", "dev", "--allowed-ips", "203.0.113.7, 10.0.0.0/8", "--max-client-conn", "9")
+	if err != nil || json.Unmarshal([]byte(out), &bj) != nil || !slices.Equal(bj.AllowedIPs, []string{"203.0.113.7", "10.0.0.0/8"}) || bj.MaxClientConn != 9 {
+		t.Fatalf("branch set: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, e, "branch", "set", "dev", "--allowed-ips", "")
+	if err != nil || json.Unmarshal([]byte(out), &bj) != nil || len(bj.AllowedIPs) != 0 || bj.MaxClientConn != 9 {
+		t.Fatalf("branch set --allowed-ips '': %v\n%s", err, out)
+	}
+
 	for _, tt := range []struct {
 		args []string
 		want string
 	}{
+		{[]string{"branch", "set", "dev", "--allowed-ips", "10.0.0.0/99"}, "400"},
+		{[]string{"branch", "set", "nosuch", "--max-client-conn", "1"}, "404"},
+		{[]string{"branch", "set", "dev"}, "nothing to set"},
 		{[]string{"branch", "create", "dev"}, "409"},
 		{[]string{"branch", "create", "Bad_Name"}, "400"},
 		{[]string{"branch", "create", "x", "--parent", "nosuch"}, "404"},
