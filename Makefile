@@ -44,19 +44,12 @@ test: deps vet consul
 test-short: vet
 	$(GO) test -short $(TESTFLAGS) ./...
 
-# Fuzz each wire parser for FUZZTIME. Crashers are written to testdata/fuzz/ (and
-# replayed by `make test`); the corpora kept there were grown from the cache.
+# Fuzz each wire parser for FUZZTIME (a duration, or e.g. 10000000x execs) and
+# keep the grown corpora under testdata/fuzz/, which `make test` replays
+# (scripts/fuzz.sh; crashers land there too).
 FUZZTIME ?= 60s
 fuzz:
-	$(GO) test ./internal/pgwire -run '^$$' -fuzz '^FuzzReadStartup$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/pgwire -run '^$$' -fuzz '^FuzzFramer$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./router -run '^$$' -fuzz '^FuzzStripEndpoint$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzMsgReader$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseConsole$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./pagestore -run '^$$' -fuzz '^FuzzDecodeSparse$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./pagestore -run '^$$' -fuzz '^FuzzDecodeKey$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./pagestore -run '^$$' -fuzz '^FuzzParseControlData$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./walkeeper -run '^$$' -fuzz '^FuzzValidEnd$$' -fuzztime $(FUZZTIME)
+	GO='$(GO)' FUZZTIME='$(FUZZTIME)' scripts/fuzz.sh
 
 # Latency and throughput against direct PostgreSQL and PgBouncer; prints a
 # report. Not part of `make test` (timings are not pass/fail here).

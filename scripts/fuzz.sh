@@ -1,0 +1,24 @@
+#!/bin/sh
+# Fuzzes each wire parser for FUZZTIME (a duration, or Nx for N execs), then
+# keeps the corpus the fuzzer grew in the build cache under the package's
+# testdata/fuzz/<Target>/, where `go test` (make test) replays it.
+# Usage: scripts/fuzz.sh [Target...]   (default: every target below)
+set -eu
+GO=${GO:-go}
+FUZZTIME=${FUZZTIME:-60s}
+TARGETS="internal/pgwire:FuzzReadStartup internal/pgwire:FuzzFramer router:FuzzStripEndpoint
+proxy:FuzzMsgReader proxy:FuzzSCRAMExchange proxy:FuzzParseConsole proxy:FuzzClientMessages
+pagestore:FuzzDecodeIngest pagestore:FuzzDecodeMaterialize pagestore:FuzzDecodeSparse
+pagestore:FuzzDecodeKey pagestore:FuzzParseControlData walkeeper:FuzzValidEnd"
+module=$($GO list -m)
+cache=$($GO env GOCACHE)/fuzz
+for t in $TARGETS; do
+	pkg=${t%%:*} name=${t##*:}
+	if [ $# -gt 0 ] && ! echo " $* " | grep -q " $name "; then continue; fi
+	echo "== $name ($pkg, $FUZZTIME)"
+	$GO test "./$pkg" -run '^$' -fuzz "^$name\$" -fuzztime "$FUZZTIME"
+	if [ -d "$cache/$module/$pkg/$name" ]; then
+		mkdir -p "$pkg/testdata/fuzz/$name"
+		cp -n "$cache/$module/$pkg/$name"/* "$pkg/testdata/fuzz/$name/" 2>/dev/null || true
+	fi
+done
