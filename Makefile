@@ -38,7 +38,8 @@ vet:
 # Unit tests, fuzz-corpus replays and integration tests against real
 # PostgreSQL 15 computes with real clients (pgx, psql, pgbench), and against
 # a real Consul agent (NEONPROXY_CONSUL, see `consul` above).
-test: deps vet consul
+test: vet consul
+	@scripts/install-deps.sh --test
 	NEONPROXY_CONSUL='$(NEONPROXY_CONSUL)' $(GO) test $(TESTFLAGS) ./...
 
 test-short: vet

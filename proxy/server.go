@@ -130,6 +130,8 @@ type Server struct {
 	keyStats   sync.Map
 	clients    clientRegistry
 	adminUsers atomic.Pointer[[]string]
+	// sql is the POST /sql handler, once HTTPHandler made it.
+	sql atomic.Pointer[sqlOverHTTP]
 	// maxClient and maxBranchClient are the Limits (SetLimits).
 	maxClient, maxBranchClient atomic.Int64
 
@@ -307,6 +309,7 @@ func (s *Server) Close(ctx context.Context) error {
 	for _, c := range closers {
 		_ = c.Close()
 	}
+	s.closeEdge()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
@@ -336,7 +339,11 @@ type session struct {
 	raw      net.Conn
 	tls      bool
 	sni      string
-	route    router.Route
+	// edge is set on a client that came over http_listen (a WebSocket
+	// tunnel, or SQL over HTTP): TLS, SNI and the address are the HTTP
+	// connection's; sqlOverHTTP also makes it transaction-pooled.
+	edge, sqlOverHTTP bool
+	route             router.Route
 	wakeKind wake.WakeKind
 	waited   time.Duration
 	result   string
@@ -345,6 +352,12 @@ type session struct {
 }
 
 func (s *Server) handle(raw net.Conn) {
+	s.handleSession(&session{conn: raw, raw: raw, result: "ok"})
+}
+
+// handleSession serves one client connection, ss.raw, to its end.
+func (s *Server) handleSession(ss *session) {
+	raw := ss.raw
 	start := time.Now()
 	s.m.ClientConnections.Inc()
 	n := s.active.Add(1)
@@ -352,7 +365,6 @@ func (s *Server) handle(raw net.Conn) {
 		s.active.Add(-1)
 		s.m.ClientConnections.Dec()
 	}()
-	ss := &session{conn: raw, raw: raw, result: "ok"}
 	s.mu.Lock()
 	s.mu.sessions[ss] = struct{}{}
 	s.mu.Unlock()
@@ -473,7 +485,7 @@ func (s *Server) serve(ss *session, active int64) error {
 		}
 	}
 	key, tracked, dialParams := splitStartup(route, params)
-	transaction := route.Pooler || s.opt.TransactionPooling
+	transaction := route.Pooler || s.opt.TransactionPooling || ss.sqlOverHTTP
 	if transaction {
 		// Transaction-pooled connections are not reset between clients, so
 		// they are kept apart from session-mode ones.
@@ -668,10 +680,12 @@ func (s *Server) startup(ss *session) (map[string]string, uint32, error) {
 		}
 		switch {
 		case st.SSL != nil:
-			if ss.tls || s.opt.TLS == nil {
-				if ss.tls {
-					return nil, 0, s.fail(ss, "protocol_error", &pgwire.Error{Code: pgwire.CodeProtocolViolation, Message: "SSLRequest after TLS was negotiated"})
-				}
+			if ss.tls && !ss.edge {
+				return nil, 0, s.fail(ss, "protocol_error", &pgwire.Error{Code: pgwire.CodeProtocolViolation, Message: "SSLRequest after TLS was negotiated"})
+			}
+			// Over http_listen the WebSocket's own TLS (if any) is the
+			// connection's.
+			if ss.edge || s.opt.TLS == nil {
 				if _, err := ss.conn.Write([]byte{'N'}); err != nil {
 					return nil, 0, err
 				}
@@ -781,7 +795,12 @@ func (s *Server) authenticate(ctx context.Context, ss *session, ep wake.Endpoint
 		cb, plus = serverEndpointBinding(s.opt.TLS)
 	}
 	be := pgproto3.NewBackend(ss.conn, ss.conn)
-	if err := scramExchange(be, user, creds, cb, plus); err != nil {
+	exchange := func() error { return scramExchange(be, user, creds, cb, plus) }
+	if cleartextAllowed(ss) {
+		// The serverless driver pipelines its password behind the startup.
+		exchange = func() error { return cleartextExchange(be, ss.conn, user, creds) }
+	}
+	if err := exchange(); err != nil {
 		if lookupErr != nil {
 			return s.fail(ss, "error", lookupErr)
 		}

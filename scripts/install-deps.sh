@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what neonproxy needs on a Debian machine, only when missing:
-# PostgreSQL 15 server binaries (computes) and, with --bench, PgBouncer.
+# PostgreSQL 15 server binaries (computes); with --bench, PgBouncer; with
+# --test, Node.js and npm (the serverless driver's integration test).
 # Debian's postgresql-15 package creates a cluster 15/main on port 5432;
 # neonproxy runs its own computes and listens on 5432 itself, so that
 # cluster is stopped and kept from starting at boot.
@@ -12,6 +13,10 @@ want=()
 command -v psql >/dev/null 2>&1 || want+=(postgresql-client-15)
 if [ "${1:-}" = "--bench" ]; then
   command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || want+=(pgbouncer)
+fi
+if [ "${1:-}" = "--test" ]; then
+  command -v node >/dev/null 2>&1 || want+=(nodejs)
+  command -v npm >/dev/null 2>&1 || want+=(npm)
 fi
 [ ${#want[@]} -eq 0 ] && exit 0
 

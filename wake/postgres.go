@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -105,6 +106,14 @@ type PostgresDriver struct {
 	keepers *keeperSet // nil: no WAL keepers
 	// streams are the keeper streams of running computes.
 	streams keeperStreams
+
+	// mu guards the background cache check (evictSoon): one runs at a
+	// time, and requests while it runs coalesce into one more.
+	mu struct {
+		sync.Mutex
+		evicting, evictAgain bool
+	}
+	evictWG sync.WaitGroup
 }
 
 var (
@@ -213,6 +222,7 @@ func NewPostgresDriver(o DriverOptions) (*PostgresDriver, error) {
 // the spare-file filler). The computes are the Manager's to stop.
 func (d *PostgresDriver) Close() {
 	d.streams.stopAll()
+	d.evictWG.Wait()
 	if d.spares != nil {
 		d.spares.close()
 	}

@@ -379,8 +379,42 @@ func (d *PostgresDriver) Stopped(ctx context.Context, branch string, clean bool)
 	if err != nil {
 		return fmt.Errorf("wake: store branch %s: %w", branch, err)
 	}
-	d.evict(ctx)
+	d.evictSoon()
 	return nil
+}
+
+// evictSoon runs the compute.cache_bytes check in the background: it
+// walks every local data directory, far too slow for a stop that a waking
+// client may be waiting for, and many stops at once (a storm under
+// max_running) would each walk them all.
+func (d *PostgresDriver) evictSoon() {
+	if d.o.CacheBytes <= 0 {
+		return
+	}
+	d.mu.Lock()
+	if d.mu.evicting {
+		d.mu.evictAgain = true
+		d.mu.Unlock()
+		return
+	}
+	d.mu.evicting = true
+	d.mu.Unlock()
+	d.evictWG.Add(1)
+	go func() {
+		defer d.evictWG.Done()
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			d.evict(ctx)
+			cancel()
+			d.mu.Lock()
+			again := d.mu.evictAgain
+			d.mu.evicting, d.mu.evictAgain = again, false
+			d.mu.Unlock()
+			if !again {
+				return
+			}
+		}
+	}()
 }
 
 // Storage reports branch's timeline, sizes and local copy.

@@ -279,8 +279,18 @@ type Config struct {
 	Walkeeper       Walkeeper `yaml:"walkeeper"`
 	Consul          Consul    `yaml:"consul"`
 	Admin           Admin     `yaml:"admin"`
+	HTTP            HTTP      `yaml:"http"`
 	Bootstrap       Bootstrap `yaml:"bootstrap"`
 	Log             Log       `yaml:"log"`
+}
+
+// HTTP configures http_listen: SQL over HTTP (POST /sql) and pgwire over
+// WebSocket for serverless drivers.
+type HTTP struct {
+	// RequestTimeout bounds one POST /sql request (then 57014).
+	RequestTimeout Duration `yaml:"request_timeout"`
+	// MaxResponseBytes bounds a POST /sql response (then 54000).
+	MaxResponseBytes Bytes `yaml:"max_response_bytes"`
 }
 
 // Default returns the documented defaults (see config.yaml).
@@ -292,6 +302,7 @@ func Default() Config {
 		DefaultBranch:   "main",
 		ShutdownTimeout: Duration(30 * time.Second),
 		TLS:             TLS{SNISuffix: "localtest.me"},
+		HTTP:            HTTP{RequestTimeout: Duration(30 * time.Second), MaxResponseBytes: Bytes(10 << 20)},
 		Proxy: Proxy{
 			StartupTimeout:   Duration(15 * time.Second),
 			MaxStartupPacket: 10000,

@@ -7,6 +7,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/big"
@@ -69,6 +70,9 @@ type Server struct {
 	pgLn    net.Listener
 	adminLn net.Listener
 	admin   *http.Server
+	// httpLn and httpSrv serve http_listen (nil when off).
+	httpLn  net.Listener
+	httpSrv *http.Server
 	serveCh chan error
 
 	tls *proxyTLS // the front door's certificate (re-read by Reload)
@@ -96,7 +100,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	if err := os.MkdirAll(dataDir, 0o711); err != nil {
 		return nil, fmt.Errorf("create data_dir: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, Metrics: metrics.New(), serveCh: make(chan error, 2), configPath: opt.ConfigPath}
+	s := &Server{cfg: cfg, log: log, Metrics: metrics.New(), serveCh: make(chan error, 3), configPath: opt.ConfigPath}
 	raiseFileLimit(log, cfg.Pool.MaxClientConn)
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	var owners wake.Owners
@@ -475,6 +479,11 @@ func (s *Server) Start() error {
 		})
 	}
 	s.admin = &http.Server{Handler: httpapi.RequireToken(h, s.cfg.Admin.Token, "admin.token"), ReadHeaderTimeout: 10 * time.Second}
+	if err := s.startHTTP(); err != nil {
+		s.pgLn.Close()
+		s.adminLn.Close()
+		return err
+	}
 	go func() { s.serveCh <- s.Proxy.Serve(s.pgLn) }()
 	go func() {
 		err := s.admin.Serve(s.adminLn)
@@ -494,11 +503,57 @@ func (s *Server) Start() error {
 		}
 		s.owners.TieTo(s.cluster.SessionChecks(), s.cluster.Service())
 	}
-	s.log.Info("neonproxy ready",
-		zap.String("listen", s.pgLn.Addr().String()),
-		zap.String("admin_listen", s.adminLn.Addr().String()),
-		zap.String("data_dir", s.cfg.DataDir))
+	fields := []zap.Field{zap.String("listen", s.pgLn.Addr().String()),
+		zap.String("admin_listen", s.adminLn.Addr().String()), zap.String("data_dir", s.cfg.DataDir)}
+	if s.httpLn != nil {
+		fields = append(fields, zap.String("http_listen", s.httpLn.Addr().String()))
+	}
+	s.log.Info("neonproxy ready", fields...)
 	return nil
+}
+
+// startHTTP serves http_listen (SQL over HTTP, pgwire over WebSocket),
+// over TLS with the front door's certificate when it has one.
+func (s *Server) startHTTP() error {
+	if s.cfg.HTTPListen == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.cfg.HTTPListen)
+	if err != nil {
+		return fmt.Errorf("http_listen %s: %w", s.cfg.HTTPListen, err)
+	}
+	s.httpLn = ln
+	h := s.Proxy.HTTPHandler(proxy.HTTPOptions{
+		RequestTimeout:   s.cfg.HTTP.RequestTimeout.D(),
+		MaxResponseBytes: int64(s.cfg.HTTP.MaxResponseBytes),
+	})
+	s.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: zap.NewStdLog(s.log.Named("http"))}
+	// TLS with the configured certificate. The generated development one
+	// is not one fetch() or browsers trust: plain HTTP then.
+	serveLn := ln
+	if s.tls != nil && s.cfg.TLS.CertFile != "" {
+		// HTTP/1.1 only (no h2 in NextProtos): WebSocket upgrades need it.
+		serveLn = tls.NewListener(ln, s.tls.config)
+	} else if lo, _ := httpapi.IsLoopback(s.cfg.HTTPListen); !lo {
+		s.log.Warn("http_listen serves plain HTTP beyond loopback: connection strings and passwords cross the network in clear; set tls.cert_file and tls.key_file",
+			zap.String("http_listen", s.cfg.HTTPListen))
+	}
+	go func() {
+		err := s.httpSrv.Serve(serveLn)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		s.serveCh <- err
+	}()
+	return nil
+}
+
+// HTTPAddr is http_listen's address (nil when off).
+func (s *Server) HTTPAddr() net.Addr {
+	if s.httpLn == nil {
+		return nil
+	}
+	return s.httpLn.Addr()
 }
 
 // Errors delivers a listener's fatal error.
@@ -534,7 +589,15 @@ func (s *Server) Close(ctx context.Context) error {
 	drain := s.cfg.ShutdownTimeout.D()
 	s.reloadMu.Unlock()
 	dctx, cancel := context.WithTimeout(ctx, drain)
-	errs := []error{s.Proxy.Shutdown(dctx)}
+	var errs []error
+	if s.httpSrv != nil {
+		// /sql requests in flight finish first; WebSocket tunnels are
+		// front-door sessions, drained next.
+		if err := s.httpSrv.Shutdown(dctx); err != nil {
+			errs = append(errs, fmt.Errorf("http_listen: %w", err))
+		}
+	}
+	errs = append(errs, s.Proxy.Shutdown(dctx))
 	cancel()
 	if s.admin != nil {
 		errs = append(errs, s.admin.Shutdown(ctx))
