@@ -3,8 +3,8 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"crypto/hmac"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"

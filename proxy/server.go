@@ -333,22 +333,22 @@ type session struct {
 	// keeper is set on a WAL keeper's replication connection: a shutdown
 	// does not wait for it (commits being drained need it; it ends with
 	// its compute).
-	keeper   atomic.Bool
-	drained  bool     // a shutdown told it to go (under Server.mu)
-	conn     net.Conn // the client, TLS-wrapped once negotiated
-	raw      net.Conn
-	tls      bool
-	sni      string
+	keeper  atomic.Bool
+	drained bool     // a shutdown told it to go (under Server.mu)
+	conn    net.Conn // the client, TLS-wrapped once negotiated
+	raw     net.Conn
+	tls     bool
+	sni     string
 	// edge is set on a client that came over http_listen (a WebSocket
 	// tunnel, or SQL over HTTP): TLS, SNI and the address are the HTTP
 	// connection's; sqlOverHTTP also makes it transaction-pooled.
 	edge, sqlOverHTTP bool
 	route             router.Route
-	wakeKind wake.WakeKind
-	waited   time.Duration
-	result   string
-	bytesIn  int64
-	bytesOut int64
+	wakeKind          wake.WakeKind
+	waited            time.Duration
+	result            string
+	bytesIn           int64
+	bytesOut          int64
 }
 
 func (s *Server) handle(raw net.Conn) {
