@@ -175,21 +175,27 @@ func writeMessage(w io.Writer, typ byte, body []byte) error {
 	return nil
 }
 
+// wireError is an ErrorResponse: its SQLSTATE and message (the soak
+// section checks the code of a refusal).
+type wireError struct{ code, msg string }
+
+func (e *wireError) Error() string { return fmt.Sprintf("server error %s: %s", e.code, e.msg) }
+
 // serverError renders an ErrorResponse as "SQLSTATE: message".
 func serverError(body []byte) error {
-	var code, msg string
+	var e wireError
 	for _, f := range strings.Split(string(body), "\x00") {
 		if f == "" {
 			continue
 		}
 		switch f[0] {
 		case 'C':
-			code = f[1:]
+			e.code = f[1:]
 		case 'M':
-			msg = f[1:]
+			e.msg = f[1:]
 		}
 	}
-	return fmt.Errorf("server error %s: %s", code, msg)
+	return &e
 }
 
 // scramClient is the client side of one SCRAM-SHA-256 exchange (RFC 5802 /

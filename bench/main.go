@@ -12,7 +12,7 @@
 // a plain-text report. Timings are never pass/fail; the exit status is
 // non-zero only when the harness itself fails.
 //
-//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching,durability,cluster,tiers,prewarm]
+//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching,durability,cluster,tiers,prewarm,storm,soak]
 package main
 
 import (
@@ -38,9 +38,11 @@ const (
 	sectionCluster    = "cluster"    // Consul mode: relayed connect, lock failover (own agent, two nodes)
 	sectionTiers      = "tiers"      // resume latency per tier: hot, warm, cold (own neonproxy)
 	sectionPrewarm    = "prewarm"    // a periodic workload with predictive pre-warm off and on (own neonproxy)
+	sectionStorm      = "storm"      // wake storm: many stopped branches connected to at once under compute.max_running (own neonproxy)
+	sectionSoak       = "soak"       // idle clients held for minutes under steady queries: fds, goroutines, RSS; max_client_conn (own neonproxy)
 )
 
-var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching, sectionDurability, sectionCluster, sectionTiers, sectionPrewarm}
+var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching, sectionDurability, sectionCluster, sectionTiers, sectionPrewarm, sectionStorm, sectionSoak}
 
 // options are the command-line flags.
 type options struct {
@@ -100,6 +102,13 @@ type options struct {
 	// out for the prewarm section) and noIdleTier compute.idle_after: 0 (no
 	// idle tier: an unused compute is suspended after suspend_timeout).
 	prewarmOn, noIdleTier bool
+	// stormBranches and stormMaxRunning are the storm section's branches
+	// (one client each) and its neonproxy's compute.max_running.
+	stormBranches, stormMaxRunning int
+	// soakIdle and soakActive are the soak section's idle and querying
+	// clients, soakDuration how long the queries run.
+	soakIdle, soakActive int
+	soakDuration         time.Duration
 }
 
 // has reports whether section s runs.
@@ -119,7 +128,7 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.clients, "clients", 8, "pgbench clients (-c)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs, data) after the run")
 	flag.BoolVar(&o.skipPgBouncer, "skip-pgbouncer", false, "do not run the PgBouncer comparison")
-	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s -rounds 2 (durability: 1) -idle-clients 1000 -branch-big-scale 8 -chaos-cycles 3 -keeper-kills 2 (explicit flags win)")
+	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s -rounds 2 (durability: 1) -idle-clients 1000 -branch-big-scale 8 -chaos-cycles 3 -keeper-kills 2 -storm-branches 40 -soak-idle 1000 -soak-duration 1m (explicit flags win)")
 	flag.IntVar(&o.rounds, "rounds", 3, "pooling: runs per path and workload, alternating neonproxy, PgBouncer, direct")
 	flag.IntVar(&o.idleClients, "idle-clients", 10000, "pooling: idle client connections opened for the memory-per-client measure")
 	flag.IntVar(&o.poolSize, "pool-size", 20, "pooling: server connections per pool (neonproxy pool.default_pool_size, PgBouncer default_pool_size)")
@@ -127,6 +136,11 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.chaosCycles, "chaos-cycles", 20, "durability: kill -9 / lose local data / recover cycles")
 	flag.Int64Var(&o.chaosSeed, "chaos-seed", 0, "durability: seed of the random kill delays (0: from the clock; the report prints it)")
 	flag.IntVar(&o.keeperKills, "keeper-kills", 10, "durability: rounds of kill -9 of one standalone keeper under writes, then restart (0: none)")
+	flag.IntVar(&o.stormBranches, "storm-branches", stormDefaultBranches, "storm: stopped branches connected to at once, one client each")
+	flag.IntVar(&o.stormMaxRunning, "storm-max-running", stormDefaultMaxRunning, "storm: compute.max_running of the section's neonproxy")
+	flag.IntVar(&o.soakIdle, "soak-idle", 10000, "soak: idle clients held for the whole soak")
+	flag.IntVar(&o.soakActive, "soak-active", 50, "soak: clients sending a steady stream of SELECT 1")
+	flag.DurationVar(&o.soakDuration, "soak-duration", 10*time.Minute, "soak: how long the active clients query while the idle ones stay connected")
 	only := flag.String("only", "", "comma-separated sections to run: "+strings.Join(allSections, ", ")+" (default: all)")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -147,6 +161,9 @@ func parseFlags() (options, error) {
 			"branch-big-scale": func() { o.bigScale = 8 },
 			"chaos-cycles":     func() { o.chaosCycles = 3 },
 			"keeper-kills":     func() { o.keeperKills = 2 },
+			"storm-branches":   func() { o.stormBranches = stormQuickBranches },
+			"soak-idle":        func() { o.soakIdle = 1000 },
+			"soak-duration":    func() { o.soakDuration = time.Minute },
 		}
 		for name, apply := range quick {
 			if !set[name] {
@@ -156,6 +173,12 @@ func parseFlags() (options, error) {
 	}
 	if o.tries < 1 || o.clients < 1 || o.duration < time.Second {
 		return o, errors.New("-tries and -clients must be ≥ 1 and -duration ≥ 1s")
+	}
+	if o.stormBranches < 1 || o.stormMaxRunning < 1 {
+		return o, errors.New("-storm-branches and -storm-max-running must be ≥ 1")
+	}
+	if o.soakIdle < 1 || o.soakActive < 1 || o.soakDuration < 2*soakSampleEvery {
+		return o, fmt.Errorf("-soak-idle and -soak-active must be ≥ 1 and -soak-duration ≥ %s", 2*soakSampleEvery)
 	}
 	if o.keeperKills < 0 {
 		return o, errors.New("-keeper-kills must be ≥ 0")
@@ -262,7 +285,17 @@ func run(ctx context.Context, o options) (err error) {
 	if o.has(sectionPrewarm) {
 		b.runPrewarm(ctx)
 	}
+	var storm *stormReport
+	if o.has(sectionStorm) {
+		storm = b.runStorm(ctx)
+	}
+	var soak *soakReport
+	if o.has(sectionSoak) {
+		soak = b.runSoak(ctx)
+	}
 	b.rep.print(os.Stdout)
+	storm.print(os.Stdout) // after the report (its problems are listed there)
+	soak.print(os.Stdout)  // likewise
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", context.Cause(ctx))
 	}

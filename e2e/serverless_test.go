@@ -5,6 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +15,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/neonproxy/neonproxy/internal/admin"
 	"github.com/neonproxy/neonproxy/internal/config"
@@ -169,4 +175,118 @@ func TestServerlessDocSnippet(t *testing.T) {
 	if !strings.Contains(string(doc), "```js\n"+string(snippet)+"```") {
 		t.Fatal("docs/serverless-driver.md does not show testdata/serverless/neon-config.mjs verbatim")
 	}
+}
+
+// TestSQLOverHTTPEdges: /sql's refusals and limits, the branch's allow
+// list on the HTTP path, and a Go pgwire client over the WebSocket tunnel.
+func TestSQLOverHTTPEdges(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		c.HTTPListen = "127.0.0.1:0"
+		c.HTTP.RequestTimeout = config.Duration(2 * time.Second)
+		c.HTTP.MaxResponseBytes = config.Bytes(4096)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	base := "http://" + e.srv.HTTPAddr().String()
+	good := "postgresql://postgres:" + testPassword + "@" + e.srv.Addr().String() + "/main"
+	post := func(conn, body string, hdr ...string) (int, map[string]any) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, "POST", base+"/sql", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if conn != "" {
+			req.Header.Set("Neon-Connection-String", conn)
+		}
+		req.Header.Set("Neon-Array-Mode", "true")
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+			t.Fatalf("response body: %v", err)
+		}
+		return resp.StatusCode, out
+	}
+	tests := []struct {
+		name, conn, body string
+		hdr              []string
+		status           int
+		code, msg        string
+	}{
+		{"no connection string", "", `{"query":"select 1","params":[]}`, nil, 400, "08004", "missing the Neon-Connection-String header"},
+		{"not JSON", good, `select 1`, nil, 400, "08P01", "invalid request body"},
+		{"wrong password", strings.Replace(good, testPassword, "nope", 1), `{"query":"select 1","params":[]}`, nil, 400, "28P01", "password authentication failed"},
+		{"unknown branch", good + "?options=endpoint%3Dnosuch", `{"query":"select 1","params":[]}`, nil, 400, "3D000", `branch "nosuch" does not exist`},
+		{"too big", good, `{"query":"select repeat('x', 100) from generate_series(1, 100)","params":[]}`, nil, 400, "54000", "larger than the limit of 4096 bytes"},
+		{"too slow", good, `{"query":"select pg_sleep(10)","params":[]}`, nil, 400, "57014", "longer than 2s"},
+		{"bad isolation", good, `{"queries":[{"query":"select 1","params":[]}]}`, []string{"Neon-Batch-Isolation-Level", "Sometimes"}, 400, "08P01", `unknown Neon-Batch-Isolation-Level "Sometimes"`},
+		{"ok after all that", good, `{"query":"select $1::int * 2 as d, $2::text is null as n","params":["21",null]}`, nil, 200, "", ""},
+	}
+	for _, tc := range tests {
+		status, out := post(tc.conn, tc.body, tc.hdr...)
+		if status != tc.status || tc.code != "" && (out["code"] != tc.code || !strings.Contains(fmt.Sprint(out["message"]), tc.msg)) {
+			t.Errorf("%s: HTTP %d %v, want %d %s %q", tc.name, status, out, tc.status, tc.code, tc.msg)
+		}
+		if tc.status == 200 {
+			rows, _ := json.Marshal(out["rows"])
+			if string(rows) != `[["42","t"]]` || out["command"] != "SELECT" || out["rowCount"] != 1.0 {
+				t.Errorf("%s: %v", tc.name, out)
+			}
+		}
+	}
+	for path, want := range map[string]int{"/sql": 405, "/nosuch": 404} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+
+	// pgwire over the WebSocket tunnel from a Go client (pgconn).
+	wsConfig := func() *pgconn.Config {
+		cfg, err := pgconn.ParseConfig(good + "?sslmode=disable")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.DialFunc = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			c, _, err := websocket.Dial(ctx, "ws://"+e.srv.HTTPAddr().String()+"/v2", nil)
+			if err != nil {
+				return nil, err
+			}
+			return websocket.NetConn(context.Background(), c, websocket.MessageBinary), nil
+		}
+		return cfg
+	}
+	pc, err := pgconn.ConnectConfig(ctx, wsConfig())
+	if err != nil {
+		t.Fatalf("pgwire over WebSocket: %v", err)
+	}
+	res, err := pc.Exec(ctx, "select current_database(), 6 * 7").ReadAll()
+	pc.Close(ctx)
+	if err != nil || len(res) != 1 || string(res[0].Rows[0][1]) != "42" {
+		t.Fatalf("query over WebSocket: %v %v", res, err)
+	}
+
+	// The branch's allow list holds on both HTTP paths (the HTTP client's
+	// address is the client's).
+	api := &admin.Client{BaseURL: e.srv.AdminAddr().String()}
+	only := []string{"10.0.0.0/8"}
+	if _, err := api.UpdateBranch(ctx, "main", admin.BranchSettings{AllowedIPs: &only}); err != nil {
+		t.Fatal(err)
+	}
+	if status, out := post(good, `{"query":"select 1","params":[]}`); status != 400 || out["code"] != "28000" ||
+		!strings.Contains(fmt.Sprint(out["message"]), "connection from IP address 127.0.0.1 is not allowed") {
+		t.Errorf("/sql from a disallowed address: %d %v", status, out)
+	}
+	_, err = pgconn.ConnectConfig(ctx, wsConfig())
+	wantPgError(t, err, "28000", "connection from IP address 127.0.0.1 is not allowed")
 }
