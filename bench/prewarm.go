@@ -602,16 +602,7 @@ type prewarmCounters struct {
 }
 
 func counterDiff(before, after metricSet) prewarmCounters {
-	diff := func(name, label string) map[string]int {
-		b, a := before.byLabel(name, label), after.byLabel(name, label)
-		out := map[string]int{}
-		for k, v := range a {
-			if d := v - b[k]; d != 0 {
-				out[k] = int(d)
-			}
-		}
-		return out
-	}
+	diff := func(name, label string) map[string]int { return labelDiff(before, after, name, label) }
 	starts := diff(computeStartsMetric, "result")
 	return prewarmCounters{
 		prewarm:        diff(prewarmTotalMetric, "result"),
