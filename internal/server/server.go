@@ -527,7 +527,8 @@ func (s *Server) startHTTP() error {
 		RequestTimeout:   s.cfg.HTTP.RequestTimeout.D(),
 		MaxResponseBytes: int64(s.cfg.HTTP.MaxResponseBytes),
 	})
-	s.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: zap.NewStdLog(s.log.Named("http"))}
+	s.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: zap.NewStdLog(s.log.Named("http"))}
 	// TLS with the configured certificate. The generated development one
 	// is not one fetch() or browsers trust: plain HTTP then.
 	serveLn := ln
