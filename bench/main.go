@@ -12,7 +12,7 @@
 // a plain-text report. Timings are never pass/fail; the exit status is
 // non-zero only when the harness itself fails.
 //
-//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching,durability,cluster,tiers,prewarm,storm,soak]
+//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching,durability,cluster,tiers,prewarm,storm,soak,serverless]
 package main
 
 import (
@@ -40,9 +40,10 @@ const (
 	sectionPrewarm    = "prewarm"    // a periodic workload with predictive pre-warm off and on (own neonproxy)
 	sectionStorm      = "storm"      // wake storm: many stopped branches connected to at once under compute.max_running (own neonproxy)
 	sectionSoak       = "soak"       // idle clients held for minutes under steady queries: fds, goroutines, RSS; max_client_conn (own neonproxy)
+	sectionServerless = "serverless" // http_listen: POST /sql vs pgwire over TCP, round trip and throughput (own neonproxy)
 )
 
-var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching, sectionDurability, sectionCluster, sectionTiers, sectionPrewarm, sectionStorm, sectionSoak}
+var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching, sectionDurability, sectionCluster, sectionTiers, sectionPrewarm, sectionStorm, sectionSoak, sectionServerless}
 
 // options are the command-line flags.
 type options struct {
@@ -109,6 +110,11 @@ type options struct {
 	// clients, soakDuration how long the queries run.
 	soakIdle, soakActive int
 	soakDuration         time.Duration
+	// serverlessTries, serverlessClients and serverlessDuration are the
+	// serverless section's round trips per path, its concurrent clients
+	// and the length of each concurrent run.
+	serverlessTries, serverlessClients int
+	serverlessDuration                 time.Duration
 }
 
 // has reports whether section s runs.
@@ -128,7 +134,7 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.clients, "clients", 8, "pgbench clients (-c)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs, data) after the run")
 	flag.BoolVar(&o.skipPgBouncer, "skip-pgbouncer", false, "do not run the PgBouncer comparison")
-	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s -rounds 2 (durability: 1) -idle-clients 1000 -branch-big-scale 8 -chaos-cycles 3 -keeper-kills 2 -storm-branches 40 -soak-idle 1000 -soak-duration 1m (explicit flags win)")
+	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s -rounds 2 (durability: 1) -idle-clients 1000 -branch-big-scale 8 -chaos-cycles 3 -keeper-kills 2 -storm-branches 40 -soak-idle 1000 -soak-duration 1m -serverless-tries 300 -serverless-duration 5s (explicit flags win)")
 	flag.IntVar(&o.rounds, "rounds", 3, "pooling: runs per path and workload, alternating neonproxy, PgBouncer, direct")
 	flag.IntVar(&o.idleClients, "idle-clients", 10000, "pooling: idle client connections opened for the memory-per-client measure")
 	flag.IntVar(&o.poolSize, "pool-size", 20, "pooling: server connections per pool (neonproxy pool.default_pool_size, PgBouncer default_pool_size)")
@@ -141,6 +147,9 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.soakIdle, "soak-idle", 10000, "soak: idle clients held for the whole soak")
 	flag.IntVar(&o.soakActive, "soak-active", 50, "soak: clients sending a steady stream of SELECT 1")
 	flag.DurationVar(&o.soakDuration, "soak-duration", 10*time.Minute, "soak: how long the active clients query while the idle ones stay connected")
+	flag.IntVar(&o.serverlessTries, "serverless-tries", serverlessDefaultTries, "serverless: sequential queries per path for the round trip")
+	flag.IntVar(&o.serverlessClients, "serverless-clients", serverlessDefaultClients, "serverless: concurrent clients per path for the throughput runs")
+	flag.DurationVar(&o.serverlessDuration, "serverless-duration", serverlessDefaultDuration, "serverless: length of each throughput run")
 	only := flag.String("only", "", "comma-separated sections to run: "+strings.Join(allSections, ", ")+" (default: all)")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -170,6 +179,12 @@ func parseFlags() (options, error) {
 				apply()
 			}
 		}
+		if !set["serverless-tries"] {
+			o.serverlessTries = serverlessQuickTries
+		}
+		if !set["serverless-duration"] {
+			o.serverlessDuration = serverlessQuickDuration
+		}
 	}
 	if o.tries < 1 || o.clients < 1 || o.duration < time.Second {
 		return o, errors.New("-tries and -clients must be ≥ 1 and -duration ≥ 1s")
@@ -179,6 +194,9 @@ func parseFlags() (options, error) {
 	}
 	if o.soakIdle < 1 || o.soakActive < 1 || o.soakDuration < 2*soakSampleEvery {
 		return o, fmt.Errorf("-soak-idle and -soak-active must be ≥ 1 and -soak-duration ≥ %s", 2*soakSampleEvery)
+	}
+	if o.serverlessTries < 1 || o.serverlessClients < 1 || o.serverlessDuration < time.Second {
+		return o, errors.New("-serverless-tries and -serverless-clients must be ≥ 1 and -serverless-duration ≥ 1s")
 	}
 	if o.keeperKills < 0 {
 		return o, errors.New("-keeper-kills must be ≥ 0")
@@ -293,9 +311,14 @@ func run(ctx context.Context, o options) (err error) {
 	if o.has(sectionSoak) {
 		soak = b.runSoak(ctx)
 	}
+	var serverless *serverlessReport
+	if o.has(sectionServerless) {
+		serverless = b.runServerless(ctx)
+	}
 	b.rep.print(os.Stdout)
 	storm.print(os.Stdout) // after the report (its problems are listed there)
 	soak.print(os.Stdout)  // likewise
+	serverless.print(os.Stdout)
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", context.Cause(ctx))
 	}

@@ -258,6 +258,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	shutting := (&pgwire.Error{Code: pgwire.CodeAdminShutdown, Message: "terminating connection: neonproxy is shutting down",
 		Hint: "Reconnect in a moment."}).Fatal()
 	msg, _ := shutting.Encode(nil)
+	// The HTTP server has let its /sql requests finish: the pooled /sql
+	// sessions have no one to tell.
+	s.closeEdge()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -277,9 +280,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		for _, ss := range done {
 			// Between transactions nothing else writes to the client.
-			_ = ss.conn.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = ss.conn.Write(msg)
-			_ = ss.conn.Close()
+			// Concurrently: a client that does not read costs its own
+			// second, not everyone's.
+			go func() {
+				_ = ss.conn.SetWriteDeadline(time.Now().Add(time.Second))
+				_, _ = ss.conn.Write(msg)
+				_ = ss.conn.Close()
+			}()
 		}
 		if left == 0 {
 			break

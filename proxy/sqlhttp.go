@@ -257,7 +257,13 @@ func paramText(p json.RawMessage) ([]byte, error) {
 // string), creating it.
 func (sq *sqlOverHTTP) pool(r *http.Request, connStr string) (*pgxpool.Pool, error) {
 	remote := httpRemote(r)
-	key := sha256.Sum256([]byte(remote.String() + "\x00" + connStr))
+	// By address, not address and port: a client that opens a new HTTP
+	// connection per request (curl, many edge runtimes) reuses the pool.
+	who := remote.String()
+	if ip := clientIP(remote); ip.IsValid() {
+		who = ip.String()
+	}
+	key := sha256.Sum256([]byte(who + "\x00" + connStr))
 	if p, ok := sq.pools.Get(key); ok {
 		return p, nil
 	}
