@@ -25,7 +25,7 @@ func TestWakeStorm(t *testing.T) {
 	const (
 		branches   = 32
 		maxRunning = 3
-		wakeTO     = 6 * time.Second
+		wakeTO     = 12 * time.Second
 	)
 	e := newEnv(t, func(c *config.Config) {
 		c.Compute.MaxRunning = maxRunning

@@ -42,6 +42,8 @@ type spares struct {
 		// users counts materializations in progress: the filler waits
 		// for them, since creates and renames contend in the file system.
 		users int
+		// taken counts spares handed out, ever.
+		taken int
 	}
 }
 
@@ -97,6 +99,7 @@ func (p *spares) Create(path string) (*os.File, error) {
 	}
 	name := p.mu.names[n-1]
 	p.mu.names = p.mu.names[:n-1]
+	p.mu.taken++
 	p.mu.Unlock()
 	// Materialize writes each path of a fresh directory once: an existing
 	// path is a bug, and rename would hide it by replacing the file.
@@ -135,6 +138,13 @@ func (p *spares) count() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.mu.names)
+}
+
+// taken is the number of spares handed out so far.
+func (p *spares) taken() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.taken
 }
 
 // refill asks the background filler to top the pool up.
