@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"go.uber.org/zap"
@@ -28,33 +29,36 @@ func (s *Server) SetLimits(l Limits) {
 }
 
 // checkAllowedIP refuses a client whose address the branch's allow list
-// does not hold, before any authentication or wake. A client relayed by
-// another node of the cluster was checked by that node.
+// does not hold, before any authentication or wake.
 func (s *Server) checkAllowedIP(ctx context.Context, ss *session, br router.Branch) error {
-	if len(br.AllowedIPs) == 0 {
-		return nil
+	if e := s.ipRefusal(ctx, br, clientIP(ss.raw.RemoteAddr())); e != nil {
+		return s.fail(ss, "ip_not_allowed", e)
 	}
-	ip := clientIP(ss.raw.RemoteAddr())
-	if !ip.IsValid() {
-		return nil // a unix socket: a local user, not a network address
+	return nil
+}
+
+// ipRefusal is what a client at ip is told when br's allow list does not
+// hold it; nil when it may go on. A client relayed by another node of the
+// cluster was checked by that node; a unix-socket client (no ip) is local.
+func (s *Server) ipRefusal(ctx context.Context, br router.Branch, ip netip.Addr) *pgwire.Error {
+	if len(br.AllowedIPs) == 0 || !ip.IsValid() {
+		return nil
 	}
 	prefixes, err := router.ParseAllowedIPs(br.AllowedIPs)
 	if err != nil {
 		// The registry validates lists; one it holds anyway refuses all.
 		s.log.Error("branch allow list unreadable: refusing its clients", zap.String("branch", br.Name), zap.Error(err))
-		prefixes = nil
-	}
-	if err == nil && router.Allowed(prefixes, ip) {
+	} else if router.Allowed(prefixes, ip) {
 		return nil
 	}
 	if s.opt.Cluster != nil && s.opt.Cluster.IsNode(ctx, ip) {
 		return nil
 	}
-	return s.fail(ss, "ip_not_allowed", &pgwire.Error{
+	return &pgwire.Error{
 		Code:    pgwire.CodeInvalidAuthSpec,
 		Message: fmt.Sprintf("connection from IP address %s is not allowed to reach branch %q: the address is not in the branch's allowed IP list", ip, br.Name),
 		Hint:    fmt.Sprintf("Connect from an allowed address, or add this one: `neonproxy branch set %s --allowed-ips %s`.", br.Name, strings.Join(append(append([]string{}, br.AllowedIPs...), ip.String()), ",")),
-	})
+	}
 }
 
 // admitBranchClient counts a client of br against its connection cap

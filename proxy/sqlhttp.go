@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -97,7 +98,18 @@ func (sq *sqlOverHTTP) serve(w http.ResponseWriter, r *http.Request) {
 			Message: fmt.Sprintf(`invalid request body: %v (want {"query": "...", "params": [...]} or {"queries": [...]})`, err)})
 		return
 	}
-	pool, err := sq.pool(r, connStr)
+	ci, err := parseConnString(connStr)
+	if err != nil {
+		sqlError(w, http.StatusBadRequest, err)
+		return
+	}
+	// Each request is checked against the branch's allow list, as a new
+	// connection would be: a pooled connection may predate a change.
+	if e := sq.ipRefusal(ctx, r, ci); e != nil {
+		sqlError(w, http.StatusBadRequest, e)
+		return
+	}
+	pool, err := sq.pool(r, connStr, ci)
 	if err != nil {
 		sqlError(w, http.StatusBadRequest, err)
 		return
@@ -253,9 +265,52 @@ func paramText(p json.RawMessage) ([]byte, error) {
 	return []byte(p), nil
 }
 
+// connInfo is what /sql uses of a connection string.
+type connInfo struct {
+	user, password, database, host string
+	params                         map[string]string // options, application_name
+}
+
+// parseConnString reads a postgresql:// URL (never a file or the
+// environment, unlike libpq's rules: the string comes from the network).
+func parseConnString(connStr string) (connInfo, error) {
+	u, err := url.Parse(connStr)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.User == nil {
+		return connInfo{}, &pgwire.Error{Code: pgwire.CodeBadRoute, Message: "Neon-Connection-String is not a postgresql://user:password@host/db URL"}
+	}
+	password, ok := u.User.Password()
+	if !ok || password == "" {
+		return connInfo{}, &pgwire.Error{Code: pgwire.CodeInvalidPassword, Message: "the connection string has no password"}
+	}
+	ci := connInfo{user: u.User.Username(), password: password, database: strings.TrimPrefix(u.Path, "/"), host: u.Hostname(),
+		params: map[string]string{"application_name": "neonproxy /sql"}}
+	for _, k := range []string{"options", "application_name"} {
+		if v := u.Query().Get(k); v != "" {
+			ci.params[k] = v
+		}
+	}
+	return ci, nil
+}
+
+// ipRefusal checks the branch ci routes to against its allow list. Routing
+// or lookup errors are left to the session, which reports them.
+func (sq *sqlOverHTTP) ipRefusal(ctx context.Context, r *http.Request, ci connInfo) *pgwire.Error {
+	params := maps.Clone(ci.params)
+	params["user"], params["database"] = ci.user, ci.database
+	route, err := sq.s.opt.Resolver.Resolve(ci.host, params)
+	if err != nil {
+		return nil
+	}
+	br, err := sq.s.opt.Branches.Get(ctx, route.Branch)
+	if err != nil {
+		return nil
+	}
+	return sq.s.ipRefusal(ctx, br, clientIP(httpRemote(r)))
+}
+
 // pool returns the connection pool of (client address, connection
 // string), creating it.
-func (sq *sqlOverHTTP) pool(r *http.Request, connStr string) (*pgxpool.Pool, error) {
+func (sq *sqlOverHTTP) pool(r *http.Request, connStr string, ci connInfo) (*pgxpool.Pool, error) {
 	remote := httpRemote(r)
 	// By address, not address and port: a client that opens a new HTTP
 	// connection per request (curl, many edge runtimes) reuses the pool.
@@ -267,30 +322,16 @@ func (sq *sqlOverHTTP) pool(r *http.Request, connStr string) (*pgxpool.Pool, err
 	if p, ok := sq.pools.Get(key); ok {
 		return p, nil
 	}
-	u, err := url.Parse(connStr)
-	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.User == nil {
-		return nil, &pgwire.Error{Code: pgwire.CodeBadRoute, Message: "Neon-Connection-String is not a postgresql://user:password@host/db URL"}
-	}
-	password, ok := u.User.Password()
-	if !ok || password == "" {
-		return nil, &pgwire.Error{Code: pgwire.CodeInvalidPassword, Message: "the connection string has no password"}
-	}
 	cfg, err := pgxpool.ParseConfig("sslmode=disable")
 	if err != nil {
 		return nil, err
 	}
 	cc := cfg.ConnConfig
-	cc.User, cc.Password = u.User.Username(), password
-	cc.Database = strings.TrimPrefix(u.Path, "/")
+	cc.User, cc.Password, cc.Database = ci.user, ci.password, ci.database
 	cc.Host, cc.Port, cc.TLSConfig, cc.Fallbacks = "neonproxy-http", 5432, nil, nil
-	cc.RuntimeParams = map[string]string{"application_name": "neonproxy /sql"}
-	for _, k := range []string{"options", "application_name"} {
-		if v := u.Query().Get(k); v != "" {
-			cc.RuntimeParams[k] = v
-		}
-	}
+	cc.RuntimeParams = maps.Clone(ci.params)
 	cc.LookupFunc = func(_ context.Context, host string) ([]string, error) { return []string{host}, nil }
-	sni, tlsOn := u.Hostname(), r.TLS != nil
+	sni, tlsOn := ci.host, r.TLS != nil
 	cc.DialFunc = func(ctx context.Context, _, _ string) (net.Conn, error) {
 		a, b := net.Pipe()
 		conn := &edgeConn{Conn: b, remote: remote}

@@ -1047,6 +1047,18 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 	return done(err)
 }
 
+// Counts is how many branches' computes are in each state, read at one
+// instant (the metric's gauges are read one at a time).
+func (m *Manager) Counts() map[State]int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[State]int{}
+	for _, b := range m.branches {
+		out[b.state]++
+	}
+	return out
+}
+
 // Status reports branch's compute.
 func (m *Manager) Status(name string) Status {
 	s := m.status(name)
