@@ -250,9 +250,9 @@ func (r *serverlessReport) printLoads(p printer) {
 	}
 	p("- pool waits: transactions that waited for one of the %d server connections (`%s_count`, the run's change).",
 		r.poolSize, poolWaitMetric)
-	p("- `/sql` keeps a connection pool per (client address with its port, connection string): every HTTP connection")
-	p("  holds a front-door session of its own (counted in `%s` and against `pool.max_client_conn`),", clientConnsMetric)
-	p("  closed only 1–2 min after its last request, so the HTTP run's sessions are still open during the TCP run. A")
+	p("- `/sql` keeps a connection pool per (client address, connection string), at most 8 sessions each: they")
+	p("  are front-door sessions (counted in `%s` and against `pool.max_client_conn`), closed a minute", clientConnsMetric)
+	p("  after their last request, so the HTTP run's sessions are still open during the TCP run. A")
 	p("  TCP connection opened during the HTTP run is Go's transport dialling a spare when a request starts before the")
 	p("  previous connection is back in its idle pool (keep-alive itself held).")
 }
