@@ -111,6 +111,24 @@ const computeMaxConnections = manyClients + 100
 // serve embeds its WAL keeper, without o.pagestoreAddress its page store;
 // with o.consulAddress it is a Consul node whose consul.node is its listen
 // address.
+// ownProxy prepares a section's own neonproxy in e: the directory, the
+// binary and the bench's config written (not started yet).
+func ownProxy(e *env, o options) (*proxy, error) {
+	if err := mkdirTraversable(e.dir); err != nil {
+		return nil, err
+	}
+	bin, err := neonproxyBin(o)
+	if err != nil {
+		return nil, err
+	}
+	p := &proxy{bin: bin, dataDir: e.path("data"), logPath: e.path("neonproxy.log"),
+		http: &http.Client{Timeout: adminCallTimeout}}
+	if p.cfgPath, err = p.writeConfig(e, o); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
 func (p *proxy) writeConfig(e *env, o options) (string, error) {
 	ports, err := freePorts(2)
 	if err != nil {

@@ -161,16 +161,8 @@ func (s *serverlessSection) stop(ctx context.Context) {
 // start writes the bench's config with http_listen added and starts
 // neonproxy on it.
 func (s *serverlessSection) start(ctx context.Context) error {
-	if err := mkdirTraversable(s.env.dir); err != nil {
-		return err
-	}
-	bin, err := neonproxyBin(s.opts)
+	p, err := ownProxy(s.env, s.opts)
 	if err != nil {
-		return err
-	}
-	p := &proxy{bin: bin, dataDir: s.env.path("data"), logPath: s.env.path("neonproxy.log"),
-		http: &http.Client{Timeout: adminCallTimeout}}
-	if p.cfgPath, err = p.writeConfig(s.env, s.opts); err != nil {
 		return err
 	}
 	port, err := freePort()

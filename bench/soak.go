@@ -200,16 +200,8 @@ var maxClientConnLine = regexp.MustCompile(`(?m)^  max_client_conn: \d+$`)
 // start writes the config (proxy.writeConfig with the soak's
 // max_client_conn) and starts neonproxy.
 func (s *soak) start(ctx context.Context) error {
-	if err := mkdirTraversable(s.env.dir); err != nil {
-		return err
-	}
-	bin, err := neonproxyBin(s.opts)
+	p, err := ownProxy(s.env, s.opts)
 	if err != nil {
-		return err
-	}
-	p := &proxy{bin: bin, dataDir: s.env.path("data"), logPath: s.env.path("neonproxy.log"),
-		http: &http.Client{Timeout: adminCallTimeout}}
-	if p.cfgPath, err = p.writeConfig(s.env, s.opts); err != nil {
 		return err
 	}
 	cfg, err := os.ReadFile(p.cfgPath)

@@ -121,18 +121,10 @@ func (b *bench) runStorm(ctx context.Context) *stormReport {
 // and compute.wake_timeout added — and starts neonproxy on it (log.level
 // info, as startOwnProxy does).
 func (s *stormSection) start(ctx context.Context) error {
-	if err := mkdirTraversable(s.env.dir); err != nil {
-		return err
-	}
 	o := s.opts
 	o.proxyLogLevel = "info"
-	bin, err := neonproxyBin(o)
+	p, err := ownProxy(s.env, o)
 	if err != nil {
-		return err
-	}
-	p := &proxy{bin: bin, dataDir: s.env.path("data"), logPath: s.env.path("neonproxy.log"),
-		http: &http.Client{Timeout: adminCallTimeout}}
-	if p.cfgPath, err = p.writeConfig(s.env, o); err != nil {
 		return err
 	}
 	cfg, err := os.ReadFile(p.cfgPath)
