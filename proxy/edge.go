@@ -65,8 +65,8 @@ func (s *Server) HTTPHandler(o HTTPOptions) http.Handler {
 	})
 }
 
-// Close closes the sessions and connections the HTTP handler holds
-// (pooled /sql connections).
+// closeEdge closes the /sql pools, and with them their front-door
+// sessions (Shutdown and Close).
 func (s *Server) closeEdge() {
 	if sq := s.sql.Load(); sq != nil {
 		sq.close()

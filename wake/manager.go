@@ -119,7 +119,9 @@ type Manager struct {
 	suspendAfter atomic.Int64
 }
 
-// roomTicket is one start's place in Manager.roomQ.
+// roomTicket is one start's place in Manager.roomQ, told apart by its
+// address (which a zero-size struct would not guarantee); branch is for
+// debugging.
 type roomTicket struct{ branch string }
 
 // branch is the state machine of one branch's compute. All fields but cb
