@@ -54,6 +54,27 @@ func neonproxyBin(o options) (string, error) {
 // startProxy writes a config into e and starts neonproxy, returning once it
 // has printed its connection string.
 func startProxy(ctx context.Context, o options, e *env) (*proxy, error) {
+	p, err := newProxy(e, o)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.launch(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// ownProxy prepares a section's own neonproxy in a new directory e: the
+// binary and the bench's config written (not started yet).
+func ownProxy(e *env, o options) (*proxy, error) {
+	if err := mkdirTraversable(e.dir); err != nil {
+		return nil, err
+	}
+	return newProxy(e, o)
+}
+
+// newProxy is a neonproxy in e with the bench's config written.
+func newProxy(e *env, o options) (*proxy, error) {
 	bin, err := neonproxyBin(o)
 	if err != nil {
 		return nil, err
@@ -61,9 +82,6 @@ func startProxy(ctx context.Context, o options, e *env) (*proxy, error) {
 	p := &proxy{bin: bin, dataDir: e.path("data"), logPath: e.path("neonproxy.log"),
 		http: &http.Client{Timeout: adminCallTimeout}}
 	if p.cfgPath, err = p.writeConfig(e, o); err != nil {
-		return nil, err
-	}
-	if err := p.launch(ctx); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -111,24 +129,6 @@ const computeMaxConnections = manyClients + 100
 // serve embeds its WAL keeper, without o.pagestoreAddress its page store;
 // with o.consulAddress it is a Consul node whose consul.node is its listen
 // address.
-// ownProxy prepares a section's own neonproxy in e: the directory, the
-// binary and the bench's config written (not started yet).
-func ownProxy(e *env, o options) (*proxy, error) {
-	if err := mkdirTraversable(e.dir); err != nil {
-		return nil, err
-	}
-	bin, err := neonproxyBin(o)
-	if err != nil {
-		return nil, err
-	}
-	p := &proxy{bin: bin, dataDir: e.path("data"), logPath: e.path("neonproxy.log"),
-		http: &http.Client{Timeout: adminCallTimeout}}
-	if p.cfgPath, err = p.writeConfig(e, o); err != nil {
-		return nil, err
-	}
-	return p, nil
-}
-
 func (p *proxy) writeConfig(e *env, o options) (string, error) {
 	ports, err := freePorts(2)
 	if err != nil {
