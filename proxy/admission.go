@@ -81,6 +81,7 @@ func (s *Server) admitBranchClient(ss *session, br router.Branch) (done func(), 
 		})
 	}
 	s.mu.branchClients[br.Name] = n
+	ss.branch = br.Name
 	s.mu.Unlock()
 	return func() {
 		s.mu.Lock()

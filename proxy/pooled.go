@@ -68,6 +68,8 @@ func (s *Server) sessionPooled(ss *session, c *pool.Conn, target *cancelTarget, 
 		suspended.Store(true)
 		_ = c.Net.Close()
 	})
+	ss.setCut(func() { _ = c.Net.Close() })
+	defer ss.setCut(nil)
 	type result struct {
 		n   int64
 		err error
@@ -92,7 +94,9 @@ func (s *Server) sessionPooled(ss *session, c *pool.Conn, target *cancelTarget, 
 	case sr = <-fromServer:
 		// The server closed (compute stopped or crashed): its FATAL has
 		// reached the client; end the client too.
-		if suspended.Load() {
+		if e := ss.ended.Load(); e != nil {
+			_ = s.fail(ss, "branch_ended", e)
+		} else if suspended.Load() {
 			_ = s.fail(ss, "suspended", &pgwire.Error{Code: pgwire.CodeAdminShutdown, Message: lease.SuspendedError(),
 				Hint: "Reconnect: the next connection wakes the compute."})
 		}

@@ -351,11 +351,18 @@ type session struct {
 	// connection's; sqlOverHTTP also makes it transaction-pooled.
 	edge, sqlOverHTTP bool
 	route             router.Route
-	wakeKind          wake.WakeKind
-	waited            time.Duration
-	result            string
-	bytesIn           int64
-	bytesOut          int64
+	// branch is route.Branch once admitted, for EndBranch (under
+	// Server.mu).
+	branch string
+	// ended is set by EndBranch to what the client is told; cut, while
+	// the session uses a server connection, closes that connection.
+	ended    atomic.Pointer[pgwire.Error]
+	cut      atomic.Pointer[func()]
+	wakeKind wake.WakeKind
+	waited   time.Duration
+	result   string
+	bytesIn  int64
+	bytesOut int64
 }
 
 func (s *Server) handle(raw net.Conn) {
@@ -473,6 +480,9 @@ func (s *Server) serve(ss *session, active int64) error {
 		}
 		return s.fail(ss, "error", fmt.Errorf("look up branch %s: %w", route.Branch, err))
 	}
+	if br.Expired(time.Now()) {
+		return s.fail(ss, "unknown_branch", expiredError(br))
+	}
 	if err := s.checkAllowedIP(ctx, ss, br); err != nil {
 		return err
 	}
@@ -519,7 +529,7 @@ func (s *Server) serve(ss *session, active int64) error {
 		return s.relay(ss, route, params, elsewhere.Owner)
 	}
 	if err != nil {
-		return s.fail(ss, "wake_failed", wakeError(route.Branch, err))
+		return s.fail(ss, "wake_failed", ss.endedError(wakeError(route.Branch, err)))
 	}
 	defer lease.Release()
 	ss.wakeKind, ss.waited = lease.Kind, lease.Waited

@@ -226,6 +226,9 @@ func (t *txnSession) run() error {
 			_, werr := sc.Net.Write(t.out)
 			t.out = t.out[:0]
 			if werr != nil {
+				// Cut by EndBranch or a suspend, or the compute went: the
+				// client hears why.
+				t.endServer(sc, true, werr)
 				return werr
 			}
 		}
@@ -513,6 +516,7 @@ func (t *txnSession) attach() error {
 	t.sst = serverState{}
 	t.mu.Lock()
 	t.mu.sc = c
+	t.ss.setCut(func() { _ = c.Net.Close() })
 	t.info.setState(clientActive) // under mu, like every change of sc
 	t.mu.queue = t.mu.queue[:0]
 	t.mu.Unlock()
@@ -706,6 +710,7 @@ func (t *txnSession) finish() {
 // unless it is pinned, no compute either.
 func (t *txnSession) detachLocked() {
 	t.mu.sc = nil
+	t.ss.setCut(nil)
 	t.info.setState(clientIdle)
 	t.ss.between.Store(t.mu.pinned == "")
 	if t.mu.pinned == "" && t.mu.lease != nil {
@@ -726,7 +731,7 @@ func (t *txnSession) holdCompute(ctx context.Context) error {
 	}
 	lease, err := t.s.opt.Waker.Acquire(ctx, t.branch)
 	if err != nil {
-		return t.s.fail(t.ss, "wake_failed", wakeError(t.branch, err))
+		return t.s.fail(t.ss, "wake_failed", t.ss.endedError(wakeError(t.branch, err)))
 	}
 	if lease.Kind != wake.WakeRunning {
 		t.s.m.WakeDuration.WithLabelValues(string(lease.Kind)).Observe(lease.Waited.Seconds())
@@ -846,7 +851,9 @@ func (t *txnSession) endServer(c *pool.Conn, closeClient bool, err error) {
 	t.mu.Unlock()
 	t.giveBack(c, false)
 	if closeClient {
-		if msg := t.suspended.Load(); msg != nil {
+		if e := t.ss.ended.Load(); e != nil {
+			_ = t.s.fail(t.ss, "branch_ended", e)
+		} else if msg := t.suspended.Load(); msg != nil {
 			_ = t.s.fail(t.ss, "suspended", &pgwire.Error{Code: pgwire.CodeAdminShutdown, Message: *msg,
 				Hint: "Reconnect: the next connection wakes the compute."})
 		}

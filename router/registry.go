@@ -25,6 +25,19 @@ type Branch struct {
 	// MaxClientConn caps this branch's client connections on a node; 0:
 	// pool.max_branch_client_conn applies.
 	MaxClientConn int `json:"max_client_conn,omitempty"`
+	// ExpiresAt, when set, is when the branch expires: the reaper then
+	// deletes it (see Expired), and its connected clients are told so.
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// ExpireCascade lets the reaper delete the branch's descendants with
+	// it; without it an expired branch with children waits for them to go.
+	ExpireCascade bool `json:"expire_cascade,omitempty"`
+	// ResetAt is when the branch was last reset to its parent's state.
+	ResetAt time.Time `json:"reset_at,omitzero"`
+}
+
+// Expired reports whether b has an expiry that now has reached.
+func (b Branch) Expired(now time.Time) bool {
+	return !b.ExpiresAt.IsZero() && !now.Before(b.ExpiresAt)
 }
 
 // Registry stores branches. The embedded implementation keeps them in a
@@ -107,8 +120,9 @@ func applyUpdate(b Branch, change func(*Branch) error) (Branch, error) {
 	if err := change(&next); err != nil {
 		return Branch{}, fmt.Errorf("update branch %s: %w", b.Name, err)
 	}
-	if next.Name != b.Name || next.Parent != b.Parent || next.ParentLSN != b.ParentLSN || !next.CreatedAt.Equal(b.CreatedAt) {
-		return Branch{}, fmt.Errorf("update branch %s: %w: name, parent, parent_lsn and created_at cannot change", b.Name, ErrInvalidSetting)
+	// ParentLSN may change: a reset branches again from the parent.
+	if next.Name != b.Name || next.Parent != b.Parent || !next.CreatedAt.Equal(b.CreatedAt) {
+		return Branch{}, fmt.Errorf("update branch %s: %w: name, parent and created_at cannot change", b.Name, ErrInvalidSetting)
 	}
 	if _, err := ParseAllowedIPs(next.AllowedIPs); err != nil {
 		return Branch{}, fmt.Errorf("update branch %s: %w", b.Name, err)

@@ -30,6 +30,7 @@ const (
 	StopAdmin    = "admin"
 	StopShutdown = "shutdown"
 	StopDelete   = "delete"
+	StopReset    = "reset"
 	StopExited   = "exited"
 )
 
@@ -133,7 +134,7 @@ type branch struct {
 	gen       uint64
 	leases    int
 	waiters   int    // Acquires waiting for the current start
-	op        string // bootstrap, clone or delete in progress (state stopped)
+	op        string // bootstrap, clone, delete or reset in progress (state stopped)
 	startedAt time.Time
 	lastUsed  time.Time
 	lastErr   error

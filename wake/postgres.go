@@ -545,14 +545,15 @@ func (d *PostgresDriver) Destroy(ctx context.Context, branch string) error {
 		if !ok {
 			break
 		}
-		if d.keepers != nil {
-			ns := uint64(tl.ID)
-			if err := d.keepers.all(ctx, "drop the branch's WAL", func(ctx context.Context, m keeperMember) error { return m.svc.Drop(ctx, ns) }); err != nil {
-				return fmt.Errorf("wake: destroy %s: %w", branch, err)
-			}
-		}
-		if err := d.store.DropTimeline(ctx, tl.ID); err != nil {
+		if err := d.dropTimeline(ctx, tl); err != nil {
 			return fmt.Errorf("wake: destroy %s: %w", branch, err)
+		}
+		if tl.Parent != 0 {
+			// A reset parent's old timeline may have waited for this
+			// child to go.
+			if ptl, err := d.store.Timeline(ctx, tl.Parent); err == nil {
+				d.dropUnreferenced(ctx, ptl)
+			}
 		}
 	}
 	if err := os.RemoveAll(d.branchDir(branch)); err != nil {

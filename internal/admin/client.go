@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // Client calls the admin API; the CLI's branch and compute commands use it.
@@ -81,6 +82,26 @@ func (c *Client) SetPrewarm(ctx context.Context, name string, enabled bool) (Bra
 func (c *Client) UpdateBranch(ctx context.Context, name string, set BranchSettings) (BranchJSON, error) {
 	var out BranchJSON
 	err := c.do(ctx, http.MethodPatch, "/v1/branches/"+url.PathEscape(name), set, http.StatusOK, &out)
+	return out, err
+}
+
+// ResetBranch makes a branch read its parent's latest durable state again.
+// Its clients are disconnected, or with wait the call waits (up to
+// timeout; 0: the server's default) until they have left.
+func (c *Client) ResetBranch(ctx context.Context, name string, wait bool, timeout time.Duration) (BranchJSON, error) {
+	q := url.Values{}
+	if wait {
+		q.Set("wait", "true")
+	}
+	if timeout > 0 {
+		q.Set("timeout", timeout.String())
+	}
+	path := "/v1/branches/" + url.PathEscape(name) + "/reset"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var out BranchJSON
+	err := c.do(ctx, http.MethodPost, path, nil, http.StatusOK, &out)
 	return out, err
 }
 

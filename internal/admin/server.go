@@ -9,7 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"regexp"
-	"sort"
+
 	"strings"
 	"sync"
 	"time"
@@ -51,25 +51,30 @@ type Handler struct {
 	// held across calls to the registry or the compute manager.
 	mu   sync.Mutex
 	busy map[string]int
+	// waiting (under mu) holds expired branches the reaper keeps while
+	// they have children, so it says so once.
+	waiting map[string]bool
+	kick    chan struct{} // wakes RunReaper
 }
 
 // NewHandler returns the admin API handler with the default options
 // (default branch "main").
-func NewHandler(reg router.Registry, comp Computes, m *metrics.Metrics, log *zap.Logger) http.Handler {
+func NewHandler(reg router.Registry, comp Computes, m *metrics.Metrics, log *zap.Logger) *Handler {
 	return NewHandlerWithOptions(reg, comp, m, log, HandlerOptions{})
 }
 
 // NewHandlerWithOptions returns the admin API handler. It sets
 // m.BranchesTotal from the registry once, then keeps it current on create
 // and delete.
-func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metrics, log *zap.Logger, opts HandlerOptions) http.Handler {
+func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metrics, log *zap.Logger, opts HandlerOptions) *Handler {
 	if log == nil {
 		log = zap.NewNop()
 	}
 	if opts.DefaultBranch == "" {
 		opts.DefaultBranch = "main"
 	}
-	h := &Handler{reg: reg, comp: comp, m: m, log: log, opts: opts, busy: map[string]int{}}
+	h := &Handler{reg: reg, comp: comp, m: m, log: log, opts: opts, busy: map[string]int{}, waiting: map[string]bool{},
+		kick: make(chan struct{}, 1)}
 	h.refreshBranchCount(context.Background())
 
 	mux := http.NewServeMux()
@@ -87,6 +92,7 @@ func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metric
 	mux.HandleFunc("PATCH /v1/branches/{name}", h.patchBranch)
 	mux.HandleFunc("POST /v1/branches/{name}/suspend", h.suspendBranch)
 	mux.HandleFunc("POST /v1/branches/{name}/prewarm", h.prewarmBranch)
+	mux.HandleFunc("POST /v1/branches/{name}/reset", h.resetBranch)
 	if opts.GC != nil {
 		mux.HandleFunc("POST /v1/pagestore/gc", h.gc)
 	}
@@ -102,7 +108,8 @@ func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metric
 		"/healthz":                    "GET, HEAD",
 		"/metrics":                    "GET, HEAD",
 		"/v1/branches":                "GET, HEAD, POST",
-		"/v1/branches/{name}":         "GET, HEAD, DELETE",
+		"/v1/branches/{name}":         "GET, HEAD, DELETE, PATCH",
+		"/v1/branches/{name}/reset":   "POST",
 		"/v1/branches/{name}/suspend": "POST",
 		"/v1/branches/{name}/prewarm": "POST",
 		"/v1/pagestore/gc":            "POST",
@@ -229,7 +236,16 @@ func (h *Handler) branchJSON(ctx context.Context, b router.Branch) BranchJSON {
 		// [] rather than null: clients can rely on a list.
 		AllowedIPs:    append([]string{}, b.AllowedIPs...),
 		MaxClientConn: b.MaxClientConn,
+		ExpireCascade: b.ExpireCascade,
 		Compute:       ComputeJSON{State: "stopped"},
+	}
+	if !b.ExpiresAt.IsZero() {
+		t := b.ExpiresAt
+		out.ExpiresAt = &t
+	}
+	if !b.ResetAt.IsZero() {
+		t := b.ResetAt
+		out.ResetAt = &t
 	}
 	if h.comp == nil {
 		return out
@@ -352,6 +368,11 @@ func (h *Handler) createBranch(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	expires, err := parseExpiry(req.TTL, req.ExpiresAt, time.Now())
+	if err != nil {
+		writeError(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
 
 	ctx := r.Context()
 	if !h.acquire(req.Name, req.Parent) {
@@ -381,7 +402,7 @@ func (h *Handler) createBranch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, cloneStatus(err), fmt.Sprintf("create branch %s from %s: %v", req.Name, req.Parent, err))
 		return
 	}
-	b := router.Branch{Name: req.Name, Parent: req.Parent, CreatedAt: time.Now().UTC()}
+	b := router.Branch{Name: req.Name, Parent: req.Parent, CreatedAt: time.Now().UTC(), ExpiresAt: expires, ExpireCascade: req.ExpireCascade}
 	if st, err := h.comp.Storage(r.Context(), req.Name); err == nil {
 		b.ParentLSN = st.ParentLSN
 	}
@@ -396,7 +417,10 @@ func (h *Handler) createBranch(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	h.log.Info("branch created", zap.String("branch", b.Name), zap.String("parent", b.Parent))
+	h.log.Info("branch created", zap.String("branch", b.Name), zap.String("parent", b.Parent), zap.Time("expires_at", b.ExpiresAt))
+	if !b.ExpiresAt.IsZero() {
+		h.kickReaper()
+	}
 	h.refreshBranchCount(ctx)
 	if got, err := h.reg.Get(ctx, b.Name); err == nil {
 		b = got
@@ -428,98 +452,6 @@ func (h *Handler) cleanup(name, why string) {
 	if err := h.comp.Delete(ctx, name); err != nil {
 		h.log.Warn("remove data of branch that was not created", zap.String("branch", name), zap.String("reason", why), zap.Error(err))
 	}
-}
-
-func (h *Handler) deleteBranch(w http.ResponseWriter, r *http.Request) {
-	name, ok := pathName(w, r)
-	if !ok {
-		return
-	}
-	cascade := false
-	switch v := r.URL.Query().Get("cascade"); v {
-	case "", "false":
-	case "true":
-		cascade = true
-	default:
-		writeError(w, r, http.StatusBadRequest, fmt.Sprintf("cascade=%q: want true or false", v))
-		return
-	}
-	ctx := r.Context()
-	if !h.acquireExclusive(name) {
-		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is busy: a branch is being created from it or it is being deleted; retry", name))
-		return
-	}
-	defer h.release(name)
-	bs, err := h.reg.List(ctx)
-	if err != nil {
-		writeError(w, r, errorStatus(err), "list branches: "+err.Error())
-		return
-	}
-	found := false
-	children := map[string][]string{}
-	for _, b := range bs {
-		if b.Name == name {
-			found = true
-		}
-		if b.Parent != "" {
-			children[b.Parent] = append(children[b.Parent], b.Name)
-		}
-	}
-	if !found {
-		writeError(w, r, http.StatusNotFound, fmt.Sprintf("branch %s does not exist", name))
-		return
-	}
-	if name == h.opts.DefaultBranch {
-		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is the default branch (default_branch); it cannot be deleted", name))
-		return
-	}
-	if kids := children[name]; len(kids) > 0 && !cascade {
-		sort.Strings(kids)
-		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is the parent of %s; delete %s first, or delete with ?cascade=true (neonproxy branch delete --cascade)",
-			name, strings.Join(kids, ", "), pronoun(len(kids))))
-		return
-	}
-	// Children before their parents: a timeline cannot go while another
-	// reads from it.
-	var order []string
-	var visit func(n string)
-	visit = func(n string) {
-		kids := append([]string(nil), children[n]...)
-		sort.Strings(kids)
-		for _, k := range kids {
-			if k != name { // a corrupt registry's cycle
-				visit(k)
-			}
-		}
-		order = append(order, n)
-	}
-	visit(name)
-	descendants := order[:len(order)-1]
-	for i, n := range descendants {
-		if !h.acquireExclusive(n) {
-			h.release(descendants[:i]...)
-			writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is busy: a branch is being created from it or it is being deleted; retry", n))
-			return
-		}
-	}
-	defer h.release(descendants...)
-	for i, n := range order {
-		if err := h.comp.Delete(ctx, n); err != nil {
-			writeError(w, r, errorStatus(err), fmt.Sprintf("delete compute of branch %s: %v%s", n, err, deletedSoFar(order[:i])))
-			return
-		}
-		if err := h.reg.Delete(ctx, n); err != nil {
-			msg := err.Error()
-			if errors.Is(err, router.ErrBranchNotFound) {
-				msg = fmt.Sprintf("branch %s does not exist", n)
-			}
-			writeError(w, r, errorStatus(err), msg+deletedSoFar(order[:i]))
-			return
-		}
-		h.log.Info("branch deleted", zap.String("branch", n), zap.Bool("cascade", n != name))
-	}
-	h.refreshBranchCount(ctx)
-	w.WriteHeader(http.StatusNoContent)
 }
 
 // deletedSoFar says which branches of a cascade were deleted before a
@@ -581,7 +513,24 @@ func (h *Handler) patchBranch(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		writeError(w, r, http.StatusBadRequest, fmt.Sprintf(`invalid body: %v (want {"allowed_ips": ["10.0.0.0/8", ...], "max_client_conn": N})`, err))
+		writeError(w, r, http.StatusBadRequest, fmt.Sprintf(`invalid body: %v (want {"allowed_ips": ["10.0.0.0/8", ...], "max_client_conn": N, "ttl": "24h" | "expires_at": RFC3339, "expire_cascade": bool})`, err))
+		return
+	}
+	var ttl, expiresAt string
+	if req.TTL != nil {
+		ttl = *req.TTL
+	}
+	if req.ExpiresAt != nil {
+		expiresAt = *req.ExpiresAt
+	}
+	setExpiry := req.TTL != nil || req.ExpiresAt != nil
+	expires, err := parseExpiry(ttl, expiresAt, time.Now())
+	if err != nil {
+		writeError(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	if setExpiry && !expires.IsZero() && name == h.opts.DefaultBranch {
+		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s is the default branch (default_branch); it cannot expire", name))
 		return
 	}
 	b, err := h.reg.Update(r.Context(), name, func(b *router.Branch) error {
@@ -591,15 +540,24 @@ func (h *Handler) patchBranch(w http.ResponseWriter, r *http.Request) {
 		if req.MaxClientConn != nil {
 			b.MaxClientConn = *req.MaxClientConn
 		}
+		if setExpiry {
+			b.ExpiresAt = expires // zero ("" given): no expiry
+		}
+		if req.ExpireCascade != nil {
+			b.ExpireCascade = *req.ExpireCascade
+		}
 		return nil
 	})
 	if err != nil {
 		writeError(w, r, errorStatus(err), branchErr(name, err))
 		return
 	}
+	if !b.ExpiresAt.IsZero() {
+		h.kickReaper()
+	}
 	// No secret here: addresses and a number.
 	h.log.Info("branch settings changed by admin request", zap.String("branch", name),
-		zap.Strings("allowed_ips", b.AllowedIPs), zap.Int("max_client_conn", b.MaxClientConn))
+		zap.Strings("allowed_ips", b.AllowedIPs), zap.Int("max_client_conn", b.MaxClientConn), zap.Time("expires_at", b.ExpiresAt))
 	writeJSON(w, http.StatusOK, h.branchJSON(r.Context(), b))
 }
 

@@ -42,10 +42,38 @@ type fakeComputes struct {
 	// branch name when such a Clone begins.
 	gate    map[string]chan struct{}
 	started chan string
+	// clients is each branch's connected clients (EndSessions clears it);
+	// ended is the message each branch's clients were last told.
+	clients map[string]int
+	ended   map[string]string
 }
 
 func newFakeComputes() *fakeComputes {
-	return &fakeComputes{data: map[string]int64{}, state: map[string]ComputeStatus{}}
+	return &fakeComputes{data: map[string]int64{}, state: map[string]ComputeStatus{}, clients: map[string]int{}, ended: map[string]string{}}
+}
+
+// EndSessions is not recorded in calls: it precedes every delete.
+func (f *fakeComputes) EndSessions(branch, message, hint string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.clients[branch]
+	delete(f.clients, branch)
+	f.ended[branch] = message
+	return n
+}
+
+func (f *fakeComputes) Clients(branch string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.clients[branch]
+}
+
+func (f *fakeComputes) Reset(_ context.Context, parent, branch string) error {
+	f.record("reset " + parent + " " + branch)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.data[branch] = f.data[parent]
+	return nil
 }
 
 func (f *fakeComputes) record(s string) {
@@ -140,6 +168,7 @@ type fixture struct {
 	m    *metrics.Metrics
 	srv  *httptest.Server
 	logs *observer.ObservedLogs
+	h    *Handler
 }
 
 // newFixture serves the admin API over a registry holding main (with a
@@ -165,9 +194,10 @@ func newFixture(t *testing.T) *fixture {
 	comp.state["main"] = ComputeStatus{State: "running", Clients: 2, PID: 4242, StartedAt: created, LastUsed: created.Add(time.Minute)}
 	m := metrics.New()
 	core, logs := observer.New(zap.DebugLevel)
-	srv := httptest.NewServer(NewHandler(reg, comp, m, zap.New(core)))
+	h := NewHandler(reg, comp, m, zap.New(core))
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return &fixture{reg: reg, comp: comp, m: m, srv: srv, logs: logs}
+	return &fixture{reg: reg, comp: comp, m: m, srv: srv, logs: logs, h: h}
 }
 
 func (f *fixture) do(t *testing.T, method, path, body string) (*http.Response, []byte) {

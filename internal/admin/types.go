@@ -43,6 +43,14 @@ type Computes interface {
 	Storage(ctx context.Context, branch string) (Storage, error)
 	// SetPrewarm switches predictive pre-warm for branch (this node).
 	SetPrewarm(branch string, enabled bool)
+	// EndSessions disconnects branch's clients on this node, telling each
+	// message and hint (57P01), and returns how many there were.
+	EndSessions(branch, message, hint string) int
+	// Clients is how many client connections branch has on this node.
+	Clients(branch string) int
+	// Reset stops branch's compute and makes the branch read parent's
+	// latest durable state again (O(1): a new timeline, same name).
+	Reset(ctx context.Context, parent, branch string) error
 }
 
 // PrewarmJSON is a branch's predictive pre-warm: whether it is on, the
@@ -65,6 +73,11 @@ type PrewarmRequest struct {
 type BranchSettings struct {
 	AllowedIPs    *[]string `json:"allowed_ips,omitempty"`
 	MaxClientConn *int      `json:"max_client_conn,omitempty"`
+	// TTL (from now) or ExpiresAt (RFC 3339) set a new expiry; "" in
+	// either clears it.
+	TTL           *string `json:"ttl,omitempty"`
+	ExpiresAt     *string `json:"expires_at,omitempty"`
+	ExpireCascade *bool   `json:"expire_cascade,omitempty"`
 }
 
 // Storage is a branch's data as the compute manager reports it.
@@ -99,8 +112,13 @@ type BranchJSON struct {
 	AllowedIPs []string `json:"allowed_ips"`
 	// MaxClientConn caps the branch's client connections per node; 0:
 	// pool.max_branch_client_conn.
-	MaxClientConn int         `json:"max_client_conn"`
-	Compute       ComputeJSON `json:"compute"`
+	MaxClientConn int `json:"max_client_conn"`
+	// ExpiresAt is when the reaper deletes the branch (null: never).
+	ExpiresAt     *time.Time `json:"expires_at"`
+	ExpireCascade bool       `json:"expire_cascade"`
+	// ResetAt is when the branch was last reset to its parent (null: never).
+	ResetAt *time.Time  `json:"reset_at,omitempty"`
+	Compute ComputeJSON `json:"compute"`
 	// LogicalSizeBytes is what the branch reads: its relation files and
 	// other data files as of its newest stored image.
 	LogicalSizeBytes int64 `json:"logical_size_bytes"`
@@ -165,6 +183,13 @@ type CreateBranchRequest struct {
 	// history; at most one may be given. Not supported before the pagestore.
 	LSN string `json:"lsn,omitempty"`
 	At  string `json:"at,omitempty"`
+	// TTL ("24h", "90m", "7d") or ExpiresAt (RFC 3339) make the branch
+	// expire: the reaper deletes it then. At most one may be given.
+	TTL       string `json:"ttl,omitempty"`
+	ExpiresAt string `json:"expires_at,omitempty"`
+	// ExpireCascade lets the reaper delete the branch's descendants with
+	// it when it expires; otherwise it waits for them to be gone.
+	ExpireCascade bool `json:"expire_cascade,omitempty"`
 }
 
 // GCResult is the body of POST /v1/pagestore/gc.

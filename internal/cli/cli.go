@@ -186,8 +186,8 @@ func (g *globals) client() (*admin.Client, error) {
 
 func branchCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "branch", Short: "Create, list, show and delete branches (calls the admin API)"}
-	var parent, lsn, at string
-	var asJSON bool
+	var parent, lsn, at, ttl, expiresAt string
+	var asJSON, expireCascade bool
 	create := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Create a branch from its parent's latest durable state (a stored image plus the WAL keeper's WAL since)",
@@ -197,7 +197,8 @@ func branchCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			b, err := c.Create(cmd.Context(), admin.CreateBranchRequest{Name: args[0], Parent: parent, LSN: lsn, At: at})
+			b, err := c.Create(cmd.Context(), admin.CreateBranchRequest{Name: args[0], Parent: parent, LSN: lsn, At: at,
+				TTL: ttl, ExpiresAt: expiresAt, ExpireCascade: expireCascade})
 			if err != nil {
 				return err
 			}
@@ -207,6 +208,9 @@ func branchCmd(g *globals) *cobra.Command {
 	create.Flags().StringVar(&parent, "parent", "", "parent branch (default: the default branch, main)")
 	create.Flags().StringVar(&lsn, "lsn", "", "branch at this LSN of the parent's history, e.g. from SELECT pg_current_wal_lsn() (rows committed before it are in the branch)")
 	create.Flags().StringVar(&at, "at", "", "branch at this RFC 3339 time of the parent's history (rows committed at or before it are in the branch)")
+	create.Flags().StringVar(&ttl, "ttl", "", "delete the branch this long after its creation, e.g. 90m, 24h, 7d (its clients are told it expired)")
+	create.Flags().StringVar(&expiresAt, "expires-at", "", "delete the branch at this RFC 3339 time")
+	create.Flags().BoolVar(&expireCascade, "expire-cascade", false, "when it expires, delete its descendants with it (default: it waits until they are gone)")
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List branches as a tree, with their compute state and storage",
@@ -224,12 +228,16 @@ func branchCmd(g *globals) *cobra.Command {
 				return writeJSON(cmd, bs)
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "BRANCH\tPARENT LSN\tCOMPUTE\tCLIENTS\tLOGICAL\tUNIQUE\tCREATED")
+			fmt.Fprintln(w, "BRANCH\tPARENT LSN\tCOMPUTE\tCLIENTS\tLOGICAL\tUNIQUE\tCREATED\tEXPIRES")
 			for _, r := range branchTree(bs) {
 				b := r.b
-				fmt.Fprintf(w, "%s%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.prefix, b.Name, dash(b.ParentLSN), b.Compute.State,
+				expires := "-"
+				if b.ExpiresAt != nil {
+					expires = b.ExpiresAt.Format(time.RFC3339)
+				}
+				fmt.Fprintf(w, "%s%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.prefix, b.Name, dash(b.ParentLSN), b.Compute.State,
 					b.Compute.Clients, humanize.IBytes(uint64(max(b.LogicalSizeBytes, 0))),
-					humanize.IBytes(uint64(max(b.UniqueBytes, 0))), b.CreatedAt.Format(time.RFC3339))
+					humanize.IBytes(uint64(max(b.UniqueBytes, 0))), b.CreatedAt.Format(time.RFC3339), expires)
 			}
 			return w.Flush()
 		},
@@ -271,14 +279,46 @@ func branchCmd(g *globals) *cobra.Command {
 	for _, c := range []*cobra.Command{create, list} {
 		c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	}
-	cmd.AddCommand(create, list, show, del, branchSetCmd(g))
+	cmd.AddCommand(create, list, show, del, branchSetCmd(g), branchResetCmd(g))
 	return cmd
+}
+
+// branchResetCmd resets a branch to its parent's latest state.
+func branchResetCmd(g *globals) *cobra.Command {
+	var wait bool
+	var timeout time.Duration
+	reset := &cobra.Command{
+		Use:   "reset NAME",
+		Short: "Make a branch read its parent's latest durable state again (its own changes are discarded)",
+		Long: `Reset a branch to its parent's latest durable state in O(1): the branch gets a new
+timeline under the same name; the old one is dropped once no branch reads from it.
+Its connected clients are disconnected with a message that says the branch was reset,
+or, with --wait, the reset waits until they have left (up to --timeout).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			b, err := c.ResetBranch(cmd.Context(), args[0], wait, timeout)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "reset branch %s to the latest state of %s (parent LSN %s)\n", b.Name, b.Parent, dash(b.ParentLSN))
+			return nil
+		},
+	}
+	reset.Flags().BoolVar(&wait, "wait", false, "wait until the branch's clients have left instead of disconnecting them")
+	reset.Flags().DurationVar(&timeout, "timeout", 0, "with --wait, give up after this long (default 5m)")
+	return reset
 }
 
 // branchSetCmd changes a branch's settings (PATCH /v1/branches/NAME).
 func branchSetCmd(g *globals) *cobra.Command {
 	var ips []string
 	var maxConn int
+	var ttl, expiresAt string
+	var expireCascade bool
 	set := &cobra.Command{
 		Use:   "set NAME",
 		Short: "Change a branch's settings: the client addresses allowed in, its connection limit",
@@ -289,7 +329,9 @@ to new connections at once.
                                          addresses) may connect, checked before
                                          authentication; --allowed-ips "" allows any again
   --max-client-conn 50                   at most 50 client connections to the branch on
-                                         each node (53300 beyond); 0: pool.max_branch_client_conn`,
+                                         each node (53300 beyond); 0: pool.max_branch_client_conn
+  --ttl 24h | --expires-at RFC3339       a new expiry (from now, or at a time); "" clears it
+  --expire-cascade                       when it expires, delete its descendants with it`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var req admin.BranchSettings
@@ -305,8 +347,17 @@ to new connections at once.
 			if cmd.Flags().Changed("max-client-conn") {
 				req.MaxClientConn = &maxConn
 			}
-			if req.AllowedIPs == nil && req.MaxClientConn == nil {
-				return errors.New("nothing to set: give --allowed-ips and/or --max-client-conn")
+			if cmd.Flags().Changed("ttl") {
+				req.TTL = &ttl
+			}
+			if cmd.Flags().Changed("expires-at") {
+				req.ExpiresAt = &expiresAt
+			}
+			if cmd.Flags().Changed("expire-cascade") {
+				req.ExpireCascade = &expireCascade
+			}
+			if req == (admin.BranchSettings{}) {
+				return errors.New("nothing to set: give --allowed-ips, --max-client-conn, --ttl, --expires-at or --expire-cascade")
 			}
 			c, err := g.client()
 			if err != nil {
@@ -321,6 +372,9 @@ to new connections at once.
 	}
 	set.Flags().StringSliceVar(&ips, "allowed-ips", nil, `client addresses allowed in, comma-separated CIDRs or addresses ("": any)`)
 	set.Flags().IntVar(&maxConn, "max-client-conn", 0, "client connections to the branch per node (0: pool.max_branch_client_conn)")
+	set.Flags().StringVar(&ttl, "ttl", "", `expire this long from now, e.g. 24h or 7d ("": never)`)
+	set.Flags().StringVar(&expiresAt, "expires-at", "", `expire at this RFC 3339 time ("": never)`)
+	set.Flags().BoolVar(&expireCascade, "expire-cascade", false, "when it expires, delete its descendants with it")
 	return set
 }
 

@@ -280,6 +280,7 @@ type Config struct {
 	Consul          Consul    `yaml:"consul"`
 	Admin           Admin     `yaml:"admin"`
 	HTTP            HTTP      `yaml:"http"`
+	Branches        Branches  `yaml:"branches"`
 	Bootstrap       Bootstrap `yaml:"bootstrap"`
 	Log             Log       `yaml:"log"`
 }
@@ -291,6 +292,14 @@ type HTTP struct {
 	RequestTimeout Duration `yaml:"request_timeout"`
 	// MaxResponseBytes bounds a POST /sql response (then 54000).
 	MaxResponseBytes Bytes `yaml:"max_response_bytes"`
+}
+
+// Branches configures branch lifecycle work.
+type Branches struct {
+	// ReapInterval is how often the reaper looks for expired branches
+	// (ttl / expires_at) besides at each expiry it knows of: it catches
+	// expiries set through another node of a cluster.
+	ReapInterval Duration `yaml:"reap_interval"`
 }
 
 // Default returns the documented defaults (see config.yaml).
@@ -326,6 +335,7 @@ func Default() Config {
 			SpareFiles:          10000,
 		},
 		Pagestore: Pagestore{GCInterval: Duration(time.Hour), Listen: "127.0.0.1:7100"},
+		Branches:  Branches{ReapInterval: Duration(10 * time.Second)},
 		Pool: Pool{
 			Mode: "session", DefaultPoolSize: 20, MaxClientConn: 10000,
 			QueryWaitTimeout:  Duration(120 * time.Second),
@@ -407,6 +417,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Walkeeper.ViaFrontDoor && (len(c.Walkeeper.Peers) == 0 || c.Walkeeper.Token == "") {
 		errs = append(errs, errors.New("walkeeper.via_front_door needs walkeeper.peers and walkeeper.token (the keepers' password at the front door)"))
+	}
+	if c.Branches.ReapInterval <= 0 {
+		errs = append(errs, errors.New("branches.reap_interval must be > 0"))
 	}
 	if c.Pagestore.GCInterval < 0 {
 		errs = append(errs, errors.New("pagestore.gc_interval must be >= 0"))

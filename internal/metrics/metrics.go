@@ -46,6 +46,12 @@ type Metrics struct {
 	// PrewarmSeconds is the compute time spent warm ahead of arrivals
 	// (from the pre-warm to the arrival, or to the compute going down).
 	PrewarmSeconds prometheus.Counter
+	// BranchesExpired counts the reaper's work on expired branches by
+	// result: deleted, waiting (it has children and no expire_cascade),
+	// failed.
+	BranchesExpired *prometheus.CounterVec
+	// BranchResets counts POST /v1/branches/NAME/reset by result (ok, failed).
+	BranchResets *prometheus.CounterVec
 }
 
 // New creates and registers all collectors on a fresh registry, together
@@ -102,6 +108,12 @@ func New() *Metrics {
 		PrewarmSeconds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "neonproxy_prewarm_compute_seconds_total", Help: "Compute time spent warm ahead of predicted arrivals.",
 		}),
+		BranchesExpired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "neonproxy_branches_expired_total", Help: "Expired branches the reaper handled, by result (deleted, waiting for children, failed).",
+		}, []string{"result"}),
+		BranchResets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "neonproxy_branch_resets_total", Help: "Branch resets to the parent's latest state, by result.",
+		}, []string{"result"}),
 	}
 	r.MustRegister(
 		collectors.NewGoCollector(),
@@ -110,7 +122,11 @@ func New() *Metrics {
 		m.ComputeStarts, m.ComputeWakeQueued, m.AuthFailures, m.CancelRequests,
 		m.PoolWait, m.BranchesTotal,
 		m.ComputeStopsTotal, m.ProxyBytesForwarded, m.PoolPinned, m.Prewarm, m.PrewarmSeconds,
+		m.BranchesExpired, m.BranchResets,
 	)
+	for _, r := range []string{"deleted", "waiting", "failed"} {
+		m.BranchesExpired.WithLabelValues(r).Add(0)
+	}
 	for _, r := range []string{"hit", "miss", "wasted"} {
 		m.Prewarm.WithLabelValues(r).Add(0)
 	}

@@ -473,6 +473,7 @@ func (s *Server) Start() error {
 	}
 	h := admin.NewHandlerWithOptions(s.Registry, computesAdapter{s}, s.Metrics, s.log.Named("admin"),
 		admin.HandlerOptions{DefaultBranch: s.cfg.DefaultBranch, GC: s.gc})
+	s.background(func(ctx context.Context) { h.RunReaper(ctx, s.cfg.Branches.ReapInterval.D()) })
 	if s.cfg.Pagestore.Address == "" { // a standalone pagestore runs its own
 		s.background(func(ctx context.Context) {
 			pagestore.RunGC(ctx, s.Store, s.cfg.Pagestore.GCInterval.D(), s.log.Named("pagestore"))
@@ -741,6 +742,22 @@ func (a computesAdapter) Delete(ctx context.Context, branch string) error {
 		// The timeline's own versions went with it; a pass also frees the
 		// parent's versions that only the deleted branch point kept.
 		a.s.background(func(ctx context.Context) { a.s.gcLogged(ctx, "branch deleted") })
+	}
+	return err
+}
+
+func (a computesAdapter) EndSessions(branch, message, hint string) int {
+	return a.s.Proxy.EndBranch(branch, &pgwire.Error{Code: pgwire.CodeAdminShutdown, Message: message, Hint: hint})
+}
+
+func (a computesAdapter) Clients(branch string) int { return a.s.Proxy.BranchClients(branch) }
+
+func (a computesAdapter) Reset(ctx context.Context, parent, branch string) error {
+	err := a.s.Computes.Reset(ctx, parent, branch)
+	// Cached verifiers and startup parameters are the old timeline's.
+	a.s.Proxy.ForgetBranch(branch)
+	if err == nil {
+		a.s.background(func(ctx context.Context) { a.s.gcLogged(ctx, "branch reset") })
 	}
 	return err
 }

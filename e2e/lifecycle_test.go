@@ -1,0 +1,219 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/neonproxy/neonproxy/internal/admin"
+	"github.com/neonproxy/neonproxy/internal/config"
+	"github.com/neonproxy/neonproxy/wake"
+)
+
+// ids reads the ids in table t of db through a fresh connection.
+func (e *env) ids(db string) []int64 {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := pgx.Connect(ctx, e.url("postgres", testPassword, db))
+	if err != nil {
+		e.t.Fatalf("connect %s: %v", db, err)
+	}
+	defer c.Close(ctx)
+	rows, err := c.Query(ctx, "SELECT id FROM t ORDER BY id")
+	if err != nil {
+		e.t.Fatalf("%s: select: %v", db, err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		e.t.Fatalf("%s: select: %v", db, err)
+	}
+	return out
+}
+
+func (e *env) exec(db, sql string) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := pgx.Connect(ctx, e.url("postgres", testPassword, db))
+	if err != nil {
+		e.t.Fatalf("connect %s: %v", db, err)
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, sql); err != nil {
+		e.t.Fatalf("%s: %s: %v", db, sql, err)
+	}
+}
+
+func (e *env) admin() *admin.Client {
+	return &admin.Client{BaseURL: "http://" + e.srv.AdminAddr().String()}
+}
+
+// TestBranchExpiry: a branch created with a ttl is deleted by the reaper
+// when it expires; each kind of connected client (session mode idle or in
+// a transaction, transaction-pooled idle or in a transaction) is told
+// 57P01 naming the expiry, and a new connection is refused.
+func TestBranchExpiry(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) { c.Branches.ReapInterval = config.Duration(time.Hour) })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	e.exec("main", "CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1)")
+	// Long enough for the clients below to connect on a loaded machine;
+	// the test waits for the expiry itself, not for a guess of it.
+	b, err := e.admin().Create(ctx, admin.CreateBranchRequest{Name: "exp", TTL: "20s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.ExpiresAt == nil {
+		t.Fatal("no expires_at in the created branch")
+	}
+	type client struct {
+		name string
+		db   string
+		txn  bool
+		c    *pgx.Conn
+	}
+	clients := []*client{{name: "session idle", db: "exp"}, {name: "session in transaction", db: "exp", txn: true},
+		{name: "pooled idle", db: "exp-pooler"}, {name: "pooled in transaction", db: "exp-pooler", txn: true}}
+	for i, cl := range clients {
+		c, err := pgx.Connect(ctx, e.url("postgres", testPassword, cl.db))
+		if err != nil {
+			t.Fatalf("%s: connect: %v", cl.name, err)
+		}
+		defer c.Close(context.Background())
+		cl.c = c
+		if cl.txn {
+			// Distinct keys: the open transactions must not wait on each other.
+			if _, err := c.Exec(ctx, fmt.Sprintf("BEGIN; INSERT INTO t VALUES (%d)", 10+i)); err != nil {
+				t.Fatalf("%s: %v", cl.name, err)
+			}
+		} else if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatalf("%s: %v", cl.name, err)
+		}
+	}
+	if time.Now().After(*b.ExpiresAt) {
+		t.Skip("the clients connected after the branch expired (machine too slow for the 20 s ttl)")
+	}
+	waitFor(t, "the reaper to delete the expired branch", func() bool {
+		_, err := e.srv.Registry.Get(ctx, "exp")
+		return err != nil
+	})
+	want := fmt.Sprintf(`branch "exp" expired at %s`, b.ExpiresAt.UTC().Format(time.RFC3339))
+	for _, cl := range clients {
+		_, err := cl.c.Exec(ctx, "SELECT 1")
+		pe := wantPgError(t, err, "57P01", want)
+		if pe.Hint == "" {
+			t.Errorf("%s: no hint", cl.name)
+		}
+	}
+	if got := counterValue(t, e, "neonproxy_branches_expired_total", "result", "deleted"); got != 1 {
+		t.Errorf("neonproxy_branches_expired_total{result=deleted} = %v, want 1", got)
+	}
+	_, err = pgx.Connect(ctx, e.url("postgres", testPassword, "postgres", "options", "endpoint=exp"))
+	wantPgError(t, err, "3D000", `branch "exp" does not exist`)
+	if left := postgresProcesses(e.cfg.DataDir + "/branches/exp/"); len(left) > 0 {
+		t.Errorf("the expired branch's compute still runs: %v", left)
+	}
+}
+
+// TestBranchReset: a reset branch reads its parent's latest state; its
+// own changes are gone. Without wait its client is told why it was cut;
+// with wait the reset waits for the client to leave.
+func TestBranchReset(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	e.exec("main", "CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1)")
+	if _, err := e.admin().Create(ctx, admin.CreateBranchRequest{Name: "rst"}); err != nil {
+		t.Fatal(err)
+	}
+	e.exec("rst", "INSERT INTO t VALUES (2)")
+	e.exec("main", "INSERT INTO t VALUES (3)") // the parent moves on while main runs
+	if got := e.ids("rst"); !slices.Equal(got, []int64{1, 2}) {
+		t.Fatalf("rst before reset: %v", got)
+	}
+	before, err := e.admin().GetBranch(ctx, "rst")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Without wait: a connected client is cut with the reason.
+	c, err := pgx.Connect(ctx, e.url("postgres", testPassword, "rst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	after, err := e.admin().ResetBranch(ctx, "rst", false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Exec(ctx, "SELECT 1")
+	wantPgError(t, err, "57P01", `branch "rst" was reset to the latest state of its parent "main"`)
+	// The parent's commits up to the reset (3, acknowledged while main
+	// runs) are there; the branch's own (2) are gone.
+	if got := e.ids("rst"); !slices.Equal(got, []int64{1, 3}) {
+		t.Fatalf("rst after reset: %v, want [1 3]", got)
+	}
+	if after.Timeline == before.Timeline || after.Timeline == 0 {
+		t.Errorf("timeline %d before and %d after the reset: want a new one", before.Timeline, after.Timeline)
+	}
+	if after.ResetAt == nil {
+		t.Error("no reset_at after the reset")
+	}
+	// The old timeline went: no branch read from it.
+	tls, err := e.srv.Store.Timelines(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tl := range tls {
+		if uint64(tl.ID) == before.Timeline {
+			t.Errorf("the old timeline %d of rst is still in the store", tl.ID)
+		}
+	}
+
+	// With wait: the reset waits while a client stays connected, which
+	// keeps working meanwhile; it happens once the client leaves.
+	e.exec("rst", "INSERT INTO t VALUES (4)")
+	c2, err := pgx.Connect(ctx, e.url("postgres", testPassword, "rst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.admin().ResetBranch(ctx, "rst", true, 2*time.Minute)
+		done <- err
+	}()
+	// The reset is waiting: it cannot finish while c2 is connected, and
+	// c2 keeps being served (a reset would have cut it).
+	for i := 0; i < 5; i++ {
+		var n int64
+		if err := c2.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n); err != nil || n != 3 {
+			t.Fatalf("client during a waiting reset: %d rows, %v", n, err)
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("reset with wait returned (%v) while a client was connected", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if e.srv.Computes.Status("rst").State != wake.StateRunning {
+		t.Errorf("compute %s during a waiting reset", e.srv.Computes.Status("rst").State)
+	}
+	_ = c2.Close(ctx)
+	if err := <-done; err != nil {
+		t.Fatalf("reset with wait: %v", err)
+	}
+	if got := e.ids("rst"); !slices.Equal(got, []int64{1, 3}) {
+		t.Fatalf("rst after the second reset: %v, want [1 3]", got)
+	}
+	if _, err := e.admin().ResetBranch(ctx, "main", false, 0); err == nil {
+		t.Error("reset of main (no parent) succeeded")
+	}
+}
