@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -215,5 +216,104 @@ func TestBranchReset(t *testing.T) {
 	}
 	if _, err := e.admin().ResetBranch(ctx, "main", false, 0); err == nil {
 		t.Error("reset of main (no parent) succeeded")
+	}
+}
+
+// TestBranchDiff: after known changes in a child and in its parent, the
+// diff lists exactly the user relations touched on each side (a table, its
+// primary key index, a TOAST table and its index, a new table), from the
+// page store alone, and the schema diff lists the DDL the child ran.
+func TestBranchDiff(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	// Few rows: no autovacuum pass may touch the tables behind the test.
+	e.exec("main", `CREATE TABLE a (id int PRIMARY KEY, v text);
+		CREATE TABLE b (id int, v text);
+		CREATE TABLE docs (id int, body text);
+		INSERT INTO a SELECT g, 'a' FROM generate_series(1, 20) g;
+		INSERT INTO b SELECT g, 'b' FROM generate_series(1, 20) g;
+		INSERT INTO docs VALUES (1, 'short')`)
+	ac := e.admin()
+	// Stored first: a branch of a running parent starts from its image
+	// plus WAL, which the diff would count as the branch's own.
+	if _, err := ac.Suspend(ctx, "main"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ac.Create(ctx, admin.CreateBranchRequest{Name: "dx"}); err != nil {
+		t.Fatal(err)
+	}
+	// The child: key changes (heap and index), a value large enough to be
+	// stored out of line (TOAST table and its index), a new table, a new
+	// column (catalogs only).
+	e.exec("dx", `UPDATE a SET id = id + 1000 WHERE id <= 5;
+		INSERT INTO docs SELECT 2, string_agg(md5(g::text), '') FROM generate_series(1, 1000) g;
+		CREATE TABLE newt (x int);
+		ALTER TABLE a ADD COLUMN note text`)
+	// The parent, after the branch point.
+	e.exec("main", "UPDATE b SET v = 'changed'")
+	for _, b := range []string{"dx", "main"} {
+		if _, err := ac.Suspend(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := ac.DiffBranch(ctx, "dx", admin.DiffOptions{Schema: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("diff: %+v", d)
+	if d.Against != "main" || d.Ancestor != "main" || len(d.UnstoredChanges) != 0 {
+		t.Errorf("against %q, ancestor %q, unstored %v", d.Against, d.Ancestor, d.UnstoredChanges)
+	}
+	var gotBranch, gotAgainst []string
+	toastOf := map[string]string{}
+	for _, r := range d.Relations {
+		if r.Database != "postgres" {
+			t.Errorf("relation %s in database %q", r.Name, r.Database)
+		}
+		name := r.Name
+		if strings.HasPrefix(name, "pg_toast.") {
+			toastOf[name] = r.Of
+			name = "toast"
+			if r.Kind == "index" {
+				name = "toast index"
+			}
+		}
+		if r.PagesBranch > 0 || r.Created == "branch" {
+			gotBranch = append(gotBranch, name)
+		}
+		if r.PagesAgainst > 0 || r.Created == "against" {
+			gotAgainst = append(gotAgainst, name)
+		}
+		if name == "public.newt" && r.Created != "branch" {
+			t.Errorf("public.newt: created %q, want branch", r.Created)
+		}
+	}
+	slices.Sort(gotBranch)
+	slices.Sort(gotAgainst)
+	if want := []string{"public.a", "public.a_pkey", "public.docs", "public.newt", "toast", "toast index"}; !slices.Equal(gotBranch, want) {
+		t.Errorf("relations changed in dx: %v, want %v", gotBranch, want)
+	}
+	if want := []string{"public.b"}; !slices.Equal(gotAgainst, want) {
+		t.Errorf("relations changed in main: %v, want %v", gotAgainst, want)
+	}
+	for toast, of := range toastOf {
+		if of != "public.docs" && !strings.HasPrefix(of, "pg_toast.") {
+			t.Errorf("%s belongs to %q, want public.docs (or its TOAST table)", toast, of)
+		}
+	}
+	var schema []string
+	for _, c := range d.Schema {
+		schema = append(schema, c.Text)
+	}
+	want := []string{"+ table public.newt", "+ column public.a.note"}
+	if len(schema) != 2 || !slices.ContainsFunc(schema, func(s string) bool { return strings.HasPrefix(s, want[0]) }) ||
+		!slices.ContainsFunc(schema, func(s string) bool { return strings.HasPrefix(s, want[1]) }) {
+		t.Errorf("schema changes %q, want %q", schema, want)
+	}
+	// The CLI prints the same.
+	out, err := runCLI(t, e, "branch", "diff", "dx")
+	if err != nil || !strings.Contains(out, "public.a_pkey") || !strings.Contains(out, "created in dx") {
+		t.Errorf("neonproxy branch diff: %v\n%s", err, out)
 	}
 }

@@ -112,6 +112,26 @@ func (c *Client) GC(ctx context.Context) (GCStats, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
+// Diff implements Service. Like GC it is not a short call: it scans the
+// versions of both sides, bounded by ctx only.
+func (c *Client) Diff(ctx context.Context, a, b TimelineID) (DiffResult, error) {
+	var res DiffResult
+	q := url.Values{"against": {strconv.FormatUint(uint64(b), 10)}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.api.URL(tlPath(a, "/diff"), q), nil)
+	if err != nil {
+		return res, err
+	}
+	resp, err := c.api.Do(req)
+	if err != nil {
+		return res, err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+		return DiffResult{}, fmt.Errorf("pagestore %s: diff timeline %d against %d: decode: %w", c.api.Base, a, b, err)
+	}
+	return res, nil
+}
+
 // DiskUsage implements Service.
 func (c *Client) DiskUsage(ctx context.Context) (uint64, error) {
 	var v struct {

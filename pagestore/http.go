@@ -18,13 +18,15 @@ import (
 // The HTTP API of a standalone pagestore (`neonproxy pagestore`), served
 // over HTTP/1.1 and h2c. Errors are JSON {"error": "..."}: 404
 // ErrNotFound, 409 ErrHasChildren, 423 ErrIngestActive, 422
-// ErrInvalidLSN, 400 bad input. Timeline ids and LSNs are decimal.
+// ErrInvalidLSN, 412 ErrNoCommonAncestor, 400 bad input. Timeline ids and
+// LSNs are decimal.
 //
 //	GET    /v1/timelines                       Timelines (JSON)
 //	POST   /v1/timelines                       CreateTimelineWith: createRequest in, Timeline out (201)
 //	GET    /v1/timelines/{id}                  Timeline
 //	DELETE /v1/timelines/{id}                  DropTimeline
 //	GET    /v1/timelines/{id}/oldest_retained  {"lsn": n}
+//	GET    /v1/timelines/{id}/diff?against=    Diff(id, against): DiffResult (JSON)
 //	POST   /v1/timelines/{id}/materialize?at=  frames out (see wire.go): the data directory
 //	POST   /v1/timelines/{id}/ingest           frames in (see wire.go), IngestStats out
 //	POST   /v1/gc                              GCStats
@@ -54,6 +56,9 @@ var statusOf = map[error]int{
 	ErrHasChildren:  http.StatusConflict,
 	ErrIngestActive: http.StatusLocked,
 	ErrInvalidLSN:   http.StatusUnprocessableEntity,
+	// Each sentinel needs a status of its own (the client maps back);
+	// 412: the two timelines fail the precondition of sharing history.
+	ErrNoCommonAncestor: http.StatusPreconditionFailed,
 }
 
 // sentinels is statusOf the other way round, for the client.
@@ -89,6 +94,16 @@ func Handler(s *Store, log *zap.Logger, token string) http.Handler {
 	mux.HandleFunc("GET /v1/timelines/{id}/oldest_retained", h.withID(func(w http.ResponseWriter, r *http.Request, id TimelineID) {
 		lsn, err := s.OldestRetained(r.Context(), id)
 		h.reply(w, r, map[string]LSN{"lsn": lsn}, err)
+	}))
+	mux.HandleFunc("GET /v1/timelines/{id}/diff", h.withID(func(w http.ResponseWriter, r *http.Request, id TimelineID) {
+		v := r.URL.Query().Get("against")
+		against, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			h.fail(w, r, httpapi.Bad(fmt.Errorf("against=%q: not a timeline id", v)))
+			return
+		}
+		res, err := s.Diff(r.Context(), id, TimelineID(against))
+		h.reply(w, r, res, err)
 	}))
 	mux.HandleFunc("POST /v1/timelines/{id}/materialize", h.withID(h.materialize))
 	mux.HandleFunc("POST /v1/timelines/{id}/ingest", h.withID(h.ingest))

@@ -18,6 +18,9 @@ type Service interface {
 	// window (0: none); WAL before it serves no branch.
 	OldestRetained(ctx context.Context, id TimelineID) (LSN, error)
 	GC(ctx context.Context) (GCStats, error)
+	// Diff lists the relations either timeline changed since the newest
+	// state they share (see Store.Diff).
+	Diff(ctx context.Context, a, b TimelineID) (DiffResult, error)
 	// DiskUsage is the disk space the store uses.
 	DiskUsage(ctx context.Context) (uint64, error)
 	Close() error

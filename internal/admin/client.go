@@ -105,6 +105,40 @@ func (c *Client) ResetBranch(ctx context.Context, name string, wait bool, timeou
 	return out, err
 }
 
+// DiffOptions tune DiffBranch; the zero value compares with the parent,
+// user relations only, without the schema.
+type DiffOptions struct {
+	Against  string // "" : the parent
+	Schema   bool   // also the DDL differences (wakes both computes)
+	Database string // for Schema; "": postgres
+	System   bool   // also system catalogs
+}
+
+// DiffBranch reports what a branch and another one changed since the
+// newest state they share.
+func (c *Client) DiffBranch(ctx context.Context, name string, o DiffOptions) (DiffJSON, error) {
+	q := url.Values{}
+	if o.Against != "" {
+		q.Set("against", o.Against)
+	}
+	if o.Schema {
+		q.Set("schema", "true")
+	}
+	if o.Database != "" {
+		q.Set("database", o.Database)
+	}
+	if o.System {
+		q.Set("system", "true")
+	}
+	path := "/v1/branches/" + url.PathEscape(name) + "/diff"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var out DiffJSON
+	err := c.do(ctx, http.MethodGet, path, nil, http.StatusOK, &out)
+	return out, err
+}
+
 // GC runs a pagestore garbage collection pass.
 func (c *Client) GC(ctx context.Context) (GCResult, error) {
 	var out GCResult

@@ -318,3 +318,79 @@ func ParseTTL(s string) (time.Duration, error) {
 	}
 	return d, nil
 }
+
+// firstUserOID is PostgreSQL's FirstNormalObjectId: relations below it are
+// initdb's (system catalogs and their TOAST tables and indexes).
+const firstUserOID = 16384
+
+// diffBranch reports what a branch and another one (its parent by
+// default) changed since the newest state they share: the relations, from
+// the page store's metadata, and with ?schema=true the DDL differences.
+func (h *Handler) diffBranch(w http.ResponseWriter, r *http.Request) {
+	name, ok := pathName(w, r)
+	if !ok {
+		return
+	}
+	schema, ok := boolParam(w, r, "schema")
+	if !ok {
+		return
+	}
+	system, ok := boolParam(w, r, "system")
+	if !ok {
+		return
+	}
+	ctx := r.Context()
+	b, err := h.reg.Get(ctx, name)
+	if err != nil {
+		writeError(w, r, errorStatus(err), branchErr(name, err))
+		return
+	}
+	against := r.URL.Query().Get("against")
+	if against == "" {
+		if b.Parent == "" {
+			writeError(w, r, http.StatusBadRequest, fmt.Sprintf("branch %s has no parent: name the branch to compare with, ?against=OTHER", name))
+			return
+		}
+		against = b.Parent
+	}
+	if err := router.ValidateName(against); err != nil {
+		writeError(w, r, http.StatusBadRequest, "against: "+err.Error())
+		return
+	}
+	if against == name {
+		writeError(w, r, http.StatusBadRequest, "against: a branch does not differ from itself")
+		return
+	}
+	if _, err := h.reg.Get(ctx, against); err != nil {
+		writeError(w, r, errorStatus(err), branchErr(against, err))
+		return
+	}
+	d, err := h.comp.Diff(ctx, name, against)
+	if err != nil {
+		writeFailure(w, r, err)
+		return
+	}
+	if !system {
+		rels := d.Relations[:0]
+		for _, rd := range d.Relations {
+			if rd.OID == 0 || rd.OID >= firstUserOID {
+				rels = append(rels, rd)
+			}
+		}
+		d.Relations = rels
+	}
+	if schema {
+		db := r.URL.Query().Get("database")
+		if db == "" {
+			db = "postgres"
+		}
+		if d.Schema, err = h.comp.SchemaDiff(ctx, name, against, db); err != nil {
+			writeFailure(w, r, fmt.Errorf("schema diff of database %s: %w", db, err))
+			return
+		}
+		if d.Schema == nil {
+			d.Schema = []SchemaChangeJSON{}
+		}
+	}
+	writeJSON(w, http.StatusOK, d)
+}

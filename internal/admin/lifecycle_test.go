@@ -245,3 +245,37 @@ func counter(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+func TestDiffRoute(t *testing.T) {
+	f := newFixture(t)
+	resp, body := f.do(t, "GET", "/v1/branches/dev/diff", "")
+	if resp.StatusCode != 200 {
+		t.Fatalf("diff: %d %s", resp.StatusCode, body)
+	}
+	var d DiffJSON
+	mustJSON(t, body, &d)
+	if d.Against != "main" || len(d.Relations) != 1 || d.Relations[0].Name != "public.t" || d.Schema != nil {
+		t.Errorf("diff against the parent, user relations only: %s", body)
+	}
+	_, body = f.do(t, "GET", "/v1/branches/dev/diff?system=true&schema=true&database=app", "")
+	mustJSON(t, body, &d)
+	if len(d.Relations) != 2 || len(d.Schema) != 1 || !slices.Contains(f.comp.Calls(), "schema diff dev main app") {
+		t.Errorf("diff with system and schema: %s (calls %v)", body, f.comp.Calls())
+	}
+	for _, tc := range []struct {
+		path   string
+		status int
+		want   string
+	}{
+		{"/v1/branches/main/diff", 400, "no parent"},
+		{"/v1/branches/dev/diff?against=dev", 400, "itself"},
+		{"/v1/branches/dev/diff?against=nope", 404, "nope does not exist"},
+		{"/v1/branches/nope/diff", 404, "does not exist"},
+		{"/v1/branches/dev/diff?schema=maybe", 400, "want true or false"},
+	} {
+		resp, body := f.do(t, "GET", tc.path, "")
+		if resp.StatusCode != tc.status || !strings.Contains(string(body), tc.want) {
+			t.Errorf("GET %s: %d %s; want %d with %q", tc.path, resp.StatusCode, body, tc.status, tc.want)
+		}
+	}
+}

@@ -93,6 +93,7 @@ func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metric
 	mux.HandleFunc("POST /v1/branches/{name}/suspend", h.suspendBranch)
 	mux.HandleFunc("POST /v1/branches/{name}/prewarm", h.prewarmBranch)
 	mux.HandleFunc("POST /v1/branches/{name}/reset", h.resetBranch)
+	mux.HandleFunc("GET /v1/branches/{name}/diff", h.diffBranch)
 	if opts.GC != nil {
 		mux.HandleFunc("POST /v1/pagestore/gc", h.gc)
 	}
@@ -110,6 +111,7 @@ func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metric
 		"/v1/branches":                "GET, HEAD, POST",
 		"/v1/branches/{name}":         "GET, HEAD, DELETE, PATCH",
 		"/v1/branches/{name}/reset":   "POST",
+		"/v1/branches/{name}/diff":    "GET, HEAD",
 		"/v1/branches/{name}/suspend": "POST",
 		"/v1/branches/{name}/prewarm": "POST",
 		"/v1/pagestore/gc":            "POST",
@@ -203,8 +205,10 @@ func errorStatus(err error) int {
 	switch {
 	case errors.Is(err, router.ErrInvalidName), errors.Is(err, router.ErrInvalidSetting):
 		return http.StatusBadRequest
-	case errors.Is(err, router.ErrBranchNotFound):
+	case errors.Is(err, router.ErrBranchNotFound), errors.Is(err, ErrNoDatabase):
 		return http.StatusNotFound
+	case errors.Is(err, ErrInvalidTarget):
+		return http.StatusBadRequest
 	case errors.Is(err, router.ErrBranchExists):
 		return http.StatusConflict
 	case errors.Is(err, context.DeadlineExceeded):

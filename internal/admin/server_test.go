@@ -68,6 +68,19 @@ func (f *fakeComputes) Clients(branch string) int {
 	return f.clients[branch]
 }
 
+func (f *fakeComputes) Diff(_ context.Context, branch, against string) (DiffJSON, error) {
+	f.record("diff " + branch + " " + against)
+	return DiffJSON{Branch: branch, Against: against, UnstoredChanges: []string{}, Relations: []RelationDiffJSON{
+		{Database: "postgres", Name: "pg_catalog.pg_class", Kind: "table", OID: 1259, Relfilenode: 1259, PagesBranch: 1},
+		{Database: "postgres", Name: "public.t", Kind: "table", OID: 16384, Relfilenode: 16384, PagesBranch: 2, Created: "branch"},
+	}}, nil
+}
+
+func (f *fakeComputes) SchemaDiff(_ context.Context, branch, against, database string) ([]SchemaChangeJSON, error) {
+	f.record("schema diff " + branch + " " + against + " " + database)
+	return []SchemaChangeJSON{{Kind: "table", Action: "added", Object: "public.t", Text: "+ table public.t"}}, nil
+}
+
 func (f *fakeComputes) Reset(_ context.Context, parent, branch string) error {
 	f.record("reset " + parent + " " + branch)
 	f.mu.Lock()

@@ -51,6 +51,64 @@ type Computes interface {
 	// Reset stops branch's compute and makes the branch read parent's
 	// latest durable state again (O(1): a new timeline, same name).
 	Reset(ctx context.Context, parent, branch string) error
+	// Diff lists the relations whose pages changed in branch or in
+	// against since their common ancestor, from the page store's metadata
+	// (no compute starts).
+	Diff(ctx context.Context, branch, against string) (DiffJSON, error)
+	// SchemaDiff lists the DDL differences of database between against
+	// and branch (what branch changed); it wakes both computes.
+	SchemaDiff(ctx context.Context, branch, against, database string) ([]SchemaChangeJSON, error)
+}
+
+// DiffJSON is GET /v1/branches/NAME/diff: what the branch and the branch
+// it is compared with (its parent by default) changed since the newest
+// state they share.
+type DiffJSON struct {
+	Branch  string `json:"branch"`
+	Against string `json:"against"`
+	// Ancestor is the branch (its timeline) where the two histories meet,
+	// at AncestorLSN.
+	Ancestor    string `json:"ancestor"`
+	AncestorLSN string `json:"ancestor_lsn"`
+	// BranchLSN and AgainstLSN are the stored images compared. Changes a
+	// running compute made since its last stop are not in them: see
+	// UnstoredChanges.
+	BranchLSN  string `json:"branch_lsn"`
+	AgainstLSN string `json:"against_lsn"`
+	// UnstoredChanges names the sides whose compute holds changes the
+	// store has not got yet (suspend it for an exact diff).
+	UnstoredChanges []string `json:"unstored_changes"`
+	// Relations is each relation (main fork) changed on either side.
+	Relations []RelationDiffJSON `json:"relations"`
+	// Schema is set with ?schema=true.
+	Schema []SchemaChangeJSON `json:"schema,omitempty"`
+}
+
+// RelationDiffJSON is one changed relation.
+type RelationDiffJSON struct {
+	Database string `json:"database"`
+	Name     string `json:"name"` // schema-qualified; "" when no catalog names it
+	Kind     string `json:"kind"` // table, index, toast, sequence, ...
+	// Of is the table an index or TOAST table belongs to.
+	Of          string `json:"of,omitempty"`
+	OID         uint32 `json:"oid,omitempty"`
+	Relfilenode uint32 `json:"relfilenode"`
+	// PagesBranch and PagesAgainst count the 8 KiB pages each side changed.
+	PagesBranch  int `json:"pages_branch"`
+	PagesAgainst int `json:"pages_against"`
+	// Created and Dropped say on which side ("branch", "against", "both")
+	// the relation was created or dropped since the common ancestor.
+	Created string `json:"created,omitempty"`
+	Dropped string `json:"dropped,omitempty"`
+}
+
+// SchemaChangeJSON is one DDL difference.
+type SchemaChangeJSON struct {
+	Kind   string `json:"kind"`   // table, column, index, constraint, function, ...
+	Action string `json:"action"` // added, removed, changed (in the branch)
+	Object string `json:"object"`
+	Detail string `json:"detail,omitempty"`
+	Text   string `json:"text"` // one readable line
 }
 
 // PrewarmJSON is a branch's predictive pre-warm: whether it is on, the
@@ -96,6 +154,10 @@ type Storage struct {
 // ErrInvalidTarget marks a branch point outside the parent's reachable
 // history (answered with 400 and the valid range).
 var ErrInvalidTarget = errors.New("invalid branch point")
+
+// ErrNoDatabase: the database named in a request does not exist on the
+// branch (404).
+var ErrNoDatabase = errors.New("no such database")
 
 // BranchJSON is a branch as the admin API shows it.
 type BranchJSON struct {

@@ -279,8 +279,98 @@ func branchCmd(g *globals) *cobra.Command {
 	for _, c := range []*cobra.Command{create, list} {
 		c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	}
-	cmd.AddCommand(create, list, show, del, branchSetCmd(g), branchResetCmd(g))
+	cmd.AddCommand(create, list, show, del, branchSetCmd(g), branchResetCmd(g), branchDiffCmd(g))
 	return cmd
+}
+
+// branchDiffCmd prints what a branch changed (GET /v1/branches/NAME/diff).
+func branchDiffCmd(g *globals) *cobra.Command {
+	var o admin.DiffOptions
+	var asJSON bool
+	diff := &cobra.Command{
+		Use:   "diff NAME",
+		Short: "Show what a branch and its parent (or --against OTHER) changed since they diverged",
+		Long: `List the relations whose pages changed in the branch or in the other branch since
+the newest state they share, with changed-page counts, read from the page store's
+own metadata: no compute starts. With --schema, also the DDL differences (tables,
+columns, indexes, constraints, functions, ...) of --database, read from both
+branches' catalogs (this wakes their computes). Changes a running compute made
+since its last stop are not in the store yet: the output says so.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			d, err := c.DiffBranch(cmd.Context(), args[0], o)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd, d)
+			}
+			return printDiff(cmd, d)
+		},
+	}
+	diff.Flags().StringVar(&o.Against, "against", "", "branch to compare with (default: the parent)")
+	diff.Flags().BoolVar(&o.Schema, "schema", false, "also list DDL differences (wakes both computes)")
+	diff.Flags().StringVar(&o.Database, "database", "", "database for --schema (default postgres)")
+	diff.Flags().BoolVar(&o.System, "system", false, "also list system catalogs")
+	diff.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return diff
+}
+
+func printDiff(cmd *cobra.Command, d admin.DiffJSON) error {
+	out := cmd.OutOrStdout()
+	fmt.Fprintf(out, "%s (image %s) against %s (image %s); they share %s up to %s\n",
+		d.Branch, d.BranchLSN, d.Against, d.AgainstLSN, dash(d.Ancestor), d.AncestorLSN)
+	for _, b := range d.UnstoredChanges {
+		fmt.Fprintf(out, "note: the compute of %s has changes not stored yet; `neonproxy compute suspend %s` first for an exact diff\n", b, b)
+	}
+	if len(d.Relations) == 0 {
+		fmt.Fprintln(out, "no relation changed")
+	} else {
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(w, "DATABASE\tRELATION\tKIND\tOF\tPAGES %s\tPAGES %s\tNOTE\n", d.Branch, d.Against)
+		for _, r := range d.Relations {
+			var note []string
+			if r.Created != "" {
+				note = append(note, "created in "+side(d, r.Created))
+			}
+			if r.Dropped != "" {
+				note = append(note, "dropped in "+side(d, r.Dropped))
+			}
+			name := r.Name
+			if name == "" {
+				name = fmt.Sprintf("(relfilenode %d)", r.Relfilenode)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", r.Database, name, dash(r.Kind), dash(r.Of), r.PagesBranch, r.PagesAgainst, strings.Join(note, ", "))
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	if d.Schema != nil {
+		fmt.Fprintf(out, "\nschema changes in %s relative to %s:\n", d.Branch, d.Against)
+		if len(d.Schema) == 0 {
+			fmt.Fprintln(out, "  none")
+		}
+		for _, c := range d.Schema {
+			fmt.Fprintf(out, "  %s\n", c.Text)
+		}
+	}
+	return nil
+}
+
+// side names a diff side ("branch", "against", "both") by branch name.
+func side(d admin.DiffJSON, s string) string {
+	switch s {
+	case "branch":
+		return d.Branch
+	case "against":
+		return d.Against
+	}
+	return "both"
 }
 
 // branchResetCmd resets a branch to its parent's latest state.
