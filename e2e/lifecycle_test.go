@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -116,6 +117,26 @@ func TestBranchExpiry(t *testing.T) {
 	}
 	_, err = pgx.Connect(ctx, e.url("postgres", testPassword, "postgres", "options", "endpoint=exp"))
 	wantPgError(t, err, "3D000", `branch "exp" does not exist`)
+	// Its usage outlives it, and the tiers add up.
+	rep, err := e.admin().Usage(ctx, time.Time{}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total admin.UsageJSON
+	found := false
+	for _, u := range rep.Branches {
+		total.Add(u.UsageJSON)
+		if u.Branch == "exp" {
+			found = true
+			if !u.Deleted || u.RunningSeconds < 1 || u.ComputeSeconds != u.RunningSeconds+u.IdleSeconds || u.ColdWakes != 1 {
+				t.Errorf("usage of the expired branch: %+v", u)
+			}
+		}
+	}
+	// Float sums in another order: equal to within rounding.
+	if !found || math.Abs(total.ComputeSeconds-rep.Total.ComputeSeconds) > 1e-6 || total.Wakes != rep.Total.Wakes || total.UniqueBytes != rep.Total.UniqueBytes {
+		t.Errorf("usage report: exp listed %v; total %+v, sum of branches %+v", found, rep.Total, total)
+	}
 	if left := postgresProcesses(e.cfg.DataDir + "/branches/exp/"); len(left) > 0 {
 		t.Errorf("the expired branch's compute still runs: %v", left)
 	}

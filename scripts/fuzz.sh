@@ -9,7 +9,7 @@ FUZZTIME=${FUZZTIME:-60s}
 TARGETS="internal/pgwire:FuzzReadStartup internal/pgwire:FuzzFramer router:FuzzStripEndpoint
 proxy:FuzzMsgReader proxy:FuzzSCRAMExchange proxy:FuzzParseConsole proxy:FuzzClientMessages
 pagestore:FuzzDecodeIngest pagestore:FuzzDecodeMaterialize pagestore:FuzzDecodeSparse
-pagestore:FuzzDecodeKey pagestore:FuzzParseControlData walkeeper:FuzzValidEnd"
+pagestore:FuzzDecodeKey pagestore:FuzzParseControlData pagestore:FuzzHeapTuples walkeeper:FuzzValidEnd"
 module=$($GO list -m)
 cache=$($GO env GOCACHE)/fuzz
 for t in $TARGETS; do

@@ -76,6 +76,9 @@ type Options struct {
 	StoreTimeout time.Duration
 	Logger       *zap.Logger
 	Metrics      *metrics.Metrics // may be nil
+	// UsagePath is the file the usage ledger (compute seconds and wakes
+	// per branch, hourly) is kept in; "": in memory only.
+	UsagePath string
 	// BeforeStop, if set, is called (without locks held) just before a
 	// compute is shut down, so its users can close their own connections
 	// first instead of having PostgreSQL terminate them.
@@ -118,6 +121,7 @@ type Manager struct {
 	roomCh chan struct{}
 	// suspendAfter is o.SuspendTimeout for readers that cannot take mu.
 	suspendAfter atomic.Int64
+	usage        *usageLedger
 }
 
 // roomTicket is one start's place in Manager.roomQ, told apart by its
@@ -145,6 +149,7 @@ type branch struct {
 	idleSeq   uint64
 	frozen    bool // the idle tier: the running compute is frozen
 	tierSince time.Time
+	accruedAt time.Time // compute time is booked in the usage ledger up to here
 	startKind WakeKind // what the current (or last) start was: warm or cold
 	offload   *time.Timer
 	offSeq    uint64
@@ -198,6 +203,10 @@ func NewManager(drv Driver, o Options) *Manager {
 		roomCh:   make(chan struct{}),
 	}
 	m.suspendAfter.Store(int64(o.SuspendTimeout))
+	m.usage = newUsageLedger(o.UsagePath, m.log)
+	if o.UsagePath != "" {
+		go m.runUsageSaver(time.Minute, ctx.Done())
+	}
 	return m
 }
 
@@ -324,6 +333,7 @@ func (m *Manager) broadcastLocked(b *branch) {
 }
 
 func (m *Manager) setStateLocked(b *branch, s State) {
+	m.accrueLocked(b, time.Now())
 	if m.met != nil && m.branches[b.name] == b && b.state != s {
 		m.met.Computes.WithLabelValues(string(b.state)).Dec()
 		m.met.Computes.WithLabelValues(string(s)).Inc()
@@ -387,6 +397,7 @@ func (m *Manager) freezeFire(b *branch, seq uint64) {
 		m.log.Warn("freeze idle compute", zap.String("branch", b.name), zap.Error(err))
 		return
 	}
+	m.accrueLocked(b, time.Now())
 	b.frozen, b.tierSince = true, time.Now()
 	m.steppedDownLocked(b)
 	m.log.Info("compute idle: frozen", zap.String("branch", b.name), zap.Duration("unused", time.Since(b.lastUsed)))
@@ -398,6 +409,7 @@ func (m *Manager) thawLocked(b *branch) error {
 	if !b.frozen {
 		return nil
 	}
+	m.accrueLocked(b, time.Now())
 	b.frozen, b.tierSince = false, time.Now()
 	if err := b.proc.(Freezer).Thaw(); err != nil {
 		return fmt.Errorf("wake: thaw %s: %w", b.name, err)
@@ -518,6 +530,7 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 				if kind == WakeRunning {
 					kind = WakeHot
 				}
+				m.usage.addWake(name, time.Now(), WakeHot)
 			}
 			b.leases++
 			b.lastUsed = time.Now()
@@ -738,6 +751,7 @@ func (m *Manager) runStart(b *branch, f *flight, gen uint64, waitFor <-chan stru
 	if mp, ok := proc.(Materializer); ok && mp.Materialized() {
 		b.startKind = WakeCold
 	}
+	m.usage.addWake(b.name, now, b.startKind)
 	m.setStateLocked(b, StateRunning)
 	go m.watch(b, proc)
 	logf = func() {

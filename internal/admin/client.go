@@ -139,6 +139,25 @@ func (c *Client) DiffBranch(ctx context.Context, name string, o DiffOptions) (Di
 	return out, err
 }
 
+// Usage reports every branch's usage over [from, to) (zero: the server's
+// default window, this calendar month).
+func (c *Client) Usage(ctx context.Context, from, to time.Time) (UsageReportJSON, error) {
+	q := url.Values{}
+	if !from.IsZero() {
+		q.Set("from", from.UTC().Format(time.RFC3339))
+	}
+	if !to.IsZero() {
+		q.Set("to", to.UTC().Format(time.RFC3339))
+	}
+	path := "/v1/usage"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var out UsageReportJSON
+	err := c.do(ctx, http.MethodGet, path, nil, http.StatusOK, &out)
+	return out, err
+}
+
 // GC runs a pagestore garbage collection pass.
 func (c *Client) GC(ctx context.Context) (GCResult, error) {
 	var out GCResult

@@ -279,3 +279,42 @@ func TestDiffRoute(t *testing.T) {
 		}
 	}
 }
+
+func TestUsageRoute(t *testing.T) {
+	f := newFixture(t)
+	resp, body := f.do(t, "GET", "/v1/usage?from=2024-05-01T00:00:00Z&to=2024-06-01T00:00:00Z", "")
+	if resp.StatusCode != 200 {
+		t.Fatalf("usage: %d %s", resp.StatusCode, body)
+	}
+	var rep UsageReportJSON
+	mustJSON(t, body, &rep)
+	var names []string
+	var sum UsageJSON
+	for _, b := range rep.Branches {
+		names = append(names, b.Branch)
+		if b.Deleted != (b.Branch == "gone") {
+			t.Errorf("%s: deleted %v", b.Branch, b.Deleted)
+		}
+		sum.Add(b.UsageJSON)
+	}
+	if !slices.Equal(names, []string{"dev", "gone", "main"}) {
+		t.Errorf("branches %v", names)
+	}
+	if sum != rep.Total || rep.Total.ComputeSeconds != 31 || rep.Total.Wakes != 7 {
+		t.Errorf("total %+v, sum of the branches %+v", rep.Total, sum)
+	}
+	if !rep.From.Equal(time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("from %v", rep.From)
+	}
+	_, body = f.do(t, "GET", "/v1/branches/dev", "")
+	var b BranchJSON
+	mustJSON(t, body, &b)
+	if b.Usage == nil || b.Usage.RunningSeconds != 10 || b.Usage.IdleSeconds != 5 {
+		t.Errorf("branch usage %+v", b.Usage)
+	}
+	for _, q := range []string{"?from=yesterday", "?from=2024-06-01T00:00:00Z&to=2024-05-01T00:00:00Z"} {
+		if resp, body := f.do(t, "GET", "/v1/usage"+q, ""); resp.StatusCode != 400 {
+			t.Errorf("GET /v1/usage%s: %d %s; want 400", q, resp.StatusCode, body)
+		}
+	}
+}

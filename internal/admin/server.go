@@ -94,6 +94,7 @@ func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metric
 	mux.HandleFunc("POST /v1/branches/{name}/prewarm", h.prewarmBranch)
 	mux.HandleFunc("POST /v1/branches/{name}/reset", h.resetBranch)
 	mux.HandleFunc("GET /v1/branches/{name}/diff", h.diffBranch)
+	mux.HandleFunc("GET /v1/usage", h.usage)
 	if opts.GC != nil {
 		mux.HandleFunc("POST /v1/pagestore/gc", h.gc)
 	}
@@ -112,6 +113,7 @@ func NewHandlerWithOptions(reg router.Registry, comp Computes, m *metrics.Metric
 		"/v1/branches/{name}":         "GET, HEAD, DELETE, PATCH",
 		"/v1/branches/{name}/reset":   "POST",
 		"/v1/branches/{name}/diff":    "GET, HEAD",
+		"/v1/usage":                   "GET, HEAD",
 		"/v1/branches/{name}/suspend": "POST",
 		"/v1/branches/{name}/prewarm": "POST",
 		"/v1/pagestore/gc":            "POST",
@@ -230,8 +232,32 @@ func (h *Handler) refreshBranchCount(ctx context.Context) {
 	h.m.BranchesTotal.Set(float64(len(bs)))
 }
 
-// branchJSON combines the registry entry with the compute's state.
+// branchJSON combines the registry entry with the compute's state and
+// the branch's usage.
 func (h *Handler) branchJSON(ctx context.Context, b router.Branch) BranchJSON {
+	return h.branchJSONWith(ctx, b, nil)
+}
+
+// branchJSONWith is branchJSON with the usage of every branch read
+// already (nil: read it for b).
+func (h *Handler) branchJSONWith(ctx context.Context, b router.Branch, usage map[string]UsageJSON) BranchJSON {
+	out := h.branchJSONOnly(ctx, b)
+	if h.comp == nil {
+		return out
+	}
+	if usage == nil {
+		var err error
+		if usage, err = h.comp.Usage(ctx, b.Name, time.Time{}, time.Time{}); err != nil {
+			h.log.Debug("branch usage", zap.String("branch", b.Name), zap.Error(err))
+			return out
+		}
+	}
+	u := usage[b.Name]
+	out.Usage = &u
+	return out
+}
+
+func (h *Handler) branchJSONOnly(ctx context.Context, b router.Branch) BranchJSON {
 	out := BranchJSON{
 		Name:      b.Name,
 		Parent:    b.Parent,
@@ -291,9 +317,14 @@ func (h *Handler) listBranches(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, errorStatus(err), "list branches: "+err.Error())
 		return
 	}
+	usage, err := h.comp.Usage(r.Context(), "", time.Time{}, time.Time{})
+	if err != nil {
+		h.log.Debug("branch usage", zap.Error(err))
+		usage = map[string]UsageJSON{}
+	}
 	out := make([]BranchJSON, 0, len(bs))
 	for _, b := range bs {
-		out = append(out, h.branchJSON(r.Context(), b))
+		out = append(out, h.branchJSONWith(r.Context(), b, usage))
 	}
 	writeJSON(w, http.StatusOK, out)
 }

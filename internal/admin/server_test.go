@@ -81,6 +81,22 @@ func (f *fakeComputes) SchemaDiff(_ context.Context, branch, against, database s
 	return []SchemaChangeJSON{{Kind: "table", Action: "added", Object: "public.t", Text: "+ table public.t"}}, nil
 }
 
+// Usage: each branch with data ran 10 s and idled 5 s; a deleted branch
+// "gone" ran 1 s.
+func (f *fakeComputes) Usage(_ context.Context, branch string, from, to time.Time) (map[string]UsageJSON, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]UsageJSON{"gone": {ComputeSeconds: 1, RunningSeconds: 1, Wakes: 1, ColdWakes: 1}}
+	for b, size := range f.data {
+		out[b] = UsageJSON{ComputeSeconds: 15, RunningSeconds: 10, IdleSeconds: 5, Wakes: 3, ColdWakes: 1, WarmWakes: 1, HotWakes: 1,
+			UniqueBytes: size, LogicalSizeBytes: size}
+	}
+	if branch != "" {
+		return map[string]UsageJSON{branch: out[branch]}, nil
+	}
+	return out, nil
+}
+
 func (f *fakeComputes) Reset(_ context.Context, parent, branch string) error {
 	f.record("reset " + parent + " " + branch)
 	f.mu.Lock()

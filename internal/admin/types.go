@@ -55,9 +55,64 @@ type Computes interface {
 	// against since their common ancestor, from the page store's metadata
 	// (no compute starts).
 	Diff(ctx context.Context, branch, against string) (DiffJSON, error)
+	// Usage is each branch's usage (only branch's, unless "") over the
+	// hours overlapping [from, to) (zero: unbounded); deleted branches'
+	// compute usage included, storage for live branches.
+	Usage(ctx context.Context, branch string, from, to time.Time) (map[string]UsageJSON, error)
 	// SchemaDiff lists the DDL differences of database between against
 	// and branch (what branch changed); it wakes both computes.
 	SchemaDiff(ctx context.Context, branch, against, database string) ([]SchemaChangeJSON, error)
+}
+
+// UsageJSON is what a branch used: compute time by tier and wakes (over
+// a window, hourly granularity), and its storage now.
+type UsageJSON struct {
+	// ComputeSeconds = RunningSeconds + IdleSeconds: time with a
+	// PostgreSQL process up (running: starting, serving, stopping; idle:
+	// frozen). Suspended and zero computes use no compute time.
+	ComputeSeconds float64 `json:"compute_seconds"`
+	RunningSeconds float64 `json:"running_seconds"`
+	IdleSeconds    float64 `json:"idle_seconds"`
+	// Wakes = ColdWakes + WarmWakes + HotWakes.
+	Wakes     int64 `json:"wakes"`
+	ColdWakes int64 `json:"cold_wakes"`
+	WarmWakes int64 `json:"warm_wakes"`
+	HotWakes  int64 `json:"hot_wakes"`
+	// UniqueBytes (what only the branch holds in the page store) and
+	// LogicalSizeBytes (what it reads), now; 0 for a deleted branch.
+	UniqueBytes      int64 `json:"unique_bytes"`
+	LogicalSizeBytes int64 `json:"logical_size_bytes"`
+}
+
+// Add adds o's figures to u.
+func (u *UsageJSON) Add(o UsageJSON) {
+	u.ComputeSeconds += o.ComputeSeconds
+	u.RunningSeconds += o.RunningSeconds
+	u.IdleSeconds += o.IdleSeconds
+	u.Wakes += o.Wakes
+	u.ColdWakes += o.ColdWakes
+	u.WarmWakes += o.WarmWakes
+	u.HotWakes += o.HotWakes
+	u.UniqueBytes += o.UniqueBytes
+	u.LogicalSizeBytes += o.LogicalSizeBytes
+}
+
+// UsageReportJSON is GET /v1/usage: every branch's usage over a window,
+// and the sum.
+type UsageReportJSON struct {
+	// From and To are the window asked for; compute usage is kept per
+	// hour, so the hours that overlap it are summed.
+	From     time.Time         `json:"from"`
+	To       time.Time         `json:"to"`
+	Branches []BranchUsageJSON `json:"branches"`
+	Total    UsageJSON         `json:"total"`
+}
+
+// BranchUsageJSON is one branch's line of a usage report.
+type BranchUsageJSON struct {
+	Branch  string `json:"branch"`
+	Deleted bool   `json:"deleted"` // no longer in the registry
+	UsageJSON
 }
 
 // DiffJSON is GET /v1/branches/NAME/diff: what the branch and the branch
@@ -178,6 +233,9 @@ type BranchJSON struct {
 	// ExpiresAt is when the reaper deletes the branch (null: never).
 	ExpiresAt     *time.Time `json:"expires_at"`
 	ExpireCascade bool       `json:"expire_cascade"`
+	// Usage is the branch's compute usage over the usage ledger's
+	// retention (100 days) and its storage now.
+	Usage *UsageJSON `json:"usage,omitempty"`
 	// ResetAt is when the branch was last reset to its parent (null: never).
 	ResetAt *time.Time  `json:"reset_at,omitempty"`
 	Compute ComputeJSON `json:"compute"`

@@ -209,6 +209,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		return nil, err
 	}
 	s.driver = drv
+	s.Metrics.RegisterBranchUsage(s.branchUsage)
 	s.Metrics.RegisterWalkeeperLag(func() map[string]float64 {
 		out := map[string]float64{}
 		for b, lag := range drv.KeeperLag() {
@@ -226,6 +227,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		managed = wake.OwnedDriver(drv, owners, log.Named("owner"))
 	}
 	s.Computes = wake.NewManager(managed, wake.Options{
+		UsagePath:              filepath.Join(cfg.DataDir, "usage.json"),
 		SuspendTimeout:         cfg.Compute.SuspendTimeout.D(),
 		IdleAfter:              cfg.Compute.IdleAfter.D(),
 		OffloadAfter:           cfg.Compute.OffloadAfter.D(),
@@ -607,6 +609,7 @@ func (s *Server) Close(ctx context.Context) error {
 	s.Pool.Close()
 	// Computes first: their clean stops ingest into the store.
 	errs = append(errs, s.Computes.Close(ctx))
+	s.Computes.SaveUsage()
 	s.driver.Close()
 	s.stopBackground()
 	if s.cluster != nil {
@@ -665,6 +668,7 @@ func (s *Server) gcLogged(ctx context.Context, why string) {
 // closeEarly undoes a New that failed after the computes were set up.
 func (s *Server) closeEarly(ctx context.Context) {
 	_ = s.Computes.Close(ctx)
+	s.Computes.SaveUsage()
 	s.driver.Close()
 	s.stopBackground()
 	_ = s.Keeper.Close()
