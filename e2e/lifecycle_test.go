@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -336,5 +337,64 @@ func TestBranchDiff(t *testing.T) {
 	out, err := runCLI(t, e, "branch", "diff", "dx")
 	if err != nil || !strings.Contains(out, "public.a_pkey") || !strings.Contains(out, "created in dx") {
 		t.Errorf("neonproxy branch diff: %v\n%s", err, out)
+	}
+}
+
+// TestExtensions: a branch's compute sees exactly the extensions installed
+// on the host (Debian's postgresql-15 contrib, and any postgresql-15-*
+// package added later: their control files are where every compute looks),
+// and contrib extensions, including one that needs
+// compute.shared_preload_libraries, can be created and used.
+func TestExtensions(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) { c.Compute.SharedPreloadLibraries = "pg_stat_statements" })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := e.admin().Create(ctx, admin.CreateBranchRequest{Name: "ext"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := pgx.Connect(ctx, e.url("postgres", testPassword, "ext"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	var sharedir string
+	if err := c.QueryRow(ctx, "SELECT setting FROM pg_config WHERE name = 'SHAREDIR'").Scan(&sharedir); err != nil {
+		t.Fatal(err)
+	}
+	controls, err := filepath.Glob(filepath.Join(sharedir, "extension", "*.control"))
+	if err != nil || len(controls) == 0 {
+		t.Fatalf("no control files under %s: %v", sharedir, err)
+	}
+	var onDisk []string
+	for _, f := range controls {
+		onDisk = append(onDisk, strings.TrimSuffix(filepath.Base(f), ".control"))
+	}
+	rows, err := c.Query(ctx, "SELECT name FROM pg_available_extensions ORDER BY name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	avail, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(onDisk)
+	if !slices.Equal(avail, onDisk) {
+		t.Errorf("pg_available_extensions %v, control files in %s/extension %v", avail, sharedir, onDisk)
+	}
+	for _, sql := range []string{
+		"CREATE EXTENSION pg_trgm", "CREATE EXTENSION hstore", "CREATE EXTENSION pgcrypto",
+		`CREATE EXTENSION "uuid-ossp"`, "CREATE EXTENSION pg_stat_statements", "CREATE EXTENSION btree_gist",
+	} {
+		if _, err := c.Exec(ctx, sql); err != nil {
+			t.Errorf("%s: %v", sql, err)
+		}
+	}
+	var sim float64
+	var h, digest string
+	var calls int64
+	err = c.QueryRow(ctx, `SELECT similarity('neonproxy', 'neon proxy'), ('a=>1'::hstore)->'a',
+		encode(digest('x', 'sha256'), 'hex'), (SELECT count(*) FROM pg_stat_statements)`).Scan(&sim, &h, &digest, &calls)
+	if err != nil || sim <= 0 || h != "1" || len(digest) != 64 || calls == 0 {
+		t.Errorf("extension functions: similarity %v, hstore %q, digest %q, statements %d: %v", sim, h, digest, calls, err)
 	}
 }

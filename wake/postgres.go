@@ -59,6 +59,10 @@ type DriverOptions struct {
 	SharedBuffers string
 	// MaxConnections is PostgreSQL's max_connections (default 100).
 	MaxConnections int
+	// SharedPreloadLibraries is PostgreSQL's shared_preload_libraries
+	// ("": none), for extensions that must be loaded at start
+	// (pg_stat_statements, auto_explain, ...).
+	SharedPreloadLibraries string
 	// NoSync skips fsync in initdb and of the local state files (tests only).
 	NoSync bool
 	// Store holds every branch's data (required): starts materialize from
@@ -657,6 +661,9 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 		"-c", "shared_buffers=" + d.o.SharedBuffers,
 		"-c", "max_connections=" + strconv.Itoa(d.o.MaxConnections),
 	}, d.keeperSettings()...)
+	if d.o.SharedPreloadLibraries != "" {
+		args = append(args, "-c", "shared_preload_libraries="+d.o.SharedPreloadLibraries)
+	}
 	cmd := d.command(context.Background(), d.branchDir(branch), "postgres", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	err = cmd.Start()

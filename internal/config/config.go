@@ -12,6 +12,7 @@ import (
 	"math"
 	"os"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -123,6 +124,9 @@ type Compute struct {
 	SharedBuffers string `yaml:"shared_buffers"`
 	// MaxConnections is passed to PostgreSQL as max_connections.
 	MaxConnections int `yaml:"max_connections"`
+	// SharedPreloadLibraries is passed to PostgreSQL as
+	// shared_preload_libraries: extensions that must be loaded at start.
+	SharedPreloadLibraries string `yaml:"shared_preload_libraries"`
 	// OSUser runs the computes when neonproxy runs as root (PostgreSQL
 	// refuses root).
 	OSUser string `yaml:"os_user"`
@@ -294,6 +298,10 @@ type HTTP struct {
 	MaxResponseBytes Bytes `yaml:"max_response_bytes"`
 }
 
+// preloadRE is a list of library names: nothing a -c option could be
+// tricked by.
+var preloadRE = regexp.MustCompile(`^([A-Za-z0-9_-]+( *, *[A-Za-z0-9_-]+)*)?$`)
+
 // Branches configures branch lifecycle work.
 type Branches struct {
 	// ReapInterval is how often the reaper looks for expired branches
@@ -417,6 +425,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Walkeeper.ViaFrontDoor && (len(c.Walkeeper.Peers) == 0 || c.Walkeeper.Token == "") {
 		errs = append(errs, errors.New("walkeeper.via_front_door needs walkeeper.peers and walkeeper.token (the keepers' password at the front door)"))
+	}
+	if !preloadRE.MatchString(c.Compute.SharedPreloadLibraries) {
+		errs = append(errs, fmt.Errorf("compute.shared_preload_libraries %q: want comma-separated library names (letters, digits, _ and -)", c.Compute.SharedPreloadLibraries))
 	}
 	if c.Branches.ReapInterval <= 0 {
 		errs = append(errs, errors.New("branches.reap_interval must be > 0"))

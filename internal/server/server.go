@@ -188,19 +188,20 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		}
 	}
 	drv, err := wake.NewPostgresDriver(wake.DriverOptions{
-		DataDir:         filepath.Join(dataDir, "computes"),
-		BinDir:          cfg.Compute.PostgresBinDir,
-		OSUser:          cfg.Compute.OSUser,
-		SharedBuffers:   cfg.Compute.SharedBuffers,
-		MaxConnections:  cfg.Compute.MaxConnections,
-		NoSync:          opt.NoSync,
-		Store:           s.Store,
-		Keepers:         keepers,
-		KeeperQuorum:    cfg.Walkeeper.Quorum,
-		KeeperFrontDoor: keeperFrontDoor,
-		CacheBytes:      int64(cfg.Compute.CacheBytes),
-		SpareFiles:      cfg.Compute.SpareFiles,
-		Logger:          log.Named("compute"),
+		DataDir:                filepath.Join(dataDir, "computes"),
+		BinDir:                 cfg.Compute.PostgresBinDir,
+		OSUser:                 cfg.Compute.OSUser,
+		SharedBuffers:          cfg.Compute.SharedBuffers,
+		MaxConnections:         cfg.Compute.MaxConnections,
+		SharedPreloadLibraries: cfg.Compute.SharedPreloadLibraries,
+		NoSync:                 opt.NoSync,
+		Store:                  s.Store,
+		Keepers:                keepers,
+		KeeperQuorum:           cfg.Walkeeper.Quorum,
+		KeeperFrontDoor:        keeperFrontDoor,
+		CacheBytes:             int64(cfg.Compute.CacheBytes),
+		SpareFiles:             cfg.Compute.SpareFiles,
+		Logger:                 log.Named("compute"),
 	})
 	if err != nil {
 		_ = s.Keeper.Close()
