@@ -17,15 +17,23 @@ import (
 	"github.com/neonproxy/neonproxy/wake"
 )
 
+// conn connects to db as the superuser; the test closes it at its end.
+func (e *env) conn(ctx context.Context, db string) *pgx.Conn {
+	e.t.Helper()
+	c, err := pgx.Connect(ctx, e.url("postgres", testPassword, db))
+	if err != nil {
+		e.t.Fatalf("connect %s: %v", db, err)
+	}
+	e.t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
 // ids reads the ids in table t of db through a fresh connection.
 func (e *env) ids(db string) []int64 {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := pgx.Connect(ctx, e.url("postgres", testPassword, db))
-	if err != nil {
-		e.t.Fatalf("connect %s: %v", db, err)
-	}
+	c := e.conn(ctx, db)
 	defer c.Close(ctx)
 	rows, err := c.Query(ctx, "SELECT id FROM t ORDER BY id")
 	if err != nil {
@@ -42,10 +50,7 @@ func (e *env) exec(db, sql string) {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := pgx.Connect(ctx, e.url("postgres", testPassword, db))
-	if err != nil {
-		e.t.Fatalf("connect %s: %v", db, err)
-	}
+	c := e.conn(ctx, db)
 	defer c.Close(ctx)
 	if _, err := c.Exec(ctx, sql); err != nil {
 		e.t.Fatalf("%s: %s: %v", db, sql, err)

@@ -199,12 +199,11 @@ func (h *Handler) resetBranch(w http.ResponseWriter, r *http.Request) {
 		}
 		timeout = d
 	}
-	ctx := r.Context()
-	b, err := h.reg.Get(ctx, name)
-	if err != nil {
-		writeError(w, r, errorStatus(err), branchErr(name, err))
+	_, b, ok := h.pathBranch(w, r)
+	if !ok {
 		return
 	}
+	ctx := r.Context()
 	if b.Parent == "" {
 		writeError(w, r, http.StatusConflict, fmt.Sprintf("branch %s has no parent to reset to", name))
 		return
@@ -327,10 +326,6 @@ const firstUserOID = 16384
 // default) changed since the newest state they share: the relations, from
 // the page store's metadata, and with ?schema=true the DDL differences.
 func (h *Handler) diffBranch(w http.ResponseWriter, r *http.Request) {
-	name, ok := pathName(w, r)
-	if !ok {
-		return
-	}
 	schema, ok := boolParam(w, r, "schema")
 	if !ok {
 		return
@@ -339,12 +334,11 @@ func (h *Handler) diffBranch(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	ctx := r.Context()
-	b, err := h.reg.Get(ctx, name)
-	if err != nil {
-		writeError(w, r, errorStatus(err), branchErr(name, err))
+	name, b, ok := h.pathBranch(w, r)
+	if !ok {
 		return
 	}
+	ctx := r.Context()
 	against := r.URL.Query().Get("against")
 	if against == "" {
 		if b.Parent == "" {

@@ -340,16 +340,24 @@ func pathName(w http.ResponseWriter, r *http.Request) (string, bool) {
 }
 
 func (h *Handler) getBranch(w http.ResponseWriter, r *http.Request) {
+	if _, b, ok := h.pathBranch(w, r); ok {
+		writeJSON(w, http.StatusOK, h.branchJSON(r.Context(), b))
+	}
+}
+
+// pathBranch returns the branch the {name} path value names, or writes a
+// 400 or 404 and returns ok false.
+func (h *Handler) pathBranch(w http.ResponseWriter, r *http.Request) (string, router.Branch, bool) {
 	name, ok := pathName(w, r)
 	if !ok {
-		return
+		return "", router.Branch{}, false
 	}
 	b, err := h.reg.Get(r.Context(), name)
 	if err != nil {
 		writeError(w, r, errorStatus(err), branchErr(name, err))
-		return
+		return "", router.Branch{}, false
 	}
-	writeJSON(w, http.StatusOK, h.branchJSON(r.Context(), b))
+	return name, b, true
 }
 
 // branchErr phrases a registry lookup error for the client.
@@ -519,16 +527,11 @@ func pronoun(n int) string {
 }
 
 func (h *Handler) suspendBranch(w http.ResponseWriter, r *http.Request) {
-	name, ok := pathName(w, r)
+	name, b, ok := h.pathBranch(w, r)
 	if !ok {
 		return
 	}
 	ctx := r.Context()
-	b, err := h.reg.Get(ctx, name)
-	if err != nil {
-		writeError(w, r, errorStatus(err), branchErr(name, err))
-		return
-	}
 	if err := h.comp.Suspend(ctx, name); err != nil {
 		writeError(w, r, errorStatus(err), fmt.Sprintf("suspend compute of branch %s: %v", name, err))
 		return
