@@ -217,3 +217,22 @@ func (d *ownedDriver) Stopped(ctx context.Context, branch string, clean bool) er
 	}
 	return err
 }
+
+// Reset implements Resetter for the wrapped driver, holding the branch's
+// ownership meanwhile: a compute another node runs on the old timeline
+// would otherwise go on writing to it. The compute runs on another node:
+// the reset fails with ErrOwnedElsewhere (reset it through that node).
+func (d *ownedDriver) Reset(ctx context.Context, parent, branch string) error {
+	r, ok := d.Driver.(Resetter)
+	if !ok {
+		return ErrNoReset
+	}
+	own, err := d.owners.Own(ctx, branch)
+	if err != nil {
+		return fmt.Errorf("wake: reset %s: %w", branch, err)
+	}
+	defer func() { _ = own.Release() }()
+	return r.Reset(ctx, parent, branch)
+}
+
+var _ Resetter = (*ownedDriver)(nil)
