@@ -150,7 +150,7 @@ type branch struct {
 	frozen    bool // the idle tier: the running compute is frozen
 	tierSince time.Time
 	accruedAt time.Time // compute time is booked in the usage ledger up to here
-	startKind WakeKind // what the current (or last) start was: warm or cold
+	startKind WakeKind  // what the current (or last) start was: warm or cold
 	offload   *time.Timer
 	offSeq    uint64
 	pw        prewarmState
