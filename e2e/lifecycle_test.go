@@ -143,6 +143,9 @@ func TestBranchExpiry(t *testing.T) {
 	if !found || math.Abs(total.ComputeSeconds-rep.Total.ComputeSeconds) > 1e-6 || total.Wakes != rep.Total.Wakes || total.UniqueBytes != rep.Total.UniqueBytes {
 		t.Errorf("usage report: exp listed %v; total %+v, sum of branches %+v", found, rep.Total, total)
 	}
+	if out, err := runCLI(t, e, "usage"); err != nil || !strings.Contains(out, "exp (deleted)") || !strings.Contains(out, "TOTAL") {
+		t.Errorf("neonproxy usage: %v\n%s", err, out)
+	}
 	if left := postgresProcesses(e.cfg.DataDir + "/branches/exp/"); len(left) > 0 {
 		t.Errorf("the expired branch's compute still runs: %v", left)
 	}

@@ -50,7 +50,7 @@ NEONPROXY_<KEY> with dots as underscores, e.g. NEONPROXY_COMPUTE_SUSPEND_TIMEOUT
 	}
 	root.PersistentFlags().StringVar(&g.configPath, "config", "config.yaml", "configuration file (YAML); missing file = built-in defaults")
 	root.PersistentFlags().StringVar(&g.adminAddr, "admin", "", "admin API address for client commands (default: admin_listen from the configuration)")
-	root.AddCommand(serveCmd(g), walkeeperCmd(g), pagestoreCmd(g), branchCmd(g), computeCmd(g))
+	root.AddCommand(serveCmd(g), walkeeperCmd(g), pagestoreCmd(g), branchCmd(g), computeCmd(g), usageCmd(g))
 	return root
 }
 
@@ -466,6 +466,70 @@ to new connections at once.
 	set.Flags().StringVar(&expiresAt, "expires-at", "", `expire at this RFC 3339 time ("": never)`)
 	set.Flags().BoolVar(&expireCascade, "expire-cascade", false, "when it expires, delete its descendants with it")
 	return set
+}
+
+// usageCmd prints every branch's usage over a window (GET /v1/usage).
+func usageCmd(g *globals) *cobra.Command {
+	var from, to string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "usage",
+		Short: "Show each branch's compute seconds by tier, wakes and storage over a window (calls the admin API)",
+		Long: `Show what each branch used over a window (default: this calendar month, UTC, up to
+now): compute seconds running and idle, wakes (cold, warm, hot), and its storage now.
+Deleted branches are listed too. Compute usage is kept per hour, so the hours that
+overlap the window are summed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var f, t time.Time
+			for _, p := range []struct {
+				flag string
+				s    string
+				dst  *time.Time
+			}{{"from", from, &f}, {"to", to, &t}} {
+				if p.s == "" {
+					continue
+				}
+				v, err := time.Parse(time.RFC3339, p.s)
+				if err != nil {
+					return fmt.Errorf("--%s %q: want an RFC 3339 time, e.g. 2026-12-01T00:00:00Z", p.flag, p.s)
+				}
+				*p.dst = v
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			rep, err := c.Usage(cmd.Context(), f, t)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd, rep)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintf(w, "usage from %s to %s\n", rep.From.Format(time.RFC3339), rep.To.Format(time.RFC3339))
+			fmt.Fprintln(w, "BRANCH\tCOMPUTE S\tRUNNING S\tIDLE S\tWAKES (COLD/WARM/HOT)\tUNIQUE\tLOGICAL")
+			line := func(name string, u admin.UsageJSON) {
+				fmt.Fprintf(w, "%s\t%.1f\t%.1f\t%.1f\t%d (%d/%d/%d)\t%s\t%s\n", name, u.ComputeSeconds, u.RunningSeconds, u.IdleSeconds,
+					u.Wakes, u.ColdWakes, u.WarmWakes, u.HotWakes, humanize.IBytes(uint64(max(u.UniqueBytes, 0))),
+					humanize.IBytes(uint64(max(u.LogicalSizeBytes, 0))))
+			}
+			for _, b := range rep.Branches {
+				name := b.Branch
+				if b.Deleted {
+					name += " (deleted)"
+				}
+				line(name, b.UsageJSON)
+			}
+			line("TOTAL", rep.Total)
+			return w.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&from, "from", "", "start of the window, RFC 3339 (default: the first of this month, UTC)")
+	cmd.Flags().StringVar(&to, "to", "", "end of the window, RFC 3339 (default: now)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
 }
 
 func computeCmd(g *globals) *cobra.Command {
