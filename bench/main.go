@@ -12,7 +12,7 @@
 // a plain-text report. Timings are never pass/fail; the exit status is
 // non-zero only when the harness itself fails.
 //
-//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching,durability,cluster,tiers,prewarm,storm,soak,serverless]
+//	go run ./bench -neonproxy ./bin/neonproxy [-tries 25] [-duration 15s] [-quick] [-only pooling,branching,durability,cluster,tiers,prewarm,storm,soak,serverless,agents]
 package main
 
 import (
@@ -41,9 +41,10 @@ const (
 	sectionStorm      = "storm"      // wake storm: many stopped branches connected to at once under compute.max_running (own neonproxy)
 	sectionSoak       = "soak"       // idle clients held for minutes under steady queries: fds, goroutines, RSS; max_client_conn (own neonproxy)
 	sectionServerless = "serverless" // http_listen: POST /sql vs pgwire over TCP, round trip and throughput (own neonproxy)
+	sectionAgents     = "agents"     // short-lived branches with a TTL at a fixed arrival rate: latency, reaper, storage back (own neonproxy)
 )
 
-var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching, sectionDurability, sectionCluster, sectionTiers, sectionPrewarm, sectionStorm, sectionSoak, sectionServerless}
+var allSections = []string{sectionLatency, sectionPgbench, sectionPooling, sectionBranching, sectionDurability, sectionCluster, sectionTiers, sectionPrewarm, sectionStorm, sectionSoak, sectionServerless, sectionAgents}
 
 // options are the command-line flags.
 type options struct {
@@ -115,6 +116,12 @@ type options struct {
 	// and the length of each concurrent run.
 	serverlessTries, serverlessClients int
 	serverlessDuration                 time.Duration
+	// agentsBranches, agentsDuration, agentsTTL and agentsMaxRunning are
+	// the agents section's arrivals (one branch each), the time they are
+	// spread over, the TTL of the expiring half and its neonproxy's
+	// compute.max_running.
+	agentsBranches, agentsMaxRunning int
+	agentsDuration, agentsTTL        time.Duration
 }
 
 // has reports whether section s runs.
@@ -134,7 +141,7 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.clients, "clients", 8, "pgbench clients (-c)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs, data) after the run")
 	flag.BoolVar(&o.skipPgBouncer, "skip-pgbouncer", false, "do not run the PgBouncer comparison")
-	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s -rounds 2 (durability: 1) -idle-clients 1000 -branch-big-scale 8 -chaos-cycles 3 -keeper-kills 2 -storm-branches 40 -soak-idle 1000 -soak-duration 1m -serverless-tries 300 -serverless-duration 5s (explicit flags win)")
+	flag.BoolVar(&o.quick, "quick", false, "smoke run: -tries 5 -duration 3s -rounds 2 (durability: 1) -idle-clients 1000 -branch-big-scale 8 -chaos-cycles 3 -keeper-kills 2 -storm-branches 40 -soak-idle 1000 -soak-duration 1m -serverless-tries 300 -serverless-duration 5s -agents-branches 40 -agents-duration 30s -agents-ttl 30s (explicit flags win)")
 	flag.IntVar(&o.rounds, "rounds", 3, "pooling: runs per path and workload, alternating neonproxy, PgBouncer, direct")
 	flag.IntVar(&o.idleClients, "idle-clients", 10000, "pooling: idle client connections opened for the memory-per-client measure")
 	flag.IntVar(&o.poolSize, "pool-size", 20, "pooling: server connections per pool (neonproxy pool.default_pool_size, PgBouncer default_pool_size)")
@@ -150,6 +157,10 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.serverlessTries, "serverless-tries", serverlessDefaultTries, "serverless: sequential queries per path for the round trip")
 	flag.IntVar(&o.serverlessClients, "serverless-clients", serverlessDefaultClients, "serverless: concurrent clients per path for the throughput runs")
 	flag.DurationVar(&o.serverlessDuration, "serverless-duration", serverlessDefaultDuration, "serverless: length of each throughput run")
+	flag.IntVar(&o.agentsBranches, "agents-branches", agentsDefaultBranches, "agents: branches created (one agent each) at a fixed rate over -agents-duration")
+	flag.DurationVar(&o.agentsDuration, "agents-duration", agentsDefaultDuration, "agents: time the arrivals are spread over")
+	flag.DurationVar(&o.agentsTTL, "agents-ttl", agentsDefaultTTL, "agents: TTL of the even-numbered branches, left to expire (odd ones are deleted explicitly)")
+	flag.IntVar(&o.agentsMaxRunning, "agents-max-running", agentsDefaultMaxRunning, "agents: compute.max_running of the section's neonproxy")
 	only := flag.String("only", "", "comma-separated sections to run: "+strings.Join(allSections, ", ")+" (default: all)")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -185,6 +196,15 @@ func parseFlags() (options, error) {
 		if !set["serverless-duration"] {
 			o.serverlessDuration = serverlessQuickDuration
 		}
+		if !set["agents-branches"] {
+			o.agentsBranches = agentsQuickBranches
+		}
+		if !set["agents-duration"] {
+			o.agentsDuration = agentsQuickDuration
+		}
+		if !set["agents-ttl"] {
+			o.agentsTTL = agentsQuickTTL
+		}
 	}
 	if o.tries < 1 || o.clients < 1 || o.duration < time.Second {
 		return o, errors.New("-tries and -clients must be ≥ 1 and -duration ≥ 1s")
@@ -197,6 +217,9 @@ func parseFlags() (options, error) {
 	}
 	if o.serverlessTries < 1 || o.serverlessClients < 1 || o.serverlessDuration < time.Second {
 		return o, errors.New("-serverless-tries and -serverless-clients must be ≥ 1 and -serverless-duration ≥ 1s")
+	}
+	if o.agentsBranches < 1 || o.agentsMaxRunning < 1 || o.agentsDuration < time.Second || o.agentsTTL < time.Second {
+		return o, errors.New("-agents-branches and -agents-max-running must be ≥ 1, -agents-duration and -agents-ttl ≥ 1s")
 	}
 	if o.keeperKills < 0 {
 		return o, errors.New("-keeper-kills must be ≥ 0")
@@ -315,10 +338,15 @@ func run(ctx context.Context, o options) (err error) {
 	if o.has(sectionServerless) {
 		serverless = b.runServerless(ctx)
 	}
+	var agents *agentsReport
+	if o.has(sectionAgents) {
+		agents = b.runAgents(ctx)
+	}
 	b.rep.print(os.Stdout)
 	storm.print(os.Stdout) // after the report (its problems are listed there)
 	soak.print(os.Stdout)  // likewise
 	serverless.print(os.Stdout)
+	agents.print(os.Stdout)
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", context.Cause(ctx))
 	}
