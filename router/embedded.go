@@ -31,12 +31,34 @@ var ErrRegistryClosed = errors.New("branch registry is closed")
 type EmbeddedRegistry struct {
 	path string
 
-	// mu orders changes: the file is written while mu is held so that the
-	// file and the in-memory map change in the same order. Reads only copy
-	// from the map.
+	// wmu orders changes: a change holds it while it writes the file, so
+	// the file and the in-memory map change in the same order.
+	wmu sync.Mutex
+	// mu guards the map (replaced, never changed in place) and closed. It
+	// is held only to read or swap them, never across the file's write
+	// and fsync: lookups (every client connection makes one) must not
+	// wait for the disk.
 	mu       sync.Mutex
 	branches map[string]Branch
 	closed   bool
+}
+
+// current returns the map for a change (the caller holds wmu, so it stays
+// current until the change swaps it).
+func (r *EmbeddedRegistry) current() (map[string]Branch, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, ErrRegistryClosed
+	}
+	return r.branches, nil
+}
+
+// swap installs next after a change persisted it.
+func (r *EmbeddedRegistry) swap(next map[string]Branch) {
+	r.mu.Lock()
+	r.branches = next
+	r.mu.Unlock()
 }
 
 var _ Registry = (*EmbeddedRegistry)(nil)
@@ -140,23 +162,21 @@ func (r *EmbeddedRegistry) Create(ctx context.Context, b Branch) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return ErrRegistryClosed
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	cur, err := r.current()
+	if err != nil {
+		return err
 	}
-	if _, ok := r.branches[b.Name]; ok {
+	if _, ok := cur[b.Name]; ok {
 		return fmt.Errorf("create branch %s: %w", b.Name, ErrBranchExists)
 	}
-	next := make(map[string]Branch, len(r.branches)+1)
-	for k, v := range r.branches {
-		next[k] = v
-	}
+	next := maps.Clone(cur)
 	next[b.Name] = b
 	if err := r.persist(next); err != nil {
 		return fmt.Errorf("create branch %s: %w", b.Name, err)
 	}
-	r.branches = next
+	r.swap(next)
 	return nil
 }
 
@@ -167,24 +187,21 @@ func (r *EmbeddedRegistry) Delete(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return ErrRegistryClosed
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	cur, err := r.current()
+	if err != nil {
+		return err
 	}
-	if _, ok := r.branches[name]; !ok {
+	if _, ok := cur[name]; !ok {
 		return fmt.Errorf("delete branch %s: %w", name, ErrBranchNotFound)
 	}
-	next := make(map[string]Branch, len(r.branches))
-	for k, v := range r.branches {
-		if k != name {
-			next[k] = v
-		}
-	}
+	next := maps.Clone(cur)
+	delete(next, name)
 	if err := r.persist(next); err != nil {
 		return fmt.Errorf("delete branch %s: %w", name, err)
 	}
-	r.branches = next
+	r.swap(next)
 	return nil
 }
 
@@ -194,12 +211,13 @@ func (r *EmbeddedRegistry) Update(ctx context.Context, name string, change func(
 	if err := ctx.Err(); err != nil {
 		return Branch{}, err
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return Branch{}, ErrRegistryClosed
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	cur, err := r.current()
+	if err != nil {
+		return Branch{}, err
 	}
-	b, ok := r.branches[name]
+	b, ok := cur[name]
 	if !ok {
 		return Branch{}, fmt.Errorf("update branch %s: %w", name, ErrBranchNotFound)
 	}
@@ -207,25 +225,27 @@ func (r *EmbeddedRegistry) Update(ctx context.Context, name string, change func(
 	if err != nil {
 		return Branch{}, err
 	}
-	all := maps.Clone(r.branches)
+	all := maps.Clone(cur)
 	all[name] = next
 	if err := r.persist(all); err != nil {
 		return Branch{}, fmt.Errorf("update branch %s: %w", name, err)
 	}
-	r.branches = all
+	r.swap(all)
 	return next, nil
 }
 
 // Close releases the registry; later calls fail with ErrRegistryClosed.
 // Every change is already durable, so Close has nothing to flush.
 func (r *EmbeddedRegistry) Close() error {
+	r.wmu.Lock() // a change in flight finishes first
+	defer r.wmu.Unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.closed = true
 	return nil
 }
 
-// persist writes branches to r.path atomically. Caller holds r.mu.
+// persist writes branches to r.path atomically. Caller holds r.wmu.
 func (r *EmbeddedRegistry) persist(branches map[string]Branch) error {
 	f := embeddedFile{Version: embeddedFileVersion, Branches: make([]Branch, 0, len(branches))}
 	for _, b := range branches {

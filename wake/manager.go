@@ -165,7 +165,17 @@ type branch struct {
 type flight struct {
 	done chan struct{}
 	err  error // set before done is closed
+	// forClients: clients asked for the start (not a pre-warm), so it is
+	// abandoned (cancel) when the last of them stops waiting.
+	forClients bool
+	cancel     context.CancelCauseFunc
 }
+
+// ErrStartAbandoned ends a start every client waiting for it gave up on
+// (their wake_timeout passed while it queued and ran): its slot under
+// compute.max_running goes to the next queued start instead. It does not
+// count against the branch's breaker.
+var ErrStartAbandoned = errors.New("wake: start abandoned: every client waiting for it gave up")
 
 // NewManager returns a Manager for drv's computes.
 func NewManager(drv Driver, o Options) *Manager {
@@ -294,7 +304,7 @@ func (m *Manager) getLocked(name string) *branch {
 		// Another node running the branch, or Consul out of reach, is not
 		// this compute failing.
 		IsSuccessful: func(err error) bool {
-			return err == nil || errors.Is(err, ErrOwnedElsewhere) || errors.Is(err, ErrNoLock)
+			return err == nil || errors.Is(err, ErrOwnedElsewhere) || errors.Is(err, ErrNoLock) || errors.Is(err, ErrStartAbandoned)
 		},
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			if to == gobreaker.StateOpen {
@@ -546,6 +556,9 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 			err := m.waitLocked(waitCtx(), f.done)
 			b.waiters--
 			if err != nil {
+				if f.forClients && b.flight == f && b.state == StateStarting && b.waiters == 0 && b.leases == 0 {
+					f.cancel(ErrStartAbandoned)
+				}
 				return nil, m.waitErr(ctx, name, err)
 			}
 			if f.err != nil {
@@ -587,7 +600,7 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 				m.dropTicketLocked(ticket)
 				ticket = nil
 			}
-			m.startLocked(b, room)
+			m.startLocked(b, room, true)
 			continue
 		}
 		if err := m.waitLocked(waitCtx(), wait); err != nil {
@@ -673,17 +686,19 @@ func (m *Manager) dropTicketLocked(t *roomTicket) {
 
 // startLocked moves b to starting and starts its compute in the background
 // (after waitFor, if set, is closed).
-func (m *Manager) startLocked(b *branch, waitFor <-chan struct{}) {
+func (m *Manager) startLocked(b *branch, waitFor <-chan struct{}, forClients bool) {
 	m.disarmOffloadLocked(b)
 	b.gen++
-	f := &flight{done: make(chan struct{})}
+	ctx, cancel := context.WithCancelCause(m.baseCtx)
+	f := &flight{done: make(chan struct{}), forClients: forClients, cancel: cancel}
 	b.flight = f
 	m.setStateLocked(b, StateStarting)
-	go m.runStart(b, f, b.gen, waitFor, m.o.WakeTimeout)
+	go m.runStart(ctx, b, f, b.gen, waitFor, m.o.WakeTimeout)
 }
 
-func (m *Manager) runStart(b *branch, f *flight, gen uint64, waitFor <-chan struct{}, timeout time.Duration) {
-	ctx, cancel := context.WithTimeout(m.baseCtx, timeout)
+func (m *Manager) runStart(ctx context.Context, b *branch, f *flight, gen uint64, waitFor <-chan struct{}, timeout time.Duration) {
+	defer f.cancel(nil)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	t0 := time.Now()
 	var err error
@@ -702,8 +717,13 @@ func (m *Manager) runStart(b *branch, f *flight, gen uint64, waitFor <-chan stru
 		_, err = b.cb.Execute(func() (any, error) {
 			p, err := m.drv.Start(ctx, b.name, gen)
 			proc = p
+			if err != nil && errors.Is(context.Cause(ctx), ErrStartAbandoned) {
+				err = fmt.Errorf("%w (%v)", ErrStartAbandoned, err)
+			}
 			return nil, err
 		})
+	} else if errors.Is(context.Cause(ctx), ErrStartAbandoned) {
+		err = fmt.Errorf("%w (%v)", ErrStartAbandoned, err)
 	}
 	took := time.Since(t0)
 
@@ -724,16 +744,24 @@ func (m *Manager) runStart(b *branch, f *flight, gen uint64, waitFor <-chan stru
 			} else {
 				se.BreakerOpen = true
 			}
-		} else {
+		} else if !errors.Is(err, ErrStartAbandoned) {
 			b.lastErr = err
 		}
 		f.err = se
-		if m.met != nil {
-			m.met.ComputeStarts.WithLabelValues("error").Inc()
-		}
+		result := "error"
 		logf = func() {
 			m.log.Error(LogStartFailed, zap.String("branch", b.name), zap.Uint64("generation", gen),
 				zap.Duration("took", took), zap.Error(err))
+		}
+		if errors.Is(err, ErrStartAbandoned) {
+			result = "abandoned"
+			logf = func() {
+				m.log.Info("compute start abandoned: every client waiting for it gave up", zap.String("branch", b.name),
+					zap.Uint64("generation", gen), zap.Duration("took", took))
+			}
+		}
+		if m.met != nil {
+			m.met.ComputeStarts.WithLabelValues(result).Inc()
 		}
 		m.setStateLocked(b, StateStopped)
 		return
@@ -826,7 +854,10 @@ func (m *Manager) beginStopLocked(b *branch, reason string) <-chan struct{} {
 		// Still stopping: a start waits until the data is stored, so it
 		// starts from the newest state wherever it runs.
 		ctx, cancel = context.WithTimeout(context.Background(), m.o.StoreTimeout)
-		if serr := m.drv.Stopped(ctx, b.name, err == nil); serr != nil {
+		// A branch being deleted or reset throws its data away: storing
+		// it first would only delay the client waiting for the delete.
+		store := err == nil && reason != StopDelete && reason != StopReset
+		if serr := m.drv.Stopped(ctx, b.name, store); serr != nil {
 			m.log.Error("store stopped compute's data; the local data directory stays the branch's newest state",
 				zap.String("branch", b.name), zap.Error(serr))
 		}

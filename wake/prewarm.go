@@ -211,7 +211,7 @@ func (m *Manager) prewarmFire(b *branch, seq uint64) {
 			go m.log.Info("pre-warm skipped (breaker open or compute.max_running reached)", zap.String("branch", b.name))
 			return
 		}
-		m.startLocked(b, nil)
+		m.startLocked(b, nil, false)
 		b.pw.warmedAt = now
 	default:
 		return // in use, or starting: nothing to warm

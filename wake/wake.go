@@ -79,7 +79,8 @@ type Driver interface {
 	// Start launches the compute and returns once it accepts connections.
 	Start(ctx context.Context, branch string, generation uint64) (Process, error)
 	// Stopped is called after a requested stop, with clean set when the
-	// fast shutdown completed: the driver stores the data then (ingest).
+	// fast shutdown completed and the data is kept (not a delete or a
+	// reset): the driver stores the data then (ingest).
 	Stopped(ctx context.Context, branch string, clean bool) error
 	// Adopt returns a compute left running by an earlier neonproxy process
 	// (found through postmaster.pid), or ok=false when there is none.

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"net/http"
 	"sort"
+	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"go.uber.org/zap"
 
@@ -58,51 +61,98 @@ func (h *Handler) Reap(ctx context.Context, now time.Time) ReapResult {
 		}
 		return expired[i].Name < expired[j].Name
 	})
+	// One depth level at a time (children before their parents), the
+	// branches of a level in parallel: a delete waits for a compute's stop
+	// and removes a local data directory, and an agent workload expires
+	// several branches a second.
 	gone := map[string]bool{}
-	for _, b := range expired {
-		if gone[b.Name] {
-			continue // went with an expired ancestor's cascade
+	for len(expired) > 0 {
+		d := depth(expired[0].Name)
+		n := 1
+		for n < len(expired) && depth(expired[n].Name) == d {
+			n++
 		}
-		// Read again: the expiry may have been extended meanwhile.
-		cur, err := h.reg.Get(ctx, b.Name)
-		if err != nil || !cur.Expired(time.Now()) {
-			continue
-		}
-		var before map[string]bool
-		if cur.ExpireCascade {
-			before = h.names(ctx)
-		}
-		err = h.deleteTree(ctx, cur.Name, cur.ExpireCascade, expiredReason(cur))
-		var se *statusError
-		switch {
-		case err == nil:
-			res.Deleted = append(res.Deleted, cur.Name)
-			h.countExpired("deleted")
-			h.log.Info("expired branch deleted", zap.String("branch", cur.Name), zap.Time("expires_at", cur.ExpiresAt),
-				zap.Bool("cascade", cur.ExpireCascade))
-			h.forgetWaiting(cur.Name)
-			if before != nil {
-				after := h.names(ctx)
-				for n := range before {
-					gone[n] = !after[n]
+		level := expired[:n]
+		expired = expired[n:]
+		var mu sync.Mutex
+		cascaded := false
+		var g errgroup.Group
+		g.SetLimit(reapParallel)
+		for _, b := range level {
+			if gone[b.Name] {
+				continue // went with an expired ancestor's cascade
+			}
+			g.Go(func() error {
+				outcome := h.reapOne(ctx, b.Name)
+				mu.Lock()
+				defer mu.Unlock()
+				switch outcome {
+				case reapDeleted:
+					res.Deleted = append(res.Deleted, b.Name)
+					cascaded = cascaded || b.ExpireCascade
+				case reapWaiting:
+					res.Waiting = append(res.Waiting, b.Name)
+				case reapFailed:
+					res.Failed = append(res.Failed, b.Name)
 				}
+				return nil
+			})
+		}
+		_ = g.Wait()
+		if cascaded {
+			// Descendants deleted by a cascade are not deleted again.
+			now := h.names(ctx)
+			for _, b := range expired {
+				gone[b.Name] = !now[b.Name]
 			}
-		case errors.As(err, &se) && se.status == http.StatusConflict && !cur.ExpireCascade && h.hasChildren(ctx, cur.Name):
-			res.Waiting = append(res.Waiting, cur.Name)
-			if h.noteWaiting(cur.Name) {
-				h.countExpired("waiting")
-				h.log.Warn("expired branch kept while it has children (create it with expire_cascade to delete them with it)",
-					zap.String("branch", cur.Name), zap.Time("expires_at", cur.ExpiresAt), zap.Error(err))
-			}
-		case errors.As(err, &se) && se.status == http.StatusConflict:
-			// Busy with another request: the next pass retries.
-		default:
-			res.Failed = append(res.Failed, cur.Name)
-			h.countExpired("failed")
-			h.log.Error("delete expired branch", zap.String("branch", cur.Name), zap.Error(err))
 		}
 	}
 	return res
+}
+
+// reapParallel bounds the deletes one reaper pass runs at once.
+const reapParallel = 4
+
+type reapOutcome int
+
+const (
+	reapSkipped reapOutcome = iota // not expired any more, or busy: the next pass looks again
+	reapDeleted
+	reapWaiting
+	reapFailed
+)
+
+// reapOne deletes the expired branch name (with its descendants when it
+// has expire_cascade).
+func (h *Handler) reapOne(ctx context.Context, name string) reapOutcome {
+	// Read again: the expiry may have been extended meanwhile.
+	cur, err := h.reg.Get(ctx, name)
+	if err != nil || !cur.Expired(time.Now()) {
+		return reapSkipped
+	}
+	err = h.deleteTree(ctx, cur.Name, cur.ExpireCascade, expiredReason(cur))
+	var se *statusError
+	switch {
+	case err == nil:
+		h.countExpired("deleted")
+		h.log.Info("expired branch deleted", zap.String("branch", cur.Name), zap.Time("expires_at", cur.ExpiresAt),
+			zap.Bool("cascade", cur.ExpireCascade))
+		h.forgetWaiting(cur.Name)
+		return reapDeleted
+	case errors.As(err, &se) && se.status == http.StatusConflict && !cur.ExpireCascade && h.hasChildren(ctx, cur.Name):
+		if h.noteWaiting(cur.Name) {
+			h.countExpired("waiting")
+			h.log.Warn("expired branch kept while it has children (create it with expire_cascade to delete them with it)",
+				zap.String("branch", cur.Name), zap.Time("expires_at", cur.ExpiresAt), zap.Error(err))
+		}
+		return reapWaiting
+	case errors.As(err, &se) && se.status == http.StatusConflict:
+		return reapSkipped // busy with another request
+	default:
+		h.countExpired("failed")
+		h.log.Error("delete expired branch", zap.String("branch", cur.Name), zap.Error(err))
+		return reapFailed
+	}
 }
 
 func (h *Handler) countExpired(result string) {

@@ -25,7 +25,7 @@ type Metrics struct {
 	// Computes is the number of computes per state
 	// (stopped|starting|running|stopping).
 	Computes            *prometheus.GaugeVec
-	ComputeStarts       *prometheus.CounterVec // result=ok|error
+	ComputeStarts       *prometheus.CounterVec // result=ok|error|abandoned
 	ComputeWakeQueued   prometheus.Counter
 	AuthFailures        prometheus.Counter
 	CancelRequests      *prometheus.CounterVec // result=forwarded|unknown

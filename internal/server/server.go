@@ -86,6 +86,12 @@ type Server struct {
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
 	gcMu     sync.Mutex // one GC pass at a time
+	// gcSoonMu: whether a gcSoon pass runs, and the reason for one more.
+	gcSoonMu struct {
+		sync.Mutex
+		running bool
+		again   string
+	}
 }
 
 // New prepares a server: data directory, registry, bootstrap branch, TLS
@@ -654,6 +660,34 @@ func (s *Server) gc(ctx context.Context) (admin.GCResult, error) {
 		DurationMS: float64(st.Duration.Microseconds()) / 1000, StoreBytes: usage}, nil
 }
 
+// gcSoon runs a pagestore GC pass in the background for why. Passes
+// coalesce: while one runs, further requests make one more pass after it,
+// not one each (an agent workload deletes branches several times a
+// second, and a pass reads every timeline's versions).
+func (s *Server) gcSoon(why string) {
+	s.gcSoonMu.Lock()
+	if s.gcSoonMu.running {
+		s.gcSoonMu.again = why
+		s.gcSoonMu.Unlock()
+		return
+	}
+	s.gcSoonMu.running = true
+	s.gcSoonMu.Unlock()
+	s.background(func(ctx context.Context) {
+		for {
+			s.gcLogged(ctx, why)
+			s.gcSoonMu.Lock()
+			why, s.gcSoonMu.again = s.gcSoonMu.again, ""
+			if why == "" || ctx.Err() != nil {
+				s.gcSoonMu.running = false
+				s.gcSoonMu.Unlock()
+				return
+			}
+			s.gcSoonMu.Unlock()
+		}
+	})
+}
+
 func (s *Server) gcLogged(ctx context.Context, why string) {
 	res, err := s.gc(ctx)
 	if err != nil {
@@ -746,7 +780,7 @@ func (a computesAdapter) Delete(ctx context.Context, branch string) error {
 	if err == nil {
 		// The timeline's own versions went with it; a pass also frees the
 		// parent's versions that only the deleted branch point kept.
-		a.s.background(func(ctx context.Context) { a.s.gcLogged(ctx, "branch deleted") })
+		a.s.gcSoon("branch deleted")
 	}
 	return err
 }
@@ -762,7 +796,7 @@ func (a computesAdapter) Reset(ctx context.Context, parent, branch string) error
 	// Cached verifiers and startup parameters are the old timeline's.
 	a.s.Proxy.ForgetBranch(branch)
 	if err == nil {
-		a.s.background(func(ctx context.Context) { a.s.gcLogged(ctx, "branch reset") })
+		a.s.gcSoon("branch reset")
 	}
 	return err
 }
