@@ -985,10 +985,8 @@ func (m *Manager) Clone(ctx context.Context, parent, name string, at Point) erro
 			return fmt.Errorf("wake: branch %s already exists (its compute is %s)", name, c.state)
 		case c.op != "":
 			wait = c.changed
-		case p.op == "bootstrap" || p.op == "delete":
-			wait = p.changed
-		case p.state == StateStopping:
-			wait = p.stopDone
+		default:
+			wait = parentBusyLocked(p)
 		}
 		if wait == nil {
 			break
@@ -1075,24 +1073,46 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 		}
 		return err
 	}
-	for b.state != StateStopped {
-		var wait <-chan struct{}
-		switch {
-		case b.state == StateStarting:
-			wait = b.flight.done
-		case b.state == StateStopping:
-			wait = b.stopDone
-		default:
-			wait = m.beginStopLocked(b, StopDelete)
-		}
-		if err := m.waitLocked(ctx, wait); err != nil {
-			return done(err)
-		}
+	if err := m.stopForLocked(ctx, b, StopDelete); err != nil {
+		return done(err)
 	}
 	m.mu.Unlock()
 	err := m.drv.Destroy(ctx, name)
 	m.mu.Lock()
 	return done(err)
+}
+
+// parentBusyLocked is what a clone or reset from p waits for first: a
+// bootstrap or delete of p, or its stop (its data being stored, which the
+// child must see); nil when p is ready.
+func parentBusyLocked(p *branch) <-chan struct{} {
+	switch {
+	case p.op == "bootstrap" || p.op == "delete":
+		return p.changed
+	case p.state == StateStopping:
+		return p.stopDone
+	}
+	return nil
+}
+
+// stopForLocked stops b's compute for reason (a delete or reset; b.op is
+// set, so no start can begin) and waits until it is stopped.
+func (m *Manager) stopForLocked(ctx context.Context, b *branch, reason string) error {
+	for b.state != StateStopped {
+		var wait <-chan struct{}
+		switch b.state {
+		case StateStarting:
+			wait = b.flight.done
+		case StateStopping:
+			wait = b.stopDone
+		default:
+			wait = m.beginStopLocked(b, reason)
+		}
+		if err := m.waitLocked(ctx, wait); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Counts is how many branches' computes are in each state, read at one

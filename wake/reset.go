@@ -45,14 +45,10 @@ func (m *Manager) Reset(ctx context.Context, parent, name string) error {
 		b = m.getLocked(name)
 		p := m.getLocked(parent)
 		var wait <-chan struct{}
-		switch {
-		case b.op != "":
+		if b.op != "" {
 			wait = b.changed
-		case p.op == "bootstrap" || p.op == "delete":
-			wait = p.changed
-		case p.state == StateStopping:
-			// The parent's data is being stored: reset to what it holds.
-			wait = p.stopDone
+		} else {
+			wait = parentBusyLocked(p)
 		}
 		if wait == nil {
 			break
@@ -67,19 +63,8 @@ func (m *Manager) Reset(ctx context.Context, parent, name string) error {
 		b.op = ""
 		m.broadcastLocked(b)
 	}()
-	for b.state != StateStopped {
-		var wait <-chan struct{}
-		switch b.state {
-		case StateStarting:
-			wait = b.flight.done
-		case StateStopping:
-			wait = b.stopDone
-		default:
-			wait = m.beginStopLocked(b, StopReset)
-		}
-		if err := m.waitLocked(ctx, wait); err != nil {
-			return err
-		}
+	if err := m.stopForLocked(ctx, b, StopReset); err != nil {
+		return err
 	}
 	m.disarmOffloadLocked(b)
 	m.mu.Unlock()
