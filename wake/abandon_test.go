@@ -58,3 +58,46 @@ func TestStartAbandoned(t *testing.T) {
 	}
 	l.Release()
 }
+
+// TestHopelessWakeRefused: a wake that the starts queued ahead of it could
+// not reach within its wake_timeout, at the recent start rate, is refused
+// at once with a retry delay; one that can be reached queues as before.
+func TestHopelessWakeRefused(t *testing.T) {
+	e := newEnv(t, Options{MaxRunning: 1, WakeTimeout: 5 * time.Second}, "a", "b")
+	ctx := ctxT(t)
+	la, err := e.m.Acquire(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.m.mu.Lock()
+	e.m.startEWMA = 10 * time.Second // longer than the wake timeout
+	e.m.mu.Unlock()
+	t0 := time.Now()
+	_, err = e.m.Acquire(ctx, "b")
+	var se *StartError
+	if !errors.As(err, &se) || !errors.Is(err, ErrMaxRunning) || se.RetryAfter < 10*time.Second {
+		t.Fatalf("acquire: %v, want ErrMaxRunning with a retry delay of 10s or more", err)
+	}
+	if took := time.Since(t0); took > 2*time.Second {
+		t.Errorf("refused after %v: want at once, not after the wake timeout", took)
+	}
+	if got := value(t, e.met.ComputeWakesRefused); got != 1 {
+		t.Errorf("wakes refused: %v, want 1", got)
+	}
+	e.m.mu.Lock()
+	e.m.startEWMA = 100 * time.Millisecond
+	e.m.mu.Unlock()
+	done := make(chan error, 1)
+	go func() {
+		l, err := e.m.Acquire(ctx, "b")
+		if err == nil {
+			l.Release()
+		}
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "b to queue", func() bool { return value(t, e.met.ComputeWakeQueued) == 1 })
+	la.Release()
+	if err := <-done; err != nil {
+		t.Fatalf("a wake the queue can serve in time: %v", err)
+	}
+}

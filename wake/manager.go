@@ -122,6 +122,9 @@ type Manager struct {
 	// suspendAfter is o.SuspendTimeout for readers that cannot take mu.
 	suspendAfter atomic.Int64
 	usage        *usageLedger
+	// startEWMA is a moving average of how long starts take (under mu),
+	// for telling a queued wake it cannot be served in time.
+	startEWMA time.Duration
 }
 
 // roomTicket is one start's place in Manager.roomQ, told apart by its
@@ -581,6 +584,9 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 				// Every slot is busy: queue (FIFO) until one frees, an
 				// idle compute can be evicted, or wake_timeout.
 				if ticket == nil {
+					if err := m.hopelessLocked(name, waitCtx()); err != nil {
+						return nil, err
+					}
 					ticket = &roomTicket{branch: name}
 					m.roomQ = append(m.roomQ, ticket)
 					if m.met != nil {
@@ -607,6 +613,34 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 			return nil, m.waitErr(ctx, name, err)
 		}
 	}
+}
+
+// hopelessLocked refuses a wake at once, rather than after wake_timeout,
+// when the starts queued ahead of it for a running slot would take longer
+// than the time it has left even at the recent start rate: under overload
+// a FIFO queue whose clients all wait out their timeout serves almost
+// none of them, while a short queue serves its clients within theirs.
+// Clients that hold computes can make the wait longer still; that is
+// found out by waiting, as before.
+func (m *Manager) hopelessLocked(name string, wctx context.Context) error {
+	if m.startEWMA <= 0 || m.o.MaxRunning <= 0 {
+		return nil
+	}
+	deadline, ok := wctx.Deadline()
+	if !ok {
+		return nil
+	}
+	rounds := len(m.roomQ)/m.o.MaxRunning + 1 // this start's turn among the queued ones
+	wait := time.Duration(rounds) * m.startEWMA
+	if wait <= time.Until(deadline) {
+		return nil
+	}
+	if m.met != nil {
+		m.met.ComputeWakesRefused.Inc()
+	}
+	return &StartError{Branch: name, RetryAfter: wait.Round(time.Second), Err: fmt.Errorf(
+		"%w: %d wakes are queued ahead for %d slots and starts take about %s, so this one would not start within wake_timeout (%s)",
+		ErrMaxRunning, len(m.roomQ), m.o.MaxRunning, m.startEWMA.Round(100*time.Millisecond), m.o.WakeTimeout)}
 }
 
 // waitErr turns the end of an Acquire wait into the caller's error: its own
@@ -776,6 +810,11 @@ func (m *Manager) runStart(ctx context.Context, b *branch, f *flight, gen uint64
 	now := time.Now()
 	b.proc, b.startedAt, b.lastUsed, b.lastErr, b.leases = proc, now, now, nil, 0
 	b.frozen, b.tierSince, b.startKind, b.pw.startDur = false, now, WakeWarm, took
+	if m.startEWMA == 0 {
+		m.startEWMA = took
+	} else {
+		m.startEWMA = (4*m.startEWMA + took) / 5
+	}
 	if mp, ok := proc.(Materializer); ok && mp.Materialized() {
 		b.startKind = WakeCold
 	}

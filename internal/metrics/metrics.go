@@ -27,6 +27,7 @@ type Metrics struct {
 	Computes            *prometheus.GaugeVec
 	ComputeStarts       *prometheus.CounterVec // result=ok|error|abandoned
 	ComputeWakeQueued   prometheus.Counter
+	ComputeWakesRefused prometheus.Counter
 	AuthFailures        prometheus.Counter
 	CancelRequests      *prometheus.CounterVec // result=forwarded|unknown
 	PoolServerConns     *prometheus.GaugeVec   // state=active|idle
@@ -80,6 +81,9 @@ func New() *Metrics {
 		ComputeWakeQueued: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "neonproxy_compute_wakes_queued_total", Help: "Wakes that queued for a running slot because compute.max_running computes were busy.",
 		}),
+		ComputeWakesRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "neonproxy_compute_wakes_refused_total", Help: "Wakes refused at once because the starts queued ahead under compute.max_running would outlast their wake_timeout.",
+		}),
 		AuthFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "neonproxy_auth_failures_total", Help: "Failed client authentications.",
 		}),
@@ -119,7 +123,7 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.ClientConnections, m.ConnectionsTotal, m.WakeDuration, m.Computes,
-		m.ComputeStarts, m.ComputeWakeQueued, m.AuthFailures, m.CancelRequests,
+		m.ComputeStarts, m.ComputeWakeQueued, m.ComputeWakesRefused, m.AuthFailures, m.CancelRequests,
 		m.PoolWait, m.BranchesTotal,
 		m.ComputeStopsTotal, m.ProxyBytesForwarded, m.PoolPinned, m.Prewarm, m.PrewarmSeconds,
 		m.BranchesExpired, m.BranchResets,
