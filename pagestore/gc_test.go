@@ -3,6 +3,7 @@ package pagestore
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
@@ -139,5 +140,50 @@ func TestRetained(t *testing.T) {
 				t.Fatalf("retained = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestGCCompactsDroppedTimelines: the disk a dropped timeline's versions
+// took is given back by the next GC pass, not whenever pebble gets to the
+// range deletions.
+func TestGCCompactsDroppedTimelines(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	root := mustCreate(t, s, "root", 0, 0)
+	writeImage(t, s, root.ID, 0x100, true, func(w *imageWriter) { w.page(RelTag{1663, 5, 1000, 0}, 0, pageOf(1)) })
+	tables := func() int64 {
+		if err := s.db.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		return s.db.Metrics().Total().TablesSize
+	}
+	base := tables()
+	child := mustCreate(t, s, "child", root.ID, 0x100)
+	rnd := rand.New(rand.NewPCG(1, 2))
+	writeImage(t, s, child.ID, 0x200, true, func(w *imageWriter) {
+		for blk := uint32(0); blk < 2000; blk++ { // 16 MB that does not compress
+			p := make([]byte, BlockSize)
+			for i := range p {
+				p[i] = byte(rnd.Uint32())
+			}
+			w.page(RelTag{1663, 5, 2000, 0}, blk, p)
+		}
+	})
+	full := tables()
+	if err := s.DropTimeline(ctx, child.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Live tables only: the WAL's few MB are pebble's own, whatever the
+	// data, and obsolete files go in the background.
+	after := s.db.Metrics().Total().TablesSize
+	t.Logf("table bytes: %d before the child, %d with it, %d after its drop and a GC pass", base, full, after)
+	if full-base < 10<<20 {
+		t.Fatalf("the child's pages took only %d bytes", full-base)
+	}
+	if after-base > 1<<20 {
+		t.Errorf("%d table bytes still used after the drop and a GC pass (the child took %d)", after-base, full-base)
 	}
 }

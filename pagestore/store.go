@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -37,6 +38,9 @@ type Store struct {
 	wo   *pebble.WriteOptions // Sync unless NoSync
 
 	closeOnce sync.Once
+	// dropped counts timelines dropped since GC last compacted their
+	// range deletions away.
+	dropped atomic.Int64
 
 	// metaMu serialises metadata writes; held across the synced write but
 	// never together with mu.
@@ -358,6 +362,7 @@ func (s *Store) DropTimeline(ctx context.Context, id TimelineID) error {
 		s.mu.Unlock()
 		return fmt.Errorf("drop timeline %d: %w", id, err)
 	}
+	s.dropped.Add(1)
 	s.log.Info("dropped timeline", zap.Uint64("id", uint64(id)))
 	return nil
 }
