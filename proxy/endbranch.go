@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/neonproxy/neonproxy/internal/pgwire"
+	"github.com/neonproxy/neonproxy/pool"
 	"github.com/neonproxy/neonproxy/router"
 )
 
@@ -18,19 +19,18 @@ import (
 func (s *Server) EndBranch(branch string, e *pgwire.Error) int {
 	msg, _ := e.Fatal().Encode(nil)
 	var tell []*session
-	var cuts []func()
+	var cuts []*pool.Conn
 	s.mu.Lock()
 	for ss := range s.mu.sessions {
 		if ss.branch != branch || ss.keeper.Load() || ss.ended.Load() != nil {
 			continue
 		}
 		ss.ended.Store(e)
-		switch {
-		case ss.between.Load() && !ss.drained:
+		if ss.between.Load() && !ss.drained {
 			ss.drained = true
 			tell = append(tell, ss)
-		case ss.cut.Load() != nil:
-			cuts = append(cuts, *ss.cut.Load())
+		} else if c := ss.server.Load(); c != nil {
+			cuts = append(cuts, c)
 		}
 	}
 	n := len(tell) + len(cuts)
@@ -43,20 +43,12 @@ func (s *Server) EndBranch(branch string, e *pgwire.Error) int {
 			_ = ss.conn.Close()
 		}()
 	}
-	for _, cut := range cuts {
-		cut()
+	for _, c := range cuts {
+		// The session may have given c back meanwhile: closing it then
+		// costs the pool one connection of a compute that is going away.
+		_ = c.Net.Close()
 	}
 	return n
-}
-
-// setCut records how to cut the session's server connection (nil: it has
-// none), for EndBranch.
-func (ss *session) setCut(f func()) {
-	if f == nil {
-		ss.cut.Store(nil)
-		return
-	}
-	ss.cut.Store(&f)
 }
 
 // endedError is what a session ended by EndBranch reports instead of

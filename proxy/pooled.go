@@ -68,8 +68,8 @@ func (s *Server) sessionPooled(ss *session, c *pool.Conn, target *cancelTarget, 
 		suspended.Store(true)
 		_ = c.Net.Close()
 	})
-	ss.setCut(func() { _ = c.Net.Close() })
-	defer ss.setCut(nil)
+	ss.server.Store(c)
+	defer ss.server.Store(nil)
 	type result struct {
 		n   int64
 		err error

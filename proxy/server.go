@@ -354,10 +354,11 @@ type session struct {
 	// branch is route.Branch once admitted, for EndBranch (under
 	// Server.mu).
 	branch string
-	// ended is set by EndBranch to what the client is told; cut, while
-	// the session uses a server connection, closes that connection.
+	// ended is set by EndBranch to what the client is told; server is
+	// the server connection the session uses (nil: none), which EndBranch
+	// cuts.
 	ended    atomic.Pointer[pgwire.Error]
-	cut      atomic.Pointer[func()]
+	server   atomic.Pointer[pool.Conn]
 	wakeKind wake.WakeKind
 	waited   time.Duration
 	result   string

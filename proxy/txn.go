@@ -516,7 +516,7 @@ func (t *txnSession) attach() error {
 	t.sst = serverState{}
 	t.mu.Lock()
 	t.mu.sc = c
-	t.ss.setCut(func() { _ = c.Net.Close() })
+	t.ss.server.Store(c)
 	t.info.setState(clientActive) // under mu, like every change of sc
 	t.mu.queue = t.mu.queue[:0]
 	t.mu.Unlock()
@@ -710,7 +710,7 @@ func (t *txnSession) finish() {
 // unless it is pinned, no compute either.
 func (t *txnSession) detachLocked() {
 	t.mu.sc = nil
-	t.ss.setCut(nil)
+	t.ss.server.Store(nil)
 	t.info.setState(clientIdle)
 	t.ss.between.Store(t.mu.pinned == "")
 	if t.mu.pinned == "" && t.mu.lease != nil {
