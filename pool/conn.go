@@ -36,10 +36,7 @@ func (c *Conn) Exec(ctx context.Context, sql string) (byte, error) {
 		}
 		switch m := msg.(type) {
 		case *pgproto3.ParameterStatus:
-			if c.Params == nil {
-				c.Params = map[string]string{}
-			}
-			c.Params[m.Name] = m.Value
+			c.SetParam(m.Name, m.Value)
 		case *pgproto3.ErrorResponse:
 			if firstErr == nil {
 				firstErr = pgconn.ErrorResponseToPgError(m)
@@ -48,6 +45,15 @@ func (c *Conn) Exec(ctx context.Context, sql string) (byte, error) {
 			return m.TxStatus, firstErr
 		}
 	}
+}
+
+// SetParam records a ParameterStatus.
+func (c *Conn) SetParam(name, value string) {
+	if c.Params == nil {
+		c.Params = map[string]string{}
+	}
+	c.Params[name] = value
+	c.Synced = ""
 }
 
 // Reset returns a session-mode connection to a clean state before reuse:

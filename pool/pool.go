@@ -31,8 +31,13 @@ type Conn struct {
 	PID       uint32
 	SecretKey []byte
 	// Params are the ParameterStatus values the backend has reported; the
-	// holder keeps them current so the next holder can tell what differs.
+	// holder keeps them current (SetParam) so the next holder can tell
+	// what differs.
 	Params map[string]string
+	// Synced is the holder's opaque key of the settings Params last
+	// matched, so that the next holder with the same key skips comparing
+	// them; SetParam clears it.
+	Synced string
 	// Epoch is the compute generation the connection belongs to;
 	// connections of an older epoch are never lent again.
 	Epoch uint64

@@ -50,6 +50,33 @@ func splitStartup(rt router.Route, params map[string]string) (key pool.Key, trac
 	return pool.Key{Branch: rt.Branch, Database: rt.Database, User: rt.User, Options: opts}, tracked, dialParams
 }
 
+// trackedNames are trackedParams' canonical names, sorted.
+var trackedNames = func() []string {
+	names := make([]string, 0, len(trackedParams))
+	for _, canon := range trackedParams {
+		names = append(names, canon)
+	}
+	sort.Strings(names)
+	return names
+}()
+
+// settingsKey names a set of tracked settings exactly (names and values,
+// NUL-separated, which neither can contain), so that two equal keys mean
+// equal settings.
+func settingsKey(settings map[string]string) string {
+	var b strings.Builder
+	b.WriteByte('k') // never ""
+	for _, name := range trackedNames {
+		if v, ok := settings[name]; ok {
+			b.WriteString(name)
+			b.WriteByte(0)
+			b.WriteString(v)
+			b.WriteByte(0)
+		}
+	}
+	return b.String()
+}
+
 // setStatements returns the SET commands that bring have to want for the
 // tracked settings, as one simple-query string ("" when nothing differs).
 func setStatements(want, have map[string]string) string {

@@ -24,6 +24,47 @@ func TestSetStatements(t *testing.T) {
 	}
 }
 
+func TestSettingsKey(t *testing.T) {
+	m := func(kv ...string) map[string]string {
+		out := map[string]string{}
+		for i := 0; i < len(kv); i += 2 {
+			out[kv[i]] = kv[i+1]
+		}
+		return out
+	}
+	sets := []map[string]string{
+		m(),
+		m("TimeZone", ""),
+		m("TimeZone", "UTC"),
+		m("TimeZone", "UTC", "DateStyle", "ISO"),
+		m("TimeZone", "UTCDateStyle"),
+		m("DateStyle", "UTC"),
+		m("application_name", "a\x00TimeZone"),
+	}
+	seen := map[string]int{}
+	for i, s := range sets {
+		k := settingsKey(s)
+		if k == "" {
+			t.Fatalf("settingsKey(%v) is empty", s)
+		}
+		if j, dup := seen[k]; dup {
+			t.Errorf("settingsKey(%v) = settingsKey(%v)", s, sets[j])
+		}
+		seen[k] = i
+		if settingsKey(m(flatten(s)...)) != k {
+			t.Errorf("settingsKey(%v) differs for an equal map", s)
+		}
+	}
+}
+
+func flatten(m map[string]string) []string {
+	var kv []string
+	for k, v := range m {
+		kv = append(kv, k, v)
+	}
+	return kv
+}
+
 func TestSplitStartup(t *testing.T) {
 	rt := router.Route{Branch: "main", Database: "db", User: "u", Options: "-c search_path=x"}
 	key, tracked, dial := splitStartup(rt, map[string]string{

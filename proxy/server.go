@@ -652,7 +652,7 @@ func (s *Server) serve(ss *session, active int64) error {
 		redial: func(ep wake.Endpoint) pool.DialFunc {
 			return func(ctx context.Context) (*pool.Conn, error) { return s.dialBackend(ctx, ep, route, dialParams) }
 		},
-		target: target, socket: ep.SocketPath(), desired: desired,
+		target: target, ep: ep, socket: ep.SocketPath(), desired: desired, desiredKey: settingsKey(desired),
 		info: info, stats: ks,
 	})
 }

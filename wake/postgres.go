@@ -516,7 +516,7 @@ func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, point
 	// start, so it sees every commit acknowledged before it was created.
 	if d.keepers != nil && (at == 0 || tl.Target != 0) {
 		// Latest, or replay up to an LSN or a time: the WAL after the image.
-		end, err := d.keepers.branch(ctx, uint64(ptl.ID), uint64(tl.ID), tl.ParentLSN)
+		end, err := d.keepers.branch(ctx, uint64(ptl.ID), uint64(tl.ID), tl.ParentLSN, startsAtHead(ptl, tl))
 		if err != nil {
 			_ = d.store.DropTimeline(context.WithoutCancel(ctx), tl.ID)
 			return fmt.Errorf("wake: create %s from %s: %w", branch, parent, err)

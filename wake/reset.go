@@ -109,7 +109,7 @@ func (d *PostgresDriver) Reset(ctx context.Context, parent, branch string) error
 	if d.keepers != nil {
 		// The parent's durable WAL after its image, as for a new branch:
 		// the reset branch sees every commit the parent acknowledged.
-		if _, err := d.keepers.branch(ctx, uint64(ptl.ID), uint64(tl.ID), tl.ParentLSN); err != nil {
+		if _, err := d.keepers.branch(ctx, uint64(ptl.ID), uint64(tl.ID), tl.ParentLSN, startsAtHead(ptl, tl)); err != nil {
 			_ = d.store.DropTimeline(context.WithoutCancel(ctx), tl.ID)
 			return fmt.Errorf("parent's WAL: %w", err)
 		}

@@ -1040,6 +1040,47 @@ func TestBranchFromRunningParentWithKeeper(t *testing.T) {
 	}
 }
 
+// TestBranchFromStoppedParentNoRecovery: the keepers' copy of a stopped
+// parent's WAL ends with its image's shutdown checkpoint, so a child of it
+// starts from the image as PostgreSQL left it (no crash recovery, whose
+// fsync of every file cost half a second per new branch), and a parent
+// that wrote after its image still hands that WAL on.
+func TestBranchFromStoppedParentNoRecovery(t *testing.T) {
+	e := newKeeperEnv(t)
+	ctx := ctxT(t)
+	e.on("main", "create table t(x int); insert into t select generate_series(1, 100)")
+	if err := e.m.Suspend(ctx, "main"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Clone(ctx, "main", "child", Point{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.on("child", "select count(*) from t"); got[0] != "100" {
+		t.Fatalf("child sees %v rows, want 100", got)
+	}
+	log, err := os.ReadFile(e.drv.logPath("child"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(log, []byte("database system was shut down")) || bytes.Contains(log, []byte("automatic recovery")) {
+		t.Fatalf("the child's first start was not a clean one:\n%s", log)
+	}
+	// main again, with a commit after its image: the next child replays it.
+	l, err := e.m.Acquire(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	c := connect(t, l.Endpoint)
+	query(t, c, "insert into t values (101)")
+	if err := e.m.Clone(ctx, "main", "child2", Point{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.on("child2", "select count(*) from t"); got[0] != "101" {
+		t.Fatalf("child2 sees %v rows, want the 101 committed before it was created", got)
+	}
+}
+
 // TestRemoveStaleLock: a lock file naming a dead process goes; one naming
 // a live process stays.
 func TestRemoveStaleLock(t *testing.T) {
