@@ -118,8 +118,9 @@ func FuzzDecodeIngest(f *testing.F) {
 	}))
 	f.Add(frames(func(fw *frameWriter) { _ = fw.frame('d', appendStr(nil, "../etc"), nil) }))
 	f.Add([]byte{'p', 0xFF, 0xFF, 0xFF, 0xFF})
+	fr := newFrameReader(nil)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		_ = decodeIngest(newFrameReader(bytes.NewReader(body)), &recSink{t: t})
+		_ = decodeIngest(fr.reset(bytes.NewReader(body)), &recSink{t: t})
 	})
 }
 
@@ -139,8 +140,9 @@ func FuzzDecodeMaterialize(f *testing.F) {
 	}))
 	f.Add(frames(func(fw *frameWriter) { _ = fw.frame('x', binary.BigEndian.AppendUint32(nil, 404), []byte("gone")) }))
 	f.Add([]byte{'P', 0, 0, 0, 8, 0, 0, 0, 9, 0, 0, 0, 0})
+	fr := newFrameReader(nil)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		_, _ = decodeMaterialize(newFrameReader(bytes.NewReader(body)), &recSink{t: t},
+		_, _ = decodeMaterialize(fr.reset(bytes.NewReader(body)), &recSink{t: t},
 			func(code int, msg string) error { return errors.New(msg) })
 	})
 }

@@ -57,6 +57,32 @@ type keyPool struct {
 type waiter struct {
 	since time.Time
 	ch    chan grant
+	timer *time.Timer // QueryWaitTimeout
+}
+
+// waiters are reused: with more clients than connections nearly every
+// transaction waits, and a waiter, its channel and its timer were most of
+// the pooler's allocations per transaction. A waiter goes back only with
+// its channel drained and open (Close closes the channels of the waiters
+// it drops) and its timer stopped.
+var waiters = sync.Pool{New: func() any { return &waiter{ch: make(chan grant, 1)} }}
+
+// wait blocks until w is granted something, d passes (ok false) or ctx
+// ends (ok false).
+func (w *waiter) wait(ctx context.Context, d time.Duration) (g grant, ok bool) {
+	if w.timer == nil {
+		w.timer = time.NewTimer(d)
+	} else {
+		w.timer.Reset(d)
+	}
+	defer w.timer.Stop()
+	select {
+	case g, ok = <-w.ch:
+		return g, ok
+	case <-w.timer.C:
+	case <-ctx.Done():
+	}
+	return grant{}, false
 }
 
 type grant struct {
@@ -155,37 +181,33 @@ func (p *Pool) Acquire(ctx context.Context, k Key, epoch uint64, dial DialFunc) 
 		c, err := p.dial(ctx, k, kp, epoch, dial)
 		return c, time.Since(t0), err
 	}
-	w := &waiter{since: t0, ch: make(chan grant, 1)}
+	w := waiters.Get().(*waiter)
+	w.since = t0
 	kp.waiters = append(kp.waiters, w)
 	waitTimeout := p.o.QueryWaitTimeout
 	p.mu.Unlock()
 	closeAll(discard)
 
-	timer := time.NewTimer(waitTimeout)
-	defer timer.Stop()
-	var g grant
-	select {
-	case g = <-w.ch:
-	case <-timer.C:
-	case <-ctx.Done():
-	}
-	if g.conn == nil && !g.slot {
-		// Timed out or cancelled: leave the queue, unless a grant raced in.
+	g, ok := w.wait(ctx, waitTimeout)
+	if !ok {
+		// Timed out, cancelled or closed: leave the queue, unless a grant
+		// raced in.
 		p.mu.Lock()
 		if i := indexOf(kp.waiters, w); i >= 0 {
 			kp.waiters = append(kp.waiters[:i], kp.waiters[i+1:]...)
 			p.mu.Unlock()
+			waiters.Put(w)
 			if ctx.Err() != nil {
 				return nil, time.Since(t0), ctx.Err()
 			}
 			return nil, time.Since(t0), ErrWaitTimeout
 		}
 		p.mu.Unlock()
-		g = <-w.ch
-		if g.conn == nil && !g.slot {
-			return nil, time.Since(t0), ErrClosed
+		if g, ok = <-w.ch; !ok {
+			return nil, time.Since(t0), ErrClosed // closed: not reused
 		}
 	}
+	waiters.Put(w)
 	if g.slot {
 		c, err := p.dial(ctx, k, kp, epoch, dial)
 		return c, time.Since(t0), err

@@ -64,10 +64,11 @@ func (s *Server) sessionPooled(ss *session, c *pool.Conn, target *cancelTarget, 
 	// compute.suspend_with_sessions: disconnect: the compute is suspended
 	// under a quiet session, which is told why.
 	var suspended atomic.Bool
-	lease.OnSuspend(func() {
+	onSuspend := func(*wake.Lease) {
 		suspended.Store(true)
 		_ = c.Net.Close()
-	})
+	}
+	lease.OnSuspend(&onSuspend)
 	ss.server.Store(c)
 	defer ss.server.Store(nil)
 	type result struct {

@@ -63,15 +63,21 @@ type txnSession struct {
 	// suspended is set (to the reason) when the compute was suspended
 	// under a quiet session (compute.suspend_with_sessions: disconnect).
 	suspended atomic.Pointer[string]
+	// onSuspend (set once) and hookConn are the lease's OnSuspend hook
+	// and the connection it closes: one func for every transaction's
+	// lease, so attaching allocates no closure.
+	onSuspend func(*wake.Lease)
+	hookConn  atomic.Pointer[pool.Conn]
 	out       []byte // client reader's pending output to the server
 	sout      []byte // answers on their way to the client (inline mode)
 
 	// The attached connection's reader. The client reader owns it, or,
 	// once async is set (a LISTEN pinned the session), the server loop.
-	srd   *msgReader
-	sbuf  *[]byte
-	sst   serverState
-	async bool // set under mu
+	srd    *msgReader // &srdVal while attached
+	srdVal msgReader
+	sbuf   *[]byte
+	sst    serverState
+	async  bool // set under mu
 	// copyEnds counts CopyDone/CopyFail sent ahead of the server's
 	// CopyInResponse (pgx pipelines COPY data behind the query); copyIn is
 	// set while the server waits for the client's COPY data.
@@ -494,13 +500,19 @@ func (t *txnSession) attach() error {
 	t.mu.Lock()
 	lease := t.mu.lease
 	t.mu.Unlock()
-	// Runs under the compute manager's lock, before this session can give
-	// c back: it takes no lock of the session.
-	lease.OnSuspend(func() {
-		msg := lease.SuspendedError()
-		t.suspended.Store(&msg)
-		_ = c.Net.Close()
-	})
+	t.hookConn.Store(c)
+	if t.onSuspend == nil {
+		// Runs under the compute manager's lock, before this session can
+		// give its connection back: it takes no lock of the session.
+		t.onSuspend = func(l *wake.Lease) {
+			msg := l.SuspendedError()
+			t.suspended.Store(&msg)
+			if c := t.hookConn.Load(); c != nil {
+				_ = c.Net.Close()
+			}
+		}
+	}
+	lease.OnSuspend(&t.onSuspend)
 	// Comparing the maps on every transaction cost 4% of the pooler's
 	// CPU; a connection last seen matching the same settings is skipped.
 	if c.Synced == "" || c.Synced != t.desiredKey {
@@ -521,7 +533,8 @@ func (t *txnSession) attach() error {
 	}
 	t.target.set(t.socket, c.PID, c.SecretKey)
 	t.sbuf = t.s.bufs.Get().(*[]byte)
-	t.srd = newMsgReader(c.Net, *t.sbuf, 1<<30)
+	t.srdVal = msgReader{r: c.Net, buf: *t.sbuf, max: 1 << 30}
+	t.srd = &t.srdVal
 	t.sst = serverState{}
 	t.mu.Lock()
 	t.mu.sc = c
@@ -668,7 +681,7 @@ func (t *txnSession) giveBack(c *pool.Conn, reusable bool) {
 func (t *txnSession) dropReader() {
 	if t.sbuf != nil {
 		t.s.bufs.Put(t.sbuf)
-		t.sbuf, t.srd = nil, nil
+		t.sbuf, t.srd, t.srdVal = nil, nil, msgReader{}
 	}
 }
 

@@ -19,7 +19,7 @@ import (
 // leaseActivity is what a lease records for the idle-session check.
 type leaseActivity struct {
 	last      atomic.Int64 // unix nanos of the client's last message
-	onSuspend atomic.Pointer[func()]
+	onSuspend atomic.Pointer[func(*Lease)]
 }
 
 // Touch records client activity on the lease (a no-op unless idle
@@ -39,8 +39,11 @@ func (l *Lease) SuspendedError() string {
 }
 
 // OnSuspend sets what to do to the lease's client when its compute is
-// suspended under it (DisconnectIdleSessions).
-func (l *Lease) OnSuspend(f func()) { l.act.onSuspend.Store(&f) }
+// suspended under it (DisconnectIdleSessions): (*f)(l) is called under
+// the manager's lock. f is kept, not copied: a transaction-pooled session
+// passes the same field with every transaction's lease, so that setting
+// the hook allocates nothing.
+func (l *Lease) OnSuspend(f *func(*Lease)) { l.act.onSuspend.Store(f) }
 
 // trackLeaseLocked adds a new lease to b's set, when sessions can be
 // disconnected, and arms the check.
@@ -89,7 +92,7 @@ func (m *Manager) sessionCheckFire(b *branch, gen uint64) {
 	var tell []func()
 	for l := range b.leaseSet {
 		if f := l.act.onSuspend.Load(); f != nil {
-			tell = append(tell, *f)
+			tell = append(tell, func() { (*f)(l) })
 		}
 	}
 	n := len(b.leaseSet)
