@@ -1065,6 +1065,12 @@ func TestBranchFromStoppedParentNoRecovery(t *testing.T) {
 	if !bytes.Contains(log, []byte("database system was shut down")) || bytes.Contains(log, []byte("automatic recovery")) {
 		t.Fatalf("the child's first start was not a clean one:\n%s", log)
 	}
+	// Its own WAL starts empty on the keepers and holds its commits.
+	e.on("child", "insert into t values (-1)")
+	e.crashAndLoseLocalDir("child")
+	if got := e.on("child", "select count(*) from t"); got[0] != "101" {
+		t.Fatalf("child after losing its directory sees %v rows, want 101", got)
+	}
 	// main again, with a commit after its image: the next child replays it.
 	l, err := e.m.Acquire(ctx, "main")
 	if err != nil {
