@@ -116,6 +116,12 @@ type PostgresDriver struct {
 	mu struct {
 		sync.Mutex
 		evicting, evictAgain bool
+		// sizes are the disk usage of stored local directories, by
+		// branch, valid while the branch's state is the one recorded: a
+		// directory does not change between a store and the next start,
+		// and walking every directory after every stop (the eviction
+		// check) cost seconds of CPU with hundreds of stopped branches.
+		sizes map[string]sizedState
 	}
 	evictWG sync.WaitGroup
 }

@@ -44,6 +44,13 @@ type localState struct {
 	Gen uint64 `json:"gen,omitempty"`
 }
 
+// Same reports whether two states are one write of the state file (each
+// write has its own UsedAt).
+func (s localState) Same(o localState) bool {
+	return s.Timeline == o.Timeline && s.LSN == o.LSN && s.Unstored == o.Unstored && s.UsedAt.Equal(o.UsedAt) &&
+		s.BootID == o.BootID && s.Gen == o.Gen
+}
+
 // bootID is this boot's id ("" where the kernel does not say).
 func bootID() string {
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
@@ -449,10 +456,9 @@ func (d *PostgresDriver) Storage(ctx context.Context, branch string) (Storage, e
 		s.ParentLSN = at.String()
 	}
 	s.LogicalBytes, s.UniqueBytes = tl.LogicalSize, tl.StoredBytes
-	if st, ok := d.readState(branch); ok {
-		s.Unstored = st.Unstored
-	}
-	s.LocalBytes = diskUsage(d.pgdata(branch))
+	st, hasState := d.readState(branch)
+	s.Unstored = hasState && st.Unstored
+	s.LocalBytes = d.localBytes(branch, st, hasState)
 	state, lag, each := d.keeperState(branch)
 	s.WALKeeper, s.WALKeeperLagBytes, s.WALKeepers = state, int64(lag), each
 	return s, nil
@@ -476,6 +482,48 @@ func diskUsage(dir string) int64 {
 	return n
 }
 
+// sizedState is a local directory's disk usage under a state.
+type sizedState struct {
+	st    localState
+	bytes int64
+}
+
+// localBytes is the disk branch's local data directory uses. A stored
+// directory (state not Unstored) is walked once per state; any other is
+// walked every time.
+func (d *PostgresDriver) localBytes(branch string, st localState, hasState bool) int64 {
+	stored := hasState && !st.Unstored
+	if stored {
+		d.mu.Lock()
+		c, ok := d.mu.sizes[branch]
+		d.mu.Unlock()
+		if ok && c.st.Same(st) {
+			return c.bytes
+		}
+	}
+	n := diskUsage(d.pgdata(branch))
+	if stored {
+		d.mu.Lock()
+		if d.mu.sizes == nil {
+			d.mu.sizes = map[string]sizedState{}
+		}
+		d.mu.sizes[branch] = sizedState{st: st, bytes: n}
+		d.mu.Unlock()
+	}
+	return n
+}
+
+// forgetSizes drops the remembered sizes of branches not in keep.
+func (d *PostgresDriver) forgetSizes(keep map[string]bool) {
+	d.mu.Lock()
+	for b := range d.mu.sizes {
+		if !keep[b] {
+			delete(d.mu.sizes, b)
+		}
+	}
+	d.mu.Unlock()
+}
+
 // evict removes the local data directories of the least recently used
 // stopped branches while the local copies exceed compute.cache_bytes. A
 // directory with unstored changes, a running compute, or a start or store
@@ -495,19 +543,22 @@ func (d *PostgresDriver) evict(ctx context.Context) {
 	}
 	var total int64
 	var cands []cand
+	seen := make(map[string]bool, len(entries))
 	for _, e := range entries {
 		if !e.IsDir() {
 			continue
 		}
 		name := e.Name()
-		bytes := diskUsage(d.pgdata(name))
-		total += bytes
+		seen[name] = true
 		st, ok := d.readState(name)
+		bytes := d.localBytes(name, st, ok)
+		total += bytes
 		if bytes == 0 || !ok || st.Unstored {
 			continue
 		}
 		cands = append(cands, cand{name, st.UsedAt, bytes})
 	}
+	d.forgetSizes(seen)
 	if total <= d.o.CacheBytes {
 		return
 	}
