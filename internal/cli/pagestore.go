@@ -34,7 +34,8 @@ func runPagestore(ctx context.Context, out io.Writer, cfg config.Config, log *za
 	if err != nil {
 		return err
 	}
-	s, err := pagestore.Open(pagestore.Options{Dir: dir, Logger: log.Named("pagestore"), Retention: cfg.Walkeeper.Retention.D()})
+	s, err := pagestore.Open(pagestore.Options{Dir: dir, Logger: log.Named("pagestore"), Retention: cfg.Walkeeper.Retention.D(),
+		CacheBytes: int64(cfg.Pagestore.BlockCacheBytes)})
 	if err != nil {
 		return err
 	}

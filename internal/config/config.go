@@ -149,6 +149,11 @@ type Pagestore struct {
 	// whoever holds the store: serve without Address, or `neonproxy
 	// pagestore`.
 	GCInterval Duration `yaml:"gc_interval"`
+	// BlockCacheBytes is pebble's block cache (uncompressed blocks) in
+	// whoever holds the store. A branch's first start reads its whole
+	// image; with the parent's image in the cache, a burst of branches of
+	// one parent reads no disk and decompresses nothing.
+	BlockCacheBytes Bytes `yaml:"block_cache_bytes"`
 	// Address is a standalone pagestore (`neonproxy pagestore`, host:port)
 	// serve uses instead of its own <data_dir>/pagestore; empty: its own.
 	Address string `yaml:"address"`
@@ -342,7 +347,7 @@ func Default() Config {
 			CacheBytes:          Bytes(10 << 30),
 			SpareFiles:          10000,
 		},
-		Pagestore: Pagestore{GCInterval: Duration(time.Hour), Listen: "127.0.0.1:7100"},
+		Pagestore: Pagestore{GCInterval: Duration(time.Hour), BlockCacheBytes: Bytes(256 << 20), Listen: "127.0.0.1:7100"},
 		Branches:  Branches{ReapInterval: Duration(10 * time.Second)},
 		Pool: Pool{
 			Mode: "session", DefaultPoolSize: 20, MaxClientConn: 10000,
@@ -431,6 +436,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Branches.ReapInterval <= 0 {
 		errs = append(errs, errors.New("branches.reap_interval must be > 0"))
+	}
+	if c.Pagestore.BlockCacheBytes < 1<<20 {
+		errs = append(errs, errors.New("pagestore.block_cache_bytes must be at least 1MiB"))
 	}
 	if c.Pagestore.GCInterval < 0 {
 		errs = append(errs, errors.New("pagestore.gc_interval must be >= 0"))

@@ -144,10 +144,11 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 			Token: cfg.Pagestore.Token, Logger: log.Named("pagestore"), NoSync: opt.NoSync})
 	} else {
 		s.Store, err = pagestore.Open(pagestore.Options{
-			Dir:       filepath.Join(dataDir, "pagestore"),
-			NoSync:    opt.NoSync,
-			Logger:    log.Named("pagestore"),
-			Retention: cfg.Walkeeper.Retention.D(),
+			Dir:        filepath.Join(dataDir, "pagestore"),
+			NoSync:     opt.NoSync,
+			Logger:     log.Named("pagestore"),
+			Retention:  cfg.Walkeeper.Retention.D(),
+			CacheBytes: int64(cfg.Pagestore.BlockCacheBytes),
 		})
 	}
 	if err != nil {
