@@ -73,11 +73,13 @@ type txnSession struct {
 
 	// The attached connection's reader. The client reader owns it, or,
 	// once async is set (a LISTEN pinned the session), the server loop.
-	srd    *msgReader // &srdVal while attached
-	srdVal msgReader
-	sbuf   *[]byte
-	sst    serverState
-	async  bool // set under mu
+	srd *msgReader // srdKeep while attached
+	// srdKeep is the session's reader of attached connections, made at
+	// its first transaction (not at login: idle clients must stay small).
+	srdKeep *msgReader
+	sbuf    *[]byte
+	sst     serverState
+	async   bool // set under mu
 	// copyEnds counts CopyDone/CopyFail sent ahead of the server's
 	// CopyInResponse (pgx pipelines COPY data behind the query); copyIn is
 	// set while the server waits for the client's COPY data.
@@ -533,8 +535,11 @@ func (t *txnSession) attach() error {
 	}
 	t.target.set(t.socket, c.PID, c.SecretKey)
 	t.sbuf = t.s.bufs.Get().(*[]byte)
-	t.srdVal = msgReader{r: c.Net, buf: *t.sbuf, max: 1 << 30}
-	t.srd = &t.srdVal
+	if t.srdKeep == nil {
+		t.srdKeep = new(msgReader)
+	}
+	*t.srdKeep = msgReader{r: c.Net, buf: *t.sbuf, max: 1 << 30}
+	t.srd = t.srdKeep
 	t.sst = serverState{}
 	t.mu.Lock()
 	t.mu.sc = c
@@ -681,7 +686,8 @@ func (t *txnSession) giveBack(c *pool.Conn, reusable bool) {
 func (t *txnSession) dropReader() {
 	if t.sbuf != nil {
 		t.s.bufs.Put(t.sbuf)
-		t.sbuf, t.srd, t.srdVal = nil, nil, msgReader{}
+		t.sbuf, t.srd = nil, nil
+		*t.srdKeep = msgReader{} // drop the buffer and the connection
 	}
 }
 
