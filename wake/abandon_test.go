@@ -3,7 +3,6 @@ package wake
 import (
 	"context"
 	"errors"
-	"strings"
 	"testing"
 	"time"
 )
@@ -85,18 +84,8 @@ func TestHopelessWakeRefused(t *testing.T) {
 	if got := value(t, e.met.ComputeWakesRefused); got != 1 {
 		t.Errorf("wakes refused: %v, want 1", got)
 	}
-	// Quick starts, but queued wakes have been getting a slot only every
-	// 10 s: refused as well, naming the turn rate.
 	e.m.mu.Lock()
-	e.m.startEWMA, e.m.turnEWMA = 100*time.Millisecond, 10*time.Second
-	e.m.mu.Unlock()
-	_, err = e.m.Acquire(ctx, "b")
-	if !errors.As(err, &se) || !errors.Is(err, ErrMaxRunning) || se.RetryAfter < 10*time.Second ||
-		!strings.Contains(err.Error(), "gets a slot about every 10s") {
-		t.Fatalf("acquire with slow turns: %v, want ErrMaxRunning naming the turn rate", err)
-	}
-	e.m.mu.Lock()
-	e.m.turnEWMA = 0
+	e.m.startEWMA = 100 * time.Millisecond
 	e.m.mu.Unlock()
 	done := make(chan error, 1)
 	go func() {
@@ -110,32 +99,5 @@ func TestHopelessWakeRefused(t *testing.T) {
 	la.Release()
 	if err := <-done; err != nil {
 		t.Fatalf("a wake the queue can serve in time: %v", err)
-	}
-}
-
-// TestTurnEWMA: the time between queued wakes' turns is averaged while the
-// queue stays non-empty, and forgotten when it empties.
-func TestTurnEWMA(t *testing.T) {
-	m := &Manager{}
-	t0 := time.Now()
-	a, b := &roomTicket{branch: "a"}, &roomTicket{branch: "b"}
-	m.roomQ = []*roomTicket{a, b}
-	m.roomCh = make(chan struct{})
-	m.noteTurnLocked(t0) // first turn: nothing to measure yet
-	if m.turnEWMA != 0 {
-		t.Fatalf("after one turn: %v", m.turnEWMA)
-	}
-	m.dropTicketLocked(a)
-	m.noteTurnLocked(t0.Add(time.Second))
-	if m.turnEWMA != time.Second {
-		t.Fatalf("after two turns 1s apart: %v", m.turnEWMA)
-	}
-	m.noteTurnLocked(t0.Add(7 * time.Second))
-	if want := (4*time.Second + 6*time.Second) / 5; m.turnEWMA != want {
-		t.Fatalf("moving average %v, want %v", m.turnEWMA, want)
-	}
-	m.dropTicketLocked(b) // the queue is empty
-	if m.turnEWMA != 0 || !m.lastTurn.IsZero() {
-		t.Fatalf("after the queue emptied: %v, %v", m.turnEWMA, m.lastTurn)
 	}
 }

@@ -125,15 +125,6 @@ type Manager struct {
 	// startEWMA is a moving average of how long starts take (under mu),
 	// for telling a queued wake it cannot be served in time.
 	startEWMA time.Duration
-	// turnEWMA is a moving average of the time between two queued wakes
-	// getting their slot, while the queue stays non-empty (lastTurn: the
-	// latest). A slot frees only when a running compute is evicted or
-	// stops, so under a sustained queue turns come slower than
-	// MaxRunning / startEWMA: in the agents bench 8 slots and 2.2 s starts
-	// promised a turn every 0.3 s, and one came every 0.5 s, so 218 wakes
-	// judged servable waited out wake_timeout instead.
-	turnEWMA time.Duration
-	lastTurn time.Time
 }
 
 // roomTicket is one start's place in Manager.roomQ, told apart by its
@@ -612,7 +603,6 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 				continue
 			}
 			if ticket != nil {
-				m.noteTurnLocked(time.Now())
 				m.dropTicketLocked(ticket)
 				ticket = nil
 			}
@@ -642,11 +632,6 @@ func (m *Manager) hopelessLocked(name string, wctx context.Context) error {
 	}
 	rounds := len(m.roomQ)/m.o.MaxRunning + 1 // this start's turn among the queued ones
 	wait := time.Duration(rounds) * m.startEWMA
-	why := fmt.Sprintf("starts take about %s", m.startEWMA.Round(100*time.Millisecond))
-	if byTurns := time.Duration(len(m.roomQ)+1) * m.turnEWMA; byTurns > wait {
-		wait = byTurns
-		why = fmt.Sprintf("a queued wake gets a slot about every %s", m.turnEWMA.Round(10*time.Millisecond))
-	}
 	if wait <= time.Until(deadline) {
 		return nil
 	}
@@ -654,8 +639,8 @@ func (m *Manager) hopelessLocked(name string, wctx context.Context) error {
 		m.met.ComputeWakesRefused.Inc()
 	}
 	return &StartError{Branch: name, RetryAfter: wait.Round(time.Second), Err: fmt.Errorf(
-		"%w: %d wakes are queued ahead for %d slots and %s, so this one would not start within wake_timeout (%s)",
-		ErrMaxRunning, len(m.roomQ), m.o.MaxRunning, why, m.o.WakeTimeout)}
+		"%w: %d wakes are queued ahead for %d slots and starts take about %s, so this one would not start within wake_timeout (%s)",
+		ErrMaxRunning, len(m.roomQ), m.o.MaxRunning, m.startEWMA.Round(100*time.Millisecond), m.o.WakeTimeout)}
 }
 
 // waitErr turns the end of an Acquire wait into the caller's error: its own
@@ -727,27 +712,10 @@ func (m *Manager) dropTicketLocked(t *roomTicket) {
 	for i, q := range m.roomQ {
 		if q == t {
 			m.roomQ = append(m.roomQ[:i], m.roomQ[i+1:]...)
-			if len(m.roomQ) == 0 {
-				// The turn rate was of that queue; a new one measures its own.
-				m.turnEWMA, m.lastTurn = 0, time.Time{}
-			}
 			m.roomChangedLocked()
 			return
 		}
 	}
-}
-
-// noteTurnLocked records that a queued wake got its slot at now.
-func (m *Manager) noteTurnLocked(now time.Time) {
-	if !m.lastTurn.IsZero() {
-		d := now.Sub(m.lastTurn)
-		if m.turnEWMA == 0 {
-			m.turnEWMA = d
-		} else {
-			m.turnEWMA = (4*m.turnEWMA + d) / 5
-		}
-	}
-	m.lastTurn = now
 }
 
 // startLocked moves b to starting and starts its compute in the background
