@@ -648,7 +648,7 @@ func (s *Server) serve(ss *session, active int64) error {
 	lease.Release()
 	info.setState(clientIdle)
 	return s.sessionTransaction(ss, &txnSession{
-		s: s, ss: ss, key: key, branch: route.Branch, epoch: ep.Generation, dial: dial,
+		s: s, ss: ss, key: key, branch: route.Branch, dial: dial,
 		redial: func(ep wake.Endpoint) pool.DialFunc {
 			return func(ctx context.Context) (*pool.Conn, error) { return s.dialBackend(ctx, ep, route, dialParams) }
 		},

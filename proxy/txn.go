@@ -44,14 +44,13 @@ type txnSession struct {
 	ss     *session
 	key    pool.Key
 	branch string
-	epoch  uint64
 	dial   pool.DialFunc
 	// redial makes the dial function of another start of the compute: a
 	// client between transactions holds no compute, which may suspend
 	// and start again (elsewhere on disk, under a new generation).
 	redial  func(wake.Endpoint) pool.DialFunc
 	target  *cancelTarget
-	ep      wake.Endpoint     // the compute dial reaches
+	ep      wake.Endpoint     // the compute dial reaches (its Generation: the pool epoch)
 	socket  string            // ep.SocketPath()
 	desired map[string]string // tracked settings the client expects
 	// desiredKey is settingsKey(desired), never "".
@@ -491,7 +490,7 @@ func (t *txnSession) attach() error {
 	if err := t.holdCompute(ctx); err != nil {
 		return err
 	}
-	c, waited, err := t.s.opt.Pool.Acquire(ctx, t.key, t.epoch, t.dial)
+	c, waited, err := t.s.opt.Pool.Acquire(ctx, t.key, t.ep.Generation, t.dial)
 	if waited > 0 {
 		t.s.m.PoolWait.Observe(waited.Seconds())
 	}
@@ -770,7 +769,7 @@ func (t *txnSession) holdCompute(ctx context.Context) error {
 	// Compared as a struct: building the socket path on every
 	// transaction showed in the profile (3% of the pooler's CPU).
 	if ep := lease.Endpoint; ep != t.ep {
-		t.ep, t.epoch, t.socket, t.dial = ep, ep.Generation, ep.SocketPath(), t.redial(ep)
+		t.ep, t.socket, t.dial = ep, ep.SocketPath(), t.redial(ep)
 	}
 	t.mu.Lock()
 	t.mu.lease = lease
