@@ -38,8 +38,9 @@ type Pool struct {
 		keys     map[Key]*keyPool
 		byBranch map[string]int // open connections per branch
 		// lent holds the connections sessions have, so SHOW SERVERS can
-		// list them (the key pools only count them).
-		lent   map[*Conn]struct{}
+		// list them (the key pools only count them); each Conn knows its
+		// index (lentAt), so lending is no map update per transaction.
+		lent   []*Conn
 		paused map[string]bool // branches that lend nothing (PAUSE)
 	}
 }
@@ -50,44 +51,78 @@ type keyPool struct {
 	active  int
 	dialing int
 	waiters []*waiter // FIFO
+	// expiry enforces QueryWaitTimeout for all the key's waiters: one
+	// timer, armed for the earliest deadline, rather than one per wait.
+	// With more clients than connections nearly every transaction waits,
+	// and arming, stopping and selecting on a timer per wait was a
+	// measurable part of the pooler's CPU.
+	expiry      *time.Timer
+	expiryArmed bool
+	expiryAt    time.Time // the deadline it is armed for
 }
 
-// waiter is a session blocked in Acquire. It is handed either a
-// connection, or (conn nil, slot true) the right to dial one.
+// waiter is a session blocked in Acquire. It is handed a connection, the
+// right to dial one (slot), or the end of its wait (expired).
 type waiter struct {
-	since time.Time
-	ch    chan grant
-	timer *time.Timer // QueryWaitTimeout
+	since    time.Time
+	deadline time.Time // since + QueryWaitTimeout
+	ch       chan grant
 }
 
-// waiters are reused: with more clients than connections nearly every
-// transaction waits, and a waiter, its channel and its timer were most of
-// the pooler's allocations per transaction. A waiter goes back only with
-// its channel drained and open (Close closes the channels of the waiters
-// it drops) and its timer stopped.
+// waiters are reused: a waiter and its channel were most of the pooler's
+// allocations per transaction. A waiter goes back only with its channel
+// drained and open (Close closes the channels of the waiters it drops).
 var waiters = sync.Pool{New: func() any { return &waiter{ch: make(chan grant, 1)} }}
 
-// wait blocks until w is granted something, d passes (ok false) or ctx
-// ends (ok false).
-func (w *waiter) wait(ctx context.Context, d time.Duration) (g grant, ok bool) {
-	if w.timer == nil {
-		w.timer = time.NewTimer(d)
-	} else {
-		w.timer.Reset(d)
-	}
-	defer w.timer.Stop()
-	select {
-	case g, ok = <-w.ch:
-		return g, ok
-	case <-w.timer.C:
-	case <-ctx.Done():
-	}
-	return grant{}, false
+type grant struct {
+	conn    *Conn
+	slot    bool
+	expired bool // QueryWaitTimeout passed
 }
 
-type grant struct {
-	conn *Conn
-	slot bool
+// enqueueLocked queues w for k and makes sure the key's expiry timer will
+// fire by w's deadline.
+func (p *Pool) enqueueLocked(k Key, kp *keyPool, w *waiter) {
+	kp.waiters = append(kp.waiters, w)
+	// Armed already, the timer is usually due first: deadlines come in
+	// queue order, unless a RELOAD shortened the timeout.
+	if kp.expiryArmed && !w.deadline.Before(kp.expiryAt) {
+		return
+	}
+	d := w.deadline.Sub(w.since)
+	if kp.expiry == nil {
+		kp.expiry = time.AfterFunc(d, func() { p.expireWaiters(kp) })
+	} else {
+		kp.expiry.Reset(d)
+	}
+	kp.expiryArmed, kp.expiryAt = true, w.deadline
+}
+
+// expireWaiters ends the waits past their deadline and re-arms the timer
+// for the earliest deadline left. A grant that raced in first wins: the
+// waiter is then no longer queued.
+func (p *Pool) expireWaiters(kp *keyPool) {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	kept := kp.waiters[:0]
+	var next time.Time
+	for _, w := range kp.waiters {
+		if !now.Before(w.deadline) {
+			w.ch <- grant{expired: true} // buffered and empty while queued
+			continue
+		}
+		if next.IsZero() || w.deadline.Before(next) {
+			next = w.deadline
+		}
+		kept = append(kept, w)
+	}
+	clear(kp.waiters[len(kept):])
+	kp.waiters = kept
+	kp.expiryArmed, kp.expiryAt = !next.IsZero(), next
+	if kp.expiryArmed {
+		kp.expiry.Reset(next.Sub(now))
+	}
 }
 
 // New starts a pool and its idle reaper.
@@ -96,7 +131,6 @@ func New(o Options) *Pool {
 	p := &Pool{o: o, stop: make(chan struct{})}
 	p.mu.keys = map[Key]*keyPool{}
 	p.mu.byBranch = map[string]int{}
-	p.mu.lent = map[*Conn]struct{}{}
 	p.mu.paused = map[string]bool{}
 	p.wg.Add(1)
 	go p.reaper()
@@ -166,7 +200,7 @@ func (p *Pool) Acquire(ctx context.Context, k Key, epoch uint64, dial DialFunc) 
 		kp.idle = kp.idle[:len(kp.idle)-1]
 		if p.usableLocked(c, epoch, t0) {
 			kp.active++
-			p.mu.lent[c] = struct{}{}
+			p.lendLocked(c)
 			p.mu.Unlock()
 			closeAll(discard)
 			return c, 0, nil
@@ -182,32 +216,38 @@ func (p *Pool) Acquire(ctx context.Context, k Key, epoch uint64, dial DialFunc) 
 		return c, time.Since(t0), err
 	}
 	w := waiters.Get().(*waiter)
-	w.since = t0
-	kp.waiters = append(kp.waiters, w)
-	waitTimeout := p.o.QueryWaitTimeout
+	w.since, w.deadline = t0, t0.Add(p.o.QueryWaitTimeout)
+	p.enqueueLocked(k, kp, w)
 	p.mu.Unlock()
 	closeAll(discard)
 
-	g, ok := w.wait(ctx, waitTimeout)
-	if !ok {
-		// Timed out, cancelled or closed: leave the queue, unless a grant
-		// raced in.
-		p.mu.Lock()
-		if i := indexOf(kp.waiters, w); i >= 0 {
-			kp.waiters = append(kp.waiters[:i], kp.waiters[i+1:]...)
-			p.mu.Unlock()
-			waiters.Put(w)
-			if ctx.Err() != nil {
+	var g grant
+	ok := true
+	if done := ctx.Done(); done == nil {
+		g, ok = <-w.ch
+	} else {
+		select {
+		case g, ok = <-w.ch:
+		case <-done:
+			// Cancelled: leave the queue, unless a grant raced in.
+			p.mu.Lock()
+			if i := indexOf(kp.waiters, w); i >= 0 {
+				kp.waiters = append(kp.waiters[:i], kp.waiters[i+1:]...)
+				p.mu.Unlock()
+				waiters.Put(w)
 				return nil, time.Since(t0), ctx.Err()
 			}
-			return nil, time.Since(t0), ErrWaitTimeout
-		}
-		p.mu.Unlock()
-		if g, ok = <-w.ch; !ok {
-			return nil, time.Since(t0), ErrClosed // closed: not reused
+			p.mu.Unlock()
+			g, ok = <-w.ch
 		}
 	}
+	if !ok {
+		return nil, time.Since(t0), ErrClosed // closed: not reused
+	}
 	waiters.Put(w)
+	if g.expired {
+		return nil, time.Since(t0), ErrWaitTimeout
+	}
 	if g.slot {
 		c, err := p.dial(ctx, k, kp, epoch, dial)
 		return c, time.Since(t0), err
@@ -216,7 +256,7 @@ func (p *Pool) Acquire(ctx context.Context, k Key, epoch uint64, dial DialFunc) 
 		// Handed a connection to an older compute: replace it in its slot.
 		g.conn.Net.Close()
 		p.mu.Lock()
-		delete(p.mu.lent, g.conn)
+		p.unlendLocked(g.conn)
 		kp.active--
 		kp.dialing++
 		p.mu.Unlock()
@@ -246,12 +286,12 @@ func (p *Pool) dial(ctx context.Context, k Key, kp *keyPool, epoch uint64, dial 
 		return nil, err
 	}
 	now := time.Now()
-	c.key, c.created, c.lastUsed, c.Epoch = k, now, now, epoch
+	c.key, c.kp, c.created, c.lastUsed, c.Epoch = k, kp, now, now, epoch
 	if c.Prepared == nil {
 		c.Prepared = NewStatementLRU(p.o.MaxPrepared)
 	}
 	kp.active++
-	p.mu.lent[c] = struct{}{}
+	p.lendLocked(c)
 	p.mu.Unlock()
 	return c, nil
 }
@@ -263,6 +303,7 @@ func (p *Pool) grantSlotLocked(k Key, kp *keyPool) {
 		return
 	}
 	w := kp.waiters[0]
+	kp.waiters[0] = nil
 	kp.waiters = kp.waiters[1:]
 	p.reserveLocked(k, kp)
 	w.ch <- grant{slot: true}
@@ -304,9 +345,10 @@ func (p *Pool) Resume(branch string) {
 			c := kp.idle[len(kp.idle)-1]
 			kp.idle = kp.idle[:len(kp.idle)-1]
 			w := kp.waiters[0]
+			kp.waiters[0] = nil
 			kp.waiters = kp.waiters[1:]
 			kp.active++
-			p.mu.lent[c] = struct{}{}
+			p.lendLocked(c)
 			w.ch <- grant{conn: c} // buffered: never blocks
 		}
 		p.grantSlotsLocked(k, kp)
@@ -335,29 +377,46 @@ func (p *Pool) Paused(branch string) bool {
 // Release gives a connection back. reusable=false closes it (it errored,
 // its session ended mid-transaction, or its compute is going away).
 func (p *Pool) Release(c *Conn, reusable bool) {
+	now := time.Now()
 	p.mu.Lock()
-	kp := p.mu.keys[c.key]
-	kp.active--
-	delete(p.mu.lent, c)
+	kp := c.kp
 	if !reusable || p.mu.closed {
+		kp.active--
+		p.unlendLocked(c)
 		p.forgetLocked(kp, c)
 		p.grantSlotLocked(c.key, kp)
 		p.mu.Unlock()
 		c.Net.Close()
 		return
 	}
-	c.lastUsed = time.Now()
+	c.lastUsed = now
 	if len(kp.waiters) > 0 && !p.mu.paused[c.key.Branch] {
+		// Straight to the first waiter: it stays lent and active.
 		w := kp.waiters[0]
+		kp.waiters[0] = nil
 		kp.waiters = kp.waiters[1:]
-		kp.active++
-		p.mu.lent[c] = struct{}{}
 		p.mu.Unlock()
 		w.ch <- grant{conn: c}
 		return
 	}
+	kp.active--
+	p.unlendLocked(c)
 	kp.idle = append(kp.idle, c)
 	p.mu.Unlock()
+}
+
+func (p *Pool) lendLocked(c *Conn) {
+	c.lentAt = len(p.mu.lent)
+	p.mu.lent = append(p.mu.lent, c)
+}
+
+func (p *Pool) unlendLocked(c *Conn) {
+	last := len(p.mu.lent) - 1
+	moved := p.mu.lent[last]
+	p.mu.lent[c.lentAt], moved.lentAt = moved, c.lentAt
+	p.mu.lent[last] = nil
+	p.mu.lent = p.mu.lent[:last]
+	c.lentAt = -1
 }
 
 // forgetLocked drops c from the counts (it is being closed).
@@ -405,9 +464,13 @@ func (p *Pool) Close() {
 		}
 		kp.idle = nil
 		for _, w := range kp.waiters {
-			close(w.ch) // zero grant: the waiter sees a timeout-like end
+			close(w.ch) // the waiter sees ErrClosed
 		}
 		kp.waiters = nil
+		if kp.expiry != nil {
+			kp.expiry.Stop()
+			kp.expiryArmed = false
+		}
 	}
 	p.mu.Unlock()
 	close(p.stop)
@@ -498,7 +561,7 @@ func (p *Pool) Conns() []ConnInfo {
 	}
 	p.mu.Lock()
 	out := make([]ConnInfo, 0, len(p.mu.lent))
-	for c := range p.mu.lent {
+	for _, c := range p.mu.lent {
 		out = append(out, info(c, "active"))
 	}
 	for _, kp := range p.mu.keys {

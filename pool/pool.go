@@ -43,6 +43,8 @@ type Conn struct {
 	Epoch uint64
 
 	key      Key
+	kp       *keyPool // key pools are never removed, so this stays valid
+	lentAt   int      // index in the pool's lent list while lent
 	created  time.Time
 	lastUsed time.Time
 	// Prepared holds the server-side names of statements prepared on this

@@ -268,3 +268,84 @@ func queueWaiters(t *testing.T, p *Pool, k Key, dial DialFunc, n int, hold time.
 		return got
 	}
 }
+
+// TestWaitExpiry: the key's one expiry timer ends each wait at its own
+// deadline (never before), a RELOAD that shortens the timeout applies to
+// a later waiter even while an earlier one still waits, a cancelled wait
+// leaves the queue, and the waiter still queued is then served.
+func TestWaitExpiry(t *testing.T) {
+	const timeout = 150 * time.Millisecond
+	p := New(Options{PoolSize: 1, QueryWaitTimeout: timeout})
+	defer p.Close()
+	var mu sync.Mutex
+	dialed := 0
+	dial := pipeDial(&dialed, &mu)
+	k := Key{Branch: "main"}
+	held, _, err := p.Acquire(context.Background(), k, 1, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Staggered waiters: each must wait out its own full timeout.
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	waited := make([]time.Duration, 3)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t0 := time.Now()
+			_, _, errs[i] = p.Acquire(context.Background(), k, 1, dial)
+			waited[i] = time.Since(t0)
+		}()
+		time.Sleep(40 * time.Millisecond)
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if !errors.Is(err, ErrWaitTimeout) || waited[i] < timeout {
+			t.Fatalf("waiter %d: %v after %v, want ErrWaitTimeout after ≥ %v", i, err, waited[i], timeout)
+		}
+	}
+
+	// A long wait, then a RELOAD to a short timeout: the next waiter ends
+	// first, while the long one still waits.
+	p.SetOptions(Options{PoolSize: 1, QueryWaitTimeout: time.Hour})
+	long := make(chan error, 1)
+	go func() {
+		c, _, err := p.Acquire(context.Background(), k, 1, dial)
+		if err == nil {
+			p.Release(c, true)
+		}
+		long <- err
+	}()
+	waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+	p.SetOptions(Options{PoolSize: 1, QueryWaitTimeout: timeout})
+	if _, _, err := p.Acquire(context.Background(), k, 1, dial); !errors.Is(err, ErrWaitTimeout) {
+		t.Fatalf("short waiter: %v, want ErrWaitTimeout", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancelled := make(chan error, 1)
+	go func() {
+		_, _, err := p.Acquire(ctx, k, 1, dial)
+		cancelled <- err
+	}()
+	waitFor(t, func() bool { return p.Stats().Waiting == 2 })
+	cancel()
+	if err := <-cancelled; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled waiter: %v", err)
+	}
+	select {
+	case err := <-long:
+		t.Fatalf("the long waiter ended early: %v", err)
+	default:
+	}
+	if st := p.Stats(); st.Waiting != 1 {
+		t.Fatalf("waiting %d, want 1", st.Waiting)
+	}
+	p.Release(held, true)
+	if err := <-long; err != nil {
+		t.Fatalf("long waiter: %v", err)
+	}
+	if st := p.Stats(); st.Waiting != 0 || st.Active != 0 || st.Idle != 1 || dialed != 1 {
+		t.Fatalf("stats at the end: %+v, dialed %d", st, dialed)
+	}
+}
