@@ -92,3 +92,17 @@ func writeManifest(path string, m *manifest, noSync bool) error {
 	}
 	return nil
 }
+
+// CopyManifest writes to dst the manifest at src as one of timeline id.
+// A data directory that is another timeline's image (a child's first
+// start reads its parent's image at the branch point) then ingests
+// against it as if it had been materialized for id. Not synced, like a
+// materialization's own manifest.
+func CopyManifest(src, dst string, id TimelineID) error {
+	m, err := readManifest(src)
+	if err != nil {
+		return err
+	}
+	m.Timeline = id
+	return writeManifest(dst, m, true)
+}

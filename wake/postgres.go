@@ -89,7 +89,12 @@ type DriverOptions struct {
 	// cold starts (0: none; each file of a materialized directory is then
 	// created on the start's critical path).
 	SpareFiles int
-	Logger     *zap.Logger
+	// LocalCOW is whether a branch that reads just its parent's image
+	// starts on an overlay over one shared template of that image (see
+	// overlay.go): "auto" or "" when this host can mount overlayfs, "off"
+	// never.
+	LocalCOW string
+	Logger   *zap.Logger
 }
 
 // PostgresDriver runs stock PostgreSQL 15 computes from local data
@@ -107,6 +112,7 @@ type PostgresDriver struct {
 	store   pagestore.Service
 	locks   branchLocks
 	spares  *spares    // nil without DriverOptions.SpareFiles
+	ov      *overlays  // nil: compute.local_cow off or unavailable
 	keepers *keeperSet // nil: no WAL keepers
 	// streams are the keeper streams of running computes.
 	streams keeperStreams
@@ -225,6 +231,17 @@ func NewPostgresDriver(o DriverOptions) (*PostgresDriver, error) {
 			return nil, fmt.Errorf("wake: %w", err)
 		}
 	}
+	switch o.LocalCOW {
+	case "", "auto":
+		if d.ov, err = d.newOverlays(); err != nil {
+			d.ov = nil
+			d.log.Info("compute.local_cow: overlayfs is not available here, so every new branch materializes its whole data directory",
+				zap.Error(err))
+		}
+	case "off":
+	default:
+		return nil, fmt.Errorf("wake: compute.local_cow %q: want auto or off", o.LocalCOW)
+	}
 	return d, nil
 }
 
@@ -233,6 +250,9 @@ func NewPostgresDriver(o DriverOptions) (*PostgresDriver, error) {
 func (d *PostgresDriver) Close() {
 	d.streams.stopAll()
 	d.evictWG.Wait()
+	if d.ov != nil {
+		d.unmountAll()
+	}
 	if d.spares != nil {
 		d.spares.close()
 	}
@@ -401,7 +421,7 @@ func (d *PostgresDriver) Bootstrap(ctx context.Context, branch, password string)
 	}
 	t0 := time.Now()
 	bdir := d.branchDir(branch)
-	if err := os.RemoveAll(bdir); err != nil { // leftovers of a failed attempt
+	if err := d.removeBranchDir(branch); err != nil { // leftovers of a failed attempt
 		return fmt.Errorf("wake: bootstrap %s: %w", branch, err)
 	}
 	if err := d.mkdirOwned(bdir, 0o700); err != nil {
@@ -510,7 +530,7 @@ func (d *PostgresDriver) Clone(ctx context.Context, parent, branch string, point
 	}
 	// A leftover local directory of an earlier branch of this name would
 	// otherwise be mistaken for this one's.
-	if err := os.RemoveAll(d.branchDir(branch)); err != nil {
+	if err := d.removeBranchDir(branch); err != nil {
 		return fmt.Errorf("wake: create %s: %w", branch, err)
 	}
 	tl, err := d.store.CreateTimelineWith(ctx, branch, ptl.ID, pagestore.CreateOptions{At: pagestore.LSN(at), AtTime: point.Time})
@@ -566,7 +586,7 @@ func (d *PostgresDriver) Destroy(ctx context.Context, branch string) error {
 			}
 		}
 	}
-	if err := os.RemoveAll(d.branchDir(branch)); err != nil {
+	if err := d.removeBranchDir(branch); err != nil {
 		return fmt.Errorf("wake: destroy %s: %w", branch, err)
 	}
 	if err := os.RemoveAll(d.SocketDir(branch)); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 
 	"go.uber.org/zap"
 
@@ -117,7 +116,7 @@ func (d *PostgresDriver) Reset(ctx context.Context, parent, branch string) error
 	// From here the new timeline is the branch's (the newest of its
 	// name). The local directory is the old one's: its changes are what
 	// the reset throws away.
-	if err := os.RemoveAll(d.branchDir(branch)); err != nil {
+	if err := d.removeBranchDir(branch); err != nil {
 		return fmt.Errorf("remove the local data directory: %w", err)
 	}
 	d.log.Info("branch has a new timeline", zap.String("branch", branch), zap.String("parent", parent),

@@ -42,13 +42,17 @@ type localState struct {
 	// compute by (see walkeeper.FollowRequest), for a later neonproxy that
 	// adopts it.
 	Gen uint64 `json:"gen,omitempty"`
+	// Lower is the template the data directory is an overlay over
+	// (compute.local_cow); "": a plain directory. Kept by every write of
+	// the state until the directory is dropped.
+	Lower string `json:"lower,omitempty"`
 }
 
 // Same reports whether two states are one write of the state file (each
 // write has its own UsedAt).
 func (s localState) Same(o localState) bool {
 	return s.Timeline == o.Timeline && s.LSN == o.LSN && s.Unstored == o.Unstored && s.UsedAt.Equal(o.UsedAt) &&
-		s.BootID == o.BootID && s.Gen == o.Gen
+		s.BootID == o.BootID && s.Gen == o.Gen && s.Lower == o.Lower
 }
 
 // bootID is this boot's id ("" where the kernel does not say).
@@ -113,6 +117,13 @@ func (d *PostgresDriver) readState(branch string) (localState, bool) {
 // writeState replaces state.json atomically and durably.
 func (d *PostgresDriver) writeState(branch string, st localState) error {
 	st.BootID = bootID()
+	if st.Lower == "" {
+		// The directory is still the overlay it was: only dropping it
+		// (which removes the state) ends that.
+		if old, ok := d.readState(branch); ok {
+			st.Lower = old.Lower
+		}
+	}
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
@@ -214,6 +225,13 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 	}
 	pgdata := d.pgdata(branch)
 	st, hasState := d.readState(branch)
+	if hasState && st.Lower != "" && d.ov != nil {
+		// An overlay unmounted when neonproxy closed (or by a reboot):
+		// mount it again. With its template gone it cannot be trusted.
+		if _, err := d.remount(branch, st); err != nil {
+			return false, fmt.Errorf("wake: %s: %w", branch, err)
+		}
+	}
 	_, verErr := os.Stat(filepath.Join(pgdata, "PG_VERSION"))
 	// After a reboot the files may not all have reached the disk: rebuild
 	// from the store (and the keeper's WAL for unstored changes), unless
@@ -258,33 +276,54 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 	if err := d.mkdirOwned(d.branchDir(branch), 0o700); err != nil {
 		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
 	}
+	if hasState && st.Lower != "" {
+		// An overlay being rebuilt: unmount it and release its template
+		// first (its state goes with it, so no later write keeps Lower).
+		if err := d.dropLocal(branch); err != nil {
+			return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
+		}
+	}
 	tmp := pgdata + ".new"
-	for _, p := range []string{tmp, pgdata, d.manifestPath(branch)} {
+	for _, p := range []string{tmp, pgdata, d.manifestPath(branch), filepath.Join(d.branchDir(branch), "upper"), filepath.Join(d.branchDir(branch), "work")} {
+		if err := unmountIfMounted(p); err != nil {
+			return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
+		}
 		if err := os.RemoveAll(p); err != nil {
 			return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
 		}
 	}
-	mo := pagestore.MaterializeOptions{Owner: d.owner(), Manifest: d.manifestPath(branch)}
-	if d.spares != nil {
-		mo.Files = d.spares
-		defer d.spares.use()()
-	}
-	ms, err := d.store.Materialize(ctx, tl.ID, 0, tmp, mo)
+	pointInTime := (tl.Target != 0 || !tl.TargetTime.IsZero()) && len(tl.Images) == 0
+	var ms pagestore.MaterializeStats
+	lower, err := d.materialize(ctx, branch, tl, tmp, &ms)
 	if err != nil {
-		_ = os.RemoveAll(tmp)
 		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
 	}
-	pointInTime := (tl.Target != 0 || !tl.TargetTime.IsZero()) && len(tl.Images) == 0
+	// undo removes what was made when a later step fails.
+	undo := func() {
+		if lower != "" {
+			_ = unmountIfMounted(pgdata)
+			d.ov.release(lower)
+			_ = os.RemoveAll(filepath.Join(d.branchDir(branch), "upper"))
+			_ = os.RemoveAll(pgdata)
+		}
+		_ = os.RemoveAll(tmp)
+	}
+	dst := tmp
+	if lower != "" {
+		dst = pgdata
+	}
 	replay := false
 	if !pointInTime {
-		replay, err = d.replayFromKeeper(ctx, branch, tl, tmp)
+		replay, err = d.replayFromKeeper(ctx, branch, tl, dst)
 	}
 	if err != nil {
-		_ = os.RemoveAll(tmp)
+		undo()
 		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
 	}
-	if err := os.Rename(tmp, pgdata); err != nil {
-		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
+	if lower == "" {
+		if err := os.Rename(tmp, pgdata); err != nil {
+			return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
+		}
 	}
 	if pointInTime {
 		// A branch at a point in its parent's history: its first start
@@ -299,7 +338,8 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 		// No WAL after the image: the image itself is the point.
 	}
 	// Replayed WAL makes the directory newer than the store's image.
-	if err := d.writeState(branch, localState{Timeline: tl.ID, LSN: tl.Head(), Unstored: replay, UsedAt: time.Now().UTC()}); err != nil {
+	if err := d.writeState(branch, localState{Timeline: tl.ID, LSN: tl.Head(), Unstored: replay, UsedAt: time.Now().UTC(), Lower: lower}); err != nil {
+		undo()
 		return false, err
 	}
 	spareLeft := -1
@@ -307,7 +347,7 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 		spareLeft = d.spares.count()
 	}
 	d.log.Info(LogMaterialized, zap.String("branch", branch), zap.Uint64("timeline", uint64(tl.ID)),
-		zap.Stringer("lsn", tl.Head()), zap.Int("files", ms.Files), zap.Int("pages", ms.Pages),
+		zap.Stringer("lsn", tl.Head()), zap.String("overlay_over", lower), zap.Int("files", ms.Files), zap.Int("pages", ms.Pages),
 		zap.Int64("bytes", ms.Bytes), zap.Float64("mb_per_s", ms.ThroughputMB), zap.Int("spare_files_left", spareLeft),
 		zap.Duration("took", time.Since(t0)))
 	return true, nil
@@ -501,7 +541,13 @@ func (d *PostgresDriver) localBytes(branch string, st localState, hasState bool)
 			return c.bytes
 		}
 	}
-	n := diskUsage(d.pgdata(branch))
+	dir := d.pgdata(branch)
+	if hasState && st.Lower != "" {
+		// An overlay: what the branch wrote itself. The shared template
+		// is not counted against compute.cache_bytes.
+		dir = filepath.Join(d.branchDir(branch), "upper")
+	}
+	n := diskUsage(dir)
 	if stored {
 		d.mu.Lock()
 		if d.mu.sizes == nil {
@@ -592,6 +638,9 @@ func (d *PostgresDriver) evictOne(branch string) error {
 	}
 	if _, err := os.Stat(filepath.Join(d.pgdata(branch), "postmaster.pid")); err == nil {
 		return errors.New("a postmaster runs on it")
+	}
+	if st.Lower != "" {
+		return d.dropLocal(branch)
 	}
 	// State first: a crash mid-removal leaves no state, so the remains are
 	// rebuilt from the store rather than trusted.

@@ -140,6 +140,9 @@ type Compute struct {
 	// SpareFiles empty files are kept made ahead of time, so that a cold
 	// start renames them into place instead of creating each file.
 	SpareFiles int `yaml:"spare_files"`
+	// LocalCOW ("auto", "off"): a branch that reads just its parent's
+	// image starts on an overlayfs mount over one shared copy of it.
+	LocalCOW string `yaml:"local_cow"`
 }
 
 // Pagestore configures the copy-on-write page store.
@@ -346,6 +349,7 @@ func Default() Config {
 			BreakerOpen:         Duration(30 * time.Second),
 			CacheBytes:          Bytes(10 << 30),
 			SpareFiles:          10000,
+			LocalCOW:            "auto",
 		},
 		Pagestore: Pagestore{GCInterval: Duration(time.Hour), BlockCacheBytes: Bytes(256 << 20), Listen: "127.0.0.1:7100"},
 		Branches:  Branches{ReapInterval: Duration(10 * time.Second)},
@@ -409,6 +413,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Compute.IdleAfter < 0 {
 		errs = append(errs, errors.New("compute.idle_after must be >= 0"))
+	}
+	if v := c.Compute.LocalCOW; v != "auto" && v != "off" {
+		return fmt.Errorf("compute.local_cow: %q: want auto or off", v)
 	}
 	if w := c.Compute.SuspendWithSessions; w != "wait" && w != "disconnect" {
 		errs = append(errs, fmt.Errorf("compute.suspend_with_sessions %q: want wait or disconnect", w))

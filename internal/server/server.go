@@ -208,6 +208,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		KeeperFrontDoor:        keeperFrontDoor,
 		CacheBytes:             int64(cfg.Compute.CacheBytes),
 		SpareFiles:             cfg.Compute.SpareFiles,
+		LocalCOW:               cfg.Compute.LocalCOW,
 		Logger:                 log.Named("compute"),
 	})
 	if err != nil {
