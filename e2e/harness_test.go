@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/neonproxy/neonproxy/internal/config"
+	"github.com/neonproxy/neonproxy/internal/mounts"
 	"github.com/neonproxy/neonproxy/internal/server"
 	"github.com/neonproxy/neonproxy/router"
 	"github.com/neonproxy/neonproxy/wake"
@@ -106,6 +108,14 @@ func newEnvOpt(t *testing.T, mutate func(*config.Config), withFile bool) *env {
 		}
 		if left := postgresProcesses(dir); len(left) > 0 {
 			t.Errorf("postgres processes left behind: %v", left)
+		}
+		// neonproxy unmounts its data directory overlays when it exits
+		// (compute.local_cow); one still mounted leaks past the test.
+		if left := mounts.Under(dir); len(left) > 0 {
+			t.Errorf("overlay mounts left behind: %v", left)
+			for _, m := range left {
+				_ = syscall.Unmount(m, syscall.MNT_DETACH)
+			}
 		}
 		if t.Failed() {
 			if b, err := os.ReadFile(e.logPath); err == nil {

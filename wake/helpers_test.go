@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/neonproxy/neonproxy/internal/metrics"
+	"github.com/neonproxy/neonproxy/internal/mounts"
 	"github.com/neonproxy/neonproxy/pagestore"
 	"github.com/neonproxy/neonproxy/walkeeper"
 )
@@ -79,7 +80,13 @@ func mkTemp(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		// A compute killed by a test leaves its overlay mounted.
+		for _, m := range mounts.Under(dir) {
+			_ = syscall.Unmount(m, syscall.MNT_DETACH)
+		}
+		os.RemoveAll(dir)
+	})
 	if err := os.Chmod(dir, 0o711); err != nil {
 		t.Fatal(err)
 	}
@@ -341,6 +348,10 @@ func (e *env) crashAndLoseLocalDir(branch string) {
 		e.t.Fatal(err)
 	}
 	e.waitState(branch, StateStopped)
+	// An overlay's mount goes with the disk.
+	if err := unmountIfMounted(e.drv.pgdata(branch)); err != nil {
+		e.t.Fatal(err)
+	}
 	if err := os.RemoveAll(e.drv.branchDir(branch)); err != nil {
 		e.t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -99,12 +100,18 @@ func isMountpoint(p string) bool {
 	return a.Dev != b.Dev
 }
 
+// unmountIfMounted unmounts p, every layer if mounts were stacked on it.
+// A mount still busy (a crashed compute's last backends exiting) is
+// detached: it goes once they have.
 func unmountIfMounted(p string) error {
-	if !isMountpoint(p) {
-		return nil
-	}
-	if err := syscall.Unmount(p, 0); err != nil {
-		return fmt.Errorf("unmount %s: %w", p, err)
+	for i := 0; isMountpoint(p); i++ {
+		err := syscall.Unmount(p, 0)
+		if errors.Is(err, syscall.EBUSY) {
+			err = syscall.Unmount(p, syscall.MNT_DETACH)
+		}
+		if err != nil || i == 8 {
+			return fmt.Errorf("unmount %s: %w", p, err)
+		}
 	}
 	return nil
 }
@@ -360,11 +367,25 @@ func (d *PostgresDriver) unmountAll() {
 	ents, _ := os.ReadDir(filepath.Join(d.dataDir, "branches"))
 	for _, e := range ents {
 		pgdata := d.pgdata(e.Name())
-		if _, err := os.Stat(filepath.Join(pgdata, "postmaster.pid")); err == nil {
+		if postmasterAlive(pgdata) {
 			continue // a compute still runs on it (adopted by the next neonproxy)
 		}
 		if err := unmountIfMounted(pgdata); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			d.log.Warn("unmount a data directory overlay", zap.String("branch", e.Name()), zap.Error(err))
 		}
 	}
+}
+
+// postmasterAlive reports whether the postmaster.pid in pgdata names a
+// live process (a crashed compute leaves the file behind).
+func postmasterAlive(pgdata string) bool {
+	lines, err := readPidFile(filepath.Join(pgdata, "postmaster.pid"))
+	if err != nil || len(lines) == 0 {
+		return false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(lines[0]))
+	if err != nil || pid <= 0 {
+		return false
+	}
+	return syscall.Kill(pid, 0) == nil
 }
