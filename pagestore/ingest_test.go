@@ -342,3 +342,51 @@ func testIngestChangesOnly(t *testing.T, s *Store, svc Service) {
 		})
 	}
 }
+
+// TestCopyManifestForChild: a child that reads its parent's image starts
+// on a directory materialized for the parent (compute.local_cow's
+// template). The parent's manifest, retargeted with CopyManifest, makes
+// the child's first ingest skip what it did not change, and the child
+// materializes back as the parent's image plus its change.
+func TestCopyManifestForChild(t *testing.T) {
+	smallSegments(t)
+	s := openTest(t)
+	ctx := context.Background()
+	work := mkTemp(t)
+	src := filepath.Join(work, "src")
+	cp := makeDataDir(t, src)
+	parent := mustCreate(t, s, "main", 0, 0)
+	if _, err := s.Ingest(ctx, parent.ID, src, cp, ""); err != nil {
+		t.Fatal(err)
+	}
+	child := mustCreate(t, s, "child", parent.ID, cp.LSN)
+	tpl := filepath.Join(work, "tpl")
+	if _, err := s.Materialize(ctx, parent.ID, cp.LSN, tpl, MaterializeOptions{Owner: Owner{UID: -1}, Manifest: tpl + ".manifest"}); err != nil {
+		t.Fatal(err)
+	}
+	mf := filepath.Join(work, "child.manifest")
+	if err := CopyManifest(tpl+".manifest", mf, child.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := CopyManifest(filepath.Join(work, "missing"), mf+"2", child.ID); err == nil {
+		t.Fatal("CopyManifest of a missing manifest succeeded")
+	}
+	// The child changes one non-relation file.
+	if err := os.WriteFile(filepath.Join(tpl, "PG_VERSION"), []byte("15\nchild\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cp2 := cp
+	cp2.LSN += 0x100
+	st, err := s.Ingest(ctx, child.ID, tpl, cp2, mf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.UsedManifest || st.PagesWritten != 0 || st.FilesScanned != 1 {
+		t.Fatalf("child's first ingest over the retargeted manifest: %+v", st)
+	}
+	dst := filepath.Join(work, "dst")
+	if _, err := s.Materialize(ctx, child.ID, 0, dst, MaterializeOptions{Owner: Owner{UID: -1}}); err != nil {
+		t.Fatal(err)
+	}
+	compareTrees(t, tpl, dst)
+}
