@@ -28,9 +28,10 @@ import (
 // overlayfs that image is materialized once, as a template nobody writes
 // to, and each such child's data directory is an overlay mount over it:
 // PostgreSQL's writes land in the child's own upper directory (a file is
-// copied up whole the first time it is opened for writing), so a child
-// that touches a few tables writes its WAL segment and those tables
-// (~20 MB), not the whole directory.
+// copied up whole the first time it is opened for writing, and PostgreSQL
+// opens a table's files read-write even to read it), so a child that
+// creates a table and writes a few rows writes ~5 MB, not the whole
+// directory; one that reads a big table copies that table.
 //
 // The child's data directory stays an overlay until it is dropped
 // (evicted, offloaded, reset, deleted); its later starts use it as any
