@@ -41,7 +41,13 @@ import (
 
 // overlays is the driver's template set.
 type overlays struct {
-	dir    string // <data_dir>/templates
+	dir string // <data_dir>/templates
+	// boot names this boot in template names: a template is materialized
+	// without fsync, so after a reboot its files are not trusted and new
+	// starts use a new one. (A branch whose overlay holds the only copy of
+	// its changes keeps its old template, as a plain directory would be
+	// kept in that case.)
+	boot   string
 	builds singleflight.Group
 	mu     struct {
 		sync.Mutex
@@ -121,7 +127,10 @@ func unmountIfMounted(p string) error {
 // branches' states name, unmounts overlays left without a state (an
 // eviction that crashed), and removes templates nobody names.
 func (d *PostgresDriver) newOverlays() (*overlays, error) {
-	ov := &overlays{dir: filepath.Join(d.dataDir, "templates")}
+	ov := &overlays{dir: filepath.Join(d.dataDir, "templates"), boot: "boot"}
+	if id := strings.ReplaceAll(bootID(), "-", ""); len(id) >= 8 {
+		ov.boot = id[:8]
+	}
 	ov.mu.refs = map[string]int{}
 	if err := os.MkdirAll(ov.dir, 0o711); err != nil {
 		return nil, err
@@ -169,7 +178,7 @@ func overlaySource(tl pagestore.Timeline) (pagestore.TimelineID, pagestore.LSN, 
 // reference to it; one materialization serves every concurrent caller.
 func (d *PostgresDriver) template(ctx context.Context, src pagestore.TimelineID, lsn pagestore.LSN) (string, error) {
 	ov := d.ov
-	dir := filepath.Join(ov.dir, fmt.Sprintf("%d-%016x", src, uint64(lsn)))
+	dir := filepath.Join(ov.dir, fmt.Sprintf("%d-%016x-%s", src, uint64(lsn), ov.boot))
 	ov.hold(dir)
 	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); err == nil {
 		return dir, nil
