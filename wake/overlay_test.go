@@ -2,8 +2,11 @@ package wake
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -87,5 +90,57 @@ func TestOverlayFirstStart(t *testing.T) {
 	}
 	if _, err := os.Stat(st2.Lower); !os.IsNotExist(err) {
 		t.Fatalf("template still there after its last branch went: %v", err)
+	}
+}
+
+// TestOverlayAfterReboot: a child on an overlay crashes, and the host
+// "reboots" (the state's boot id and the template names change). Its
+// directory is not trusted, so its start rebuilds it on a new template
+// (the old one was never fsynced) and replays its commits from the
+// keeper; the old template goes.
+func TestOverlayAfterReboot(t *testing.T) {
+	e := newKeeperEnv(t)
+	if e.drv.ov == nil {
+		t.Skip("overlayfs cannot be mounted here (needs root)")
+	}
+	ctx := ctxT(t)
+	e.on("main", "create table t(x int); insert into t select generate_series(1, 100)")
+	if err := e.m.Suspend(ctx, "main"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Clone(ctx, "main", "c", Point{}); err != nil {
+		t.Fatal(err)
+	}
+	e.on("c", "insert into t values (-1)")
+	old, _ := e.drv.readState("c")
+	pid := e.m.Status("c").PID
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState("c", StateStopped)
+	// The reboot: mounts gone, another boot id.
+	e.drv.unmountAll()
+	st, _ := e.drv.readState("c")
+	if !st.Unstored || st.Lower == "" {
+		t.Fatalf("crashed child's state %+v: want unstored, on an overlay", st)
+	}
+	st.BootID = "before-the-reboot"
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.drv.statePath("c"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.drv.ov.boot = "rebooted"
+	if got := e.on("c", "select count(*) from t"); got[0] != "101" {
+		t.Fatalf("child after the reboot sees %v rows, want 101", got)
+	}
+	now, _ := e.drv.readState("c")
+	if now.Lower == "" || now.Lower == old.Lower || !strings.HasSuffix(now.Lower, "-rebooted") {
+		t.Fatalf("template after the reboot %q (before %q): want a new one", now.Lower, old.Lower)
+	}
+	if _, err := os.Stat(old.Lower); !os.IsNotExist(err) {
+		t.Fatalf("the pre-reboot template is still there: %v", err)
 	}
 }
