@@ -215,7 +215,7 @@ func (d *PostgresDriver) recoveryRun(ctx context.Context, branch, sock string, t
 		case <-exited:
 			return exitErr
 		case <-time.After(d.stopWait()):
-			killGroup(cmd.Process.Pid)
+			killGroup(cmd.Process.Pid, pgdata)
 			<-exited
 			return errors.New("recovery run did not shut down in time")
 		}

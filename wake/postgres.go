@@ -710,7 +710,7 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 		p.exitErr = cmd.Wait()
 		// A postmaster killed with SIGKILL leaves its children behind for a
 		// moment; they hold the shared memory a restart needs.
-		killGroup(pid)
+		killGroup(pid, pgdata)
 		close(p.done)
 	}()
 
@@ -847,7 +847,7 @@ func (d *PostgresDriver) Adopt(ctx context.Context, branch string, generation ui
 		defer t.Stop()
 		for range t.C {
 			if !procAlive(pid, start) {
-				killGroup(pid) // leftover children
+				killGroup(pid, pgdata) // leftover children
 				close(p.done)
 				return
 			}
@@ -1011,29 +1011,44 @@ func (p *pgProcess) kill() error {
 	}
 }
 
-// killGroup SIGKILLs the process group pgid and waits (up to 10 s) until
-// none of its processes is alive: a backend that outlives its postmaster
-// keeps the shared memory segment attached, and PostgreSQL refuses to start
-// again on that data directory until it is gone ("pre-existing shared
-// memory block is still in use"). Zombies count as gone.
-func killGroup(pgid int) {
-	if err := syscall.Kill(-pgid, syscall.SIGKILL); errors.Is(err, syscall.ESRCH) {
-		return
+// killGroup SIGKILLs what is left of a postmaster (pgid) that exited or
+// must go, and waits (up to 10 s) until none of it is alive: its process
+// group, and the processes whose working directory is its data directory.
+// The second matters: PostgreSQL puts each backend in a process group of
+// its own (setsid), so a postmaster killed with SIGKILL leaves its
+// backends outside its group, and until they notice and exit they keep the
+// shared memory segment attached and PostgreSQL refuses to start again on
+// that directory ("pre-existing shared memory block is still in use").
+// Zombies count as gone.
+func killGroup(pgid int, pgdata string) {
+	if r, err := filepath.EvalSymlinks(pgdata); err == nil {
+		pgdata = r // /proc/PID/cwd is the resolved path
 	}
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	deadline := time.Now().Add(10 * time.Second)
-	for groupAlive(pgid) && time.Now().Before(deadline) {
+	for {
+		left := leftovers(pgid, pgdata)
+		if len(left) == 0 || time.Now().After(deadline) {
+			return
+		}
+		for _, pid := range left {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 		time.Sleep(2 * time.Millisecond)
 	}
 }
 
-// groupAlive reports whether a non-zombie process of group pgid exists.
-func groupAlive(pgid int) bool {
+// leftovers lists the live (non-zombie) processes of group pgid and those
+// whose working directory is pgdata.
+func leftovers(pgid int, pgdata string) []int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return false
+		return nil
 	}
+	var out []int
 	for _, e := range entries {
-		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
 			continue
 		}
 		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
@@ -1046,9 +1061,14 @@ func groupAlive(pgid int) bool {
 		}
 		// After "(comm)": state ppid pgrp ...
 		f := strings.Fields(string(b[i+1:]))
-		if len(f) >= 3 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
-			return true
+		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
+			continue
+		}
+		if f[2] == strconv.Itoa(pgid) {
+			out = append(out, pid)
+		} else if cwd, err := os.Readlink("/proc/" + e.Name() + "/cwd"); err == nil && pgdata != "" && cwd == pgdata {
+			out = append(out, pid)
 		}
 	}
-	return false
+	return out
 }

@@ -767,6 +767,12 @@ func TestUnexpectedExit(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitState("main", StateStopped)
+	// PostgreSQL puts each backend in its own process group: the
+	// connection's backend outlives its postmaster, holding the shared
+	// memory a restart needs, unless the driver kills it.
+	if left := leftovers(pid, e.drv.pgdata("main")); len(left) > 0 {
+		t.Fatalf("processes of the dead compute still alive: %v", left)
+	}
 	st := e.m.Status("main")
 	if st.Clients != 0 || !strings.Contains(st.LastError, "exited") {
 		t.Fatalf("status after crash %+v", st)
