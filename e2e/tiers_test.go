@@ -280,7 +280,14 @@ func TestPrewarmLongVisits(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	tick := time.NewTicker(2500 * time.Millisecond)
+	// A visit lasts the stay plus its wake (~0.25 s for a warm start,
+	// more on a loaded machine). The pause before the next arrival must
+	// stay well above the 1 s that makes two visits one (arrivalGap): at a
+	// 2.5 s period it was ~1.01 s, and a slow wake merged visits and broke
+	// the prediction. At 3 s it is ~1.5 s, and the compute (suspending 1 s
+	// after the visit, at ~2.5 s) is still up when a pre-warm with the
+	// minimum 1 s lead comes due (~2 s).
+	tick := time.NewTicker(3 * time.Second)
 	defer tick.Stop()
 	running := func() float64 { return counterValue(t, e, "neonproxy_wake_duration_seconds", "kind", "running") }
 	for i := range 7 {
