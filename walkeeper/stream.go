@@ -309,6 +309,18 @@ func (s *Stream) run(ctx context.Context) {
 
 	err := s.loop(ctx, msgs)
 	stopped := ctx.Err() != nil // ctx ended or Stop was called
+	if errors.Is(err, errAck) && !stopped {
+		// A clean shutdown's walsender ends the stream once it has our
+		// acknowledgment of everything, and may be gone as the next one
+		// is written: let the reader see whether the compute ended the
+		// stream before calling it a failure.
+		t := time.NewTimer(time.Second)
+		select {
+		case <-readerDone:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	s.cancel()
 	rcancel()
 	<-readerDone
@@ -317,6 +329,11 @@ func (s *Stream) run(ctx context.Context) {
 	cancel()
 
 	switch {
+	case errors.Is(err, errAck) && readEnd:
+		// The compute ended the stream as we acknowledged: everything
+		// received was stored before the acknowledgment, so this is a
+		// normal end.
+		err = nil
 	case err != nil:
 	case stopped || readEnd:
 		// Stopped, or the compute ended the stream: a normal end.
@@ -489,7 +506,11 @@ func (s *Stream) ack(ctx context.Context) error {
 		ClientTime:       time.Now(),
 	})
 	if err != nil {
-		return fmt.Errorf("walkeeper: send standby status update: %w", err)
+		return fmt.Errorf("%w: %w", errAck, err)
 	}
 	return nil
 }
+
+// errAck marks a failed status update: the WAL it acknowledges was
+// already stored, so it loses nothing.
+var errAck = errors.New("walkeeper: send standby status update")
