@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -116,8 +115,11 @@ func unmountIfMounted(p string) error {
 		if errors.Is(err, syscall.EBUSY) {
 			err = syscall.Unmount(p, syscall.MNT_DETACH)
 		}
-		if err != nil || i == 8 {
+		if err != nil {
 			return fmt.Errorf("unmount %s: %w", p, err)
+		}
+		if i == 8 {
+			return fmt.Errorf("unmount %s: still mounted after %d unmounts", p, i+1)
 		}
 	}
 	return nil
@@ -272,32 +274,30 @@ func (d *PostgresDriver) mountBranch(branch, lower string, tl pagestore.Timeline
 }
 
 // remount mounts a stopped overlay branch again (after neonproxy closed
-// or the host rebooted). False: its template is gone.
-func (d *PostgresDriver) remount(branch string, st localState) (bool, error) {
+// or the host rebooted). With its template gone it stays unmounted, and
+// the start rebuilds it.
+func (d *PostgresDriver) remount(branch string, st localState) error {
 	pgdata := d.pgdata(branch)
 	if isMountpoint(pgdata) {
-		return true, nil
+		return nil
 	}
 	if _, err := os.Stat(filepath.Join(st.Lower, "PG_VERSION")); err != nil {
-		return false, nil
+		return nil
 	}
 	bdir := d.branchDir(branch)
 	if err := os.MkdirAll(pgdata, 0o700); err != nil {
-		return false, err
+		return err
 	}
 	// The work directory must be empty; what a crash left there is
 	// overlayfs's scratch, not data.
 	work := filepath.Join(bdir, "work")
 	if err := os.RemoveAll(work); err != nil {
-		return false, err
+		return err
 	}
 	if err := os.Mkdir(work, 0o700); err != nil {
-		return false, err
+		return err
 	}
-	if err := mountOverlay(st.Lower, filepath.Join(bdir, "upper"), work, pgdata); err != nil {
-		return false, err
-	}
-	return true, nil
+	return mountOverlay(st.Lower, filepath.Join(bdir, "upper"), work, pgdata)
 }
 
 // dropLocal removes branch's local data directory, unmounting its
@@ -309,17 +309,28 @@ func (d *PostgresDriver) dropLocal(branch string) error {
 	if err := os.Remove(d.statePath(branch)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	if err := unmountIfMounted(d.pgdata(branch)); err != nil {
+	if err := d.removeData(branch); err != nil {
 		return err
-	}
-	bdir := d.branchDir(branch)
-	for _, p := range []string{d.manifestPath(branch), d.pgdata(branch), filepath.Join(bdir, "upper"), filepath.Join(bdir, "work")} {
-		if err := os.RemoveAll(p); err != nil {
-			return err
-		}
 	}
 	if ok && st.Lower != "" && d.ov != nil {
 		d.ov.release(st.Lower)
+	}
+	return nil
+}
+
+// removeData removes branch's data directory (unmounting an overlay
+// first), its overlay's upper and work directories, and its manifest:
+// everything but the state and the log.
+func (d *PostgresDriver) removeData(branch string) error {
+	pgdata := d.pgdata(branch)
+	if err := unmountIfMounted(pgdata); err != nil {
+		return err
+	}
+	bdir := d.branchDir(branch)
+	for _, p := range []string{d.manifestPath(branch), pgdata, filepath.Join(bdir, "upper"), filepath.Join(bdir, "work")} {
+		if err := os.RemoveAll(p); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -351,11 +362,7 @@ func (d *PostgresDriver) materialize(ctx context.Context, branch string, tl page
 				return "", err
 			}
 			d.log.Warn("overlay data directory failed; materializing a plain one", zap.String("branch", branch), zap.Error(err))
-			bdir := d.branchDir(branch)
-			_ = unmountIfMounted(d.pgdata(branch))
-			for _, p := range []string{d.pgdata(branch), filepath.Join(bdir, "upper"), filepath.Join(bdir, "work")} {
-				_ = os.RemoveAll(p)
-			}
+			_ = d.removeData(branch)
 		}
 	}
 	mo := pagestore.MaterializeOptions{Owner: d.owner(), Manifest: d.manifestPath(branch)}
@@ -389,13 +396,10 @@ func (d *PostgresDriver) unmountAll() {
 // postmasterAlive reports whether the postmaster.pid in pgdata names a
 // live process (a crashed compute leaves the file behind).
 func postmasterAlive(pgdata string) bool {
-	lines, err := readPidFile(filepath.Join(pgdata, "postmaster.pid"))
-	if err != nil || len(lines) == 0 {
+	pid, ok := pidFilePID(filepath.Join(pgdata, "postmaster.pid"))
+	if !ok {
 		return false
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(lines[0]))
-	if err != nil || pid <= 0 {
-		return false
-	}
-	return syscall.Kill(pid, 0) == nil
+	_, alive := procStartTime(pid)
+	return alive
 }

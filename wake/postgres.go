@@ -761,15 +761,11 @@ func (d *PostgresDriver) Start(ctx context.Context, branch string, generation ui
 // removeStaleLock removes a PostgreSQL lock file (socket lock or
 // postmaster.pid) whose process is gone or a zombie.
 func (d *PostgresDriver) removeStaleLock(branch, path string) {
-	lines, err := readPidFile(path)
-	if err != nil || len(lines) == 0 {
+	pid, ok := pidFilePID(path)
+	if !ok {
 		return
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(lines[0]))
-	if err != nil || pid <= 0 {
-		return
-	}
-	if state, _, ok := procStat(pid); ok && state != "Z" && state != "X" {
+	if _, alive := procStartTime(pid); alive {
 		return // alive: PostgreSQL decides
 	}
 	if err := os.Remove(path); err == nil {
@@ -872,19 +868,36 @@ func (d *PostgresDriver) Adopt(ctx context.Context, branch string, generation ui
 
 // procStat returns the state and start time fields of /proc/<pid>/stat.
 func procStat(pid int) (state string, start string, ok bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return "", "", false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return "", "", false
-	}
-	f := strings.Fields(string(b[i+1:]))
+	f := procStatFields(pid)
 	if len(f) < 20 {
 		return "", "", false
 	}
 	return f[0], f[19], true
+}
+
+// procStatFields are the fields of /proc/PID/stat after "(comm)": state,
+// ppid, pgrp, … (nil when pid is gone).
+func procStatFields(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
+}
+
+// pidFilePID is the process id on the first line of a postmaster.pid or
+// socket lock file.
+func pidFilePID(path string) (int, bool) {
+	lines, err := readPidFile(path)
+	if err != nil || len(lines) == 0 {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(lines[0]))
+	return pid, err == nil && pid > 0
 }
 
 func procStartTime(pid int) (string, bool) {
@@ -1051,16 +1064,7 @@ func leftovers(pgid int, pgdata string) []int {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		// After "(comm)": state ppid pgrp ...
-		f := strings.Fields(string(b[i+1:]))
+		f := procStatFields(pid)
 		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
 			continue
 		}

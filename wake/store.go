@@ -228,7 +228,7 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 	if hasState && st.Lower != "" && d.ov != nil {
 		// An overlay unmounted when neonproxy closed (or by a reboot):
 		// mount it again. With its template gone it cannot be trusted.
-		if _, err := d.remount(branch, st); err != nil {
+		if err := d.remount(branch, st); err != nil {
 			return false, fmt.Errorf("wake: %s: %w", branch, err)
 		}
 	}
@@ -284,13 +284,11 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 		}
 	}
 	tmp := pgdata + ".new"
-	for _, p := range []string{tmp, pgdata, d.manifestPath(branch), filepath.Join(d.branchDir(branch), "upper"), filepath.Join(d.branchDir(branch), "work")} {
-		if err := unmountIfMounted(p); err != nil {
-			return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
-		}
-		if err := os.RemoveAll(p); err != nil {
-			return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
-		}
+	if err := d.removeData(branch); err != nil {
+		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
+	}
+	if err := os.RemoveAll(tmp); err != nil {
+		return false, fmt.Errorf("wake: materialize %s: %w", branch, err)
 	}
 	pointInTime := (tl.Target != 0 || !tl.TargetTime.IsZero()) && len(tl.Images) == 0
 	var ms pagestore.MaterializeStats
@@ -301,10 +299,8 @@ func (d *PostgresDriver) prepare(ctx context.Context, branch string) (bool, erro
 	// undo removes what was made when a later step fails.
 	undo := func() {
 		if lower != "" {
-			_ = unmountIfMounted(pgdata)
+			_ = d.removeData(branch)
 			d.ov.release(lower)
-			_ = os.RemoveAll(filepath.Join(d.branchDir(branch), "upper"))
-			_ = os.RemoveAll(pgdata)
 		}
 		_ = os.RemoveAll(tmp)
 	}
