@@ -232,27 +232,29 @@ func serverEndpointBinding(cfg *tls.Config) (scram.ChannelBinding, bool) {
 type credsFunc func() (scram.StoredCredentials, error)
 
 // scramExchange runs SASL SCRAM-SHA-256 with the client over be, checking
-// the proof against the credentials creds returns. It returns nil when the
-// client proved the password; an error from creds is returned as it is.
-func scramExchange(be *pgproto3.Backend, user string, creds credsFunc, cb scram.ChannelBinding, plus bool) error {
+// the proof against the credentials creds returns. When the client proved
+// the password it returns the encoded AuthenticationSASLFinal, which the
+// caller sends in one write with AuthenticationOk and what follows (one
+// write per login less); an error from creds is returned as it is.
+func scramExchange(be *pgproto3.Backend, user string, creds credsFunc, cb scram.ChannelBinding, plus bool) ([]byte, error) {
 	mechs := []string{mechSCRAM}
 	if plus {
 		mechs = []string{mechSCRAMPlus, mechSCRAM}
 	}
 	be.Send(&pgproto3.AuthenticationSASL{AuthMechanisms: mechs})
 	if err := be.Flush(); err != nil {
-		return err
+		return nil, err
 	}
 	if err := be.SetAuthType(pgproto3.AuthTypeSASL); err != nil {
-		return err
+		return nil, err
 	}
 	msg, err := be.Receive()
 	if err != nil {
-		return fmt.Errorf("read SASLInitialResponse: %w", err)
+		return nil, fmt.Errorf("read SASLInitialResponse: %w", err)
 	}
 	init, ok := msg.(*pgproto3.SASLInitialResponse)
 	if !ok {
-		return &pgwire.Error{Code: pgwire.CodeProtocolViolation, Message: fmt.Sprintf("expected SASL response, got %T", msg)}
+		return nil, &pgwire.Error{Code: pgwire.CodeProtocolViolation, Message: fmt.Sprintf("expected SASL response, got %T", msg)}
 	}
 	var lookupErr error
 	srv, err := scram.SHA256.NewServer(func(string) (scram.StoredCredentials, error) {
@@ -261,7 +263,7 @@ func scramExchange(be *pgproto3.Backend, user string, creds credsFunc, cb scram.
 		return c, err
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var conv *scram.ServerConversation
 	switch {
@@ -272,34 +274,33 @@ func scramExchange(be *pgproto3.Backend, user string, creds credsFunc, cb scram.
 	case init.AuthMechanism == mechSCRAM:
 		conv = srv.NewConversation()
 	default:
-		return &pgwire.Error{Code: pgwire.CodeProtocolViolation, Message: fmt.Sprintf("unsupported SASL mechanism %q", init.AuthMechanism)}
+		return nil, &pgwire.Error{Code: pgwire.CodeProtocolViolation, Message: fmt.Sprintf("unsupported SASL mechanism %q", init.AuthMechanism)}
 	}
 	serverFirst, err := conv.Step(string(init.Data))
 	if lookupErr != nil {
-		return lookupErr
+		return nil, lookupErr
 	}
 	if err != nil {
-		return errAuthFailed(user, fmt.Errorf("scram client-first: %w", err))
+		return nil, errAuthFailed(user, fmt.Errorf("scram client-first: %w", err))
 	}
 	be.Send(&pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)})
 	if err := be.Flush(); err != nil {
-		return err
+		return nil, err
 	}
 	if err := be.SetAuthType(pgproto3.AuthTypeSASLContinue); err != nil {
-		return err
+		return nil, err
 	}
 	msg, err = be.Receive()
 	if err != nil {
-		return fmt.Errorf("read SASLResponse: %w", err)
+		return nil, fmt.Errorf("read SASLResponse: %w", err)
 	}
 	resp, ok := msg.(*pgproto3.SASLResponse)
 	if !ok {
-		return &pgwire.Error{Code: pgwire.CodeProtocolViolation, Message: fmt.Sprintf("expected SASL response, got %T", msg)}
+		return nil, &pgwire.Error{Code: pgwire.CodeProtocolViolation, Message: fmt.Sprintf("expected SASL response, got %T", msg)}
 	}
 	serverFinal, err := conv.Step(string(resp.Data))
 	if err != nil || !conv.Valid() {
-		return errAuthFailed(user, fmt.Errorf("scram client-final: %w", err))
+		return nil, errAuthFailed(user, fmt.Errorf("scram client-final: %w", err))
 	}
-	be.Send(&pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)})
-	return nil
+	return (&pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)}).Encode(nil)
 }

@@ -72,9 +72,9 @@ func TestSCRAMExchange(t *testing.T) {
 			errc := make(chan error, 1)
 			go func() {
 				be := pgproto3.NewBackend(srvConn, srvConn)
-				err := scramExchange(be, "alice", func() (scram.StoredCredentials, error) { return creds, nil }, scram.ChannelBinding{}, false)
+				final, err := scramExchange(be, "alice", func() (scram.StoredCredentials, error) { return creds, nil }, scram.ChannelBinding{}, false)
 				if err == nil {
-					err = be.Flush()
+					_, err = srvConn.Write(final)
 				}
 				errc <- err
 				srvConn.Close()

@@ -102,7 +102,7 @@ func (s *Server) console(ss *session, params map[string]string, minor uint32) er
 		return s.fail(ss, "wake_failed", wakeError(branch, err))
 	}
 	_ = ss.raw.SetDeadline(time.Now().Add(s.opt.StartupTimeout))
-	err = s.authenticate(ctx, ss, lease.Endpoint)
+	authFinal, err := s.authenticate(ctx, ss, lease.Endpoint)
 	lease.Release()
 	if err != nil {
 		return err
@@ -121,7 +121,7 @@ func (s *Server) console(ss *session, params map[string]string, minor uint32) er
 		return s.fail(ss, "error", err)
 	}
 	defer s.cancel.revoke(key.ProcessID)
-	out, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
+	out, _ := (&pgproto3.AuthenticationOk{}).Encode(authFinal)
 	for _, p := range [][2]string{
 		{"server_version", "15.0 (neonproxy console)"}, {"client_encoding", "UTF8"}, {"DateStyle", "ISO"},
 		{"standard_conforming_strings", "on"}, {"integer_datetimes", "on"},

@@ -60,10 +60,11 @@ func (s *Server) replication(ss *session, params map[string]string) error {
 	be := pgproto3.NewBackend(ss.conn, ss.conn)
 	cb, plus := serverEndpointBinding(s.opt.TLS)
 	creds := func() (scram.StoredCredentials, error) { return ra.Credentials, nil }
-	if err := scramExchange(be, ra.User, creds, cb, plus); err != nil {
+	final, err := scramExchange(be, ra.User, creds, cb, plus)
+	if err != nil {
 		return s.fail(ss, "auth_failed", err)
 	}
-	if err := be.Flush(); err != nil {
+	if _, err := ss.conn.Write(final); err != nil {
 		return err
 	}
 	ep, ok := ra.Endpoint(route.Branch)

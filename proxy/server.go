@@ -95,7 +95,9 @@ type Options struct {
 	// route selects it either way.
 	TransactionPooling bool
 	Logger             *zap.Logger
-	Metrics            *metrics.Metrics
+	// LogConnections logs a line per connection as it ends (log.connections).
+	LogConnections bool
+	Metrics        *metrics.Metrics
 
 	// The admin console (psql -d neonproxy). AdminUsers may log in to it
 	// besides the superuser postgres of the default branch; SetAdminUsers
@@ -395,8 +397,12 @@ func (s *Server) handleSession(ss *session) {
 		ss.result = "error"
 	}
 	s.m.ConnectionsTotal.WithLabelValues(ss.result).Inc()
-	if ss.result == "cancel" {
+	if ss.result == "cancel" || !s.opt.LogConnections {
 		return // cancels are logged by handleCancel
+	}
+	ce := s.log.Check(zap.InfoLevel, "connection")
+	if ce == nil {
+		return // below the log level: build no fields
 	}
 	fields := []zap.Field{
 		zap.String("client", raw.RemoteAddr().String()),
@@ -416,7 +422,7 @@ func (s *Server) handleSession(ss *session) {
 	if err != nil {
 		fields = append(fields, zap.Error(err))
 	}
-	s.log.Info("connection", fields...)
+	ce.Write(fields...)
 }
 
 // fail sends err to the client as a FATAL ErrorResponse (best effort) and
@@ -562,7 +568,8 @@ func (s *Server) serve(ss *session, active int64) error {
 			acquired <- acquireResult{c, waited, err}
 		}()
 	}
-	if err := s.authenticate(ctx, ss, ep); err != nil {
+	authFinal, err := s.authenticate(ctx, ss, ep)
+	if err != nil {
 		cancelAcq()
 		if cached == nil {
 			if r := <-acquired; r.c != nil {
@@ -619,8 +626,7 @@ func (s *Server) serve(ss *session, active int64) error {
 
 	// Finish the client's startup: the server's parameters, the proxy's
 	// cancel key, ReadyForQuery.
-	var out []byte
-	out, _ = (&pgproto3.AuthenticationOk{}).Encode(out)
+	out, _ := (&pgproto3.AuthenticationOk{}).Encode(authFinal)
 	for k, v := range startup {
 		out, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(out)
 	}
@@ -788,7 +794,11 @@ func (s *Server) cancelOnNode(ss *session, idx int, req *pgproto3.CancelRequest)
 		zap.String("client", ss.raw.RemoteAddr().String()))
 }
 
-func (s *Server) authenticate(ctx context.Context, ss *session, ep wake.Endpoint) error {
+// authenticate checks the client's password against the branch's
+// pg_authid. On success it returns what must still reach the client ahead
+// of AuthenticationOk (SCRAM's final message), for the caller to send in
+// the same write.
+func (s *Server) authenticate(ctx context.Context, ss *session, ep wake.Endpoint) ([]byte, error) {
 	user := ss.route.User
 	// The verifier lookup runs while the mechanism list goes to the client
 	// and its first message comes back.
@@ -813,14 +823,15 @@ func (s *Server) authenticate(ctx context.Context, ss *session, ep wake.Endpoint
 		cb, plus = serverEndpointBinding(s.opt.TLS)
 	}
 	be := pgproto3.NewBackend(ss.conn, ss.conn)
-	exchange := func() error { return scramExchange(be, user, creds, cb, plus) }
+	exchange := func() ([]byte, error) { return scramExchange(be, user, creds, cb, plus) }
 	if cleartextAllowed(ss) {
 		// The serverless driver pipelines its password behind the startup.
-		exchange = func() error { return cleartextExchange(be, ss.conn, user, creds) }
+		exchange = func() ([]byte, error) { return nil, cleartextExchange(be, ss.conn, user, creds) }
 	}
-	if err := exchange(); err != nil {
+	final, err := exchange()
+	if err != nil {
 		if lookupErr != nil {
-			return s.fail(ss, "error", lookupErr)
+			return nil, s.fail(ss, "error", lookupErr)
 		}
 		var ce *pgwire.Error
 		if errors.As(err, &ce) && ce.Code == pgwire.CodeInvalidPassword {
@@ -831,16 +842,16 @@ func (s *Server) authenticate(ctx context.Context, ss *session, ep wake.Endpoint
 				s.log.Info("authentication failed; throttling the address for the branch", zap.String("branch", ss.route.Branch),
 					zap.String("user", user), zap.Stringer("client", ip), zap.Duration("backoff", backoff))
 			}
-			return s.fail(ss, "auth_failed", err)
+			return nil, s.fail(ss, "auth_failed", err)
 		}
 		if errors.As(err, &ce) {
-			return s.fail(ss, "protocol_error", err)
+			return nil, s.fail(ss, "protocol_error", err)
 		}
 		ss.result = "closed_early"
-		return err
+		return nil, err
 	}
 	s.throttle.succeeded(clientIP(ss.raw.RemoteAddr()), ss.route.Branch)
-	return be.Flush()
+	return final, nil
 }
 
 // dialBackend logs in to the compute as the client's role over its unix

@@ -254,6 +254,10 @@ type Bootstrap struct {
 type Log struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"` // json | console
+	// Connections logs one line per client connection when it ends
+	// (branch, user, wake, duration, bytes, result), like PgBouncer's
+	// log_disconnections. Default true.
+	Connections bool `yaml:"connections"`
 }
 
 // Proxy holds front-door limits.
@@ -360,7 +364,7 @@ func Default() Config {
 			ServerLifetime:    Duration(3600 * time.Second),
 		},
 		Walkeeper: Walkeeper{Quorum: 1, Retention: Duration(7 * 24 * time.Hour), Listen: "127.0.0.1:7000"},
-		Log:       Log{Level: "info", Format: "json"},
+		Log:       Log{Level: "info", Format: "json", Connections: true},
 	}
 }
 

@@ -189,6 +189,15 @@ func TestEnvOverrides(t *testing.T) {
 			},
 		},
 		{
+			name: "log.connections defaults to true; env turns it off",
+			env:  []string{"NEONPROXY_LOG_CONNECTIONS=false"},
+			check: func(t *testing.T, c Config) {
+				if c.Log.Connections || !Default().Log.Connections {
+					t.Errorf("log.connections = %v (default %v), want false (default true)", c.Log.Connections, Default().Log.Connections)
+				}
+			},
+		},
+		{
 			name: "int and nested string",
 			env:  []string{"NEONPROXY_COMPUTE_MAX_RUNNING=7", "NEONPROXY_POOL_MODE=transaction", "NEONPROXY_LOG_LEVEL=debug"},
 			check: func(t *testing.T, c Config) {

@@ -314,6 +314,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		Pool:                s.Pool,
 		TransactionPooling:  cfg.Pool.Mode == "transaction",
 		Logger:              log.Named("proxy"),
+		LogConnections:      cfg.Log.Connections,
 		Metrics:             s.Metrics,
 		AdminUsers:          cfg.Pool.AdminUsers,
 		Lister:              s.Registry,
@@ -475,7 +476,7 @@ func generatePassword(n int) (string, error) {
 // Start listens on listen and admin_listen and serves in the background.
 func (s *Server) Start() error {
 	var err error
-	if s.pgLn, err = net.Listen("tcp", s.cfg.Listen); err != nil {
+	if s.pgLn, err = proxy.Listen(context.Background(), s.cfg.Listen); err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
 	}
 	if s.adminLn, err = net.Listen("tcp", s.cfg.AdminListen); err != nil {
