@@ -33,9 +33,10 @@ type bench struct {
 	socketDir   string // compute's unix socket directory
 	computePort int
 	computePID  int
-	pgb         *pgbouncer // session mode; nil when skipped or failed
-	pgbTx       *pgbouncer // transaction mode (pooling); nil when skipped or failed
-	nofile      uint64     // RLIMIT_NOFILE after raising it
+	pgb         *pgbouncer   // session mode; nil when skipped or failed
+	pgbTx       *pgbouncer   // transaction mode (pooling); nil when skipped or failed
+	floors      []*floorProc // the pooling section's floor poolers (floor.go)
+	nofile      uint64       // RLIMIT_NOFILE after raising it
 }
 
 func (b *bench) runPhases(ctx context.Context) {
@@ -73,6 +74,12 @@ func (b *bench) runPhases(ctx context.Context) {
 				defer b.pgbTx.stop()
 			}
 			b.phase(ctx, "pooling: idle clients", b.idleClients)
+			b.phase(ctx, "pooling: floor poolers", b.startFloors)
+			defer func() {
+				for _, f := range b.floors {
+					f.stop()
+				}
+			}()
 			b.phase(ctx, "pooling: pgbench", b.poolingPgbench)
 		}
 	}

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // env is the temporary directory the run lives in.
@@ -53,6 +55,28 @@ func freePort() (int, error) {
 
 // freePorts returns n distinct TCP ports on 127.0.0.1 that were free a
 // moment ago (each is held open until all are picked).
+// awaitTCP polls addr until it accepts a connection, the process behind it
+// exits (exited closes) or limit passes.
+func awaitTCP(ctx context.Context, addr string, limit time.Duration, exited <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("exited before listening on %s", addr)
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", addr, context.Cause(ctx))
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 func freePorts(n int) ([]int, error) {
 	var ports []int
 	for range n {

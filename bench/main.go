@@ -60,10 +60,13 @@ type options struct {
 	idleClients   int      // pooling: idle client connections for the memory measure
 	poolSize      int      // pooling: neonproxy pool.default_pool_size and PgBouncer default_pool_size
 	sections      []string // from -only; all when the flag is empty
-	bigScale      int      // branching: pgbench scale of the big parent
-	chaosCycles   int      // durability: kill/recover cycles
-	chaosSeed     int64    // durability: seed of the kill delays (0: from the clock)
-	keeperKills   int      // durability: kill -9 rounds of a standalone keeper (0: none)
+	// floor, floorListen, floorSocket: run as a floor pooler (floor.go),
+	// the pooling section's child process, instead of a bench.
+	floor, floorListen, floorSocket string
+	bigScale                        int   // branching: pgbench scale of the big parent
+	chaosCycles                     int   // durability: kill/recover cycles
+	chaosSeed                       int64 // durability: seed of the kill delays (0: from the clock)
+	keeperKills                     int   // durability: kill -9 rounds of a standalone keeper (0: none)
 	// durabilityRounds is the durability section's pgbench rounds: -rounds,
 	// or 1 with -quick when -rounds is not given.
 	durabilityRounds int
@@ -161,6 +164,9 @@ func parseFlags() (options, error) {
 	flag.DurationVar(&o.agentsDuration, "agents-duration", agentsDefaultDuration, "agents: time the arrivals are spread over")
 	flag.DurationVar(&o.agentsTTL, "agents-ttl", agentsDefaultTTL, "agents: TTL of the even-numbered branches, left to expire (odd ones are deleted explicitly)")
 	flag.IntVar(&o.agentsMaxRunning, "agents-max-running", agentsDefaultMaxRunning, "agents: compute.max_running of the section's neonproxy")
+	flag.StringVar(&o.floor, "floor", "", "internal: serve as the pooling section's floor pooler of this mode ("+floorGoroutine+" or "+floorEventLoop+") on -floor-listen, with -pool-size connections to -floor-socket")
+	flag.StringVar(&o.floorListen, "floor-listen", "", "internal: -floor's TCP address")
+	flag.StringVar(&o.floorSocket, "floor-socket", "", "internal: -floor's PostgreSQL unix socket path")
 	only := flag.String("only", "", "comma-separated sections to run: "+strings.Join(allSections, ", ")+" (default: all)")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -275,6 +281,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
+	if o.floor != "" {
+		err := runFloor(o.floor, o.floorListen, o.floorSocket, o.poolSize)
+		fmt.Fprintln(os.Stderr, "bench -floor:", err)
+		os.Exit(1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o); err != nil {
@@ -300,7 +311,13 @@ func run(ctx context.Context, o options) (err error) {
 
 	b := &bench{opts: o, env: env, rep: newReport(o), nofile: nofile}
 	if o.needsMainProxy() {
-		px, err := startProxy(ctx, o, env)
+		// No idle tier on the main neonproxy: its compute also serves
+		// PgBouncer, the floors and direct, whose runs leave neonproxy
+		// without a client for longer than compute.idle_after, and a
+		// frozen postmaster accepts no new connection.
+		mo := o
+		mo.noIdleTier = true
+		px, err := startProxy(ctx, mo, env)
 		if err != nil {
 			return err
 		}

@@ -28,6 +28,7 @@ type pgTarget struct {
 	dbname   string
 	password string // sent as PGPASSWORD; empty for trust
 	pid      int    // the pooler's process, for its CPU time; 0 for direct
+	floor    bool   // a floor pooler (floor.go): no SCRAM, so no -C workload
 }
 
 // args are the libpq connection arguments for pgbench.

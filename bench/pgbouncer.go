@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -187,24 +186,10 @@ func chownTree(dir, name string) error {
 
 // awaitListening polls PgBouncer's TCP port.
 func (pb *pgbouncer) awaitListening(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, pgbouncerStartLimit)
-	defer cancel()
-	addr := fmt.Sprintf("127.0.0.1:%d", pb.port)
-	var d net.Dialer
-	for {
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-pb.exited:
-			return fmt.Errorf("pgbouncer exited: %v", pb.cmd.ProcessState)
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w", addr, context.Cause(ctx))
-		case <-time.After(20 * time.Millisecond):
-		}
+	if err := awaitTCP(ctx, fmt.Sprintf("127.0.0.1:%d", pb.port), pgbouncerStartLimit, pb.exited); err != nil {
+		return fmt.Errorf("pgbouncer: %w (%v)", err, pb.cmd.ProcessState)
 	}
+	return nil
 }
 
 // pid is the PgBouncer process id (for its RSS). PgBouncer runs in the

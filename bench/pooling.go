@@ -76,7 +76,22 @@ func (b *bench) poolingTargets() []pgTarget {
 		ts = append(ts, pgTarget{name: namePgBouncerTx, host: "127.0.0.1", port: b.pgbTx.port,
 			dbname: branch, password: b.proxy.password, pid: b.pgbTx.pid()})
 	}
+	for _, f := range b.floors {
+		ts = append(ts, pgTarget{name: f.name, host: "127.0.0.1", port: f.port, dbname: "postgres", pid: f.pid(), floor: true})
+	}
 	return append(ts, pgTarget{name: nameDirect, host: b.socketDir, port: b.computePort, dbname: "postgres"})
+}
+
+// startFloors starts the floor poolers (floor.go) on the compute's socket.
+func (b *bench) startFloors(ctx context.Context) error {
+	for _, m := range [][2]string{{floorGoroutine, nameFloorGoroutine}, {floorEventLoop, nameFloorEventLoop}} {
+		f, err := startFloor(ctx, m[0], m[1], b.socketDir, b.computePort, b.opts.poolSize)
+		if err != nil {
+			return err
+		}
+		b.floors = append(b.floors, f)
+	}
+	return nil
 }
 
 // poolingSetup reads the postgres role's SCRAM verifier from the compute
@@ -234,6 +249,9 @@ func (b *bench) poolingPgbench(ctx context.Context) error {
 		}
 		for round := 1; round <= b.opts.rounds; round++ {
 			for ti, t := range ts {
+				if t.floor && w.reconnect {
+					continue
+				}
 				if ctx.Err() != nil {
 					b.rep.pooling.workloads = append(b.rep.pooling.workloads, pw)
 					return context.Cause(ctx)

@@ -121,7 +121,7 @@ func (p *proxy) launch(ctx context.Context) error {
 // computeMaxConnections lets the direct path run the many-clients workload
 // with room to spare (superuser_reserved_connections, neonproxy's own
 // verifier lookups, the bench's observer connection).
-const computeMaxConnections = manyClients + 100
+const computeMaxConnections = manyClients + 150 // + the floor poolers' 2 × pool size
 
 // writeConfig writes the neonproxy config. The pool keys are written out
 // even where they equal the defaults, so that the comparison with

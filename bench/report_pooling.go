@@ -50,6 +50,7 @@ func (r *report) printPooling(p printer) {
 		p("| %d. RSS per idle client (KiB) | %s | %s | | %s | %s | | |", len(pr.workloads)+1,
 			idleCell(np, npOK), idleCell(pb, pbOK), idleRatio(np, pb, npOK && pbOK), goal)
 	}
+	r.printFloors(p)
 	p("")
 	p("Goals are issue 3's, printed for information; nothing here is pass/fail. In workload 2 pgbench")
 	p("computes SCRAM's PBKDF2 (4096 iterations, ~3 ms CPU) for every connection on both paths, so on few")
@@ -152,7 +153,7 @@ func (r *report) printPoolWorkload(p printer, n int, pw poolWorkload) {
 	p("")
 	p("| path | TPS median | TPS per round | latency avg (median) | p99 (median) | pooler CPU / tx (median) | new backends (max) | failed tx | failed runs |")
 	p("|---|---:|---|---:|---:|---:|---:|---:|---:|")
-	for _, name := range []string{nameProxyPooler, namePgBouncerTx, nameDirect} {
+	for _, name := range []string{nameProxyPooler, namePgBouncerTx, nameFloorGoroutine, nameFloorEventLoop, nameDirect} {
 		s := summarizeRuns(pw, name)
 		if s.runs == 0 && s.errors == 0 {
 			continue
@@ -169,12 +170,8 @@ func (r *report) printPoolWorkload(p printer, n int, pw poolWorkload) {
 		if s.newBackends >= 0 {
 			peak = fmt.Sprint(s.newBackends)
 		}
-		cpu := "–"
-		if s.cpuPerTx > 0 {
-			cpu = fmt.Sprintf("%.1f µs", float64(s.cpuPerTx)/float64(time.Microsecond))
-		}
 		p("| %s | %s | %s | %.3f ms | %s | %s | %s | %d | %d |", name, tpsCell(s), strings.Join(per, ", "),
-			s.medianLatency, p99, cpu, peak, s.failed, s.errors)
+			s.medianLatency, p99, cpuCell(s), peak, s.failed, s.errors)
 	}
 }
 
@@ -253,4 +250,40 @@ func pgbouncerVersionShort(machine []kv) string {
 		}
 	}
 	return "1.18"
+}
+
+// printFloors compares the floor poolers (floor.go) with PgBouncer and
+// neonproxy: what a Go pooler reaches on this machine at all.
+func (r *report) printFloors(p printer) {
+	var rows []string
+	for i, pw := range r.pooling.workloads {
+		g, e := summarizeRuns(pw, nameFloorGoroutine), summarizeRuns(pw, nameFloorEventLoop)
+		if g.runs == 0 && e.runs == 0 {
+			continue
+		}
+		np, pb := summarizeRuns(pw, nameProxyPooler), summarizeRuns(pw, namePgBouncerTx)
+		rows = append(rows, fmt.Sprintf("| %d. `%s` | %s | %s | %s | %s / %s / %s / %s |", i+1, workloadCommand(pw),
+			ratioOf(g.medianTPS, pb.medianTPS), ratioOf(e.medianTPS, pb.medianTPS), ratioOf(np.medianTPS, g.medianTPS),
+			cpuCell(np), cpuCell(g), cpuCell(e), cpuCell(pb)))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	p("")
+	p("Floors: two minimal transaction poolers in Go (bench/floor.go: trust, simple protocol, nothing else),")
+	p("on the same compute and pool size. The goroutine floor is neonproxy's design without its work; the")
+	p("event-loop floor is PgBouncer's design in Go.")
+	p("")
+	p("| workload | goroutine floor / PgBouncer | event-loop floor / PgBouncer | neonproxy / goroutine floor | pooler CPU / tx: neonproxy / goroutine floor / event loop / PgBouncer |")
+	p("|---|---:|---:|---:|---|")
+	for _, row := range rows {
+		p("%s", row)
+	}
+}
+
+func cpuCell(s pathSummary) string {
+	if s.cpuPerTx <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f µs", float64(s.cpuPerTx)/float64(time.Microsecond))
 }
