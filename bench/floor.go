@@ -12,6 +12,8 @@ import (
 	"runtime"
 	"syscall"
 	"time"
+
+	"github.com/neonproxy/neonproxy/internal/pgwire"
 )
 
 // The floors of the pooling section: two minimal transaction poolers in Go,
@@ -172,42 +174,6 @@ func wholeMessages(b []byte) int {
 	return at
 }
 
-// answerScan follows the server's messages through the reads of one
-// answer, however they split, and sees the ReadyForQuery 'I' that ends it.
-type answerScan struct {
-	skip int     // bytes left of the current message
-	hdr  [6]byte // type, length, first body byte
-	hn   int
-}
-
-// feed reports whether b holds the end of the transaction.
-func (s *answerScan) feed(b []byte) (idle bool) {
-	for len(b) > 0 {
-		if s.skip > 0 {
-			k := min(s.skip, len(b))
-			s.skip -= k
-			b = b[k:]
-			continue
-		}
-		k := copy(s.hdr[s.hn:], b)
-		s.hn += k
-		b = b[k:]
-		if s.hn < 6 {
-			continue
-		}
-		// A whole header plus one body byte (every message here has one).
-		rest := int(binary.BigEndian.Uint32(s.hdr[1:5])) - 4 - 1
-		if s.hdr[0] == 'Z' && s.hdr[5] == 'I' {
-			idle = true
-		}
-		s.hn, s.skip = 0, rest
-		if rest < 0 { // a body-less message: its "first byte" began the next
-			s.hdr[0], s.hn, s.skip = s.hdr[5], 1, 0
-		}
-	}
-	return idle
-}
-
 func floorGoroutines(listen, socket string, poolSize int) error {
 	servers := make(chan net.Conn, poolSize)
 	for range poolSize {
@@ -238,6 +204,7 @@ func floorClient(c net.Conn, servers chan net.Conn, welcome []byte) {
 	buf := make([]byte, 8<<10)
 	sbuf := make([]byte, 32<<10)
 	have := 0
+	var fr pgwire.Framer // follows the answers to their ReadyForQuery 'I'
 	for started := false; ; {
 		if have == len(buf) {
 			if len(buf) >= floorMaxMessage {
@@ -280,15 +247,14 @@ func floorClient(c net.Conn, servers chan net.Conn, welcome []byte) {
 			os.Exit(1)
 		}
 		have = copy(buf, buf[end:have])
-		var scan answerScan
 		clientOK := true
-		for idle := false; !idle; {
+		for ended := fr.IdleCount; fr.IdleCount == ended; {
 			n, err := s.Read(sbuf)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "floor: server read:", err)
 				os.Exit(1)
 			}
-			idle = scan.feed(sbuf[:n])
+			_ = fr.Feed(sbuf[:n]) // servers are trusted
 			if clientOK {
 				_, err = c.Write(sbuf[:n])
 				clientOK = err == nil // the rest of the answer is drained
@@ -311,7 +277,7 @@ type floorConn struct {
 	peer    *floorConn // the attached server of a client, or its client
 	buf     []byte
 	have    int
-	scan    answerScan
+	fr      pgwire.Framer // server: follows answers to their ReadyForQuery 'I'
 }
 
 func floorEpoll(listen, socket string, poolSize int) error {
@@ -453,7 +419,9 @@ func floorEpoll(listen, socket string, poolSize int) error {
 			}
 			if !e.client {
 				c := e.peer
-				done := e.scan.feed(e.buf[:m])
+				ended := e.fr.IdleCount
+				_ = e.fr.Feed(e.buf[:m]) // servers are trusted
+				done := e.fr.IdleCount != ended
 				if c != nil && c.open {
 					if err := writeFull(c.fd, e.buf[:m]); err != nil {
 						c.open = false
@@ -462,7 +430,7 @@ func floorEpoll(listen, socket string, poolSize int) error {
 				if !done {
 					continue
 				}
-				e.scan, e.peer = answerScan{}, nil
+				e.peer = nil
 				idle = append(idle, e)
 				if c != nil {
 					c.peer = nil
