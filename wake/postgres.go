@@ -805,7 +805,7 @@ func (d *PostgresDriver) Adopt(ctx context.Context, branch string, generation ui
 		return nil, false, nil // stale pid file; PostgreSQL handles it at start
 	}
 	// The earlier neonproxy may have left it frozen (the idle tier).
-	_ = syscall.Kill(-pid, syscall.SIGCONT)
+	signalCompute(pid, syscall.SIGCONT)
 	// Wait for it to finish starting (or to go away).
 	for len(lines) < 8 || strings.TrimSpace(lines[7]) != "ready" {
 		if !procAlive(pid, start) {
@@ -948,6 +948,13 @@ type pgProcess struct {
 	exitErr      error // set before done is closed (children only)
 	signal       func(syscall.Signal) error
 	materialized bool // its start materialized the data directory
+
+	mu struct {
+		sync.Mutex
+		// frozen are the processes outside the postmaster's group that
+		// Freeze stopped, for Thaw to resume without a /proc scan.
+		frozen []int
+	}
 }
 
 var (
@@ -960,20 +967,57 @@ func (p *pgProcess) PID() int              { return p.pid }
 func (p *pgProcess) Done() <-chan struct{} { return p.done }
 func (p *pgProcess) Materialized() bool    { return p.materialized }
 
-// Freeze stops every process of the compute (the postmaster's process
-// group: backends, walsenders, background workers) with SIGSTOP: no CPU,
-// memory and sockets kept. The walsenders' timeouts count from the last
-// reply they read, and the keepers keep replying into the socket while the
-// compute is frozen, so a thaw finds the replies and no timeout fires.
+// Freeze stops every process of the compute with SIGSTOP: no CPU, memory
+// and sockets kept. PostgreSQL gives each child its own session (setsid),
+// so the postmaster's process group holds only the postmaster: the others
+// (backends, walsenders, background workers) are found as its children,
+// after it has stopped and can fork no more. Everything stops, so no
+// process can wait on a lock a frozen one holds. The walsenders' timeouts
+// count from the last reply they read; the keepers report their position
+// every few seconds whether asked or not (walkeeper's statusInterval), so a
+// thawed walsender reads a fresh report before it checks its timeout.
 func (p *pgProcess) Freeze() error {
 	if err := syscall.Kill(-p.pid, syscall.SIGSTOP); err != nil {
 		return fmt.Errorf("wake: freeze postgres %d: %w", p.pid, err)
 	}
+	// SIGSTOP takes effect asynchronously: until the postmaster has
+	// stopped it may fork once more, so list again until nothing is new.
+	var stopped []int
+	seen := map[int]bool{}
+	for range 5 {
+		fresh := 0
+		for _, pid := range childrenOf(p.pid) {
+			if seen[pid] {
+				continue
+			}
+			seen[pid] = true
+			fresh++
+			if syscall.Kill(pid, syscall.SIGSTOP) == nil {
+				stopped = append(stopped, pid)
+			}
+		}
+		if fresh == 0 {
+			break
+		}
+	}
+	p.mu.Lock()
+	p.mu.frozen = stopped
+	p.mu.Unlock()
 	return nil
 }
 
-// Thaw resumes a frozen compute.
+// Thaw resumes a frozen compute: the processes Freeze stopped, then the
+// postmaster's group. A stopped process cannot exit unless killed, so the
+// pids are still theirs unless someone killed them meanwhile; a SIGCONT to
+// a pid reused since is harmless.
 func (p *pgProcess) Thaw() error {
+	p.mu.Lock()
+	stopped := p.mu.frozen
+	p.mu.frozen = nil
+	p.mu.Unlock()
+	for _, pid := range stopped {
+		_ = syscall.Kill(pid, syscall.SIGCONT)
+	}
 	if err := syscall.Kill(-p.pid, syscall.SIGCONT); err != nil {
 		return fmt.Errorf("wake: thaw postgres %d: %w", p.pid, err)
 	}
@@ -1049,6 +1093,49 @@ func killGroup(pgid int, pgdata string) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// signalCompute sends sig to a running postmaster's group and to its
+// children.
+func signalCompute(postmaster int, sig syscall.Signal) {
+	_ = syscall.Kill(-postmaster, sig)
+	for _, pid := range childrenOf(postmaster) {
+		_ = syscall.Kill(pid, sig)
+	}
+}
+
+// childrenOf lists the processes whose parent is ppid. PostgreSQL forks
+// every backend, walsender and background worker from the postmaster, so
+// while it runs these are all of the compute; and unlike the working
+// directory, the parent is not shared with, say, an operator's shell in the
+// data directory. The kernel's list of the (single-threaded) postmaster's
+// children is one read; without it (CONFIG_PROC_CHILDREN), /proc is scanned.
+func childrenOf(ppid int) []int {
+	id := strconv.Itoa(ppid)
+	if b, err := os.ReadFile("/proc/" + id + "/task/" + id + "/children"); err == nil {
+		var out []int
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				out = append(out, pid)
+			}
+		}
+		return out
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f := procStatFields(pid); len(f) >= 2 && f[0] != "Z" && f[0] != "X" && f[1] == id {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // leftovers lists the live (non-zombie) processes of group pgid and those

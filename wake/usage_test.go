@@ -109,3 +109,66 @@ func TestUsageAddsUp(t *testing.T) {
 		t.Errorf("a stopped compute kept booking time: %+v, then %+v", u, again)
 	}
 }
+
+// TestFreezeStopsEveryProcess: the idle tier stops the whole compute, not
+// only the postmaster (PostgreSQL gives each child a session of its own, so
+// its process group is the postmaster alone), and a thaw resumes all of it:
+// a connection opened before the freeze answers after the thaw.
+func TestFreezeStopsEveryProcess(t *testing.T) {
+	e := newEnv(t, Options{IdleAfter: 300 * time.Millisecond, SuspendTimeout: time.Hour}, "f")
+	ctx := ctxT(t)
+	l, err := e.m.Acquire(ctx, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, l.Endpoint) // a backend of its own
+	query(t, c, "SELECT 1")
+	l.Release()
+	pid := e.m.Status("f").PID
+	pgdata := e.drv.pgdata("f")
+	// The compute's processes found by working directory: another way
+	// than Freeze's (the postmaster's children).
+	states := func() map[int]string {
+		out := map[int]string{}
+		for _, p := range leftovers(pid, resolvedPath(t, pgdata)) {
+			if f := procStatFields(p); len(f) > 0 {
+				out[p] = f[0]
+			}
+		}
+		return out
+	}
+	if n := len(states()); n < 5 {
+		t.Fatalf("%d processes in the data directory: want the postmaster, its workers and a backend", n)
+	}
+	waitFor(t, time.Minute, "the idle tier", func() bool { return e.m.Status("f").Tier == TierIdle })
+	waitFor(t, 10*time.Second, "every process stopped", func() bool {
+		for _, st := range states() {
+			if st != "T" {
+				return false
+			}
+		}
+		return true
+	})
+	l, err = e.m.Acquire(ctx, "f") // a hot wake: the thaw
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	for p, st := range states() {
+		if st == "T" {
+			t.Errorf("process %d still stopped after the thaw", p)
+		}
+	}
+	if got := query(t, c, "SELECT 2"); len(got) != 1 || got[0] != "2" {
+		t.Errorf("the backend opened before the freeze answered %v", got)
+	}
+}
+
+func resolvedPath(t *testing.T, p string) string {
+	t.Helper()
+	r, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}

@@ -19,6 +19,14 @@ import (
 // maxBatchBytes bounds the WAL merged into one pebble batch (one fsync).
 const maxBatchBytes = 1 << 20
 
+// statusInterval is how often a stream reports its position with nothing
+// to answer, as PostgreSQL's walreceiver does (wal_receiver_status_interval).
+// A walsender counts wal_sender_timeout from the last reply it read: when
+// the idle tier freezes the whole compute, the walsender sends no
+// keepalives, and it is these reports, waiting in the socket, that it reads
+// first when thawed instead of timing out. Half the computes' 10 s timeout.
+const statusInterval = 5 * time.Second
+
 // slotActiveRetry is how long Stream retries START_REPLICATION while the
 // slot is still held by the walsender of a previous, just ended stream.
 const slotActiveRetry = 10 * time.Second
@@ -350,6 +358,8 @@ func (s *Stream) run(ctx context.Context) {
 
 // loop returns nil when msgs is closed or ctx ends, or the error that ended it.
 func (s *Stream) loop(ctx context.Context, msgs <-chan []byte) error {
+	status := time.NewTicker(statusInterval)
+	defer status.Stop()
 	for {
 		var msg []byte
 		var ok bool
@@ -360,6 +370,14 @@ func (s *Stream) loop(ctx context.Context, msgs <-chan []byte) error {
 			}
 		case <-ctx.Done():
 			return nil
+		case <-status.C:
+			if err := s.ack(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			continue
 		}
 		var (
 			size       int
