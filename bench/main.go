@@ -314,7 +314,7 @@ func run(ctx context.Context, o options) (err error) {
 		// No idle tier on the main neonproxy: its compute also serves
 		// PgBouncer, the floors and direct, whose runs leave neonproxy
 		// without a client for longer than compute.idle_after, and a
-		// frozen postmaster accepts no new connection.
+		// frozen compute serves none of them.
 		mo := o
 		mo.noIdleTier = true
 		px, err := startProxy(ctx, mo, env)
