@@ -856,3 +856,32 @@ func TestShutdownDrains(t *testing.T) {
 		t.Fatalf("rows after the restart: %d", n)
 	}
 }
+
+// TestAuthLookupSurvivesTerminatedControlConn: the verifier lookup's pooled
+// connection is not pinged before use; when its backend was terminated, the
+// next login's lookup retries on a fresh connection and the login works.
+func TestAuthLookupSurvivesTerminatedControlConn(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url := e.url("postgres", testPassword, "main")
+	c, err := pgx.Connect(ctx, url) // its login opened the control connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	var n int
+	if err := c.QueryRow(ctx, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'neonproxy-auth'").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("no control connection to terminate")
+	}
+	for i := range 3 {
+		c2, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Fatalf("login %d after the control connection was terminated: %v", i+1, err)
+		}
+		c2.Close(ctx)
+	}
+}

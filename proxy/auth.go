@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/xdg-go/scram"
@@ -140,6 +141,12 @@ func (a *authenticator) control(branch string, ep wake.Endpoint) (*pgxpool.Pool,
 	// Short idle time: a control connection must not keep a database busy
 	// (DROP DATABASE postgres) longer than needed.
 	cfg.MaxConnIdleTime = 10 * time.Second
+	// No liveness ping: pgxpool's default pings a connection idle for over
+	// a second, a round trip more for every login of a client that
+	// connects every few seconds (the serverless pattern). The pool is one
+	// compute start's, so a connection dies only when its backend is
+	// terminated; lookup retries that once on a fresh one.
+	cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg) // lazy: no I/O here
 	if err != nil {
 		a.mu.Unlock()
@@ -161,10 +168,19 @@ func (a *authenticator) lookup(ctx context.Context, branch string, ep wake.Endpo
 		return scram.StoredCredentials{}, false, fmt.Errorf("auth lookup on branch %s: %w", branch, err)
 	}
 	var verifier *string
-	err = pool.QueryRow(ctx,
-		`SELECT rolpassword FROM pg_catalog.pg_authid
-		 WHERE rolname = $1 AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now())`,
-		user).Scan(&verifier)
+	for try := 0; ; try++ {
+		err = pool.QueryRow(ctx,
+			`SELECT rolpassword FROM pg_catalog.pg_authid
+			 WHERE rolname = $1 AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now())`,
+			user).Scan(&verifier)
+		// A connection whose backend was terminated fails without a
+		// PostgreSQL error of the query's own; pgxpool drops it.
+		var pe *pgconn.PgError
+		if try > 0 || err == nil || errors.Is(err, pgx.ErrNoRows) || ctx.Err() != nil ||
+			(errors.As(err, &pe) && !strings.HasPrefix(pe.Code, "57P")) { // 57P01: terminated by an administrator
+			break
+		}
+	}
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return a.mockCredentials(branch, user), false, nil
