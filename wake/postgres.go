@@ -1121,6 +1121,13 @@ func childrenOf(ppid int) []int {
 		}
 		return out
 	}
+	return liveProcs(func(_ int, stat []string) bool { return stat[1] == id })
+}
+
+// liveProcs scans /proc for the live (non-zombie) processes that match,
+// given the fields of /proc/PID/stat after the command name (state, ppid,
+// pgrp, ...).
+func liveProcs(match func(pid int, stat []string) bool) []int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
@@ -1131,7 +1138,7 @@ func childrenOf(ppid int) []int {
 		if err != nil {
 			continue
 		}
-		if f := procStatFields(pid); len(f) >= 2 && f[0] != "Z" && f[0] != "X" && f[1] == id {
+		if f := procStatFields(pid); len(f) >= 3 && f[0] != "Z" && f[0] != "X" && match(pid, f) {
 			out = append(out, pid)
 		}
 	}
@@ -1141,25 +1148,12 @@ func childrenOf(ppid int) []int {
 // leftovers lists the live (non-zombie) processes of group pgid and those
 // whose working directory is pgdata.
 func leftovers(pgid int, pgdata string) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var out []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
+	group := strconv.Itoa(pgid)
+	return liveProcs(func(pid int, stat []string) bool {
+		if stat[2] == group {
+			return true
 		}
-		f := procStatFields(pid)
-		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
-			continue
-		}
-		if f[2] == strconv.Itoa(pgid) {
-			out = append(out, pid)
-		} else if cwd, err := os.Readlink("/proc/" + e.Name() + "/cwd"); err == nil && pgdata != "" && cwd == pgdata {
-			out = append(out, pid)
-		}
-	}
-	return out
+		cwd, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/cwd")
+		return err == nil && pgdata != "" && cwd == pgdata
+	})
 }
