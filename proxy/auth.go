@@ -168,18 +168,14 @@ func (a *authenticator) lookup(ctx context.Context, branch string, ep wake.Endpo
 		return scram.StoredCredentials{}, false, fmt.Errorf("auth lookup on branch %s: %w", branch, err)
 	}
 	var verifier *string
-	for try := 0; ; try++ {
-		err = pool.QueryRow(ctx,
+	query := func() error {
+		return pool.QueryRow(ctx,
 			`SELECT rolpassword FROM pg_catalog.pg_authid
 			 WHERE rolname = $1 AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now())`,
 			user).Scan(&verifier)
-		// A connection whose backend was terminated fails without a
-		// PostgreSQL error of the query's own; pgxpool drops it.
-		var pe *pgconn.PgError
-		if try > 0 || err == nil || errors.Is(err, pgx.ErrNoRows) || ctx.Err() != nil ||
-			(errors.As(err, &pe) && !strings.HasPrefix(pe.Code, "57P")) { // 57P01: terminated by an administrator
-			break
-		}
+	}
+	if err = query(); deadConn(ctx, err) {
+		err = query() // pgxpool dropped the dead one
 	}
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
@@ -195,6 +191,17 @@ func (a *authenticator) lookup(ctx context.Context, branch string, ep wake.Endpo
 		return a.mockCredentials(branch, user), false, nil
 	}
 	return sc, true, nil
+}
+
+// deadConn reports whether err is the death of the pooled connection (its
+// backend terminated: 57P01 and the like, or the socket gone) rather than
+// PostgreSQL's answer to the query.
+func deadConn(ctx context.Context, err error) bool {
+	if err == nil || errors.Is(err, pgx.ErrNoRows) || ctx.Err() != nil {
+		return false
+	}
+	var pe *pgconn.PgError
+	return !errors.As(err, &pe) || strings.HasPrefix(pe.Code, "57P")
 }
 
 func (a *authenticator) forget(branch string) {

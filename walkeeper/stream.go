@@ -371,10 +371,7 @@ func (s *Stream) loop(ctx context.Context, msgs <-chan []byte) error {
 		case <-ctx.Done():
 			return nil
 		case <-status.C:
-			if err := s.ack(ctx); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
+			if err := s.ackUnlessEnded(ctx); err != nil {
 				return err
 			}
 			continue
@@ -413,10 +410,7 @@ func (s *Stream) loop(ctx context.Context, msgs <-chan []byte) error {
 			}
 		}
 		if dirty || replyAsked {
-			if err := s.ack(ctx); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
+			if err := s.ackUnlessEnded(ctx); err != nil {
 				return err
 			}
 		}
@@ -525,6 +519,15 @@ func (s *Stream) ack(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("%w: %w", errAck, err)
+	}
+	return nil
+}
+
+// ackUnlessEnded is ack, except that a failure because ctx ended (the
+// stream is being stopped) is no error.
+func (s *Stream) ackUnlessEnded(ctx context.Context) error {
+	if err := s.ack(ctx); err != nil && ctx.Err() == nil {
+		return err
 	}
 	return nil
 }
